@@ -1,0 +1,204 @@
+"""The model bundle: one ``.safetensors`` file holding G and D2 plus JSON metadata.
+
+safetensors is a flat table of tensors behind a JSON header; reading it never executes code, unlike
+a pickled ``.pt``. The metadata (architecture, variant, modalities, preprocessing, provenance,
+metrics) lives in the header's ``__metadata__`` under the key ``duald`` as one JSON string, so the
+bundle is a single file a user can copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .networks import ArchitectureConfig, LocalDiscriminator, UNetGenerator
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+METADATA_KEY = "duald"
+VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+class BundleError(ValueError):
+    """A file that is not a valid DualD model bundle; the message is one sentence for the user."""
+
+
+@dataclass
+class BundleMetadata:
+    architecture: dict[str, Any]
+    variant: str
+    source_modality: str
+    target_modality: str
+    preprocessing: dict[str, Any]
+    has_local_discriminator: bool
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    name: str = "DualD model"
+    description: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise BundleError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BundleMetadata:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"the bundle's metadata is not valid JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise BundleError("the bundle's metadata is not a JSON object")
+        version = data.get("format_version")
+        if version not in SUPPORTED_FORMAT_VERSIONS:
+            raise BundleError(
+                f"unsupported bundle format version {version!r}; this DualD reads version(s) "
+                f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}"
+            )
+        known = {f.name for f in fields(cls)}
+        required = {"architecture", "variant", "source_modality", "target_modality", "preprocessing"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise BundleError(f"the bundle's metadata lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class ModelBundle:
+    """Networks in eval mode plus their metadata. ``local_discriminator`` is None for variants
+    without a trained D2 (``unet``, ``global``): such a bundle cannot produce a difficulty heatmap."""
+
+    generator: UNetGenerator
+    local_discriminator: LocalDiscriminator | None
+    metadata: BundleMetadata
+
+    @property
+    def architecture(self) -> ArchitectureConfig:
+        return ArchitectureConfig.from_dict(self.metadata.architecture)
+
+    def to(self, device: torch.device | str) -> ModelBundle:
+        self.generator.to(device)
+        if self.local_discriminator is not None:
+            self.local_discriminator.to(device)
+        return self
+
+
+def save_bundle(
+    path: str | Path,
+    generator: torch.nn.Module,
+    local_discriminator: torch.nn.Module | None,
+    metadata: BundleMetadata,
+    overwrite: bool = False,
+) -> Path:
+    """Write the bundle atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise BundleError(f"a bundle file must end in .safetensors, got {path.name!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    if metadata.has_local_discriminator != (local_discriminator is not None):
+        raise BundleError("has_local_discriminator does not match whether a local discriminator was given")
+    tensors = {f"generator.{k}": v for k, v in generator.state_dict().items()}
+    if local_discriminator is not None:
+        tensors.update({f"local_discriminator.{k}": v for k, v in local_discriminator.state_dict().items()})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: metadata.to_json()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _check_container(path: Path) -> None:
+    """Recognise a safetensors file by its header before handing it to the parser, so that a
+    pickle, a zip (``torch.save``) or a random file gets a sentence a user understands."""
+    if not path.is_file():
+        raise BundleError(f"model bundle {path} does not exist or is not a file")
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    size = path.stat().st_size
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        raise BundleError(
+            f"{path.name} is a PyTorch pickle (.pt/.pth), not a DualD safetensors bundle; "
+            "pickles are never loaded because they can execute code"
+        )
+    if len(head) < 9:
+        raise BundleError(f"{path.name} is too short to be a safetensors bundle")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > _MAX_HEADER or 8 + n > size or head[8:9] != b"{":
+        raise BundleError(f"{path.name} is not a safetensors file (its header is not a JSON table)")
+
+
+def read_metadata(path: str | Path) -> BundleMetadata:
+    """Read and validate only the metadata (cheap: no tensor is loaded)."""
+    path = Path(path)
+    _check_container(path)
+    with path.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = fh.read(n)
+    try:
+        meta = json.loads(header).get("__metadata__") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise BundleError(f"{path.name} has a damaged safetensors header") from None
+    if METADATA_KEY not in meta:
+        raise BundleError(f"{path.name} is a safetensors file but not a DualD bundle (no '{METADATA_KEY}' metadata)")
+    return BundleMetadata.from_json(meta[METADATA_KEY])
+
+
+def _load_module(module: torch.nn.Module, prefix: str, tensors: dict[str, torch.Tensor], name: str) -> None:
+    expected = module.state_dict()
+    given = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has an unexpected tensor {unexpected[0]}"
+        raise BundleError(f"the bundle's {name} does not match its architecture: it {what}")
+    for key, ref in expected.items():
+        if tuple(given[key].shape) != tuple(ref.shape):
+            raise BundleError(
+                f"the bundle's {name} tensor {key} has shape {tuple(given[key].shape)}, "
+                f"but its architecture needs {tuple(ref.shape)}"
+            )
+    module.load_state_dict(given, strict=True)
+
+
+def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> ModelBundle:
+    """Load a bundle; anything that is not a valid bundle raises :class:`BundleError`."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        arch = ArchitectureConfig.from_dict(metadata.architecture)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"the bundle's architecture is invalid: {exc}") from None
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{path.name} could not be read as safetensors ({exc})") from None
+    generator = arch.generator()
+    _load_module(generator, "generator.", tensors, "generator")
+    local = None
+    if metadata.has_local_discriminator:
+        local = arch.local_discriminator()
+        _load_module(local, "local_discriminator.", tensors, "local discriminator")
+    elif any(k.startswith("local_discriminator.") for k in tensors):
+        raise BundleError("the bundle holds local-discriminator tensors but its metadata says it has none")
+    bundle = ModelBundle(generator.eval(), None if local is None else local.eval(), metadata)
+    return bundle.to(device)

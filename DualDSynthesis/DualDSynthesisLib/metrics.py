@@ -1,0 +1,62 @@
+"""Image-similarity metrics on volumes, optionally restricted to a mask.
+
+Shared by training validation, the Slicer QA table and ``duald-evaluate`` so that every number
+a user sees is computed the same way. numpy + scikit-image only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+
+def _pair(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction and reference shapes differ: {pred.shape} vs {ref.shape}")
+    if mask is None:
+        return pred.astype(np.float64, copy=False).ravel(), ref.astype(np.float64, copy=False).ravel()
+    if mask.shape != pred.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the image shape {pred.shape}")
+    m = mask.astype(bool, copy=False)
+    if not m.any():
+        raise ValueError("the mask is empty: no voxel to evaluate")
+    return pred[m].astype(np.float64), ref[m].astype(np.float64)
+
+
+def mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean absolute error, in the images' units (HU for CT)."""
+    p, r = _pair(pred, ref, mask)
+    return float(np.abs(p - r).mean())
+
+
+def psnr(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB, ``10·log10(range² / MSE)``; inf for identical images."""
+    if data_range <= 0:
+        raise ValueError(f"data_range must be positive, got {data_range!r}")
+    p, r = _pair(pred, ref, mask)
+    mse = float(((p - r) ** 2).mean())
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
+
+
+def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
+    """Mean SSIM (scikit-image, Gaussian-free 7-voxel window) over the whole image or over ``mask``.
+
+    The SSIM map is computed on the full volume (so windows see real neighbours) and then averaged
+    inside the mask.
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction and reference shapes differ: {pred.shape} vs {ref.shape}")
+    win = min(7, *(s if s % 2 else s - 1 for s in pred.shape))
+    if win < 3:
+        raise ValueError(f"SSIM needs at least 3 voxels along each axis, got shape {pred.shape}")
+    _, smap = structural_similarity(
+        ref.astype(np.float64), pred.astype(np.float64), data_range=data_range, win_size=win, full=True
+    )
+    if mask is None:
+        return float(smap.mean())
+    if mask.shape != pred.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the image shape {pred.shape}")
+    m = mask.astype(bool, copy=False)
+    if not m.any():
+        raise ValueError("the mask is empty: no voxel to evaluate")
+    return float(smap[m].mean())

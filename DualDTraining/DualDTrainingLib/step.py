@@ -1,0 +1,219 @@
+"""One adversarial training step for all five variants of the paper's ablation.
+
+Order within a step: D1 (``n_critic`` updates, WGAN-GP), then D2 (dense BCE), then G (Eq. 7).
+Pure torch, no Slicer: runs on a GPU server, under ``torchrun``, or inside Slicer's Python.
+
+Distributed training does not wrap the networks in ``DistributedDataParallel``: the critic's
+gradient penalty needs a double backward and several forwards per backward, which DDP's reducer
+does not support. Instead the caller passes ``grad_sync``, called on each network after its
+backward and before its optimiser step, which all-reduces (averages) the gradients: the same
+arithmetic as DDP, without its constraints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+import torch
+from DualDSynthesisLib import losses
+from DualDSynthesisLib.networks import ArchitectureConfig
+from torch import nn
+
+
+class Variant(StrEnum):
+    UNET = "unet"  # reconstruction loss only
+    GLOBAL = "global"  # sGAN-1: + D1 (WGAN-GP)
+    LOCAL = "local"  # sGAN-2: + D2 (dense BCE)
+    DUAL = "dual"  # D1 + D2
+    DUAL_ATTENTION = "dual_attention"  # D1 + D2 + difficulty-aware attention (the full method)
+
+    @property
+    def uses_global(self) -> bool:
+        return self in (Variant.GLOBAL, Variant.DUAL, Variant.DUAL_ATTENTION)
+
+    @property
+    def uses_local(self) -> bool:
+        return self in (Variant.LOCAL, Variant.DUAL, Variant.DUAL_ATTENTION)
+
+    @property
+    def uses_attention(self) -> bool:
+        return self is Variant.DUAL_ATTENTION
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or inf; raised before the optimiser step, so weights stay finite."""
+
+    def __init__(self, term: str, value: float, step: int) -> None:
+        super().__init__(f"loss term {term} became {value} at step {step}; stopping before it corrupts the weights")
+        self.term, self.value, self.step = term, value, step
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Loss weights and optimiser settings. Defaults are ours, chosen for inputs normalised to ~[0, 1]:
+    the reconstruction term is ~0.05 there, so the adversarial weights are small enough that the
+    discriminators refine rather than dominate (the paper does not publish its values)."""
+
+    variant: Variant = Variant.DUAL_ATTENTION
+    lambda1: float = 1e-3  # weight of D1's adversarial term (Wasserstein scores are unbounded)
+    lambda2: float = 1e-2  # weight of D2's adversarial BCE
+    beta: float = 1.0  # attention exponent in F = (1 - M)^beta
+    p: int = 1  # reconstruction exponent (1 = L1, 2 = L2)
+    lr_g: float = 2e-4
+    lr_d1: float = 1e-4
+    lr_d2: float = 2e-4
+    betas_g: tuple[float, float] = (0.5, 0.999)
+    betas_d1: tuple[float, float] = (0.5, 0.9)  # WGAN-GP's recommended momentum
+    betas_d2: tuple[float, float] = (0.5, 0.999)
+    n_critic: int = 1  # D1 updates per step; 1 keeps a dual_attention step within 2x a unet step
+    gp_weight: float = 10.0  # lambda of the gradient penalty (Eq. 3)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "variant", Variant(self.variant))
+        except ValueError:
+            names = ", ".join(v.value for v in Variant)
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {names}") from None
+        if self.p not in (1, 2):
+            raise ValueError(f"p must be 1 or 2, got {self.p!r}")
+        if self.n_critic < 1:
+            raise ValueError(f"n_critic must be at least 1, got {self.n_critic!r}")
+        for name in ("lambda1", "lambda2", "beta", "gp_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
+        for name in ("lr_g", "lr_d1", "lr_d2"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["variant"] = self.variant.value
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+
+GradSync = Callable[[nn.Module], None]
+
+
+class DualDTrainer:
+    """Holds G, D1, D2 and their optimisers; :meth:`step` performs one alternating update.
+
+    All three networks always exist so checkpoints and bundles share one layout, but a network the
+    variant does not use is never run forward, never gets an optimiser and so never changes.
+    """
+
+    def __init__(
+        self,
+        architecture: ArchitectureConfig,
+        config: TrainingConfig,
+        device: torch.device | str = "cpu",
+        grad_sync: GradSync | None = None,
+        amp: bool = False,
+    ) -> None:
+        self.architecture, self.config = architecture, config
+        self.device = torch.device(device)
+        self.grad_sync = grad_sync
+        # bf16 autocast only on CUDA: CPU autocast is slower than fp32 for these conv sizes.
+        self.amp = amp and self.device.type == "cuda"
+        self.generator = architecture.generator().to(self.device)
+        self.critic = architecture.global_critic().to(self.device)
+        self.local = architecture.local_discriminator().to(self.device)
+        v = config.variant
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), config.lr_g, config.betas_g)
+        self.opt_d1 = torch.optim.Adam(self.critic.parameters(), config.lr_d1, config.betas_d1) if v.uses_global else None
+        self.opt_d2 = torch.optim.Adam(self.local.parameters(), config.lr_d2, config.betas_d2) if v.uses_local else None
+        self.step_count = 0
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def _check(self, values: dict[str, torch.Tensor]) -> None:
+        for term, value in values.items():
+            x = float(value.detach())
+            if not math.isfinite(x):
+                raise NonFiniteLossError(term, x, self.step_count + 1)
+
+    def _update(self, loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(module)
+        opt.step()
+
+    def step(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """One update of every network the variant uses; returns the loss terms as floats."""
+        if source.ndim != 4 or target.ndim != 4 or source.shape[0] != target.shape[0]:
+            raise ValueError(f"expected [B, C, H, W] batches, got {tuple(source.shape)} and {tuple(target.shape)}")
+        cfg, v = self.config, self.config.variant
+        source, target = source.to(self.device), target.to(self.device)
+        self.generator.train()
+        out: dict[str, torch.Tensor] = {}
+
+        if v.uses_global or v.uses_local:
+            with torch.no_grad(), self._autocast():
+                fake_d = self.generator(source).float()
+        if v.uses_global:
+            self.critic.train()
+            for _ in range(cfg.n_critic):
+                with self._autocast():
+                    wdist = losses.critic_loss(self.critic(fake_d), self.critic(target))
+                    gp = losses.gradient_penalty(self.critic, target, fake_d, cfg.gp_weight)
+                    d1 = wdist + gp
+                self._check({"D1": d1})
+                self._update(d1, self.critic, self.opt_d1)
+            out.update(d1=d1, d1_gp=gp, d1_wasserstein=-wdist)
+        if v.uses_local:
+            self.local.train()
+            with self._autocast():
+                d2 = 0.5 * (losses.dense_bce(self.local(target), 1.0) + losses.dense_bce(self.local(fake_d), 0.0))
+            self._check({"D2": d2})
+            self._update(d2, self.local, self.opt_d2)
+            out["d2"] = d2
+
+        with self._autocast():
+            fake = self.generator(source).float()
+            adv1 = losses.generator_global_loss(self.critic(fake)) if v.uses_global else None
+            adv2 = None
+            logits = None
+            if v.uses_local:
+                logits = self.local(fake).float()
+                adv2 = losses.dense_bce(logits, 1.0)
+            if v.uses_attention:
+                rec = losses.attention_loss(fake, target, torch.sigmoid(logits), cfg.beta, cfg.p)
+            else:
+                rec = losses.reconstruction_loss(fake, target, cfg.p)
+            g = losses.generator_total(rec, adv1, adv2, cfg.lambda1, cfg.lambda2)
+        terms = {"G": g, "G_reconstruction": rec}
+        if adv1 is not None:
+            terms["G_adv_global"] = adv1
+        if adv2 is not None:
+            terms["G_adv_local"] = adv2
+        self._check(terms)
+        # Only G's optimiser steps here: gradients that reach D1/D2 through this loss are zeroed at
+        # their next update and never applied.
+        self._update(g, self.generator, self.opt_g)
+        with torch.no_grad():
+            out["l1"] = (fake - target).abs().mean()
+        out.update(g=g, g_reconstruction=rec)
+        if adv1 is not None:
+            out["g_adv_global"] = adv1
+        if adv2 is not None:
+            out["g_adv_local"] = adv2
+        self.step_count += 1
+        return {k: float(t.detach()) for k, t in out.items()}
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "critic": self.critic, "local": self.local}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"generator": self.opt_g, "critic": self.opt_d1, "local": self.opt_d2}
+        return {k: o for k, o in opts.items() if o is not None}
