@@ -129,7 +129,9 @@ class DualDTrainer:
         self.local = architecture.local_discriminator().to(self.device)
         v = config.variant
         self.opt_g = torch.optim.Adam(self.generator.parameters(), config.lr_g, config.betas_g)
-        self.opt_d1 = torch.optim.Adam(self.critic.parameters(), config.lr_d1, config.betas_d1) if v.uses_global else None
+        self.opt_d1 = (
+            torch.optim.Adam(self.critic.parameters(), config.lr_d1, config.betas_d1) if v.uses_global else None
+        )
         self.opt_d2 = torch.optim.Adam(self.local.parameters(), config.lr_d2, config.betas_d2) if v.uses_local else None
         self.step_count = 0
 
