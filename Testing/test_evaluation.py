@@ -1,0 +1,59 @@
+"""Evaluation numbers against direct computations."""
+
+import numpy as np
+import pytest
+from DualDSynthesisLib.metrics import mae, psnr
+from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
+from DualDTrainingLib.evaluation import auroc, evaluate_arrays, format_table, summarise
+from sklearn.metrics import roc_auc_score
+
+MRI = PreprocessingSpec(
+    source=IntensityMapping("mri_percentile"), target=IntensityMapping("mri_percentile", reference_scale=200.0)
+)
+
+
+def test_auroc_matches_sklearn_with_ties(rng: np.random.Generator) -> None:
+    scores = rng.integers(0, 5, 500).astype(float)  # many ties
+    labels = rng.random(500) < 0.3
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(auroc(scores, np.zeros(500, bool)))
+
+
+def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    zz, yy, xx = np.mgrid[0:12, 0:32, 0:32]
+    head = ((yy - 16) ** 2 + (xx - 16) ** 2) < 12**2
+    source = np.where(head, 100 + 20 * np.sin(xx / 3.0), 0).astype(np.float32)
+    real = np.where(head, 300 + 50 * np.cos(yy / 4.0), 0).astype(np.float32)
+    labels = np.zeros(real.shape, np.int32)
+    labels[4:8, 12:18, 12:18] = 1
+    labels[4:8, 18:20, 12:18] = 2
+    return source, real, labels, head
+
+
+def test_perfect_synthesis_and_a_perfect_heatmap(rng: np.random.Generator) -> None:
+    source, real, labels, head = _phantom(rng)
+    scale_real = MRI.target.scale_for(real, head)
+    # a synthetic image equal to the real one once both are normalised, except a bad patch
+    synthetic = real / scale_real * MRI.target.reference_scale
+    synthetic[6, 10:14, 10:14] *= 1.3
+    err = np.abs(synthetic / MRI.target.reference_scale - real / scale_real)
+    res = evaluate_arrays("s", synthetic, real, source, MRI, (1.0, 1.0, 1.0), heatmap=err / err.max(), labels=labels)
+    fg = res.regions["foreground"]
+    ref_n, pred_n = np.clip(real / scale_real, 0, 2), np.clip(synthetic / 200.0, 0, 2)
+    assert fg["mae"] == pytest.approx(mae(pred_n, ref_n, head), rel=1e-4)
+    assert fg["psnr"] == pytest.approx(psnr(pred_n, ref_n, 1.0, head), rel=1e-4)
+    assert set(res.regions) == {"whole", "foreground", "tumour", "label 1", "label 2"}
+    assert res.regions["label 2"]["voxels"] == int((labels == 2).sum())
+    assert res.heatmap_auroc == pytest.approx(1.0, abs=0.02)
+    text = format_table(summarise([res, res]))
+    assert "foreground" in text and "AUROC" in text
+
+
+def test_ct_metrics_are_in_hounsfield_units(rng: np.random.Generator) -> None:
+    spec = PreprocessingSpec(source=IntensityMapping("mri_percentile"), target=IntensityMapping("ct_hu"))
+    source, _, _, head = _phantom(rng)
+    real = np.where(head, 40.0, -1000.0).astype(np.float32)
+    synthetic = real + np.where(head, 10.0, 0.0)
+    res = evaluate_arrays("ct", synthetic, real, source, spec, (2.0, 2.0, 2.0))
+    assert res.regions["body"]["mae"] == pytest.approx(10.0)
+    assert res.heatmap_auroc is None
