@@ -1,0 +1,275 @@
+"""How the synthetic image and the D2 difficulty heatmap are shown: colour table, window, threshold,
+slice-view layers, and an offscreen render of a slice view to PNG.
+
+Slicer-core file: imports ``slicer``/``vtk``, never ``qt``. Rendering goes through
+``vtkMRMLSliceLogic``'s reslice-and-blend pipeline, which is pure VTK imaging (no OpenGL), so it
+works headless and gives the same pixels a slice view would show (without annotations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+SLICE_VIEWS = ("Red", "Green", "Yellow")
+_DEFAULT_ORIENTATIONS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}
+INFERNO_NAMES = ("Inferno", "DualDInferno")  # Slicer's own table first, ours as the fallback
+FALLBACK_COLOR_NAME = "DualDInferno"
+# Heatmap values are D2 difficulty probabilities: the display window is fixed so colours are
+# comparable between cases.
+HEATMAP_WINDOW = (0.0, 1.0)
+
+# matplotlib's inferno sampled at 33 evenly spaced points (linear interpolation between them stays
+# within 0.01 of the full 256-entry table); embedded so nothing beyond Slicer is needed.
+_INFERNO_ANCHORS = np.array(
+    [
+        (0.001, 0.000, 0.014), (0.014, 0.011, 0.072), (0.042, 0.028, 0.141), (0.082, 0.043, 0.215),
+        (0.129, 0.047, 0.291), (0.183, 0.040, 0.355), (0.238, 0.037, 0.396), (0.291, 0.046, 0.419),
+        (0.342, 0.062, 0.429), (0.391, 0.081, 0.433), (0.441, 0.099, 0.432), (0.491, 0.117, 0.426),
+        (0.541, 0.135, 0.415), (0.591, 0.153, 0.400), (0.640, 0.171, 0.381), (0.689, 0.192, 0.358),
+        (0.736, 0.216, 0.330), (0.781, 0.243, 0.300), (0.822, 0.275, 0.266), (0.861, 0.312, 0.231),
+        (0.894, 0.353, 0.194), (0.923, 0.399, 0.155), (0.947, 0.449, 0.115), (0.965, 0.502, 0.074),
+        (0.978, 0.558, 0.035), (0.986, 0.616, 0.026), (0.988, 0.675, 0.065), (0.984, 0.736, 0.130),
+        (0.975, 0.798, 0.206), (0.961, 0.859, 0.298), (0.948, 0.917, 0.411), (0.955, 0.966, 0.540),
+        (0.988, 0.998, 0.645),
+    ]
+)
+
+
+@dataclass
+class HeadlessSlicer:
+    """A scene with the application and colour logics desktop Slicer would have created.
+
+    Keeps the logics referenced: they must outlive their use of the scene.
+    """
+
+    scene: slicer.vtkMRMLScene
+    application_logic: slicer.vtkMRMLApplicationLogic
+    color_logic: slicer.vtkMRMLColorLogic
+
+
+def create_headless_slicer() -> HeadlessSlicer:
+    """Scene + ``vtkSlicerApplicationLogic`` + ``vtkMRMLColorLogic`` (default colour tables) for slicer-core.
+
+    Without the colour logic the default ``Grey`` table is missing and volumes render black.
+    """
+    scene = slicer.vtkMRMLScene()
+    application_logic = slicer.vtkSlicerApplicationLogic()
+    application_logic.SetMRMLScene(scene)
+    color_logic = slicer.vtkMRMLColorLogic()
+    color_logic.SetMRMLScene(scene)
+    application_logic.SetColorLogic(color_logic)
+    return HeadlessSlicer(scene, application_logic, color_logic)
+
+
+def inferno_rgb(n: int = 256) -> np.ndarray:
+    """``n`` inferno colours, ``[n, 3]`` floats in [0, 1], dark purple → pale yellow."""
+    x = np.linspace(0.0, 1.0, n)
+    xp = np.linspace(0.0, 1.0, len(_INFERNO_ANCHORS))
+    return np.stack([np.interp(x, xp, _INFERNO_ANCHORS[:, c]) for c in range(3)], axis=1)
+
+
+def heatmap_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
+    """Slicer's ``Inferno`` colour node if the scene has one, else ``DualDInferno`` (created once)."""
+    for name in INFERNO_NAMES:
+        nodes = scene.GetNodesByClassByName("vtkMRMLColorNode", name)
+        if nodes.GetNumberOfItems() > 0:
+            return nodes.GetItemAsObject(0)
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(FALLBACK_COLOR_NAME)
+    node.SetSingletonTag(FALLBACK_COLOR_NAME)
+    node.SetTypeToUser()
+    node.SetAttribute("Category", "Continuous")
+    colors = inferno_rgb(256)
+    node.SetNumberOfColors(len(colors))
+    node.GetLookupTable().SetTableRange(0, 255)
+    for i, (r, g, b) in enumerate(colors):
+        node.SetColor(i, f"inferno{i}", float(r), float(g), float(b), 1.0)
+    node.SetHideFromEditors(False)
+    return scene.AddNode(node)
+
+
+def apply_heatmap_display(
+    heatmap_node: slicer.vtkMRMLScalarVolumeNode, lower_threshold: float = 0.2
+) -> slicer.vtkMRMLScalarVolumeDisplayNode:
+    """Inferno colours, window [0, 1], values below ``lower_threshold`` transparent."""
+    scene = heatmap_node.GetScene()
+    if heatmap_node.GetDisplayNode() is None:
+        heatmap_node.CreateDefaultDisplayNodes()
+    display = heatmap_node.GetDisplayNode()
+    was_modifying = display.StartModify()
+    try:
+        display.SetAndObserveColorNodeID(heatmap_color_node(scene).GetID())
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(*HEATMAP_WINDOW)
+        display.AutoThresholdOff()
+        display.ApplyThresholdOn()
+        # Upper bound far above any probability so only the lower threshold ever cuts.
+        display.SetThreshold(float(lower_threshold), 1.0e6)
+        display.SetInterpolate(True)
+    finally:
+        display.EndModify(was_modifying)
+    return display
+
+
+def set_heatmap_threshold(heatmap_node: slicer.vtkMRMLScalarVolumeNode, lower_threshold: float) -> None:
+    display = heatmap_node.GetDisplayNode()
+    if display is not None:
+        display.SetLowerThreshold(float(lower_threshold))
+
+
+def _composite_nodes(scene: slicer.vtkMRMLScene, layouts: tuple[str, ...]) -> list:
+    nodes = []
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        if node.GetLayoutName() in layouts:
+            nodes.append(node)
+    return nodes
+
+
+def ensure_slice_views(
+    scene: slicer.vtkMRMLScene,
+    layouts: tuple[str, ...] = SLICE_VIEWS,
+    application_logic: slicer.vtkMRMLApplicationLogic | None = None,
+) -> None:
+    """Create the slice and slice-composite nodes of ``layouts`` that the scene lacks.
+
+    Desktop Slicer already has them (its layout manager creates them); a bare scene does not.
+    """
+    present = {n.GetLayoutName() for n in _composite_nodes(scene, layouts)}
+    for layout in layouts:
+        if layout not in present:
+            slice_logic(scene, layout, application_logic)
+
+
+def set_slice_view_layers(
+    scene: slicer.vtkMRMLScene,
+    background_node: slicer.vtkMRMLVolumeNode | None,
+    heatmap_node: slicer.vtkMRMLVolumeNode | None,
+    opacity: float = 0.5,
+    layouts: tuple[str, ...] = SLICE_VIEWS,
+    link: bool = True,
+) -> None:
+    """Background = ``background_node``, foreground = heatmap at ``opacity``, views linked."""
+    for composite in _composite_nodes(scene, layouts):
+        was_modifying = composite.StartModify()
+        try:
+            if background_node is not None:
+                composite.SetBackgroundVolumeID(background_node.GetID())
+            composite.SetForegroundVolumeID(heatmap_node.GetID() if heatmap_node is not None else None)
+            composite.SetForegroundOpacity(float(opacity))
+            composite.SetLinkedControl(int(link))
+        finally:
+            composite.EndModify(was_modifying)
+
+
+def set_heatmap_opacity(scene: slicer.vtkMRMLScene, opacity: float, layouts: tuple[str, ...] = SLICE_VIEWS) -> None:
+    for composite in _composite_nodes(scene, layouts):
+        composite.SetForegroundOpacity(float(opacity))
+
+
+def slice_logic(
+    scene: slicer.vtkMRMLScene,
+    layout: str = "Red",
+    application_logic: slicer.vtkMRMLApplicationLogic | None = None,
+) -> slicer.vtkMRMLSliceLogic:
+    """The application's slice logic for ``layout`` if it has one, else a new one on ``scene``.
+
+    A new logic reuses the scene's slice node of that layout (slice nodes are singletons by layout
+    name) and creates the composite node if missing.
+    """
+    if application_logic is not None:
+        existing = application_logic.GetSliceLogicByLayoutName(layout)
+        if existing is not None:
+            return existing
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLScene(scene)
+    if application_logic is not None:
+        logic.SetMRMLApplicationLogic(application_logic)
+    existing_node = None
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+        if node.GetLayoutName() == layout:
+            existing_node = node
+            break
+    if existing_node is not None:
+        # AddSliceNode would return an orphan copy of a singleton that already exists.
+        logic.SetSliceNode(existing_node)
+    else:
+        # A bare scene's slice nodes have no orientation presets (desktop Slicer adds them at start):
+        # without them a new view is "Reformat" with an identity matrix, i.e. mirrored left-right.
+        default_node = scene.GetDefaultNodeByClass("vtkMRMLSliceNode")
+        if default_node is None or not default_node.HasSliceOrientationPreset("Axial"):
+            slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+        node = logic.AddSliceNode(layout)
+        orientation = _DEFAULT_ORIENTATIONS.get(layout, "Axial")
+        node.SetDefaultOrientation(orientation)
+        node.SetOrientation(orientation)
+    return logic
+
+
+def render_slice(
+    scene: slicer.vtkMRMLScene,
+    layout: str = "Red",
+    size: tuple[int, int] = (256, 256),
+    offset: float | None = None,
+    application_logic: slicer.vtkMRMLApplicationLogic | None = None,
+) -> np.ndarray:
+    """The blended slice view image as ``[rows, cols, 4]`` uint8 RGBA, top row first.
+
+    The field of view is fitted to the background volume; ``offset`` (mm along the slice normal)
+    picks the slice, default: the volume's centre.
+    """
+    logic = slice_logic(scene, layout, application_logic)
+    slice_node = logic.GetSliceNode()
+    slice_node.SetDimensions(int(size[0]), int(size[1]), 1)
+    logic.FitSliceToBackground(int(size[0]), int(size[1]))
+    if offset is not None:
+        logic.SetSliceOffset(float(offset))
+    image = _blend_output(logic)
+    dims = image.GetDimensions()
+    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    rgba = np.array(pixels, copy=True).reshape(dims[1], dims[0], -1)
+    if rgba.shape[2] == 3:
+        rgba = np.concatenate([rgba, np.full((*rgba.shape[:2], 1), 255, np.uint8)], axis=2)
+    return rgba[::-1]  # VTK's first row is the bottom one
+
+
+def _blend_output(logic: slicer.vtkMRMLSliceLogic) -> vtk.vtkImageData:
+    connection = logic.GetImageDataConnection()
+    producer = connection.GetProducer()
+    producer.Update()
+    return producer.GetOutputDataObject(connection.GetIndex())
+
+
+def write_png(rgba: np.ndarray, path: str | Path) -> Path:
+    """Write a ``[rows, cols, 3|4]`` uint8 array (top row first) with ``vtkPNGWriter``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgba = np.ascontiguousarray(rgba[::-1], dtype=np.uint8)
+    image = vtk.vtkImageData()
+    image.SetDimensions(rgba.shape[1], rgba.shape[0], 1)
+    scalars = numpy_support.numpy_to_vtk(rgba.reshape(-1, rgba.shape[2]), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    writer = vtk.vtkPNGWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputData(image)
+    writer.Write()
+    return path
+
+
+def render_slice_to_png(
+    scene: slicer.vtkMRMLScene,
+    path: str | Path,
+    layout: str = "Red",
+    size: tuple[int, int] = (256, 256),
+    offset: float | None = None,
+    application_logic: slicer.vtkMRMLApplicationLogic | None = None,
+) -> Path:
+    """Render the ``layout`` slice view offscreen (no OpenGL) and save it as a PNG."""
+    return write_png(render_slice(scene, layout, size, offset, application_logic), path)

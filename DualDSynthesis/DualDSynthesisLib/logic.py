@@ -1,0 +1,366 @@
+"""DualDSynthesis module logic: volume node → synthesis engine → new synthetic and heatmap nodes.
+
+Slicer-core file: imports ``slicer``/``vtk``, never ``qt``, so it runs in desktop Slicer and in
+headless tests alike. The engine is reached only through the ``SynthesisEngine`` protocol (a real
+``DualDSynthesisLib.engine.SynthesisEngine`` or a test double), and torch is never imported here.
+
+Guarantees: the input node is never modified; nothing is added to the scene until the engine has
+finished without being cancelled, and if writing the results fails, the nodes this call created are
+removed again.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+
+from . import display, mrml_io, qa
+
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+BUNDLE_SUFFIX = ".safetensors"
+_ENGINE_SHARE = 0.9  # progress fraction given to the engine; the rest is writing results and QA
+
+
+class SynthesisCancelled(Exception):
+    """The user cancelled; the scene is as it was before the call."""
+
+
+class SynthesisResult(Protocol):
+    synthetic: sitk.Image
+    heatmap: sitk.Image | None  # None when the bundle has no trained D2
+
+
+@runtime_checkable
+class SynthesisEngine(Protocol):
+    def run(
+        self,
+        image: sitk.Image,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> SynthesisResult: ...
+
+
+@dataclass
+class DisplayOptions:
+    opacity: float = 0.5
+    lower_threshold: float = 0.2
+    background: str = "synthetic"  # or "source"
+    layouts: tuple[str, ...] = display.SLICE_VIEWS
+    link_views: bool = True
+
+
+@dataclass
+class QAOptions:
+    """Region QA inputs; with neither regions nor reference only the foreground row is computed."""
+
+    region_node: Any = None  # vtkMRMLSegmentationNode or vtkMRMLLabelMapVolumeNode
+    segment_ids: list[str] | None = None  # segmentation only; None or empty: all segments
+    reference_node: Any = None  # real target volume (any grid; resampled onto the source's)
+    target_modality: str | None = None  # None: the engine's (bundle metadata)
+
+
+@dataclass
+class SynthesisOutputs:
+    synthetic_node: Any
+    heatmap_node: Any = None
+    qa_table_node: Any = None
+    difference_node: Any = None
+    qa_rows: list[qa.RegionMetrics] = field(default_factory=list)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, SynthesisCancelled):
+        return True
+    # The real engine's exception, without importing engine.py (and torch) here.
+    engine_module = sys.modules.get(f"{__package__}.engine")
+    engine_cancelled = getattr(engine_module, "SynthesisCancelled", None)
+    return engine_cancelled is not None and isinstance(exc, engine_cancelled)
+
+
+def _default_engine_factory(bundle_path: Path, device: str) -> SynthesisEngine:
+    from .engine import SynthesisEngine as Engine  # imports torch: only when a model is really needed
+
+    return Engine(bundle_path, device=device)
+
+
+def target_modality_of(engine: Any, result: Any = None) -> str | None:
+    """The target modality reported by the result or the engine (e.g. its bundle metadata)."""
+    for owner in (result, engine, getattr(engine, "metadata", None), getattr(engine, "bundle", None)):
+        value = getattr(owner, "target_modality", None) if owner is not None else None
+        if isinstance(value, str) and value:
+            return value
+    metadata = getattr(getattr(engine, "bundle", None), "metadata", None)
+    value = getattr(metadata, "target_modality", None)
+    return value if isinstance(value, str) and value else None
+
+
+class DualDSynthesisLogic:
+    """Everything the module does, without a GUI. ``scene`` defaults to ``slicer.mrmlScene``."""
+
+    def __init__(
+        self,
+        scene: slicer.vtkMRMLScene | None = None,
+        application_logic: Any = None,
+        engine_factory: Callable[[Path, str], SynthesisEngine] | None = None,
+    ) -> None:
+        self._scene = scene
+        self.application_logic = application_logic
+        self.engine_factory = engine_factory or _default_engine_factory
+        self._engine_cache: dict[tuple[str, str], SynthesisEngine] = {}
+
+    @property
+    def scene(self) -> slicer.vtkMRMLScene:
+        if self._scene is not None:
+            return self._scene
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise ValueError("no MRML scene: pass one to DualDSynthesisLogic(scene=...) outside Slicer")
+        return scene
+
+    # ---- models, devices, dependencies ----
+
+    @staticmethod
+    def bundled_models(models_dir: Path = MODELS_DIR) -> list[Path]:
+        """Model bundles shipped with the extension, sorted by file name."""
+        return sorted(models_dir.glob(f"*{BUNDLE_SUFFIX}")) if models_dir.is_dir() else []
+
+    @staticmethod
+    def available_devices() -> list[str]:
+        """``auto``, ``cpu`` and ``cuda:<i>`` for each visible GPU (only if torch is already importable)."""
+        devices = ["auto", "cpu"]
+        if importlib.util.find_spec("torch") is None:
+            return devices
+        import torch
+
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            devices.append("mps")
+        return devices
+
+    @staticmethod
+    def torch_available() -> bool:
+        return importlib.util.find_spec("torch") is not None
+
+    @staticmethod
+    def missing_requirements(requirements_file: Path = REQUIREMENTS_FILE) -> list[str]:
+        """Requirement lines of ``requirements_file`` whose distribution is not installed
+        (torch excluded: it comes from the PyTorch extension). Versions are not checked."""
+        missing = []
+        for line in requirements_file.read_text().splitlines():
+            requirement = line.split("#", 1)[0].strip()
+            if not requirement:
+                continue
+            name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+            if name.lower() == "torch":
+                continue
+            try:
+                importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(requirement)
+        return missing
+
+    def load_engine(self, bundle_path: str | Path, device: str = "auto") -> SynthesisEngine:
+        """The engine for a bundle on a device, cached so a second click does not reload weights."""
+        bundle_path = Path(bundle_path)
+        if not bundle_path.is_file():
+            raise ValueError(f"model bundle not found: {bundle_path}")
+        key = (str(bundle_path.resolve()), device)
+        if key not in self._engine_cache:
+            self._engine_cache.clear()  # one model in memory at a time
+            self._engine_cache[key] = self.engine_factory(bundle_path, device)
+        return self._engine_cache[key]
+
+    # ---- synthesis ----
+
+    def synthesize(
+        self,
+        input_node: slicer.vtkMRMLScalarVolumeNode,
+        engine: SynthesisEngine,
+        *,
+        synthetic_node: slicer.vtkMRMLScalarVolumeNode | None = None,
+        heatmap_node: slicer.vtkMRMLScalarVolumeNode | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+        display_options: DisplayOptions | None = None,
+        qa_options: QAOptions | None = None,
+    ) -> SynthesisOutputs:
+        """Run ``engine`` on ``input_node`` and put the results in the scene.
+
+        ``synthetic_node``/``heatmap_node``: existing output nodes to overwrite; None creates new
+        ones. ``display_options`` None leaves the views alone; ``qa_options`` None skips QA.
+        Raises ``SynthesisCancelled`` (scene untouched) or ``ValueError`` for bad input.
+        """
+        if input_node is None:
+            raise ValueError("no input volume was selected")
+        for output in (synthetic_node, heatmap_node):
+            if output is not None and output.GetID() == input_node.GetID():
+                raise ValueError("an output volume is the input volume; choose another output or a new volume")
+        report = progress or (lambda _f, _m: None)
+        source = mrml_io.image_from_volume_node(input_node)
+
+        def engine_progress(fraction: float, message: str) -> None:
+            report(_ENGINE_SHARE * min(max(float(fraction), 0.0), 1.0), message)
+
+        report(0.0, "Synthesizing…")
+        try:
+            result = engine.run(source, progress=engine_progress, cancel=cancel)
+        except Exception as exc:
+            if _is_cancellation(exc):
+                raise SynthesisCancelled("synthesis cancelled") from exc
+            raise
+        if cancel is not None and cancel():
+            raise SynthesisCancelled("synthesis cancelled")
+
+        synthetic = sitk.Cast(mrml_io.resample_to_grid(result.synthetic, source), sitk.sitkFloat32)
+        heatmap = getattr(result, "heatmap", None)
+        if heatmap is not None:
+            heatmap = sitk.Cast(mrml_io.resample_to_grid(heatmap, source), sitk.sitkFloat32)
+        modality = (qa_options.target_modality if qa_options else None) or target_modality_of(engine, result)
+
+        report(_ENGINE_SHARE, "Computing region QA…" if qa_options else "Writing results…")
+        qa_inputs = self._qa_inputs(input_node, source, synthetic, heatmap, qa_options, modality)
+
+        created: list[Any] = []
+        try:
+            outputs = self._write_outputs(
+                input_node, synthetic, heatmap, synthetic_node, heatmap_node, modality, created
+            )
+            if qa_inputs is not None:
+                rows, reference = qa_inputs
+                outputs.qa_rows = rows
+                outputs.qa_table_node = qa.write_qa_table(
+                    self.scene,
+                    rows,
+                    name=f"{input_node.GetName()} DualD QA",
+                    with_difficulty=heatmap is not None,
+                    with_reference=reference is not None,
+                    target_modality=modality,
+                )
+                created.append(outputs.qa_table_node)
+                if reference is not None:
+                    outputs.difference_node = qa.new_difference_node(
+                        self.scene, synthetic, reference, f"{input_node.GetName()} |synthetic - reference|"
+                    )
+                    created.append(outputs.difference_node)
+            if display_options is not None:
+                self.apply_display(input_node, outputs, display_options)
+        except Exception:
+            self._remove_nodes(created)
+            raise
+        report(1.0, "Done")
+        return outputs
+
+    def _write_outputs(
+        self,
+        input_node: Any,
+        synthetic: sitk.Image,
+        heatmap: sitk.Image | None,
+        synthetic_node: Any,
+        heatmap_node: Any,
+        modality: str | None,
+        created: list[Any],
+    ) -> SynthesisOutputs:
+        suffix = f"synthetic {modality}" if modality else "synthetic"
+        if synthetic_node is None:
+            synthetic_node = mrml_io.new_volume_node_from_image(
+                self.scene, synthetic, f"{input_node.GetName()} {suffix}"
+            )
+            created.append(synthetic_node)
+        else:
+            mrml_io.update_volume_node_from_image(synthetic_node, synthetic)
+            if synthetic_node.GetDisplayNode() is None:
+                synthetic_node.CreateDefaultDisplayNodes()
+        if heatmap is None:
+            return SynthesisOutputs(synthetic_node=synthetic_node)
+        if heatmap_node is None:
+            heatmap_node = mrml_io.new_volume_node_from_image(
+                self.scene, heatmap, f"{input_node.GetName()} D2 difficulty"
+            )
+            created.append(heatmap_node)
+        else:
+            mrml_io.update_volume_node_from_image(heatmap_node, heatmap)
+        return SynthesisOutputs(synthetic_node=synthetic_node, heatmap_node=heatmap_node)
+
+    def _qa_inputs(
+        self,
+        input_node: Any,
+        source: sitk.Image,
+        synthetic: sitk.Image,
+        heatmap: sitk.Image | None,
+        options: QAOptions | None,
+        modality: str | None,
+    ) -> tuple[list[qa.RegionMetrics], sitk.Image | None] | None:
+        """QA rows (pure numpy, before anything is written) and the reference on the source's grid."""
+        if options is None:
+            return None
+        labels, names = None, None
+        region = options.region_node
+        if region is not None:
+            if region.IsA("vtkMRMLSegmentationNode"):
+                labels, names = mrml_io.labels_from_segmentation_node(region, input_node, options.segment_ids)
+            elif region.IsA("vtkMRMLLabelMapVolumeNode"):
+                labels, names = mrml_io.labels_from_labelmap_node(region, source)
+            else:
+                raise ValueError(f"'{region.GetName()}' is neither a segmentation nor a labelmap volume")
+        reference = None
+        if options.reference_node is not None:
+            reference = mrml_io.resample_to_grid(mrml_io.image_from_volume_node(options.reference_node), source)
+        source_array = sitk.GetArrayFromImage(source)
+        rows = qa.compute_qa(
+            foreground=qa.foreground_mask(source_array),
+            heatmap=sitk.GetArrayFromImage(heatmap) if heatmap is not None else None,
+            labels=labels,
+            label_names=names,
+            synthetic=sitk.GetArrayFromImage(synthetic) if reference is not None else None,
+            reference=sitk.GetArrayFromImage(reference).astype(np.float32) if reference is not None else None,
+            target_modality=modality,
+        )
+        return rows, reference
+
+    def _remove_nodes(self, nodes: list[Any]) -> None:
+        for node in reversed(nodes):
+            if node is None or node.GetScene() is None:
+                continue
+            for i in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+                display_node = node.GetNthDisplayNode(i)
+                if display_node is not None:
+                    self.scene.RemoveNode(display_node)
+            self.scene.RemoveNode(node)
+
+    # ---- display ----
+
+    def apply_display(self, input_node: Any, outputs: SynthesisOutputs, options: DisplayOptions) -> None:
+        """Heatmap colours/window/threshold and the slice views' layers for ``outputs``."""
+        if options.background not in ("synthetic", "source"):
+            raise ValueError(f"background must be 'synthetic' or 'source', got {options.background!r}")
+        if outputs.heatmap_node is not None:
+            display.apply_heatmap_display(outputs.heatmap_node, options.lower_threshold)
+        display.ensure_slice_views(self.scene, options.layouts, self.application_logic)
+        background = outputs.synthetic_node if options.background == "synthetic" else input_node
+        display.set_slice_view_layers(
+            self.scene, background, outputs.heatmap_node, options.opacity, options.layouts, options.link_views
+        )
+
+    def set_heatmap_opacity(self, opacity: float, layouts: tuple[str, ...] = display.SLICE_VIEWS) -> None:
+        display.set_heatmap_opacity(self.scene, opacity, layouts)
+
+    @staticmethod
+    def set_heatmap_threshold(heatmap_node: Any, lower_threshold: float) -> None:
+        display.set_heatmap_threshold(heatmap_node, lower_threshold)
+
+    def render_slice_to_png(self, path: str | Path, layout: str = "Red", size: tuple[int, int] = (256, 256)) -> Path:
+        return display.render_slice_to_png(self.scene, path, layout, size, application_logic=self.application_logic)

@@ -1,0 +1,209 @@
+"""Tumour-region QA: difficulty statistics and (with a real target) image metrics per region.
+
+``compute_qa`` is pure numpy (plus ``metrics``); ``write_qa_table`` and
+``new_difference_node`` put the results into the MRML scene (slicer-core, never ``qt``).
+Rows: the whole foreground first, then for a CT target the body (HU > -500), then one row per
+segment / label value. A region with no voxel gets NaN metrics rather than an error, so one empty
+segment does not hide the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import metrics
+
+FOREGROUND_ROW = "foreground"
+BODY_ROW = "body (HU > -500)"
+CT_BODY_THRESHOLD_HU = -500.0
+# The HU range the CT intensity mapping clips to (see CONVENTIONS.md): PSNR's peak for CT.
+CT_DATA_RANGE_HU = 3071.0 - (-1024.0)
+DIFFICULTY_PERCENTILE = 95.0
+
+
+@dataclass
+class RegionMetrics:
+    name: str
+    voxels: int
+    mean_difficulty: float = math.nan
+    p95_difficulty: float = math.nan
+    psnr: float = math.nan
+    mae: float = math.nan
+    ssim: float = math.nan
+
+
+def is_ct(modality: str | None) -> bool:
+    return bool(modality) and modality.strip().upper() == "CT"
+
+
+def foreground_mask(source: np.ndarray, fraction: float = 0.05) -> np.ndarray:
+    """Voxels brighter than ``fraction`` of the robust range above the background.
+
+    Robust percentiles (0.5/99.5) so a few hot voxels or a black border do not move the cut.
+    """
+    values = source.astype(np.float64, copy=False)
+    low, high = np.percentile(values, [0.5, 99.5])
+    if high <= low:
+        return np.zeros(source.shape, dtype=bool)
+    return values > low + fraction * (high - low)
+
+
+def region_masks(
+    foreground: np.ndarray,
+    labels: np.ndarray | None = None,
+    label_names: dict[int, str] | None = None,
+    body: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Ordered ``{row name: boolean mask}``: foreground, body (if given), then each label.
+
+    Labels listed in ``label_names`` get a row even when empty; without names every non-zero
+    value present gets a row named ``label <value>``.
+    """
+    regions = {FOREGROUND_ROW: np.asarray(foreground, dtype=bool)}
+    if body is not None:
+        regions[BODY_ROW] = np.asarray(body, dtype=bool)
+    if labels is not None:
+        if labels.shape != regions[FOREGROUND_ROW].shape:
+            raise ValueError(f"label array shape {labels.shape} differs from the image shape {foreground.shape}")
+        if label_names is None:
+            label_names = {int(v): f"label {int(v)}" for v in np.unique(labels) if v != 0}
+        used: set[str] = set(regions)
+        for value, name in label_names.items():
+            unique = name
+            n = 2
+            while unique in used:  # two segments may share a name; rows must stay distinct
+                unique = f"{name} ({n})"
+                n += 1
+            used.add(unique)
+            regions[unique] = labels == value
+    return regions
+
+
+def compute_region_metrics(
+    regions: dict[str, np.ndarray],
+    heatmap: np.ndarray | None = None,
+    synthetic: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    data_range: float | None = None,
+) -> list[RegionMetrics]:
+    """One ``RegionMetrics`` per region; image metrics only when both synthetic and reference are given."""
+    with_reference = synthetic is not None and reference is not None
+    if with_reference:
+        if synthetic.shape != reference.shape:
+            raise ValueError(f"synthetic shape {synthetic.shape} differs from the reference shape {reference.shape}")
+        if data_range is None:
+            data_range = float(np.ptp(reference))
+        if data_range <= 0:
+            raise ValueError("the reference volume is constant, so PSNR/SSIM have no data range")
+    rows = []
+    for name, mask in regions.items():
+        row = RegionMetrics(name=name, voxels=int(mask.sum()))
+        if row.voxels > 0:
+            if heatmap is not None:
+                values = heatmap[mask].astype(np.float64)
+                row.mean_difficulty = float(values.mean())
+                row.p95_difficulty = float(np.percentile(values, DIFFICULTY_PERCENTILE))
+            if with_reference:
+                row.mae = metrics.mae(synthetic, reference, mask)
+                row.psnr = metrics.psnr(synthetic, reference, data_range, mask)  # inf when identical
+                row.ssim = metrics.ssim(synthetic, reference, data_range, mask)
+        rows.append(row)
+    return rows
+
+
+def compute_qa(
+    foreground: np.ndarray,
+    heatmap: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    label_names: dict[int, str] | None = None,
+    synthetic: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    target_modality: str | None = None,
+) -> list[RegionMetrics]:
+    """The QA rows. For a CT target the arrays are in HU: MAE is in HU, PSNR's peak is the
+    clipped HU range and a body row (reference HU > -500) is added. For MRI PSNR's peak is the
+    reference's value range.
+    """
+    body = None
+    data_range = None
+    if reference is not None and is_ct(target_modality):
+        body = reference > CT_BODY_THRESHOLD_HU
+        data_range = CT_DATA_RANGE_HU
+    regions = region_masks(foreground, labels, label_names, body)
+    return compute_region_metrics(regions, heatmap, synthetic, reference, data_range)
+
+
+def absolute_difference(synthetic: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    if synthetic.shape != reference.shape:
+        raise ValueError(f"synthetic shape {synthetic.shape} differs from the reference shape {reference.shape}")
+    return np.abs(synthetic.astype(np.float32) - reference.astype(np.float32))
+
+
+# ---- scene side (imports slicer lazily so the numpy part works without it) ----
+
+COLUMN_NAME = "Region"
+COLUMN_VOXELS = "Voxels"
+COLUMN_MEAN = "Mean difficulty"
+COLUMN_P95 = "P95 difficulty"
+COLUMN_PSNR = "PSNR (dB)"
+COLUMN_MAE = "MAE"
+COLUMN_MAE_HU = "MAE (HU)"
+COLUMN_SSIM = "SSIM"
+
+
+def write_qa_table(
+    scene,
+    rows: list[RegionMetrics],
+    name: str = "DualD QA",
+    with_difficulty: bool = True,
+    with_reference: bool = False,
+    target_modality: str | None = None,
+):
+    """A new ``vtkMRMLTableNode`` with one row per region."""
+    import vtk
+
+    columns: list[tuple[str, str]] = [(COLUMN_NAME, "name"), (COLUMN_VOXELS, "voxels")]
+    if with_difficulty:
+        columns += [(COLUMN_MEAN, "mean_difficulty"), (COLUMN_P95, "p95_difficulty")]
+    if with_reference:
+        mae_column = COLUMN_MAE_HU if is_ct(target_modality) else COLUMN_MAE
+        columns += [(COLUMN_PSNR, "psnr"), (mae_column, "mae"), (COLUMN_SSIM, "ssim")]
+    arrays = []
+    for title, field in columns:
+        if field == "name":
+            array = vtk.vtkStringArray()
+        elif field == "voxels":
+            array = vtk.vtkIntArray()
+        else:
+            array = vtk.vtkDoubleArray()
+        array.SetName(title)
+        for row in rows:
+            array.InsertNextValue(getattr(row, field))
+        arrays.append(array)
+    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    was_modifying = table_node.StartModify()
+    try:
+        for array in arrays:
+            table_node.AddColumn(array)
+        table_node.SetLocked(True)  # computed results: editing them in the table view makes no sense
+    finally:
+        table_node.EndModify(was_modifying)
+    return table_node
+
+
+def new_difference_node(
+    scene, synthetic: sitk.Image, reference: sitk.Image, name: str = "DualD |synthetic - reference|"
+):
+    """A new scalar volume ``|synthetic - reference|`` on the synthetic's grid."""
+    from .mrml_io import new_volume_node_from_image, resample_to_grid
+
+    reference = resample_to_grid(reference, synthetic)
+    difference = sitk.GetImageFromArray(
+        absolute_difference(sitk.GetArrayFromImage(synthetic), sitk.GetArrayFromImage(reference))
+    )
+    difference.CopyInformation(synthetic)
+    return new_volume_node_from_image(scene, difference, name)
