@@ -1,0 +1,592 @@
+"""Preprocessing shared by training and inference (SimpleITK + numpy only; no Slicer/Qt/vtk).
+
+The model bundle records a :class:`PreprocessingSpec`; training and the inference engine both call
+:func:`prepare_volume` with it, so a volume is always seen by the networks exactly as in training:
+
+1. reorient to the canonical orientation with ``sitk.DICOMOrient`` (a pure axis permutation/flip: an
+   oblique volume keeps its residual obliquity, nothing is interpolated);
+2. resample in-plane (along the volume's own axes, slice positions untouched) to the spec's spacing,
+   if it has one and it differs from the volume's;
+3. map intensities to the normalised space (:class:`IntensityMapping`), background at 0;
+4. pad every axial slice, centred, with 0 up to a multiple of ``size_multiple``.
+
+:func:`restore_volume` undoes 4→2 (geometry only: apply ``IntensityMapping.inverse`` to the values
+yourself) and returns an image with exactly the original size, spacing, origin and direction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+CT_HU_RANGE = (-1024.0, 3071.0)
+CT_BODY_THRESHOLD_HU = -500.0
+# MRI foreground = voxels above this fraction of the robust maximum (99th percentile of the
+# positive voxels). Skull-stripped data has a background of exact zeros plus small negative (and
+# small positive) values from resampling ringing at the brain edge; 5 % sits well above that
+# ringing and well below the darkest tissue (CSF on T1 is ~15-30 % of white matter).
+MRI_FOREGROUND_FRACTION = 0.05
+_ROBUST_MAX_SAMPLES = 2_000_000  # the threshold's percentile is estimated on a strided subsample
+_SPACING_RTOL = 1e-3  # in-plane spacings closer than this (relative) are not resampled
+_KINDS = ("mri_percentile", "ct_hu")
+_ROLES = ("source", "target", "mask")
+
+
+class PreprocessError(ValueError):
+    """Bad input volume or bad preprocessing metadata (the message is one sentence)."""
+
+
+# ----------------------------------------------------------------------------- intensities
+
+
+def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """Fill holes in each ``mask[k]`` plane, in place: background components (4-connected) that do not
+    touch the plane's border. 2-D on purpose, so cavities that are open in 3-D (airways) still fill."""
+    for k in range(mask.shape[0]):
+        labels, n = ndimage.label(~mask[k])
+        if n == 0:
+            continue
+        border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+        hole = np.ones(n + 1, dtype=bool)
+        hole[0] = False
+        hole[border] = False
+        mask[k] |= hole[labels]
+    return mask
+
+
+def foreground_mask(arr: np.ndarray, kind: str) -> np.ndarray:
+    """Boolean foreground of a raw-intensity array ``[k, j, i]``, holes filled in each ``arr[k]`` plane.
+
+    - ``ct_hu``: body = HU > -500.
+    - ``mri_percentile``: voxels above ``MRI_FOREGROUND_FRACTION`` (5 %) of the robust maximum, the
+      99th percentile of the strictly positive voxels. Zero and negative voxels are therefore always
+      background, which handles skull-stripped data with small negative resampling values; a volume
+      with no positive voxel has an empty foreground.
+    """
+    if arr.ndim != 3:
+        raise PreprocessError(f"foreground_mask expects a 3-D array, got {arr.ndim}-D.")
+    if kind == "ct_hu":
+        fg = arr > CT_BODY_THRESHOLD_HU
+    elif kind == "mri_percentile":
+        flat = arr.reshape(-1)
+        sample = flat[:: max(1, flat.size // _ROBUST_MAX_SAMPLES)]
+        positive = sample[sample > 0]
+        if positive.size == 0:
+            return np.zeros(arr.shape, dtype=bool)
+        robust_max = float(np.percentile(positive, 99.0))
+        fg = arr > MRI_FOREGROUND_FRACTION * robust_max
+    else:
+        raise PreprocessError(f"unknown intensity kind {kind!r}; expected one of {', '.join(_KINDS)}.")
+    return _fill_holes_per_slice(fg)
+
+
+@dataclass(frozen=True)
+class IntensityMapping:
+    """Raw ↔ normalised intensity mapping of one side (source or target) of the translation.
+
+    ``mri_percentile``: normalised = raw / scale clipped to ``clip``, with scale the ``percentile``-th
+    percentile of the foreground voxels of that volume (background, ≤ 0, lands at 0).
+    ``ct_hu``: normalised = (clip(HU, -1024, 3071) + 1024) / 4095, scale is always 1.
+    ``reference_scale`` (MRI target only) is the scale used to bring synthesised values back to raw
+    units at inference, where no target volume exists: the median of the training subjects' scales.
+    """
+
+    kind: Literal["mri_percentile", "ct_hu"]
+    percentile: float = 99.5
+    clip: tuple[float, float] = (0.0, 2.0)
+    reference_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise PreprocessError(f"unknown intensity kind {self.kind!r}; expected one of {', '.join(_KINDS)}.")
+        try:
+            pct = float(self.percentile)
+            lo, hi = (float(v) for v in self.clip)
+        except (TypeError, ValueError) as exc:
+            raise PreprocessError(f"intensity mapping has a non-numeric percentile or clip ({exc}).") from exc
+        if not 0.0 < pct <= 100.0:
+            raise PreprocessError(f"intensity percentile must be in (0, 100], got {pct}.")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise PreprocessError(f"intensity clip must be two finite numbers low < high, got {self.clip}.")
+        ref = self.reference_scale
+        if ref is not None:
+            ref = float(ref)
+            if not (math.isfinite(ref) and ref > 0):
+                raise PreprocessError(f"reference_scale must be a positive finite number, got {ref}.")
+        object.__setattr__(self, "percentile", pct)
+        object.__setattr__(self, "clip", (lo, hi))
+        object.__setattr__(self, "reference_scale", ref)
+
+    def scale_for(self, arr: np.ndarray, foreground: np.ndarray | None) -> float:
+        """Per-volume scale: the foreground's ``percentile``-th percentile (MRI), 1.0 (CT)."""
+        if self.kind == "ct_hu":
+            return 1.0
+        if foreground is None:
+            foreground = foreground_mask(arr, self.kind)
+        values = arr[foreground]  # a copy, so the percentile may partition it in place
+        if values.size == 0:
+            raise PreprocessError("the volume has no foreground voxels, so its intensity scale cannot be set.")
+        scale = float(np.percentile(values, self.percentile, overwrite_input=True))
+        if not (math.isfinite(scale) and scale > 0):
+            raise PreprocessError(f"the volume's intensity scale is {scale}, not a positive number.")
+        return scale
+
+    def output_scale(self) -> float:
+        """Scale to undo the target mapping at inference (``reference_scale``; 1.0 for CT)."""
+        if self.kind == "ct_hu":
+            return 1.0
+        if self.reference_scale is None:
+            raise PreprocessError("this MRI intensity mapping has no reference_scale to restore raw units.")
+        return self.reference_scale
+
+    def forward(self, arr: np.ndarray, scale: float, out: np.ndarray | None = None) -> np.ndarray:
+        """Raw → normalised float32 (background → 0). ``out`` (float32, same shape) avoids a copy."""
+        arr = np.asarray(arr, dtype=np.float32)
+        if self.kind == "ct_hu":
+            out = np.clip(arr, CT_HU_RANGE[0], CT_HU_RANGE[1], out=out)
+            out -= np.float32(CT_HU_RANGE[0])
+            out *= np.float32(1.0 / (CT_HU_RANGE[1] - CT_HU_RANGE[0]))
+            return out
+        _check_scale(scale)
+        out = np.multiply(arr, np.float32(1.0 / scale), out=out)
+        return np.clip(out, self.clip[0], self.clip[1], out=out)
+
+    def inverse(self, arr: np.ndarray, scale: float) -> np.ndarray:
+        """Normalised → raw units (HU for CT), float32; values are first clipped to the normalised range
+        the training targets had, since the generator's linear output may overshoot it."""
+        arr = np.asarray(arr, dtype=np.float32)
+        if self.kind == "ct_hu":
+            out = np.clip(arr, 0.0, 1.0)
+            out *= np.float32(CT_HU_RANGE[1] - CT_HU_RANGE[0])
+            out += np.float32(CT_HU_RANGE[0])
+            return out
+        _check_scale(scale)
+        out = np.clip(arr, self.clip[0], self.clip[1])
+        out *= np.float32(scale)
+        return out
+
+    @property
+    def background_value(self) -> float:
+        """Raw value of empty space (used when resampling outside a volume)."""
+        return CT_HU_RANGE[0] if self.kind == "ct_hu" else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "percentile": self.percentile,
+            "clip": [self.clip[0], self.clip[1]],
+            "reference_scale": self.reference_scale,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IntensityMapping:
+        if not isinstance(d, dict) or "kind" not in d:
+            raise PreprocessError("an intensity mapping must be a JSON object with a 'kind'.")
+        clip = d.get("clip", (0.0, 2.0))
+        if not isinstance(clip, list | tuple) or len(clip) != 2:
+            raise PreprocessError(f"intensity clip must be a pair of numbers, got {clip!r}.")
+        return cls(
+            kind=d["kind"],
+            percentile=d.get("percentile", 99.5),
+            clip=(clip[0], clip[1]),
+            reference_scale=d.get("reference_scale"),
+        )
+
+
+def _check_scale(scale: float) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        raise PreprocessError(f"intensity scale must be a positive finite number, got {scale}.")
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+def _check_orientation(code: Any, slice_axis: str) -> str:
+    if not isinstance(code, str) or len(code) != 3:
+        raise PreprocessError(f"orientation must be a 3-letter code such as 'LPS', got {code!r}.")
+    code = code.upper()
+    letters = set(code)
+    if len(letters) != 3 or not all(len(letters & set(pair)) == 1 for pair in ("RL", "AP", "SI")):
+        raise PreprocessError(f"orientation {code!r} must use one letter of each of R/L, A/P and S/I.")
+    if slice_axis == "axial" and code[2] not in "SI":
+        raise PreprocessError(f"orientation {code!r} does not put S/I third, so its slices are not axial.")
+    return code
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """How volumes are prepared for the networks; stored in the bundle's JSON metadata."""
+
+    source: IntensityMapping
+    target: IntensityMapping
+    orientation: str = "LPS"
+    slice_axis: str = "axial"
+    spacing: tuple[float, float] | None = None
+    size_multiple: int = 16
+    min_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, IntensityMapping) or not isinstance(self.target, IntensityMapping):
+            raise PreprocessError("source and target must be IntensityMapping objects.")
+        if self.slice_axis != "axial":
+            raise PreprocessError(f"only axial slices are supported, got slice_axis {self.slice_axis!r}.")
+        object.__setattr__(self, "orientation", _check_orientation(self.orientation, self.slice_axis))
+        if self.spacing is not None:
+            try:
+                sp = tuple(float(v) for v in self.spacing)
+            except (TypeError, ValueError) as exc:
+                raise PreprocessError(f"spacing must be two numbers (mm), got {self.spacing!r}.") from exc
+            if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
+                raise PreprocessError(f"spacing must be two positive numbers (mm, x then y), got {self.spacing!r}.")
+            object.__setattr__(self, "spacing", sp)
+        for name in ("size_multiple", "min_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < 1:
+                raise PreprocessError(f"{name} must be a positive integer, got {value!r}.")
+            object.__setattr__(self, name, int(value))
+
+    def mapping(self, role: str) -> IntensityMapping | None:
+        """The mapping for ``role`` ('source', 'target'; 'mask' has none: label values are kept)."""
+        if role not in _ROLES:
+            raise PreprocessError(f"role must be one of {', '.join(_ROLES)}, got {role!r}.")
+        return None if role == "mask" else getattr(self, role)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source.to_dict(),
+            "target": self.target.to_dict(),
+            "orientation": self.orientation,
+            "slice_axis": self.slice_axis,
+            "spacing": None if self.spacing is None else [self.spacing[0], self.spacing[1]],
+            "size_multiple": self.size_multiple,
+            "min_size": self.min_size,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessingSpec:
+        if not isinstance(d, dict):
+            raise PreprocessError(f"preprocessing metadata must be a JSON object, got {type(d).__name__}.")
+        missing = [k for k in ("source", "target") if k not in d]
+        if missing:
+            raise PreprocessError(f"preprocessing metadata lacks {' and '.join(missing)}.")
+        return cls(
+            source=IntensityMapping.from_dict(d["source"]),
+            target=IntensityMapping.from_dict(d["target"]),
+            orientation=d.get("orientation", "LPS"),
+            slice_axis=d.get("slice_axis", "axial"),
+            spacing=d.get("spacing"),
+            size_multiple=d.get("size_multiple", 16),
+            min_size=d.get("min_size", 32),
+        )
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A 3-D voxel grid: size (i, j, k), spacing, origin and direction (row-major 3×3)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> Grid:
+        return cls(
+            tuple(int(v) for v in image.GetSize()),
+            tuple(float(v) for v in image.GetSpacing()),
+            tuple(float(v) for v in image.GetOrigin()),
+            tuple(float(v) for v in image.GetDirection()),
+        )
+
+    def matches(self, other: Grid | sitk.Image, tol: float = 1e-4) -> bool:
+        """Same size and, within ``tol`` (relative to the smallest spacing for the origin), geometry."""
+        if isinstance(other, sitk.Image):
+            other = Grid.from_image(other)
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, rtol=tol, atol=0)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=tol * min(self.spacing))
+            and np.allclose(self.direction, other.direction, rtol=0, atol=tol)
+        )
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def resample(self, image: sitk.Image, interpolator: int, default: float) -> sitk.Image:
+        """``image`` resampled onto this grid, float32 (no reference image allocated)."""
+        f = sitk.ResampleImageFilter()
+        f.SetSize(self.size)
+        f.SetOutputSpacing(self.spacing)
+        f.SetOutputOrigin(self.origin)
+        f.SetOutputDirection(self.direction)
+        f.SetInterpolator(interpolator)
+        f.SetDefaultPixelValue(float(default))
+        f.SetOutputPixelType(sitk.sitkFloat32)
+        return f.Execute(image)
+
+
+@dataclass(frozen=True)
+class RestoreContext:
+    """Everything :func:`restore_volume` needs to undo :func:`prepare_volume`."""
+
+    original: Grid  # the input image's grid (restored exactly)
+    original_orientation: str  # its closest orientation code, e.g. 'RAS'
+    original_pixel_type: str  # e.g. '16-bit signed integer' (informative; restore gives float32)
+    canonical: Grid  # after DICOMOrient
+    prepared: Grid  # after in-plane resampling (== canonical when not resampled)
+    flip_axes: tuple[bool, bool, bool]  # canonical axes to flip ...
+    permutation: tuple[int, int, int]  # ... then sitk.PermuteAxes order, to get back to the original
+    crop: tuple[int, int, int, int]  # y0, y1, x0, x1 of the data inside the padded slices
+    padded_shape: tuple[int, int, int]  # K, H, W of PreparedVolume.slices
+
+    @property
+    def resampled(self) -> bool:
+        return self.prepared != self.canonical
+
+
+@dataclass
+class PreparedVolume:
+    slices: np.ndarray  # float32 [K, H, W], normalised, canonical orientation, padded
+    foreground: np.ndarray  # bool [K, H, W], False in the padding
+    scale: float  # intensity scale used (1.0 for CT and label masks)
+    context: RestoreContext
+
+
+def _axis_mapping(original: Grid, canonical: Grid) -> tuple[tuple[bool, bool, bool], tuple[int, int, int]]:
+    """Flips and permutation taking the canonical image back to the original axes.
+
+    DICOMOrient only permutes and negates direction columns, so each canonical axis c is ±1 times
+    exactly one original axis o; undo = flip the negated ones, then PermuteAxes(order[o] = c)."""
+    d_orig = np.array(original.direction).reshape(3, 3)
+    d_can = np.array(canonical.direction).reshape(3, 3)
+    m = d_orig.T @ d_can  # m[o, c] = <original axis o, canonical axis c>
+    orig_of = [int(np.argmax(np.abs(m[:, c]))) for c in range(3)]
+    if sorted(orig_of) != [0, 1, 2] or not np.allclose(np.abs(m[orig_of, range(3)]), 1.0, atol=1e-5):
+        raise PreprocessError("reorientation was not a pure axis permutation, which should not happen.")
+    flips = tuple(bool(m[orig_of[c], c] < 0) for c in range(3))
+    order = tuple(orig_of.index(o) for o in range(3))
+    return flips, order  # type: ignore[return-value]
+
+
+def _prepared_grid(canonical: Grid, spacing: tuple[float, float] | None) -> Grid:
+    """Canonical grid resampled in-plane to ``spacing`` along its own axes, centred on the same extent."""
+    if spacing is None or np.allclose(canonical.spacing[:2], spacing, rtol=_SPACING_RTOL, atol=0):
+        return canonical
+    new_sp = np.array([spacing[0], spacing[1], canonical.spacing[2]])
+    old_sp = np.array(canonical.spacing)
+    old_size = np.array(canonical.size)
+    new_size = np.maximum(1, np.round(old_size * old_sp / new_sp)).astype(int)
+    new_size[2] = old_size[2]
+    d = np.array(canonical.direction).reshape(3, 3)
+    centre = np.array(canonical.origin) + d @ ((old_size - 1) * old_sp / 2)
+    origin = centre - d @ ((new_size - 1) * new_sp / 2)
+    return Grid(
+        tuple(int(v) for v in new_size),
+        tuple(float(v) for v in new_sp),
+        tuple(float(v) for v in origin),
+        canonical.direction,
+    )
+
+
+def _padded(n: int, spec: PreprocessingSpec) -> int:
+    m = spec.size_multiple
+    return int(math.ceil(max(n, spec.min_size) / m) * m)
+
+
+def _check_inplane(grid: Grid, spec: PreprocessingSpec, name: str) -> None:
+    w, h = grid.size[0], grid.size[1]
+    if min(w, h) < spec.min_size:
+        raise PreprocessError(
+            f"{name} has {w}×{h}-voxel slices after resampling, smaller than the minimum {spec.min_size}."
+        )
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _as_scalar(image: sitk.Image, name: str) -> sitk.Image:
+    n = image.GetNumberOfComponentsPerPixel()
+    if n != 1:
+        raise PreprocessError(f"{name} has {n} components per voxel (a vector/colour image); a scalar one is needed.")
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise PreprocessError(f"{name} has complex voxels; a real-valued scalar volume is needed.")
+    if "vector" in image.GetPixelIDTypeAsString():
+        return sitk.VectorIndexSelectionCast(image, 0)
+    return image
+
+
+def validate_volume(
+    image: sitk.Image, name: str, spec: PreprocessingSpec | None = None, allow_constant: bool = False
+) -> None:
+    """Raise :class:`PreprocessError` (one sentence naming ``name``) if ``image`` cannot be prepared.
+
+    Checks: a ``sitk.Image``; 3-D (2-D/4-D named); no zero-size axis; one real component; no NaN/inf
+    (counted); not constant (unless ``allow_constant``, for label masks); and, with ``spec``, slices at
+    least ``spec.min_size`` voxels wide after the in-plane resampling."""
+    if not isinstance(image, sitk.Image):
+        raise PreprocessError(f"{name} is a {type(image).__name__}, not a SimpleITK image.")
+    dim = image.GetDimension()
+    if dim != 3:
+        raise PreprocessError(f"{name} is a {dim}-D image; a 3-D volume is needed.")
+    size = image.GetSize()
+    if 0 in size:
+        raise PreprocessError(f"{name} is empty (size {size[0]}×{size[1]}×{size[2]}).")
+    image = _as_scalar(image, name)
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        view = sitk.GetArrayViewFromImage(image)
+        bad = int(view.size - np.count_nonzero(np.isfinite(view)))
+        if bad:
+            raise PreprocessError(f"{name} has {bad} NaN or infinite voxel{'s' if bad != 1 else ''}.")
+    if not allow_constant:
+        mm = sitk.MinimumMaximumImageFilter()
+        mm.Execute(image)
+        if mm.GetMinimum() == mm.GetMaximum():
+            raise PreprocessError(f"{name} is constant (every voxel is {mm.GetMinimum():g}).")
+    if spec is not None:
+        # Which original axes become the canonical in-plane axes: the ones closest to x and y.
+        d = np.abs(np.array(image.GetDirection()).reshape(3, 3))
+        axis_of = [int(np.argmax(d[row])) for row in range(3)]
+        if sorted(axis_of) == [0, 1, 2]:
+            sp = image.GetSpacing()
+            canon = Grid(
+                tuple(size[a] for a in axis_of),
+                tuple(sp[a] for a in axis_of),
+                (0.0, 0.0, 0.0),
+                (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0),
+            )
+            _check_inplane(_prepared_grid(canon, spec.spacing), spec, name)
+
+
+# ----------------------------------------------------------------------------- prepare / restore
+
+
+def _finish(
+    image: sitk.Image, context: RestoreContext, mapping: IntensityMapping | None, scale: float | None
+) -> PreparedVolume:
+    """Intensity mapping, foreground and padding of a float32 image on the prepared grid."""
+    arr = sitk.GetArrayViewFromImage(image)  # [K, H, W] view, no copy
+    y0, y1, x0, x1 = context.crop
+    slices = np.zeros(context.padded_shape, dtype=np.float32)
+    inner = slices[:, y0:y1, x0:x1]
+    if mapping is None:  # label mask: values kept as they are
+        fg = arr != 0
+        used_scale = 1.0
+        inner[...] = arr
+    else:
+        fg = foreground_mask(arr, mapping.kind)
+        used_scale = mapping.scale_for(arr, fg) if scale is None else float(scale)
+        mapping.forward(arr, used_scale, out=inner)
+        if mapping.kind == "mri_percentile":
+            inner[~fg] = 0.0  # background exactly 0, as in the convention
+    foreground = np.zeros(context.padded_shape, dtype=bool)
+    foreground[:, y0:y1, x0:x1] = fg
+    return PreparedVolume(slices=slices, foreground=foreground, scale=used_scale, context=context)
+
+
+def _to_prepared_grid(canonical: sitk.Image, context: RestoreContext, interpolator: int, default: float) -> sitk.Image:
+    if context.resampled:
+        return context.prepared.resample(canonical, interpolator, default)
+    if canonical.GetPixelID() == sitk.sitkFloat32:
+        return canonical
+    return sitk.Cast(canonical, sitk.sitkFloat32)
+
+
+def prepare_volume(
+    image: sitk.Image,
+    spec: PreprocessingSpec,
+    role: Literal["source", "target", "mask"] = "source",
+    scale: float | None = None,
+) -> PreparedVolume:
+    """Reorient, resample in-plane, normalise and pad ``image`` as ``spec`` says (see the module doc).
+
+    ``scale`` overrides the per-volume intensity scale; role 'mask' keeps the values (labels)."""
+    mapping = spec.mapping(role)
+    validate_volume(image, role, spec=spec, allow_constant=role == "mask")
+    image = _as_scalar(image, role)
+    original = Grid.from_image(image)
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    pixel_type = image.GetPixelIDTypeAsString()
+    canonical = sitk.DICOMOrient(image, spec.orientation)
+    canon_grid = Grid.from_image(canonical)
+    flips, order = _axis_mapping(original, canon_grid)
+    prepared = _prepared_grid(canon_grid, spec.spacing)
+    _check_inplane(prepared, spec, role)
+    w, h, k = prepared.size
+    hp, wp = _padded(h, spec), _padded(w, spec)
+    y0, x0 = (hp - h) // 2, (wp - w) // 2
+    context = RestoreContext(
+        original, code, pixel_type, canon_grid, prepared, flips, order, (y0, y0 + h, x0, x0 + w), (k, hp, wp)
+    )
+    interpolator = sitk.sitkNearestNeighbor if role == "mask" else sitk.sitkLinear
+    default = 0.0 if mapping is None else mapping.background_value
+    resampled = _to_prepared_grid(canonical, context, interpolator, default)
+    del canonical
+    return _finish(resampled, context, mapping, scale)
+
+
+def prepare_on_grid(
+    image: sitk.Image,
+    reference: PreparedVolume,
+    spec: PreprocessingSpec,
+    role: Literal["source", "target", "mask"] = "target",
+    interpolator: int = sitk.sitkLinear,
+    scale: float | None = None,
+) -> PreparedVolume:
+    """Bring a second volume (the target, or a label mask with ``sitk.sitkNearestNeighbor``) onto
+    exactly the prepared grid of ``reference``; its context is the reference's, so restoring gives the
+    reference's original geometry. On the reference's original grid the same reorient/resample steps
+    are taken; any other grid is resampled directly (in physical space) onto the prepared grid."""
+    mapping = spec.mapping(role)
+    validate_volume(image, role, allow_constant=role == "mask")
+    image = _as_scalar(image, role)
+    context = reference.context
+    default = 0.0 if mapping is None else mapping.background_value
+    if context.original.matches(image):
+        canonical = sitk.DICOMOrient(image, spec.orientation)
+        if not context.canonical.matches(canonical):
+            raise PreprocessError(f"{role} reorients differently from the reference volume.")
+        on_grid = _to_prepared_grid(canonical, context, interpolator, default)
+        del canonical
+    else:
+        on_grid = context.prepared.resample(image, interpolator, default)
+    return _finish(on_grid, context, mapping, scale)
+
+
+def restore_volume(
+    slices: np.ndarray, context: RestoreContext, interpolator: int = sitk.sitkLinear, default_value: float = 0.0
+) -> sitk.Image:
+    """Undo the padding, the in-plane resampling and the reorientation of ``slices`` [K, H, W].
+
+    Geometry only: values are returned as given (apply ``IntensityMapping.inverse`` before or after;
+    ``default_value`` fills points the resampling cannot reach, so use -1024 for HU). The float32
+    result has exactly the original image's size, spacing, origin and direction."""
+    slices = np.asarray(slices)
+    if slices.shape != context.padded_shape:
+        raise PreprocessError(f"slices have shape {slices.shape}, expected {context.padded_shape}.")
+    y0, y1, x0, x1 = context.crop
+    image = sitk.GetImageFromArray(np.ascontiguousarray(slices[:, y0:y1, x0:x1], dtype=np.float32))
+    context.prepared.apply_to(image)
+    if context.resampled:
+        image = context.canonical.resample(image, interpolator, default_value)
+    if any(context.flip_axes):
+        image = sitk.Flip(image, list(context.flip_axes))
+    if context.permutation != (0, 1, 2):
+        image = sitk.PermuteAxes(image, list(context.permutation))
+    restored = Grid.from_image(image)
+    if restored.size != context.original.size or not context.original.matches(restored, tol=1e-3):
+        raise PreprocessError(
+            f"restored grid {restored.size} does not match the original {context.original.size}; "
+            "the restore context does not belong to these slices."
+        )
+    return context.original.apply_to(image)

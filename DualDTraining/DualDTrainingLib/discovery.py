@@ -1,0 +1,507 @@
+"""Find source/target training pairs in a data folder or a CSV manifest (no Slicer imports).
+
+Two inputs are understood:
+
+- a folder with one sub-folder per subject (optionally grouped in ``train/``, ``val/``, ``test/``
+  sub-folders, which become the pair's split), each holding one file per contrast. The contrast is
+  read from the end of the file name, after the subject id, in either convention:
+  ``BraTS-GLI-00001-000-t1n.nii.gz`` or ``TCGA-DU-7294_t1_bet.nii.gz`` (trailing ``_bet``-like
+  modifiers are ignored). The whole suffix must equal an alias, so ``t1`` never matches ``t1c``;
+- a ``.csv`` manifest with header columns ``source,target`` and optional ``mask``, ``foreground``,
+  ``split``, ``subject``; relative paths resolve against the manifest's folder. Its contrast names are
+  labels only and are not checked against :data:`CONTRAST_ALIASES`.
+
+Every pair is checked from file headers only (fast): readable, 3-D, scalar, and the target/masks
+overlapping the source in physical space. A truncated ``.nii.gz`` still has a readable header and
+ITK silently fills the missing voxels with zeros, so NIfTI files also get an O(1) integrity check:
+the uncompressed size in the gzip trailer (or the ``.nii`` file size) must equal the header's
+voxel offset plus data size; only when it differs (e.g. multi-member gzip) is the stream fully
+decompressed to decide. :func:`load_pair` repeats that check before reading the voxels.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import SimpleITK as sitk
+
+__all__ = [
+    "CONTRAST_ALIASES",
+    "IMAGE_SUFFIXES",
+    "MIN_OVERLAP",
+    "SPLIT_FOLDERS",
+    "Discovery",
+    "DiscoveryError",
+    "Rejection",
+    "SubjectPair",
+    "contrast_of",
+    "discover",
+    "load_foreground",
+    "load_pair",
+]
+
+CONTRAST_ALIASES: dict[str, tuple[str, ...]] = {
+    "t1": ("t1", "t1n"),
+    "t1c": ("t1c", "t1ce", "t1gd"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f", "fla"),
+    "seg": ("seg", "seg_fusion", "label"),
+    "ct": ("ct",),
+}
+MIN_OVERLAP = 0.5  # fraction of the source's physical bounding box the target must cover
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+SPLIT_FOLDERS = ("train", "training", "val", "validation", "test", "testing")
+# Trailing processing tags that say nothing about the contrast.
+_MODIFIERS = ("bet", "brain", "ss", "skullstripped", "stripped", "reg", "registered", "n4", "bc", "preproc")
+_ALIAS_TO_KEY = {alias: key for key, aliases in CONTRAST_ALIASES.items() for alias in aliases}
+_NAME_RE = re.compile(
+    r"^(?:(?P<prefix>.*?)[-_. ])??(?P<alias>{aliases})(?:[-_.](?:{mods}))*$".format(
+        aliases="|".join(sorted(map(re.escape, _ALIAS_TO_KEY), key=len, reverse=True)),
+        mods="|".join(_MODIFIERS),
+    )
+)
+_LABEL_KEY = "seg"
+
+
+class DiscoveryError(ValueError):
+    """The data cannot be used at all (bad path, unknown contrast, nothing found)."""
+
+
+@dataclass(frozen=True)
+class SubjectPair:
+    subject: str
+    source: Path
+    target: Path
+    mask: Path | None = None  # tumour/region labels
+    foreground: Path | None = None  # body/brain mask
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    subject: str
+    reason: str
+
+
+@dataclass
+class Discovery:
+    pairs: list[SubjectPair]
+    rejected: list[Rejection]
+    notes: list[str]
+
+    def summary(self) -> str:
+        return f"{len(self.pairs)} pair(s) found, {len(self.rejected)} subject(s) rejected"
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _stem(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _split_name(stem: str) -> tuple[str, str] | None:
+    """(subject prefix, contrast key) of a file stem, or None when it names no known contrast."""
+    m = _NAME_RE.match(stem.lower())
+    if m is None:
+        return None
+    prefix = stem[: len(m.group("prefix"))] if m.group("prefix") else ""
+    return prefix, _ALIAS_TO_KEY[m.group("alias")]
+
+
+def contrast_of(filename: str) -> str | None:
+    """Contrast key (e.g. 't1') of an image file name, or None (not an image / unknown contrast)."""
+    stem = _stem(Path(filename).name)
+    split = None if stem is None else _split_name(stem)
+    return None if split is None else split[1]
+
+
+def _contrast_key(name: str, role: str) -> str:
+    key = name.strip().lower()
+    key = key if key in CONTRAST_ALIASES else _ALIAS_TO_KEY.get(key, "")
+    known = ", ".join(CONTRAST_ALIASES)
+    if not key:
+        raise DiscoveryError(f"unknown {role} contrast {name!r}; known contrasts are {known}.")
+    if key == _LABEL_KEY:
+        raise DiscoveryError(f"{role} contrast {name!r} is a label map, not an image contrast.")
+    return key
+
+
+def _looked_for(key: str) -> str:
+    return "/".join(CONTRAST_ALIASES[key])
+
+
+# ----------------------------------------------------------------------------- header checks
+
+
+class _Header(NamedTuple):
+    dim: int
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    components: int
+
+
+def _read_header(path: Path) -> _Header:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return _Header(
+        reader.GetDimension(),
+        reader.GetSize(),
+        reader.GetSpacing(),
+        reader.GetOrigin(),
+        reader.GetDirection(),
+        reader.GetNumberOfComponents(),
+    )
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Voxel offset + data size from a NIfTI-1/2 header, None if it is not one."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return None
+    return offset + math.prod(max(d, 1) for d in dims[1 : dims[0] + 1]) * bitpix // 8
+
+
+def _integrity_problem(path: Path) -> str | None:
+    """Why a NIfTI file is truncated/corrupt, or None (other formats are not checked here)."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".nii.gz"):
+            with gzip.open(path, "rb") as f:
+                expected = _nifti_data_end(f.read(540))
+            if expected is None:
+                return None
+            with open(path, "rb") as f:
+                f.seek(-4, 2)
+                isize = struct.unpack("<I", f.read(4))[0]
+            if isize == expected % 2**32:
+                return None
+            total = 0  # trailer disagrees: decompress the whole stream to be sure
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    total += len(chunk)
+        elif name.endswith(".nii"):
+            with open(path, "rb") as f:
+                expected = _nifti_data_end(f.read(540))
+            if expected is None:
+                return None
+            total = path.stat().st_size
+        else:
+            return None
+    except (EOFError, OSError, zlib.error) as exc:
+        return f"is truncated or corrupt ({exc})"
+    if total < expected:
+        return f"is truncated ({total} of {expected} bytes)"
+    return None
+
+
+def _bbox(h: _Header) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical bounding box of the voxels' extent (voxel edges, not centres)."""
+    d = np.array(h.direction).reshape(3, 3)
+    corners = np.array(
+        [[lo_hi[(c >> a) & 1] for a, lo_hi in enumerate([(-0.5, n - 0.5) for n in h.size])] for c in range(8)]
+    )
+    points = np.array(h.origin) + (corners * np.array(h.spacing)) @ d.T
+    return points.min(axis=0), points.max(axis=0)
+
+
+def _overlap_fraction(source: _Header, other: _Header) -> float:
+    (a0, a1), (b0, b1) = _bbox(source), _bbox(other)
+    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)
+    return float(np.prod(inter) / np.prod(a1 - a0))
+
+
+def _same_grid(a: _Header, b: _Header) -> bool:
+    return (
+        tuple(a.size) == tuple(b.size)
+        and np.allclose(a.spacing, b.spacing, rtol=1e-5, atol=0)
+        and np.allclose(a.origin, b.origin, rtol=0, atol=1e-3 * min(a.spacing))
+        and np.allclose(a.direction, b.direction, rtol=0, atol=1e-5)
+    )
+
+
+def _check_pair(pair: SubjectPair) -> tuple[str | None, list[str]]:
+    """(rejection reason or None, notes) for one pair, from headers and NIfTI integrity only."""
+    headers: dict[str, _Header] = {}
+    roles = (("source", pair.source), ("target", pair.target), ("mask", pair.mask), ("foreground", pair.foreground))
+    for role, path in roles:
+        if path is None:
+            continue
+        if not path.is_file():
+            return f"{role} file {path} not found", []
+        try:
+            header = _read_header(path)
+        except RuntimeError as exc:
+            return f"{role} file {path.name} cannot be read ({_first_line(exc)})", []
+        problem = _integrity_problem(path)
+        if problem:
+            return f"{role} file {path.name} {problem}", []
+        if header.dim != 3:
+            return f"{role} file {path.name} is {header.dim}-D, not a 3-D volume", []
+        if 0 in header.size:
+            return f"{role} file {path.name} is empty (size {header.size})", []
+        if header.components != 1:
+            return f"{role} file {path.name} has {header.components} components per voxel, not 1", []
+        headers[role] = header
+    notes = []
+    for role, header in headers.items():
+        if role == "source" or _same_grid(headers["source"], header):
+            continue
+        fraction = _overlap_fraction(headers["source"], header)
+        if fraction < MIN_OVERLAP:
+            return (
+                f"{role} covers only {fraction:.0%} of the source's physical extent (at least "
+                f"{MIN_OVERLAP:.0%} needed): not the same subject or not co-registered"
+            ), []
+        notes.append(f"subject {pair.subject}: {role} will be resampled onto the source grid")
+    return None, notes
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # ITK messages start with a file/line banner; the useful part is usually the last line.
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _stem(p.name) is not None
+    )
+
+
+def _subject_folders(data: Path) -> list[tuple[Path, str | None]]:
+    found: list[tuple[Path, str | None]] = []
+    for child in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if child.name.lower() in SPLIT_FOLDERS and not _image_files(child):
+            found += [
+                (g, child.name.lower()) for g in sorted(child.iterdir()) if g.is_dir() and not g.name.startswith(".")
+            ]
+        else:
+            found.append((child, None))
+    return found
+
+
+def _pair_from_files(
+    subject: str, files: list[Path], src: str, tgt: str, split: str | None, rejected: list[Rejection], notes: list[str]
+) -> SubjectPair | None:
+    by_key: dict[str, list[Path]] = {}
+    for path in files:
+        parts = _split_name(_stem(path.name) or "")
+        if parts is not None:
+            by_key.setdefault(parts[1], []).append(path)
+    missing = [k for k in (src, tgt) if k not in by_key]
+    if missing:
+        what = " or ".join(f"{k} image (a name ending in {_looked_for(k)})" for k in missing)
+        rejected.append(Rejection(subject, f"no {what}"))
+        return None
+    for key in (src, tgt):
+        if len(by_key[key]) > 1:
+            names = ", ".join(p.name for p in by_key[key])
+            rejected.append(Rejection(subject, f"several {key} images ({names})"))
+            return None
+    labels = by_key.get(_LABEL_KEY, [])
+    if len(labels) > 1:
+        notes.append(f"subject {subject}: several label files ({', '.join(p.name for p in labels)}); none used")
+    mask = labels[0] if len(labels) == 1 else None
+    return SubjectPair(subject, by_key[src][0], by_key[tgt][0], mask=mask, split=split)
+
+
+def _discover_folder(data: Path, source: str, target: str) -> tuple[list[SubjectPair], list[Rejection], list[str]]:
+    src, tgt = _contrast_key(source, "source"), _contrast_key(target, "target")
+    if src == tgt:
+        raise DiscoveryError(f"source and target are both {src}; pick two different contrasts.")
+    candidates: list[SubjectPair] = []
+    rejected: list[Rejection] = []
+    notes: list[str] = []
+    for folder, split in _subject_folders(data):
+        files = _image_files(folder)
+        if not files:
+            rejected.append(Rejection(folder.name, "no image files in the folder"))
+            continue
+        pair = _pair_from_files(folder.name, files, src, tgt, split, rejected, notes)
+        if pair is not None:
+            candidates.append(pair)
+    # Also accept subjects laid out flat in `data` itself, grouped by the name before the contrast.
+    flat: dict[str, list[Path]] = {}
+    for path in _image_files(data):
+        parts = _split_name(_stem(path.name) or "")
+        if parts is not None and parts[0]:
+            flat.setdefault(parts[0], []).append(path)
+    for subject, files in sorted(flat.items()):
+        pair = _pair_from_files(subject, files, src, tgt, None, rejected, notes)
+        if pair is not None:
+            candidates.append(pair)
+    return candidates, rejected, notes
+
+
+def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], list[str]]:
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DiscoveryError(f"manifest {manifest} cannot be read ({exc}).") from exc
+    lines = text.splitlines()
+    delimiter = next((d for d in (",", ";", "\t") if lines and d in lines[0]), ",")
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    columns = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+    if "source" not in columns or "target" not in columns:
+        raise DiscoveryError(
+            f"manifest {manifest} needs header columns 'source' and 'target' (found: {', '.join(columns) or 'none'})."
+        )
+    base = manifest.parent
+    candidates: list[SubjectPair] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    for line_no, row in enumerate(reader, start=2):
+        cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
+        if not any(cells.values()):
+            continue
+
+        def path_of(column: str, cells: dict[str, str] = cells) -> Path | None:
+            value = cells.get(column, "")
+            return None if not value else (base / Path(value).expanduser()).resolve()
+
+        src, tgt = path_of("source"), path_of("target")
+        subject = cells.get("subject") or _subject_from(src) or f"line{line_no}"
+        if src is None or tgt is None:
+            rejected.append(Rejection(subject, f"line {line_no}: empty source or target cell"))
+            continue
+        if subject in seen:
+            rejected.append(Rejection(subject, f"line {line_no}: duplicate subject id"))
+            continue
+        seen.add(subject)
+        candidates.append(
+            SubjectPair(
+                subject,
+                src,
+                tgt,
+                mask=path_of("mask"),
+                foreground=path_of("foreground"),
+                split=cells.get("split") or None,
+            )
+        )
+    return candidates, rejected, []
+
+
+def _subject_from(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    stem = _stem(path.name) or path.stem
+    parts = _split_name(stem)
+    return parts[0] if parts and parts[0] else stem
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def discover(data: Path, source: str, target: str) -> Discovery:
+    """Find and check the (source, target) pairs in a subject folder or a CSV manifest.
+
+    Raises :class:`DiscoveryError` for a missing path, an unknown contrast (folder layout), a manifest
+    without ``source``/``target`` columns, or when no usable pair remains; per-subject problems are
+    returned as :class:`Rejection` s instead."""
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise DiscoveryError(f"data path {data} does not exist.")
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise DiscoveryError(f"{data} is a file but not a .csv manifest; give a folder or a manifest.")
+        candidates, rejected, notes = _discover_csv(data)
+        looked_for = f"rows with readable source and target files in manifest {data}"
+    else:
+        candidates, rejected, notes = _discover_folder(data, source, target)
+        looked_for = (
+            f"sub-folders of {data} holding a {source} ({_looked_for(_contrast_key(source, 'source'))})"
+            f" and a {target} ({_looked_for(_contrast_key(target, 'target'))}) image"
+        )
+    pairs: list[SubjectPair] = []
+    for pair in candidates:
+        reason, pair_notes = _check_pair(pair)
+        if reason is None:
+            pairs.append(pair)
+            notes += pair_notes
+        else:
+            rejected.append(Rejection(pair.subject, reason))
+    if not pairs:
+        detail = "; ".join(f"{r.subject}: {r.reason}" for r in rejected[:5])
+        more = f" (and {len(rejected) - 5} more)" if len(rejected) > 5 else ""
+        raise DiscoveryError(
+            f"no usable {source}→{target} pair found: looked for {looked_for}"
+            + (f"; rejected {detail}{more}." if detail else ".")
+        )
+    return Discovery(pairs=pairs, rejected=rejected, notes=notes)
+
+
+def _read_full(path: Path, subject: str, role: str) -> sitk.Image:
+    problem = _integrity_problem(path)
+    if problem:
+        raise DiscoveryError(f"subject {subject}: {role} file {path.name} {problem}.")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = _first_line(exc)
+        raise DiscoveryError(f"subject {subject}: {role} file {path.name} cannot be read ({reason}).") from exc
+
+
+def _onto(reference: sitk.Image, image: sitk.Image, interpolator: int, default: float, pixel_type: int) -> sitk.Image:
+    """``image`` on ``reference``'s grid: its own voxels when the grids agree, else resampled."""
+    ref_h = _Header(3, reference.GetSize(), reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection(), 1)
+    img_h = _Header(3, image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), 1)
+    if _same_grid(ref_h, img_h):
+        image.CopyInformation(reference)  # equal within tolerance: make it exact for later checks
+        return image
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, default, pixel_type)
+
+
+def load_pair(pair: SubjectPair) -> tuple[sitk.Image, sitk.Image, sitk.Image | None]:
+    """Read a pair fully (integrity re-checked) with the target and the label mask on the source grid
+    (linear / nearest-neighbour; outside the target's extent its minimum, i.e. air for CT, is used).
+    Raises :class:`DiscoveryError` naming the subject and the file when one cannot be read."""
+    source = _read_full(pair.source, pair.subject, "source")
+    target = _read_full(pair.target, pair.subject, "target")
+    mm = sitk.MinimumMaximumImageFilter()
+    mm.Execute(target)
+    target = _onto(source, target, sitk.sitkLinear, mm.GetMinimum(), sitk.sitkFloat32)
+    mask = None
+    if pair.mask is not None:
+        mask = _read_full(pair.mask, pair.subject, "mask")
+        mask = _onto(source, mask, sitk.sitkNearestNeighbor, 0.0, mask.GetPixelID())
+    return source, target, mask
+
+
+def load_foreground(pair: SubjectPair, source: sitk.Image) -> sitk.Image | None:
+    """The pair's foreground mask (if any) on ``source``'s grid, nearest-neighbour."""
+    if pair.foreground is None:
+        return None
+    image = _read_full(pair.foreground, pair.subject, "foreground")
+    return _onto(source, image, sitk.sitkNearestNeighbor, 0.0, image.GetPixelID())
