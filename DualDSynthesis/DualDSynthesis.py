@@ -266,8 +266,10 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(outputs.qa_table_node.GetID())
             slicer.app.applicationLogic().PropagateTableSelection()
-        note = "" if outputs.heatmap_node else _(" (this model has no difficulty heatmap)")
-        self.ui.statusLabel.text = _("Done: {name}").format(name=outputs.synthetic_node.GetName()) + note
+        notes = [] if outputs.heatmap_node else [_("this model has no difficulty heatmap")]
+        notes += outputs.warnings
+        done = _("Done: {name}").format(name=outputs.synthetic_node.GetName())
+        self.ui.statusLabel.text = "\n".join([done, *notes])
 
     def _onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = round(100 * fraction)

@@ -220,7 +220,9 @@ def test_red_slice_png_shows_heat_colours_only_where_heatmap_is_high(tmp_path, l
     size = (96, 80)
     # Through the tumour's middle slice: k = 5 → RAS S = origin + 5 * 2.5.
     offset = 7.5 + 5 * 2.5
-    path = display.render_slice_to_png(app.scene, tmp_path / "red.png", "Red", size, offset=offset)
+    path = display.render_slice_to_png(
+        app.scene, tmp_path / "red.png", "Red", size, offset=offset, restore_view=False
+    )
     rgb = _read_png(path)[..., :3].astype(int)
     assert rgb.shape[:2] == (size[1], size[0])
     heat = (rgb[..., 0] - rgb[..., 2] > 60) & (rgb[..., 0] > 150)  # warm inferno colours, not grey
@@ -242,10 +244,14 @@ def test_red_slice_png_shows_heat_colours_only_where_heatmap_is_high(tmp_path, l
     assert agreement > 0.97, f"heat pixels disagree with the heatmap at {1 - agreement:.1%} of pixels"
 
     logic.set_heatmap_opacity(0.0)
+    xy_to_ras_before = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
     rgb0 = _read_png(display.render_slice_to_png(app.scene, tmp_path / "red0.png", "Red", size, offset=offset))
     rgb0 = rgb0[..., :3].astype(int)
     assert (rgb0[..., 0] == rgb0[..., 1]).all() and (rgb0[..., 1] == rgb0[..., 2]).all()  # greyscale only
     assert rgb0.max() > 100  # and the synthetic background is really there
+    m = red.GetSliceNode().GetXYToRAS()
+    xy_to_ras_after = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    np.testing.assert_allclose(xy_to_ras_after, xy_to_ras_before)  # the view was put back
 
 
 def _segmentation_from_labels(scene, labels: np.ndarray, reference_image: sitk.Image, names: list[str]):
@@ -400,3 +406,37 @@ def test_segment_subset_and_missing_dependencies(tmp_path, loaded):
     requirements.write_text("# comment\nnumpy>=1.20\ntorch>=2\nsurely-not-installed-dualdx==1.0\n")
     assert DualDSynthesisLogic.missing_requirements(requirements) == ["surely-not-installed-dualdx==1.0"]
     assert DualDSynthesisLogic.available_devices()[:2] == ["auto", "cpu"]
+
+
+def _tiny_bundle(tmp_path):
+    try:
+        import bundles  # Testing/bundles.py: random-weight bundles
+    except ImportError as exc:
+        pytest.skip(f"tiny bundle helper unavailable: {exc}")
+    pytest.importorskip("DualDSynthesisLib.engine")
+    return bundles.make_bundle(tmp_path / "tiny.safetensors")
+
+
+def test_real_engine_through_the_logic_keeps_geometry_and_cancels_cleanly(tmp_path, app):
+    bundle = _tiny_bundle(tmp_path)
+    image = sitk.GetImageFromArray(source_array()[:, :, :40])
+    image.SetSpacing((1.0, 1.0, 3.0))
+    image.SetDirection(OBLIQUE)
+    node = mrml_io.new_volume_node_from_image(app.scene, image, "T1")
+    logic = DualDSynthesisLogic(scene=app.scene, application_logic=app.application_logic)
+    engine = logic.load_engine(bundle, "cpu")
+    assert logic.load_engine(bundle, "cpu") is engine  # cached
+    before = node_ids(app.scene)
+
+    with pytest.raises(SynthesisCancelled):
+        logic.synthesize(node, engine, cancel=lambda: True, display_options=DisplayOptions())
+    assert node_ids(app.scene) == before
+
+    out = logic.synthesize(node, engine, display_options=DisplayOptions(), qa_options=QAOptions())
+    for new in (out.synthetic_node, out.heatmap_node):
+        np.testing.assert_allclose(mrml_io.ijk_to_ras_matrix(new), mrml_io.ijk_to_ras_matrix(node), atol=1e-9)
+        assert np.isfinite(mrml_io.array_from_volume_node(new)).all()
+    heat = mrml_io.array_from_volume_node(out.heatmap_node)
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert out.synthetic_node.GetName() == "T1 synthetic t2"
+    assert _column(out.qa_table_node, qa.COLUMN_NAME) == ["foreground"]

@@ -219,25 +219,44 @@ def render_slice(
     size: tuple[int, int] = (256, 256),
     offset: float | None = None,
     application_logic: slicer.vtkMRMLApplicationLogic | None = None,
+    restore_view: bool = True,
 ) -> np.ndarray:
     """The blended slice view image as ``[rows, cols, 4]`` uint8 RGBA, top row first.
 
     The field of view is fitted to the background volume; ``offset`` (mm along the slice normal)
-    picks the slice, default: the volume's centre.
+    picks the slice, default: the volume's centre. ``restore_view``: put the slice node's size,
+    field of view and position back afterwards (in desktop Slicer it is the user's view).
     """
     logic = slice_logic(scene, layout, application_logic)
     slice_node = logic.GetSliceNode()
-    slice_node.SetDimensions(int(size[0]), int(size[1]), 1)
-    logic.FitSliceToBackground(int(size[0]), int(size[1]))
-    if offset is not None:
-        logic.SetSliceOffset(float(offset))
-    image = _blend_output(logic)
-    dims = image.GetDimensions()
-    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-    rgba = np.array(pixels, copy=True).reshape(dims[1], dims[0], -1)
+    saved = (slice_node.GetDimensions(), slice_node.GetFieldOfView(), slice_node.GetXYZOrigin())
+    saved_slice_to_ras = vtk.vtkMatrix4x4()
+    saved_slice_to_ras.DeepCopy(slice_node.GetSliceToRAS())
+    try:
+        slice_node.SetDimensions(int(size[0]), int(size[1]), 1)
+        logic.FitSliceToBackground(int(size[0]), int(size[1]))
+        if offset is not None:
+            logic.SetSliceOffset(float(offset))
+        image = _blend_output(logic)
+        dims = image.GetDimensions()
+        pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        rgba = np.array(pixels, copy=True).reshape(dims[1], dims[0], -1)
+    finally:
+        if restore_view:
+            _restore_slice_node(slice_node, saved, saved_slice_to_ras)
     if rgba.shape[2] == 3:
         rgba = np.concatenate([rgba, np.full((*rgba.shape[:2], 1), 255, np.uint8)], axis=2)
     return rgba[::-1]  # VTK's first row is the bottom one
+
+
+def _restore_slice_node(slice_node, saved: tuple, saved_slice_to_ras: vtk.vtkMatrix4x4) -> None:
+    was_modifying = slice_node.StartModify()
+    slice_node.SetDimensions(*saved[0])
+    slice_node.SetFieldOfView(*saved[1])
+    slice_node.SetXYZOrigin(*saved[2])
+    slice_node.GetSliceToRAS().DeepCopy(saved_slice_to_ras)
+    slice_node.UpdateMatrices()
+    slice_node.EndModify(was_modifying)
 
 
 def _blend_output(logic: slicer.vtkMRMLSliceLogic) -> vtk.vtkImageData:
@@ -270,6 +289,7 @@ def render_slice_to_png(
     size: tuple[int, int] = (256, 256),
     offset: float | None = None,
     application_logic: slicer.vtkMRMLApplicationLogic | None = None,
+    restore_view: bool = True,
 ) -> Path:
     """Render the ``layout`` slice view offscreen (no OpenGL) and save it as a PNG."""
-    return write_png(render_slice(scene, layout, size, offset, application_logic), path)
+    return write_png(render_slice(scene, layout, size, offset, application_logic, restore_view), path)

@@ -80,6 +80,7 @@ class SynthesisOutputs:
     qa_table_node: Any = None
     difference_node: Any = None
     qa_rows: list[qa.RegionMetrics] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the engine's, for the status line
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -261,6 +262,7 @@ class DualDSynthesisLogic:
         except Exception:
             self._remove_nodes(created)
             raise
+        outputs.warnings = [str(w) for w in getattr(result, "warnings", None) or []]
         report(1.0, "Done")
         return outputs
 
