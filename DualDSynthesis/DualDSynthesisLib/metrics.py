@@ -38,11 +38,11 @@ def psnr(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray 
     return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
 
 
-def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
-    """Mean SSIM (scikit-image, Gaussian-free 7-voxel window) over the whole image or over ``mask``.
+def ssim_map(pred: np.ndarray, ref: np.ndarray, data_range: float) -> np.ndarray:
+    """The local SSIM map (scikit-image, uniform 7-voxel window, smaller for thin volumes).
 
-    The SSIM map is computed on the full volume (so windows see real neighbours) and then averaged
-    inside the mask.
+    Computed once on the full volume so windows see real neighbours; average it inside each region
+    with :func:`masked_mean` instead of recomputing it per region.
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction and reference shapes differ: {pred.shape} vs {ref.shape}")
@@ -52,11 +52,21 @@ def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray 
     _, smap = structural_similarity(
         ref.astype(np.float64), pred.astype(np.float64), data_range=data_range, win_size=win, full=True
     )
+    return smap
+
+
+def masked_mean(values: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean of ``values`` over ``mask`` (all voxels when None); an empty mask is an error."""
     if mask is None:
-        return float(smap.mean())
-    if mask.shape != pred.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from the image shape {pred.shape}")
+        return float(values.mean())
+    if mask.shape != values.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the image shape {values.shape}")
     m = mask.astype(bool, copy=False)
     if not m.any():
         raise ValueError("the mask is empty: no voxel to evaluate")
-    return float(smap[m].mean())
+    return float(values[m].mean())
+
+
+def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
+    """Mean SSIM over the whole image or over ``mask`` (see :func:`ssim_map`)."""
+    return masked_mean(ssim_map(pred, ref, data_range), mask)

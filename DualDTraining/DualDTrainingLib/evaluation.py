@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.metrics import mae, psnr, ssim
+from DualDSynthesisLib.metrics import mae, masked_mean, psnr, ssim_map
 from DualDSynthesisLib.preprocess import CT_HU_RANGE, PreprocessingSpec, foreground_mask
 from scipy import stats
 
@@ -56,13 +56,15 @@ class SubjectEvaluation:
     warnings: list[str] = field(default_factory=list)
 
 
-def _region_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None, data_range: float) -> dict:
+def _region_metrics(
+    pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None, data_range: float, smap: np.ndarray
+) -> dict:
     voxels = int(pred.size if mask is None else mask.sum())
     return {
         "voxels": voxels,
         "psnr": psnr(pred, ref, data_range, mask),
         "mae": mae(pred, ref, mask),
-        "ssim": ssim(pred, ref, data_range, mask),
+        "ssim": masked_mean(smap, mask),
     }
 
 
@@ -93,14 +95,16 @@ def evaluate_arrays(
         fg_name = "foreground"
     if not fg.any():
         raise ValueError(f"subject {subject}: the foreground mask is empty, nothing to evaluate")
-    result.regions["whole"] = _region_metrics(pred, ref, None, data_range)
-    result.regions[fg_name] = _region_metrics(pred, ref, fg, data_range)
+    smap = ssim_map(pred, ref, data_range)
+    result.regions["whole"] = _region_metrics(pred, ref, None, data_range, smap)
+    result.regions[fg_name] = _region_metrics(pred, ref, fg, data_range, smap)
     if labels is not None:
         tumour = labels > 0
         if tumour.any():
-            result.regions["tumour"] = _region_metrics(pred, ref, tumour, data_range)
+            result.regions["tumour"] = _region_metrics(pred, ref, tumour, data_range, smap)
             for value in np.unique(labels[tumour]):
-                result.regions[f"label {int(value)}"] = _region_metrics(pred, ref, labels == value, data_range)
+                mask = labels == value
+                result.regions[f"label {int(value)}"] = _region_metrics(pred, ref, mask, data_range, smap)
         else:
             result.warnings.append(f"subject {subject}: the label map is empty")
     err = np.abs(pred - ref)[fg]
