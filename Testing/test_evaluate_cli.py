@@ -1,0 +1,42 @@
+"""duald-evaluate on generated subjects with a tiny random bundle."""
+
+import json
+from pathlib import Path
+
+import pytest
+from _training_data import write_subjects
+from bundles import make_bundle
+from DualDTrainingLib.evaluate_cli import main
+
+
+def test_evaluate_prints_the_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = write_subjects(tmp_path / "data", n=2, shape=(8, 36, 40))
+    model = make_bundle(tmp_path / "m.safetensors")
+    out = tmp_path / "eval.json"
+    assert main(["--model", str(model), "--data", str(data), "--source", "t1", "--target", "t2", "--json", str(out),
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "foreground" in text and "AUROC worst-10% error" in text
+    report = json.loads(out.read_text())
+    assert len(report["subjects"]) == 2
+    labelled = [s for s in report["subjects"] if "tumour" in s["regions"]]
+    assert len(labelled) == 1 and "label 2" in labelled[0]["regions"]
+    fg = report["summary"]["foreground"]["psnr"]
+    assert fg["n"] == 2 and isinstance(fg["mean"], float)
+    assert 0.0 <= report["summary"]["heatmap"]["auroc"]["mean"] <= 1.0
+    # refuses to overwrite its own report without --overwrite
+    assert main(["--model", str(model), "--data", str(data), "--source", "t1", "--target", "t2",
+                 "--json", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_evaluate_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = make_bundle(tmp_path / "m.safetensors")
+    assert main(["--model", str(model), "--data", str(tmp_path / "none"), "--source", "t1", "--target", "t2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("duald-evaluate: error:") and "\n" not in err
+    data = write_subjects(tmp_path / "data", n=1)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model at all")
+    assert main(["--model", str(tmp_path / "bad.safetensors"), "--data", str(data), "--source", "t1",
+                 "--target", "t2"]) == 2
+    assert "could not be loaded" in capsys.readouterr().err
