@@ -1,0 +1,185 @@
+"""``duald-synthesize``: synthetic volume (and difficulty heatmap, overview PNG) from the command line.
+
+    duald-synthesize INPUT -o OUTPUT [--heatmap PATH] [--model BUNDLE] [--device auto|cpu|cuda|cuda:N|mps]
+                     [--batch-size N] [--mask PATH] [--png PATH] [--overwrite] [--source-modality NAME]
+
+INPUT is a volume file, a DICOM series folder, a folder of volumes or a quoted glob. With a folder of
+volumes or a glob, ``-o`` (and ``--heatmap``, ``--png``) are folders and the files are named after
+each input (``<stem>_synthetic.nii.gz``, ``<stem>_difficulty.nii.gz``, ``<stem>_overview.png``);
+``--mask`` is then a folder holding ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` per input. The model is
+loaded once. Expected problems (bad input, missing model, existing output) print one line and exit
+with status 2; other inputs of a cohort are still processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import io as vio
+from .defaults import DEFAULT_MODEL
+
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 130
+PROG = "duald-synthesize"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Synthesise a target-modality volume (e.g. T2 from T1) with a DualD model bundle.",
+        epilog="The overview PNG has axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic.",
+    )
+    p.add_argument("input", metavar="INPUT", help="volume file, DICOM series folder, folder of volumes, or glob")
+    p.add_argument("-o", "--output", required=True, help="output volume (a folder for several inputs)")
+    p.add_argument("--heatmap", help="difficulty heatmap output (1 − D2 confidence, in [0, 1])")
+    p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name}")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
+    p.add_argument("--mask", type=Path, help="set the output to background outside this mask")
+    p.add_argument("--png", help="write an overview figure (PNG)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--source-modality", help="what INPUT is (e.g. t1); warns when the model expects another")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _mask_for(folder: Path, stem: str) -> Path:
+    for name in (f"{stem}_mask", stem):
+        for suffix in vio.VOLUME_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"no mask named {stem}_mask.* or {stem}.* in {folder}")
+
+
+def _as_folder(option: str | None) -> bool:
+    return option is not None and (option.endswith(("/", "\\")) or Path(option).is_dir())
+
+
+def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[dict]:
+    """Input → output paths. Single input: the given paths (a folder, or a name ending in /, gets the
+    derived name)."""
+    folders = {option: cohort or _as_folder(getattr(args, option)) for option in ("output", "heatmap", "png")}
+    for option in folders:
+        if getattr(args, option) is not None:
+            setattr(args, option, Path(getattr(args, option)))
+    if cohort:
+        for option in ("output", "heatmap", "png"):
+            path = getattr(args, option)
+            if path is not None and path.exists() and not path.is_dir():
+                raise NotADirectoryError(f"with several inputs, {option} must be a folder, but {path} is a file")
+        if args.mask is not None and not args.mask.is_dir():
+            raise NotADirectoryError(f"with several inputs, --mask must be a folder of masks, but {args.mask} is not")
+    jobs = []
+    for path in inputs:
+        stem = vio.split_name(path)[0]
+
+        def place(option: str, suffix: str, stem: str = stem) -> Path | None:
+            value = getattr(args, option)
+            if value is None:
+                return None
+            return value / f"{stem}{suffix}" if folders[option] else value
+
+        jobs.append({
+            "input": path,
+            "output": place("output", "_synthetic.nii.gz"),
+            "heatmap_path": place("heatmap", "_difficulty.nii.gz"),
+            "png": place("png", "_overview.png"),
+            "mask": (_mask_for(args.mask, stem) if cohort else args.mask) if args.mask is not None else None,
+        })
+    return jobs
+
+
+class _Progress:
+    """A tqdm bar in percent (nothing when quiet or tqdm is missing)."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.bar = None
+        if not quiet:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.n = round(100 * min(max(fraction, 0.0), 1.0))
+            self.bar.set_postfix_str(message, refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        return _fail(f"--batch-size must be a positive integer, got {args.batch_size}")
+    model = args.model or DEFAULT_MODEL
+    if args.model is None and not DEFAULT_MODEL.is_file():
+        return _fail(
+            f"the default model {DEFAULT_MODEL.name} is not installed (expected in {DEFAULT_MODEL.parent}); "
+            "pass a model bundle with --model"
+        )
+    try:
+        inputs = vio.expand_inputs(args.input)
+    except ValueError as exc:
+        return _fail(str(exc))
+    given = Path(args.input)
+    cohort = not (given.is_file() or (given.is_dir() and vio.dicom_series(given)))
+    try:
+        jobs = _jobs(args, inputs, cohort)
+    except OSError as exc:
+        return _fail(str(exc))
+
+    from .engine import SynthesisCancelled, SynthesisEngine, SynthesisError, synthesize_file  # imports torch
+
+    try:
+        engine = SynthesisEngine(model, device=args.device, batch_size=args.batch_size)
+    except SynthesisError as exc:
+        return _fail(str(exc))
+    if args.heatmap is not None and not engine.has_heatmap:
+        return _fail(
+            f"the model {Path(model).name} ({engine.metadata.variant}) has no trained local discriminator, "
+            "so it cannot produce a difficulty heatmap; drop --heatmap"
+        )
+    failures = 0
+    for n, job in enumerate(jobs, 1):
+        name = job["input"].name
+        label = f"[{n}/{len(jobs)}] {name}" if len(jobs) > 1 else name
+        bar = _Progress(label, args.quiet)
+        try:
+            result = synthesize_file(**job, engine=engine, overwrite=args.overwrite, progress=bar,
+                                     source_modality=args.source_modality)
+        except (KeyboardInterrupt, SynthesisCancelled):
+            bar.close()
+            print(f"{PROG}: cancelled; no output was written for {name}", file=sys.stderr)
+            return EXIT_CANCELLED
+        except (ValueError, OSError) as exc:  # SynthesisError, existing outputs, unwritable folders
+            bar.close()
+            failures += 1
+            print(f"{PROG}: error: {name}: {exc}", file=sys.stderr)
+            continue
+        bar.close()
+        for warning in result.warnings:
+            print(f"{PROG}: warning: {name}: {warning}", file=sys.stderr)
+        written = [str(p) for p in (job["output"], job["heatmap_path"], job["png"]) if p is not None]
+        print(f"{name} → {', '.join(written)} ({result.seconds:.1f} s on {result.device})")
+    if failures:
+        print(f"{PROG}: {failures} of {len(jobs)} input(s) failed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Reading source volumes and writing results atomically (SimpleITK + numpy; no torch, Slicer or vtk)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import os
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_MODALITY_TAG = "0008|0060"
+
+
+class VolumeReadError(ValueError):
+    """A path that does not hold a readable volume; one sentence for the user."""
+
+
+def split_name(path: str | Path) -> tuple[str, str]:
+    """``sub01_t1.nii.gz`` → (``sub01_t1``, ``.nii.gz``); a folder keeps its name and no suffix."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    p = Path(name)
+    return p.stem, p.suffix
+
+
+def is_volume_file(path: Path) -> bool:
+    return path.is_file() and any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES)
+
+
+def dicom_series(folder: Path) -> list[str]:
+    """IDs of the DICOM series directly in ``folder`` (empty when it holds none)."""
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+    except RuntimeError:
+        return []
+
+
+def read_volume(path: str | Path) -> sitk.Image:
+    """A volume file SimpleITK reads, or a folder holding one DICOM series (the largest if several).
+
+    A DICOM series keeps its modality tag (0008|0060) as image metadata, so the engine can warn when
+    it does not match the model's source modality."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeReadError(f"{path} does not exist")
+    if path.is_dir():
+        series = dicom_series(path)
+        if not series:
+            raise VolumeReadError(f"folder {path} holds no DICOM series")
+        files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            raise VolumeReadError(f"the DICOM series in {path} could not be read (damaged or incomplete)") from None
+        if reader.HasMetaDataKey(0, DICOM_MODALITY_TAG):
+            image.SetMetaData(DICOM_MODALITY_TAG, reader.GetMetaData(0, DICOM_MODALITY_TAG).strip())
+        return image
+    unreadable = f"{path.name} could not be read as an image (unreadable, truncated or of an unsupported format)"
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise VolumeReadError(unreadable) from None
+    if path.name.lower().endswith((".nii", ".nii.gz")) and not _nifti_complete(path):
+        raise VolumeReadError(unreadable)
+    return image
+
+
+def _nifti_complete(path: Path) -> bool:
+    """ITK's NIfTI reader zero-fills a truncated file without complaint: check that the file (for
+    ``.nii.gz``, the whole gzip stream, which must also end properly) holds every voxel its header
+    announces. NIfTI-1 and NIfTI-2, either byte order."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            header = fh.read(540)
+            if len(header) < 348:
+                return False
+            endian = next((e for e in "<>" if struct.unpack(f"{e}i", header[:4])[0] in (348, 540)), None)
+            if endian is None:
+                return False
+            if struct.unpack(f"{endian}i", header[:4])[0] == 348:
+                dims = struct.unpack(f"{endian}8h", header[40:56])
+                bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
+                offset = int(struct.unpack(f"{endian}f", header[108:112])[0])
+            else:
+                dims = struct.unpack(f"{endian}8q", header[16:80])
+                bitpix = struct.unpack(f"{endian}h", header[14:16])[0]
+                offset = struct.unpack(f"{endian}q", header[168:176])[0]
+            n = int(np.prod([max(1, d) for d in dims[1 : 1 + max(0, min(7, dims[0]))]], dtype=np.int64))
+            expected = max(offset, 348) + n * bitpix // 8
+            if opener is open:
+                return path.stat().st_size >= expected
+            total = len(header)
+            while chunk := fh.read(1 << 22):
+                total += len(chunk)
+            return total >= expected
+    except (OSError, EOFError, zlib.error, struct.error):
+        return False
+
+
+def array_to_image(
+    array: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+) -> sitk.Image:
+    """A ``[k, j, i]`` array plus its geometry (LPS, as ITK) as an image; the array is copied."""
+    array = np.asarray(array)
+    image = sitk.GetImageFromArray(array)
+    if image.GetDimension() == 3:
+        try:
+            image.SetSpacing([float(v) for v in spacing])
+            image.SetOrigin([float(v) for v in origin])
+            image.SetDirection([float(v) for v in direction])
+        except RuntimeError:
+            raise VolumeReadError("the spacing, origin or direction given with the array is invalid") from None
+    return image
+
+
+def expand_inputs(spec: str) -> list[Path]:
+    """A file, a DICOM folder, a folder of volumes or a glob → the volumes to process, sorted."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        if dicom_series(path):
+            return [path]
+        found = sorted(p for p in path.iterdir() if is_volume_file(p))
+        found += sorted(p for p in path.iterdir() if p.is_dir() and dicom_series(p))
+        if not found:
+            raise VolumeReadError(f"folder {path} holds no volume files and no DICOM series")
+        return found
+    if glob.has_magic(spec):
+        found = sorted(Path(p) for p in glob.glob(spec) if is_volume_file(Path(p)) or Path(p).is_dir())
+        if not found:
+            raise VolumeReadError(f"no volume matches {spec!r}")
+        return found
+    raise VolumeReadError(f"{spec} does not exist")
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name beside ``path`` with the same suffix, so SimpleITK picks the same writer."""
+    stem, suffix = split_name(path)
+    return path.with_name(f".{stem}.partial-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+class AtomicOutputs:
+    """Write several files under temporary names and rename them all on :meth:`commit`; anything
+    not committed (cancel, error) is deleted, so a failed run leaves no output behind."""
+
+    def __init__(self, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self._pending: list[tuple[Path, Path]] = []
+
+    def check(self, path: Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> None:
+        if not path.name.lower().endswith(suffixes):
+            raise ValueError(
+                f"cannot tell which format to write {path.name!r} in; end the name with one of {', '.join(suffixes)}"
+            )
+        if path.exists() and not self.overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+        if path.is_dir():
+            raise FileExistsError(f"{path} is a folder, not a file name")
+
+    def write_image(self, image: sitk.Image, path: Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> None:
+        self.check(path, suffixes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_sibling(path)
+        self._pending.append((tmp, path))
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=path.name.lower().endswith(".gz"))
+        except RuntimeError:
+            raise OSError(f"could not write {path} (is the folder writable and is there space left?)") from None
+
+    def commit(self) -> None:
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        for tmp, _final in self._pending:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._pending.clear()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[AtomicOutputs]:
+        try:
+            yield self
+            self.commit()
+        finally:
+            self.discard()

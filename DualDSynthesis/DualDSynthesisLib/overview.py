@@ -1,0 +1,100 @@
+"""Overview figure: axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic.
+
+Composed with numpy and returned as a SimpleITK 2-D RGB image (uint8 vector pixels), which
+SimpleITK writes as PNG; no matplotlib, PIL or vtk needed. Radiological display: each slice is
+taken from the volume reoriented to LPS, the patient's right on the left of the panel, anterior
+(axial) or superior (coronal, sagittal) at the top, pixels stretched to the physical aspect.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+PANEL_HEIGHT = 256
+GAP = 4
+
+
+def _window(arr: np.ndarray) -> tuple[float, float]:
+    sample = arr.reshape(-1)[:: max(1, arr.size // 1_000_000)]
+    sample = sample[np.isfinite(sample)]
+    lo, hi = (np.percentile(sample, (0.5, 99.5)) if sample.size else (0.0, 1.0))
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _centre(arr: np.ndarray) -> tuple[int, int, int]:
+    """Centroid of the bright voxels (the anatomy), falling back to the middle of the volume."""
+    lo, hi = _window(arr)
+    fg = arr > lo + 0.1 * (hi - lo)
+    if not fg.any():
+        return tuple(s // 2 for s in arr.shape)  # type: ignore[return-value]
+    return tuple(int(c + 0.5) for c in ndimage.center_of_mass(fg))  # type: ignore[return-value]
+
+
+def _panel(plane: np.ndarray, row_spacing: float, col_spacing: float, width: int | None = None) -> np.ndarray:
+    """``plane`` resampled (bilinear) to PANEL_HEIGHT rows at the physical aspect ratio."""
+    rows, cols = plane.shape
+    if width is None:
+        width = max(1, round(PANEL_HEIGHT * cols * col_spacing / (rows * row_spacing)))
+    r = np.linspace(0, rows - 1, PANEL_HEIGHT)
+    c = np.linspace(0, cols - 1, width)
+    rr, cc = np.meshgrid(r, c, indexing="ij")
+    return ndimage.map_coordinates(plane.astype(np.float32), [rr, cc], order=1, mode="nearest")
+
+
+def _gray(panel: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    lo, hi = window
+    g = np.clip((panel - lo) / (hi - lo), 0.0, 1.0)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def _hot(h: np.ndarray) -> np.ndarray:
+    h = np.clip(h, 0.0, 1.0)
+    return np.stack([np.clip(3 * h, 0, 1), np.clip(3 * h - 1, 0, 1), np.clip(3 * h - 2, 0, 1)], axis=-1)
+
+
+def _planes(arr: np.ndarray, centre: tuple[int, int, int], spacing: tuple[float, ...]) -> list[tuple]:
+    """(plane, row spacing, column spacing) for axial, coronal, sagittal of an LPS ``[k, j, i]`` array."""
+    k, j, i = centre
+    sx, sy, sz = spacing
+    return [
+        (arr[k], sy, sx),
+        (arr[::-1, j, :], sz, sx),
+        (arr[::-1, :, i], sz, sy),
+    ]
+
+
+def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Image | None) -> sitk.Image:
+    """The 3×3 overview as an RGB SimpleITK image (write it with ``sitk.WriteImage(img, "x.png")``)."""
+    arrays, keep = [], []  # keep: the images the array views point into must stay alive
+    for image in (source, synthetic, heatmap):
+        if image is None:
+            arrays.append(None)
+            continue
+        keep.append(sitk.DICOMOrient(sitk.Cast(image, sitk.sitkFloat32), "LPS"))
+        arrays.append(sitk.GetArrayViewFromImage(keep[-1]))
+        spacing = keep[-1].GetSpacing()
+    src, syn, heat = arrays
+    centre = _centre(src)
+    windows = (_window(src), _window(syn))
+    rows = []
+    for index, (plane, rs, cs) in enumerate(_planes(src, centre, spacing)):
+        src_panel = _panel(plane, rs, cs)
+        width = src_panel.shape[1]
+        syn_panel = _panel(_planes(syn, centre, spacing)[index][0], rs, cs, width)
+        syn_rgb = _gray(syn_panel, windows[1])
+        if heat is not None:
+            h = _panel(_planes(heat, centre, spacing)[index][0], rs, cs, width)
+            alpha = (0.7 * np.clip(h, 0.0, 1.0))[..., None]
+            over = (1 - alpha) * syn_rgb + alpha * _hot(h)
+        else:
+            over = syn_rgb
+        gap = np.zeros((PANEL_HEIGHT, GAP, 3))
+        rows.append(np.concatenate([_gray(src_panel, windows[0]), gap, syn_rgb, gap, over], axis=1))
+    width = max(r.shape[1] for r in rows)
+    canvas = np.zeros((len(rows) * (PANEL_HEIGHT + GAP) - GAP, width, 3))
+    for n, row in enumerate(rows):
+        y = n * (PANEL_HEIGHT + GAP)
+        canvas[y : y + PANEL_HEIGHT, : row.shape[1]] = row
+    return sitk.GetImageFromArray(np.round(canvas * 255).astype(np.uint8), isVector=True)
