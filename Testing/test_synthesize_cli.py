@@ -151,3 +151,39 @@ def test_console_script_runs_without_traceback(model: Path, tmp_path: Path) -> N
     bad = subprocess.run([str(script), str(tmp_path / "missing.nii.gz"), "-o", str(out), "--model", str(model)],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
+
+
+def _write_dicom_series(image: sitk.Image, folder: Path, modality: str) -> None:
+    """One file per slice with the tags GDCM needs to rebuild the series geometry."""
+    folder.mkdir(parents=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.4242"
+    for k in range(image.GetDepth()):
+        plane = image[:, :, k]
+        tags = {
+            "0008|0060": modality, "0020|000e": series_uid, "0020|000d": series_uid + ".1",
+            "0008|0018": f"{series_uid}.2.{k}", "0020|0013": str(k),
+            "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))),
+            "0020|0037": "\\".join(map(str, (*direction[0:7:3], *direction[1:8:3]))),
+            "0018|0050": str(image.GetSpacing()[2]), "0028|0030": f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}",
+        }
+        for key, value in tags.items():
+            plane.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+
+
+def test_dicom_series_folder_with_modality_tag(model: Path, tmp_path: Path, capsys) -> None:
+    source = head(spacing=(0.8, 0.8, 3.0), origin=(-19.0, -20.0, 40.0))
+    _write_dicom_series(source, tmp_path / "series", "CT")
+    out = tmp_path / "out.nii.gz"
+    code, _stdout, err = _run(capsys, str(tmp_path / "series"), "-o", str(out), "--model", str(model))
+    assert code == 0, err
+    assert "warning: series: the input is CT but this model was trained on t1" in err
+    result = sitk.ReadImage(str(out))
+    assert result.GetSize() == source.GetSize()
+    assert result.GetSpacing() == pytest.approx(source.GetSpacing(), abs=1e-4)
+    assert result.GetOrigin() == pytest.approx(source.GetOrigin(), abs=1e-3)

@@ -48,7 +48,7 @@ import torch
 from torch.nn.utils import fuse_conv_bn_eval
 
 from . import io as vio
-from .bundle import BundleError, ModelBundle, load_bundle
+from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from .defaults import DEFAULT_MODEL
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
 from .losses import confidence_to_grid
@@ -167,8 +167,9 @@ def _noop_progress(_fraction: float, _message: str) -> None:
 class SynthesisEngine:
     """Loads a model bundle once and synthesises any number of volumes with it.
 
-    ``bundle``: a ``.safetensors`` path or a loaded :class:`ModelBundle` (moved to ``device`` in
-    place). ``device``: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
+    ``bundle``: a ``.safetensors`` path or a loaded :class:`ModelBundle` (left untouched: the engine
+    runs BatchNorm-folded copies of its networks on ``device``). ``device``: ``auto`` (CUDA, then
+    MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
     ``batch_size``: slices per batch, None = automatic. ``crop=False`` processes whole slices
     (for verification; slower).
     """
@@ -222,7 +223,7 @@ class SynthesisEngine:
     # ---- properties the Slicer logic reads ----
 
     @property
-    def metadata(self):
+    def metadata(self) -> BundleMetadata:
         return self.bundle.metadata
 
     @property
