@@ -1,0 +1,165 @@
+"""``duald-train``: train a DualD model on your own paired volumes.
+
+Three ways to run the same entry point (:func:`main`):
+
+1. Console script::
+
+       duald-train --data /data/brats --source t1 --target t2 --variant dual_attention \\
+           --iterations 20000 --output runs/t1-t2
+
+2. Slicer: the scripted CLI module ``DualDTraining`` (``DualDTraining.py`` + ``DualDTraining.xml``)
+   calls ``main(argv, slicer=True)``; Slicer builds the panel from the XML, runs it in a background
+   process and shows the ``<filter-progress>`` lines. Slicer's Cancel kills the process (SIGKILL):
+   the last checkpoint (every ``--checkpoint-every`` steps) survives; tick *resume* to continue.
+
+3. Several GPUs/processes with ``torchrun`` (one process per GPU, NCCL; gloo on CPU)::
+
+       torchrun --nproc_per_node=4 --no-python duald-train --data ... --output ...
+       torchrun --nproc_per_node=4 -m DualDTrainingLib.cli --data ... --output ...
+
+   Several machines (run on every node; ``--node_rank`` 0..N-1, same rendezvous endpoint)::
+
+       torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_id=duald-t1t2 \\
+           --rdzv_endpoint=node0.example.org:29500 --no-python duald-train --data ... --output ...
+
+   ``--batch-size`` is per process; every rank reads the data (the same path on every node) and
+   samples its own shard; only rank 0 writes to ``--output``.
+
+Flags are written with dashes (``--val-subjects``); the underscore spelling (``--val_subjects``) is
+accepted too because Slicer's XML descriptors allow only letters, digits and underscores in flags.
+
+Exit codes: 0 done; 2 bad options or data (one line on stderr); 3 a loss became NaN/inf (the last
+checkpoint is untouched); 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint; 1 unexpected
+error (``DUALD_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROG = "duald-train"
+VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line (no usage block), like the other errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add(group: argparse._ActionsContainer, flag: str, **kwargs: object) -> None:
+    """Add ``--a-b`` with its Slicer-compatible alias ``--a_b``."""
+    names = [flag] if "-" not in flag[2:] else [flag, "--" + flag[2:].replace("-", "_")]
+    group.add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train a DualD cross-modality synthesis model (T1 → T2, MRI → CT, ...) "
+                "and export it as a DualD model bundle.", allow_abbrev=False)
+    io = p.add_argument_group("data and output")
+    _add(io, "--data", required=True, metavar="FOLDER_OR_CSV",
+         help="a folder with one sub-folder per subject (BraTS-like names), or a CSV manifest with columns "
+              "source,target[,mask,foreground,split,subject]")
+    _add(io, "--source", required=True, help="source contrast, e.g. t1 (t1/t1n), t1c, t2 (t2/t2w), flair")
+    _add(io, "--target", required=True, help="target contrast, e.g. t2 or ct")
+    _add(io, "--output", required=True, metavar="DIR", help="output folder (checkpoints, bundles, logs)")
+    _add(io, "--val-subjects", nargs="+", default=[], metavar="SUBJECT",
+         help="held-out subject ids (space- or comma-separated); default: the data's split, else the last subject")
+    _add(io, "--resume", action="store_true", help="continue from OUTPUT/checkpoint-last.pt at the same step")
+    _add(io, "--overwrite", action="store_true", help="reuse a non-empty OUTPUT (its training files are replaced)")
+    _add(io, "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    _add(io, "--workers", type=int, default=2, help="threads for reading and preparing volumes")
+
+    tr = p.add_argument_group("training")
+    _add(tr, "--variant", default="dual_attention", choices=VARIANTS, help="which networks and losses to train")
+    _add(tr, "--iterations", type=int, default=20000, help="number of training steps")
+    _add(tr, "--batch-size", type=int, default=8, help="slices per step and process")
+    _add(tr, "--lr-g", type=float, default=2e-4, help="generator learning rate (Adam)")
+    _add(tr, "--lr-d1", type=float, default=1e-4, help="global critic D1 learning rate")
+    _add(tr, "--lr-d2", type=float, default=2e-4, help="local discriminator D2 learning rate")
+    _add(tr, "--lambda1", type=float, default=1e-3, help="weight of the global adversarial term")
+    _add(tr, "--lambda2", type=float, default=1e-2, help="weight of the local adversarial term")
+    _add(tr, "--beta", type=float, default=1.0, help="attention exponent in (1 - M)^beta")
+    _add(tr, "--p", type=int, default=1, choices=(1, 2), help="reconstruction norm (1 = L1, 2 = L2)")
+    _add(tr, "--n-critic", type=int, default=1, help="D1 updates per step")
+    _add(tr, "--seed", type=int, default=0, help="random seed")
+    _add(tr, "--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
+
+    da = p.add_argument_group("data preparation and sampling")
+    _add(da, "--spacing", default="", help="in-plane spacing in mm, 'x,y' or one number; default: the data's")
+    _add(da, "--target-kind", default="auto", choices=("auto", "mri", "ct"),
+         help="target intensity mapping: mri (robust percentile) or ct (HU clipped to [-1024, 3071]); "
+              "auto = ct when --target is ct")
+    _add(da, "--tumour-fraction", type=float, default=0.5,
+         help="probability of drawing a slice among those with tumour (when label masks exist)")
+    _add(da, "--no-flip", action="store_true", help="no random left-right flips")
+
+    ar = p.add_argument_group("architecture")
+    _add(ar, "--base-width", type=int, default=8, help="generator width of the first level")
+    _add(ar, "--depth", type=int, default=4, help="generator down-samplings (slices padded to 2^depth)")
+    _add(ar, "--d2-base-width", type=int, default=16, help="local discriminator width")
+
+    mo = p.add_argument_group("monitoring")
+    _add(mo, "--val-every", type=int, default=1000, help="validate every N steps (0 = only at the end)")
+    _add(mo, "--best-metric", default="psnr_foreground",
+         help="metric that picks model-best: {psnr,mae,ssim}_{volume,foreground,tumour}")
+    _add(mo, "--log-every", type=int, default=10, help="write losses every N steps")
+    _add(mo, "--checkpoint-every", type=int, default=200, help="write checkpoint-last.pt every N steps")
+    return p
+
+
+def _config(args: argparse.Namespace, slicer: bool) -> Any:  # RunConfig, imported lazily (torch)
+    from .loop import RunConfig
+
+    val = [v.strip() for item in args.val_subjects for v in item.split(",") if v.strip()]
+    return RunConfig(
+        data=Path(args.data).expanduser(), source=args.source, target=args.target,
+        output=Path(args.output).expanduser(),
+        variant=args.variant, iterations=args.iterations, val_subjects=val, resume=args.resume,
+        overwrite=args.overwrite, device=args.device, batch_size=args.batch_size, lr_g=args.lr_g, lr_d1=args.lr_d1,
+        lr_d2=args.lr_d2, lambda1=args.lambda1, lambda2=args.lambda2, beta=args.beta, p=args.p,
+        n_critic=args.n_critic, val_every=args.val_every, best_metric=args.best_metric, seed=args.seed,
+        spacing=args.spacing, target_kind=args.target_kind, base_width=args.base_width, depth=args.depth,
+        d2_base_width=args.d2_base_width, tumour_fraction=args.tumour_fraction, flip=not args.no_flip, amp=args.amp,
+        workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every, slicer=slicer,
+    )
+
+
+def main(argv: Sequence[str] | None = None, slicer: bool = False) -> int:
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    tag = f"[rank {rank}] " if world > 1 else ""
+
+    def fail(message: str, code: int, every_rank: bool = False) -> int:
+        if rank == 0 or every_rank:
+            print(f"{PROG}: {tag}{message}", file=sys.stderr, flush=True)
+        return code
+
+    try:
+        from .loop import EXIT_NON_FINITE, TrainingError, TrainingStopped, run_training
+
+        return run_training(_config(args, slicer))
+    except TrainingError as exc:
+        return fail(f"error: {exc}", 2)
+    except TrainingStopped as exc:
+        return fail(str(exc), exc.exit_code, every_rank=exc.exit_code == EXIT_NON_FINITE)
+    except KeyboardInterrupt:
+        return fail("interrupted before the checkpoint could be saved", 130)
+    except Exception as exc:
+        if os.environ.get("DUALD_DEBUG"):
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return fail(f"unexpected error: {type(exc).__name__}: {first} (set DUALD_DEBUG=1 for the traceback)", 1,
+                    every_rank=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Training data in memory: every subject prepared once, slices sampled with foreground/tumour weights.
+
+Each subject is read with :func:`discovery.load_pair` (target and label mask already on the source
+grid), the source goes through :func:`preprocess.prepare_volume`, the target and the mask through
+:func:`preprocess.prepare_on_grid` (nearest-neighbour for the mask), so all three share one prepared
+grid. Only normalised float32 slices, boolean foreground/tumour maps and the restore context are
+kept; three 240×240×155 subjects take ~200 MB.
+
+Sampling (:class:`SliceSampler`): a slice whose foreground covers at least ``FOREGROUND_MIN_FRACTION``
+of the slice gets weight 1, other slices ``EMPTY_SLICE_WEIGHT`` (the generator still sees some empty
+slices, so it learns to keep background at 0). When tumour masks exist, with probability
+``tumour_fraction`` a slice is drawn uniformly among the slices that contain tumour instead. Random
+left-right flips (``flip``) augment the batch. Under ``torchrun`` each rank samples from its own shard:
+whole subjects (round robin) when there are at least as many training subjects as ranks, otherwise
+every rank holds all subjects and takes every ``world_size``-th candidate slice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from DualDSynthesisLib.preprocess import (
+    IntensityMapping,
+    PreparedVolume,
+    PreprocessingSpec,
+    RestoreContext,
+    prepare_on_grid,
+    prepare_volume,
+)
+
+from .discovery import SubjectPair, load_foreground, load_pair
+
+FOREGROUND_MIN_FRACTION = 0.01
+EMPTY_SLICE_WEIGHT = 0.05
+VAL_SPLITS = ("val", "validation")
+TEST_SPLITS = ("test", "testing")
+
+
+@dataclass
+class PreparedSubject:
+    name: str
+    source: np.ndarray         # float32 [K, H, W], normalised
+    target: np.ndarray         # float32 [K, H, W], normalised
+    foreground: np.ndarray     # bool [K, H, W]: source ∪ target foreground (∪ the given foreground mask)
+    tumour: np.ndarray | None  # bool [K, H, W] (label > 0) or None without a mask
+    source_scale: float
+    target_scale: float
+    context: RestoreContext
+
+    @property
+    def crop(self) -> tuple[slice, slice]:
+        """In-plane region of real data inside the padded slices (the padding is excluded from metrics)."""
+        y0, y1, x0, x1 = self.context.crop
+        return slice(y0, y1), slice(x0, x1)
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+def inplane_spacing(image: sitk.Image) -> tuple[float, float]:
+    """In-plane (x, y) spacing the volume will have after canonical reorientation."""
+    d = np.abs(np.array(image.GetDirection()).reshape(3, 3))
+    axis_of = [int(np.argmax(d[row])) for row in range(3)]
+    sp = image.GetSpacing()
+    return float(sp[axis_of[0]]), float(sp[axis_of[1]])
+
+
+def parse_spacing(text: str | None) -> tuple[float, float] | None:
+    """``"1"``, ``"0.8,0.8"`` or ``"0.8x0.8"`` (mm) → (x, y); empty/``auto`` → None (the data's)."""
+    if text is None or not text.strip() or text.strip().lower() in ("auto", "data"):
+        return None
+    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--spacing must be one or two numbers in mm (e.g. 1 or 0.8,0.8), got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"--spacing must be one or two positive numbers in mm, got {text!r}")
+    return values[0], values[1]
+
+
+def base_spec(target_kind: Literal["mri", "ct"], spacing: tuple[float, float] | None, size_multiple: int,
+              min_size: int = 32) -> PreprocessingSpec:
+    """Spec before the target's ``reference_scale`` is known (set by :func:`finish_spec`)."""
+    target = IntensityMapping("ct_hu") if target_kind == "ct" else IntensityMapping("mri_percentile")
+    return PreprocessingSpec(source=IntensityMapping("mri_percentile"), target=target, spacing=spacing,
+                             size_multiple=size_multiple, min_size=min_size)
+
+
+def finish_spec(spec: PreprocessingSpec, target_scales: Sequence[float]) -> PreprocessingSpec:
+    """MRI target: ``reference_scale`` = median of the training targets' scales (raw units at inference)."""
+    if spec.target.kind != "mri_percentile":
+        return spec
+    ref = float(np.median(np.asarray(target_scales, dtype=np.float64)))
+    target = IntensityMapping(spec.target.kind, spec.target.percentile, spec.target.clip, ref)
+    return PreprocessingSpec(spec.source, target, spec.orientation, spec.slice_axis, spec.spacing,
+                             spec.size_multiple, spec.min_size)
+
+
+# ----------------------------------------------------------------------------- preparation
+
+
+def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubject:
+    """Read and prepare one pair. Raises ``DiscoveryError``/``PreprocessError`` naming the problem."""
+    src_img, tgt_img, mask_img = load_pair(pair)
+    fg_img = load_foreground(pair, src_img)
+    src: PreparedVolume = prepare_volume(src_img, spec, "source")
+    del src_img
+    tgt = prepare_on_grid(tgt_img, src, spec, "target", sitk.sitkLinear)
+    del tgt_img
+    foreground = src.foreground | tgt.foreground
+    tumour = None
+    if mask_img is not None:
+        tumour = prepare_on_grid(mask_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
+    if fg_img is not None:
+        foreground |= prepare_on_grid(fg_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
+    return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.scale, tgt.scale,
+                           src.context)
+
+
+def prepare_subjects(pairs: Sequence[SubjectPair], spec: PreprocessingSpec, workers: int = 1) -> list[PreparedSubject]:
+    """Prepare ``pairs`` with up to ``workers`` threads (SimpleITK and numpy release the GIL)."""
+    if workers <= 1 or len(pairs) <= 1:
+        return [prepare_subject(p, spec) for p in pairs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
+        return list(pool.map(lambda p: prepare_subject(p, spec), pairs))
+
+
+def choose_splits(pairs: Sequence[SubjectPair], val_subjects: Sequence[str] | None) -> tuple[list[SubjectPair],
+                                                                                                 list[SubjectPair]]:
+    """(training, validation) pairs. ``val_subjects`` (names) wins; then the data's split column/folders;
+    else the last subject when there are at least two; test-split subjects are never used."""
+    usable = [p for p in pairs if (p.split or "").lower() not in TEST_SPLITS]
+    if not usable:
+        raise ValueError("every subject is in the test split; nothing is left to train on")
+    if val_subjects:
+        names = {p.subject for p in usable}
+        unknown = [v for v in val_subjects if v not in names]
+        if unknown:
+            raise ValueError(f"validation subject(s) {', '.join(unknown)} not among the subjects found "
+                             f"({', '.join(sorted(names))})")
+        val = [p for p in usable if p.subject in set(val_subjects)]
+    elif any((p.split or "").lower() in VAL_SPLITS for p in usable):
+        val = [p for p in usable if (p.split or "").lower() in VAL_SPLITS]
+    elif len(usable) >= 2:
+        val = [usable[-1]]
+    else:
+        val = []
+    val_names = {p.subject for p in val}
+    train = [p for p in usable if p.subject not in val_names]
+    if not train:
+        raise ValueError("no subject is left for training after taking out the validation subjects")
+    return train, val
+
+
+def shard_pairs(pairs: Sequence[SubjectPair], rank: int, world: int) -> tuple[list[SubjectPair], bool]:
+    """(this rank's subjects, whether slices must also be sharded): whole subjects when there are enough."""
+    if world <= 1:
+        return list(pairs), False
+    if len(pairs) >= world:
+        return [p for i, p in enumerate(pairs) if i % world == rank], False
+    return list(pairs), True
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Centre ``arr`` [K, h0, w0] in a [K, h, w] canvas of zeros (the background value)."""
+    k, h0, w0 = arr.shape
+    if (h0, w0) == (h, w):
+        return arr
+    out = np.zeros((k, h, w), dtype=arr.dtype)
+    y0, x0 = (h - h0) // 2, (w - w0) // 2
+    out[:, y0 : y0 + h0, x0 : x0 + w0] = arr
+    return out
+
+
+class SliceSampler:
+    """Draws batches ``[B, 1, H, W]`` of (source, target) slices from prepared subjects.
+
+    All subjects are centred on one canvas (the largest prepared slice size) so any two slices can
+    share a batch; the networks are fully convolutional (D1 pools adaptively), so the extra zero
+    border changes nothing but speed."""
+
+    def __init__(self, subjects: Sequence[PreparedSubject], rng: np.random.Generator, tumour_fraction: float = 0.5,
+                 flip: bool = True, slice_shard: tuple[int, int] = (0, 1)) -> None:
+        if not subjects:
+            raise ValueError("no training subject to sample from")
+        if not 0.0 <= tumour_fraction <= 1.0:
+            raise ValueError(f"--tumour-fraction must be between 0 and 1, got {tumour_fraction}")
+        self.rng, self.flip = rng, flip
+        h = max(s.source.shape[1] for s in subjects)
+        w = max(s.source.shape[2] for s in subjects)
+        self.shape = (h, w)
+        self.source = np.concatenate([_pad_to(s.source, h, w) for s in subjects])
+        self.target = np.concatenate([_pad_to(s.target, h, w) for s in subjects])
+        fg_frac = np.concatenate([s.foreground.mean(axis=(1, 2)) for s in subjects])
+        has_tumour = np.concatenate([
+            s.tumour.any(axis=(1, 2)) if s.tumour is not None else np.zeros(len(s.source), bool) for s in subjects
+        ])
+        rank, world = slice_shard
+        keep = np.arange(len(self.source)) % world == rank
+        self.indices = np.flatnonzero(keep)
+        weights = np.where(fg_frac[self.indices] >= FOREGROUND_MIN_FRACTION, 1.0, EMPTY_SLICE_WEIGHT)
+        self.weights = weights / weights.sum()
+        self.tumour_indices = self.indices[has_tumour[self.indices]]
+        self.tumour_fraction = tumour_fraction if len(self.tumour_indices) else 0.0
+        self.foreground_slices = int((fg_frac[self.indices] >= FOREGROUND_MIN_FRACTION).sum())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sample_indices(self, batch_size: int) -> np.ndarray:
+        idx = self.rng.choice(self.indices, size=batch_size, p=self.weights)
+        if self.tumour_fraction > 0:
+            use_tumour = self.rng.random(batch_size) < self.tumour_fraction
+            n = int(use_tumour.sum())
+            if n:
+                idx[use_tumour] = self.rng.choice(self.tumour_indices, size=n)
+        return idx
+
+    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.sample_indices(batch_size)
+        src = self.source[idx]
+        tgt = self.target[idx]
+        if self.flip:
+            flips = self.rng.random(batch_size) < 0.5
+            src[flips] = src[flips, :, ::-1]
+            tgt[flips] = tgt[flips, :, ::-1]
+        return (torch.from_numpy(np.ascontiguousarray(src[:, None])),
+                torch.from_numpy(np.ascontiguousarray(tgt[:, None])))

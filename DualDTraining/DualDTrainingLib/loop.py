@@ -1,0 +1,533 @@
+"""The training loop: data → (torchrun-aware) training → validation, checkpoints, bundles.
+
+Output folder (only rank 0 writes):
+``checkpoint-last.pt`` (every ``checkpoint_every`` steps, at each validation, on SIGINT/SIGTERM and at
+the end), ``checkpoint-best.pt`` + ``model-best.safetensors`` (best validation ``best_metric``),
+``model-final.safetensors``, ``metrics.jsonl``, ``tensorboard/``, ``samples/``, ``run.json``.
+
+Stopping: SIGINT/SIGTERM set a flag that every rank checks (all-reduced) after each step; the state
+after the last completed step is saved and :class:`TrainingStopped` carries exit code 130 (SIGINT) or
+143 (SIGTERM); ``--resume`` continues from exactly there. A NaN/inf loss raises
+``NonFiniteLossError`` before any optimiser step of that network; the run stops with exit code 3 and a
+message naming the step and the loss term, and *no* checkpoint is written, so ``checkpoint-last.pt``
+stays the last good state (resume from it with a lower learning rate). A SIGKILL (Slicer's Cancel)
+cannot be caught: at most ``checkpoint_every`` steps are lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
+from DualDSynthesisLib.networks import ArchitectureConfig
+from DualDSynthesisLib.preprocess import PreprocessingSpec
+
+from . import checkpoint as ckpt
+from .dataset import (
+    SliceSampler,
+    base_spec,
+    choose_splits,
+    finish_spec,
+    inplane_spacing,
+    parse_spacing,
+    prepare_subjects,
+    shard_pairs,
+)
+from .discovery import DiscoveryError, discover
+from .distributed import DistContext, PeerNonFiniteError, init_from_env, stop_together
+from .reporting import Progress, Reporter, sample_grid, write_png
+from .step import DualDTrainer, NonFiniteLossError, TrainingConfig
+from .validation import check_metric_name, is_better, jsonable_metrics, validate
+
+EXIT_NON_FINITE = 3
+PARAM_DIGEST_ENV = "DUALD_TRAIN_PARAM_DIGEST_DIR"  # tests: each rank writes a digest of its parameters
+_ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", "model-final.safetensors", "model-best.safetensors",
+              "metrics.jsonl", "run.json")
+_ARTEFACT_DIRS = ("tensorboard", "samples")
+T = TypeVar("T")
+
+
+class TrainingError(ValueError):
+    """A problem with the user's data or options; the message is one sentence."""
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped early (signal: 130/143 after saving; non-finite loss: 3, nothing saved)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunConfig:
+    data: Path
+    source: str
+    target: str
+    output: Path
+    variant: str = "dual_attention"
+    iterations: int = 20000
+    val_subjects: list[str] = field(default_factory=list)
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    batch_size: int = 8
+    lr_g: float = 2e-4
+    lr_d1: float = 1e-4
+    lr_d2: float = 2e-4
+    lambda1: float = 1e-3
+    lambda2: float = 1e-2
+    beta: float = 1.0
+    p: int = 1
+    n_critic: int = 1
+    val_every: int = 1000
+    best_metric: str = "psnr_foreground"
+    seed: int = 0
+    spacing: str = ""
+    target_kind: str = "auto"
+    base_width: int = 8
+    depth: int = 4
+    d2_base_width: int = 16
+    tumour_fraction: float = 0.5
+    flip: bool = True
+    amp: bool = False
+    workers: int = 2
+    log_every: int = 10
+    checkpoint_every: int = 200
+    slicer: bool = False  # progress as Slicer <filter-progress> lines on stdout
+
+    def architecture(self) -> ArchitectureConfig:
+        return ArchitectureConfig(g_base_width=self.base_width, g_depth=self.depth, d2_base_width=self.d2_base_width)
+
+    def training(self) -> TrainingConfig:
+        return TrainingConfig(variant=self.variant, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
+                              p=self.p, lr_g=self.lr_g, lr_d1=self.lr_d1, lr_d2=self.lr_d2, n_critic=self.n_critic)
+
+    def check(self) -> None:
+        for name in ("iterations", "batch_size", "log_every", "checkpoint_every", "workers"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.val_every < 0:
+            raise TrainingError(f"--val-every must be ≥ 0 (0 = only at the end), got {self.val_every}")
+        if self.target_kind not in ("auto", "mri", "ct"):
+            raise TrainingError(f"--target-kind must be auto, mri or ct, got {self.target_kind!r}")
+        try:
+            check_metric_name(self.best_metric)
+            self.training()
+            self.architecture()
+            parse_spacing(self.spacing)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+
+    def resolved_target_kind(self) -> str:
+        if self.target_kind != "auto":
+            return self.target_kind
+        return "ct" if self.target.strip().lower() == "ct" else "mri"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 and hand its result (or its user-facing error) to every rank."""
+    result: Any = None
+    error: str | None = None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except (ValueError, OSError, RuntimeError) as exc:  # DiscoveryError/PreprocessError are ValueErrors
+            error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    result, error = ctx.broadcast_object((result, error))
+    if error is not None:
+        raise TrainingError(error)
+    return result
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a non-empty folder without ``overwrite``; with it, remove only our artefacts."""
+    if output.exists() and not output.is_dir():
+        raise TrainingError(f"output {output} exists and is not a folder")
+    if resume:
+        if not (output / ckpt.LAST).is_file():
+            raise TrainingError(f"--resume was given but {output} holds no {ckpt.LAST} to resume from")
+        for torn in output.glob(".checkpoint-*.tmp"):  # left by a kill during a write; never read
+            torn.unlink(missing_ok=True)
+        return
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise TrainingError(f"output folder {output} is not empty; pass --overwrite to replace its training "
+                                "files or --resume to continue the run in it")
+        for name in _ARTEFACTS:
+            (output / name).unlink(missing_ok=True)
+        for name in _ARTEFACT_DIRS:
+            shutil.rmtree(output / name, ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def _default_spacing(pairs: list) -> tuple[float, float]:
+    """The training sources' in-plane spacing (median when they differ), read from headers only."""
+    spacings = []
+    for pair in pairs:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(pair.source))
+        reader.ReadImageInformation()
+        img = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        img.SetSpacing(reader.GetSpacing())
+        img.SetDirection(reader.GetDirection())
+        spacings.append(inplane_spacing(img))
+    med = np.median(np.array(spacings), axis=0)
+    return float(med[0]), float(med[1])
+
+
+def _size_multiple(arch: ArchitectureConfig) -> int:
+    # G halves the slice g_depth times; D2 down-samples by 8 and D1 needs ≥ 16 pixels.
+    return int(np.lcm(arch.size_multiple, 16))
+
+
+def params_digest(trainer: DualDTrainer) -> str:
+    h = hashlib.sha256()
+    for name, module in trainer.networks().items():
+        for key, t in module.state_dict().items():
+            h.update(f"{name}.{key}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Signals:
+    """SIGINT/SIGTERM → a flag checked between steps; a second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. a worker thread): no handlers
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Run:
+    def __init__(self, cfg: RunConfig, ctx: DistContext) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.progress: Progress | None = None
+        self.reporter: Reporter | None = None
+        self.best: dict[str, Any] | None = None
+        self.commit = _git_commit() if ctx.is_main else None
+
+    # -- messages (rank 0 only; stdout in Slicer, where anything on stderr marks the run as failed)
+    def say(self, message: str) -> None:
+        if not self.ctx.is_main:
+            return
+        if self.progress is not None:
+            self.progress.write(message)
+        else:
+            import sys
+
+            print(message, file=sys.stdout if self.cfg.slicer else sys.stderr, flush=True)
+
+    def setup(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        _on_main(ctx, lambda: prepare_output(cfg.output, cfg.resume, cfg.overwrite))
+        self.state = _on_main(ctx, lambda: ckpt.load_checkpoint(cfg.output / ckpt.LAST)) if cfg.resume else None
+        if self.state is not None:
+            self._check_resume(self.state["run"])
+
+        def find() -> tuple:
+            found = discover(cfg.data, cfg.source, cfg.target)
+            train, val = choose_splits(found.pairs, cfg.val_subjects)
+            spacing = parse_spacing(cfg.spacing) or _default_spacing(train)
+            return found, train, val, spacing
+
+        found, train, val, spacing = _on_main(ctx, find)
+        self.say(f"{found.summary()}: {len(train)} for training, {len(val)} for validation "
+                 f"({', '.join(p.subject for p in val) or 'none'})")
+        for note in found.notes:
+            self.say(f"note: {note}")
+        for r in found.rejected:
+            self.say(f"rejected {r.subject}: {r.reason}")
+        self.arch = cfg.architecture()
+        if self.state is not None:
+            spec = PreprocessingSpec.from_dict(self.state["preprocessing"])
+        else:
+            spec = base_spec(cfg.resolved_target_kind(), spacing, _size_multiple(self.arch))
+        mine, shard_slices = shard_pairs(train, ctx.rank, ctx.world_size)
+        t0 = time.time()
+        try:
+            subjects = prepare_subjects(mine, spec, cfg.workers)
+            prep_error = None
+        except (ValueError, RuntimeError) as exc:
+            subjects, prep_error = [], str(exc)
+        errors = [e for e in ctx.gather_objects(prep_error) if e]
+        if errors:
+            raise TrainingError(errors[0])
+        scales = [s for per_rank in ctx.gather_objects([s.target_scale for s in subjects]) for s in per_rank]
+        if shard_slices:
+            scales = scales[: len(train)]  # every rank prepared all subjects: count each once
+        self.spec = spec if self.state is not None else finish_spec(spec, scales)
+        self.has_validation = bool(val)
+        self.val_subjects, val_error = [], None
+        if ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
+            try:
+                self.val_subjects = prepare_subjects(val, self.spec, cfg.workers)
+            except (ValueError, RuntimeError) as exc:
+                val_error = str(exc)
+        val_error = ctx.broadcast_object(val_error)
+        if val_error:
+            raise TrainingError(val_error)
+        self.sampler_rng = np.random.default_rng([cfg.seed, ctx.rank])
+        self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip,
+                                    (ctx.rank, ctx.world_size) if shard_slices else (0, 1))
+        del subjects
+        self.train_names = [p.subject for p in train]
+        self.say(f"prepared {len(train)} training subject(s) in {time.time() - t0:.1f} s: "
+                 f"{len(self.sampler)} slices of {self.sampler.shape[0]}×{self.sampler.shape[1]} on rank 0 "
+                 f"({self.sampler.foreground_slices} with foreground); spacing {self.spec.spacing} mm")
+        if cfg.best_metric.endswith("_tumour") and self.val_subjects and not any(
+                s.tumour is not None and s.tumour.any() for s in self.val_subjects):
+            raise TrainingError(f"--best-metric {cfg.best_metric} needs a tumour mask in a validation subject; "
+                                "none has one")
+
+    def _check_resume(self, saved: dict[str, Any]) -> None:
+        cfg = self.cfg
+        for key in ("variant", "base_width", "depth", "d2_base_width", "source", "target"):
+            if key in saved and saved[key] != getattr(cfg, key):
+                raise TrainingError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
+                                    f"{saved[key]}, not {getattr(cfg, key)}")
+
+    def build(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        torch.manual_seed(cfg.seed)
+        grad_sync = ctx.grad_sync if ctx.active else None
+        self.trainer = DualDTrainer(self.arch, cfg.training(), ctx.device, grad_sync=grad_sync, amp=cfg.amp)
+        torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # the gradient penalty's noise differs per rank
+        if self.state is not None:
+            ckpt.apply_checkpoint(self.trainer, self.state)
+            lrs = {"generator": cfg.lr_g, "critic": cfg.lr_d1, "local": cfg.lr_d2}
+            for name, opt in self.trainer.optimizers().items():
+                for group in opt.param_groups:
+                    group["lr"] = lrs[name]  # the command line's rates win (e.g. lower after a NaN)
+            rng = self.state["rng"]
+            if len(rng) == ctx.world_size:
+                ckpt.restore_rng(rng[ctx.rank], self.sampler_rng)
+            else:
+                self.say(f"note: the checkpoint was written by {len(rng)} rank(s), this run has {ctx.world_size}: "
+                         "sampling is re-seeded")
+                self.sampler_rng.bit_generator.state = np.random.default_rng(
+                    [cfg.seed, ctx.rank, self.trainer.step_count]).bit_generator.state
+            self.best = self.state["best"]
+            self.state = None  # free the copy of the weights
+        for module in self.trainer.networks().values():
+            ctx.broadcast_module(module)
+
+    # -- files
+    def _run_record(self) -> dict[str, Any]:
+        d = asdict(self.cfg)
+        d.update(data=str(self.cfg.data), output=str(self.cfg.output), world_size=self.ctx.world_size)
+        return d
+
+    def save_checkpoint(self, path: Path | None = None) -> None:
+        rng = self.ctx.gather_objects(ckpt.capture_rng(self.sampler_rng))
+        if self.ctx.is_main:
+            ckpt.save_checkpoint(path or self.cfg.output / ckpt.LAST, self.trainer, rng, self.spec.to_dict(),
+                                 self._run_record(), self.best)
+
+    def export(self, name: str, validation: dict[str, Any] | None) -> Path:
+        cfg, v = self.cfg, self.trainer.config.variant
+        provenance = {
+            "data": str(cfg.data.resolve()),
+            "iterations": int(self.trainer.step_count),
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "commit": self.commit,
+            "training_subjects": self.train_names,
+            "validation_subjects": [s.name for s in self.val_subjects],
+            "seed": cfg.seed,
+            "world_size": self.ctx.world_size,
+            "batch_size": cfg.batch_size,
+            "training_config": self.trainer.config.to_dict(),
+        }
+        meta = BundleMetadata(
+            architecture=self.arch.to_dict(), variant=v.value, source_modality=cfg.source,
+            target_modality=cfg.target, preprocessing=self.spec.to_dict(), has_local_discriminator=v.uses_local,
+            provenance=provenance, metrics=validation or {}, name=f"DualD {cfg.source}→{cfg.target} ({v.value})",
+            description=f"Trained with duald-train on {len(self.train_names)} subject(s) for "
+                        f"{self.trainer.step_count} iterations.",
+        )
+        local = self.trainer.local if v.uses_local else None
+        return save_bundle(cfg.output / name, self.trainer.generator, local, meta, overwrite=True)
+
+    # -- validation (rank 0; the others wait at the barrier)
+    def run_validation(self, step: int) -> dict[str, Any] | None:
+        result = None
+        if self.ctx.is_main and self.val_subjects:
+            t0 = time.time()
+            local = self.trainer.local if self.trainer.config.variant.uses_local else None
+            mean, per_subject, rows = validate(self.trainer.generator, local, self.val_subjects, self.ctx.device,
+                                               self.cfg.batch_size, self.cfg.amp)
+            self.reporter.log("validation", step, {**mean, "per_subject": per_subject,
+                                                   "seconds": round(time.time() - t0, 2)})
+            if rows:
+                grid = sample_grid(rows)
+                write_png(grid, self.cfg.output / "samples" / f"step-{step:07d}.png")
+                self.reporter.image("samples", grid, step)
+            metric = self.cfg.best_metric
+            shown = ", ".join(f"{k} {mean[k]:.4g}" for k in ("psnr_foreground", "ssim_foreground", "mae_foreground")
+                              if k in mean)
+            self.say(f"step {step}: validation {shown}")
+            result = {"step": step, "metrics": jsonable_metrics(mean),
+                      "per_subject": {k: jsonable_metrics(m) for k, m in per_subject.items()},
+                      "data_range": 1.0, "units": "normalised intensities (see DualDTrainingLib.validation)",
+                      "best_metric": metric}
+            if is_better(mean.get(metric), None if self.best is None else self.best["value"], metric):
+                self.best = {"metric": metric, "value": mean[metric], "step": step}
+                self.export("model-best.safetensors", result)
+                self.say(f"step {step}: new best {metric} {mean[metric]:.4g} → model-best.safetensors")
+                result["new_best"] = True
+        return self.ctx.broadcast_object(result)
+
+    # -- the loop
+    def train(self, signals: _Signals) -> int:
+        cfg, ctx, trainer = self.cfg, self.ctx, self.trainer
+        start = trainer.step_count
+        if ctx.is_main:
+            self.reporter = Reporter(cfg.output)
+            (cfg.output / "run.json").write_text(json.dumps(self._run_record(), indent=2, default=str) + "\n")
+            self.reporter.log("event", start, {"event": "resume" if start else "start", "world_size": ctx.world_size,
+                                               "device": str(ctx.device)})
+            self.progress = Progress(cfg.iterations, start, cfg.slicer)
+            if start:
+                self.say(f"resuming from step {start} of {cfg.iterations}")
+        window: list[dict[str, float]] = []
+        t_window = time.time()
+        last_validation: dict[str, Any] | None = None
+        nets = trainer.networks()
+        if start >= cfg.iterations and self.has_validation:  # resumed a finished run: re-validate, re-export
+            last_validation = self.run_validation(start)
+        while trainer.step_count < cfg.iterations:
+            if ctx.any_flag(signals.received is not None):
+                return self._stop_on_signal(signals.received or signal.SIGTERM)
+            src, tgt = self.sampler.batch(cfg.batch_size)
+            try:
+                losses = trainer.step(src, tgt)
+            except NonFiniteLossError as exc:
+                stop_together(ctx, nets, exc)
+                where = "another rank" if isinstance(exc, PeerNonFiniteError) else f"rank {ctx.rank}"
+                value = "" if isinstance(exc, PeerNonFiniteError) else f" ({exc.value})"
+                message = (f"loss term {exc.term} became non-finite{value} at step {trainer.step_count + 1} on "
+                           f"{where}; stopped without saving, {ckpt.LAST} still holds the last good state")
+                if self.reporter is not None:
+                    self.reporter.log("event", trainer.step_count + 1, {"event": "non_finite", "term": exc.term})
+                raise TrainingStopped(message, EXIT_NON_FINITE) from None
+            for module in nets.values():
+                ctx.sync_buffers(module)
+            window.append(losses)
+            step = trainer.step_count
+            final = step == cfg.iterations
+            if step % cfg.log_every == 0 or final:
+                mean = ctx.mean_dict({k: float(np.mean([w[k] for w in window])) for k in window[0]})
+                elapsed = time.time() - t_window
+                if self.reporter is not None:
+                    self.reporter.log("train", step, {**mean, "steps_per_s": round(len(window) / elapsed, 3),
+                                                      "slices_per_s": round(len(window) * cfg.batch_size
+                                                                            * ctx.world_size / elapsed, 2)})
+                window, t_window = [], time.time()
+            if self.progress is not None:
+                self.progress.update(step, losses)
+            validated = self.has_validation and (bool(cfg.val_every and step % cfg.val_every == 0) or final)
+            if validated:
+                last_validation = self.run_validation(step)
+                ctx.barrier()
+            if not final and (step % cfg.checkpoint_every == 0 or validated):
+                self.save_checkpoint()
+                if last_validation and last_validation.get("new_best"):
+                    self.save_checkpoint(cfg.output / ckpt.BEST)
+        return self._finish(last_validation)
+
+    def _stop_on_signal(self, signum: int) -> int:
+        self.save_checkpoint()
+        name = signal.Signals(signum).name
+        if self.reporter is not None:
+            self.reporter.log("event", self.trainer.step_count, {"event": "stopped", "signal": name})
+        raise TrainingStopped(f"{name} received: saved {ckpt.LAST} at step {self.trainer.step_count}; "
+                              "continue with --resume", 128 + int(signum))
+
+    def _finish(self, last_validation: dict[str, Any] | None) -> int:
+        self.save_checkpoint()
+        if last_validation and last_validation.get("new_best"):
+            self.save_checkpoint(self.cfg.output / ckpt.BEST)
+        if self.ctx.is_main:
+            path = self.export("model-final.safetensors", last_validation)
+            self.reporter.log("event", self.trainer.step_count, {"event": "finished", "bundle": str(path)})
+            if self.progress is not None:
+                self.progress.close()
+            best = f"; best {self.best['metric']} {self.best['value']:.4g} at step {self.best['step']}" \
+                if self.best else ""
+            self.say(f"finished {self.trainer.step_count} iterations: {path}{best}")
+        return 0
+
+    def close(self) -> None:
+        digest_dir = os.environ.get(PARAM_DIGEST_ENV)
+        if digest_dir and hasattr(self, "trainer"):
+            Path(digest_dir).mkdir(parents=True, exist_ok=True)
+            (Path(digest_dir) / f"params-rank{self.ctx.rank}.txt").write_text(params_digest(self.trainer) + "\n")
+        if self.progress is not None:
+            self.progress.close()
+        if self.reporter is not None:
+            self.reporter.close()
+
+
+def run_training(cfg: RunConfig) -> int:
+    """Train as ``cfg`` says; returns the exit code (0) or raises TrainingError/TrainingStopped."""
+    cfg.check()
+    try:
+        ctx = init_from_env(cfg.device)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    run = Run(cfg, ctx)
+    try:
+        with _Signals() as signals:
+            try:
+                run.setup()
+                run.build()
+            except DiscoveryError as exc:
+                raise TrainingError(str(exc)) from None
+            return run.train(signals)
+    finally:
+        run.close()
+        ctx.close()

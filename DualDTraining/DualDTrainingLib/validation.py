@@ -1,0 +1,159 @@
+"""Validation on held-out subjects: the generator over every slice, metrics in normalised units.
+
+Metrics come from :mod:`DualDSynthesisLib.metrics` (PSNR, MAE, SSIM from scikit-image) and are
+computed on the prepared volume with the slice padding cropped away, in the *normalised* intensity
+space the networks see: PSNR uses ``data_range = 1.0`` (the normalised foreground range: MRI is
+scaled so the foreground's 99.5th percentile is 1, CT maps [-1024, 3071] HU to [0, 1]); MAE is in
+the same normalised units (×4095 gives HU for CT). Each metric is reported over the whole volume
+(``_volume``), the foreground (``_foreground``: source ∪ target foreground) and, when the subject has
+a label mask, inside the tumour (``_tumour``: label > 0). Masked SSIM averages the full SSIM map
+inside the mask (one map per volume, shared by the regions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from DualDSynthesisLib import metrics
+from torch.nn import functional as F
+
+from .dataset import PreparedSubject
+
+DATA_RANGE = 1.0
+METRICS = ("psnr", "mae", "ssim")
+REGIONS = ("volume", "foreground", "tumour")
+
+
+def metric_names() -> list[str]:
+    return [f"{m}_{r}" for m in METRICS for r in REGIONS]
+
+
+def higher_is_better(name: str) -> bool:
+    return not name.startswith("mae")
+
+
+def check_metric_name(name: str) -> str:
+    if name not in metric_names():
+        raise ValueError(f"unknown --best-metric {name!r}; choose one of {', '.join(metric_names())}")
+    return name
+
+
+@torch.no_grad()
+def predict(generator: torch.nn.Module, source: np.ndarray, device: torch.device, batch_size: int,
+            amp: bool = False) -> np.ndarray:
+    """G over all slices of a prepared volume [K, H, W] (eval mode, as at inference) → float32 [K, H, W]."""
+    was_training = generator.training
+    generator.eval()
+    out = np.empty_like(source, dtype=np.float32)
+    try:
+        for k0 in range(0, len(source), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(source[k0 : k0 + batch_size, None])).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                y = generator(x)
+            out[k0 : k0 + len(x)] = y[:, 0].float().cpu().numpy()
+    finally:
+        generator.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def difficulty(local: torch.nn.Module, synthetic: np.ndarray, device: torch.device) -> np.ndarray:
+    """``1 − M`` for slices [N, H, W]: D2's confidence map, upsampled to the slice size."""
+    was_training = local.training
+    local.eval()
+    try:
+        x = torch.from_numpy(np.ascontiguousarray(synthetic[:, None])).to(device)
+        m = torch.sigmoid(local(x).float())
+        m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    finally:
+        local.train(was_training)
+    return (1.0 - m[:, 0]).cpu().numpy()
+
+
+def subject_metrics(pred: np.ndarray, subject: PreparedSubject) -> dict[str, float]:
+    """PSNR/MAE/SSIM of ``pred`` against the subject's target, cropped to the unpadded slice region."""
+    ys, xs = subject.crop
+    p = pred[:, ys, xs]
+    t = subject.target[:, ys, xs]
+    out = {
+        "psnr_volume": metrics.psnr(p, t, DATA_RANGE),
+        "mae_volume": metrics.mae(p, t),
+    }
+    smap = metrics.ssim_map(p, t, DATA_RANGE)  # once; averaged inside each region
+    out["ssim_volume"] = metrics.masked_mean(smap)
+    regions = {"foreground": subject.foreground[:, ys, xs]}
+    if subject.tumour is not None:
+        regions["tumour"] = subject.tumour[:, ys, xs]
+    for region, mask in regions.items():
+        if not mask.any():
+            continue
+        out[f"psnr_{region}"] = metrics.psnr(p, t, DATA_RANGE, mask)
+        out[f"mae_{region}"] = metrics.mae(p, t, mask)
+        out[f"ssim_{region}"] = metrics.masked_mean(smap, mask)
+    return out
+
+
+def average(per_subject: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean over subjects of each metric (a tumour metric over the subjects that have a tumour).
+    PSNR is averaged in dB; an infinite PSNR (identical images) stays infinite."""
+    keys = sorted({k for m in per_subject.values() for k in m})
+    return {k: float(np.mean([m[k] for m in per_subject.values() if k in m])) for k in keys}
+
+
+def sample_slices(subject: PreparedSubject, n: int = 3) -> list[int]:
+    """Slices worth looking at: most tumour, most foreground, and the middle of the foreground range."""
+    area = subject.foreground.sum(axis=(1, 2))
+    picks: list[int] = []
+    if subject.tumour is not None and subject.tumour.any():
+        picks.append(int(subject.tumour.sum(axis=(1, 2)).argmax()))
+    picks.append(int(area.argmax()))
+    nonzero = np.flatnonzero(area)
+    if len(nonzero):
+        picks.append(int(nonzero[len(nonzero) // 3]))
+    picks.append(len(area) // 2)
+    unique = list(dict.fromkeys(picks))
+    return unique[:n]
+
+
+def validate(
+    generator: torch.nn.Module,
+    local: torch.nn.Module | None,
+    subjects: Sequence[PreparedSubject],
+    device: torch.device,
+    batch_size: int,
+    amp: bool = False,
+) -> tuple[dict[str, float], dict[str, dict[str, float]], list[tuple[np.ndarray, ...]]]:
+    """(mean metrics, per-subject metrics, sample rows source|real|synthetic|heatmap of the first subject)."""
+    per_subject: dict[str, dict[str, float]] = {}
+    rows: list[tuple[np.ndarray, ...]] = []
+    for i, subject in enumerate(subjects):
+        pred = predict(generator, subject.source, device, batch_size, amp)
+        per_subject[subject.name] = subject_metrics(pred, subject)
+        if i == 0:
+            ks = sample_slices(subject)
+            ys, xs = subject.crop
+            fake = pred[ks]
+            if local is not None:
+                heat = difficulty(local, fake, device)
+            else:  # no D2 in this variant: show where the synthesis is wrong instead
+                heat = np.clip(np.abs(fake - subject.target[ks]) * 4.0, 0.0, 1.0)
+            rows = [(subject.source[k][ys, xs], subject.target[k][ys, xs], fake[j][ys, xs], heat[j][ys, xs])
+                    for j, k in enumerate(ks)]
+    return average(per_subject), per_subject, rows
+
+
+def is_better(value: float | None, best: float | None, name: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value > best if higher_is_better(name) else value < best
+
+
+def jsonable_metrics(values: dict[str, Any]) -> dict[str, Any]:
+    """Metrics for JSON metadata: infinite PSNR becomes the string 'inf'."""
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in values.items()}

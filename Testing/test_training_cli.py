@@ -1,0 +1,167 @@
+"""duald-train's command line: one-line errors, and the Slicer XML descriptor matching the parser."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from _training_data import PYTHON, ROOT, TINY_ARCH_FLAGS, cli_env, write_subjects
+from DualDTrainingLib import cli
+
+XML = ROOT / "DualDTraining" / "DualDTraining.xml"
+PARAMETER_TAGS = {"integer", "float", "double", "string", "boolean", "file", "directory", "image", "string-vector",
+                  "integer-vector", "float-vector", "double-vector", "string-enumeration", "integer-enumeration",
+                  "float-enumeration", "double-enumeration", "point", "region", "transform", "geometry", "table"}
+_VALID = re.compile(r"^[_A-Za-z][_A-Za-z0-9]*$")  # SlicerExecutionModel's rule for <name> and <longflag>
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_subjects(tmp_path_factory.mktemp("cli") / "data", n=2)
+
+
+def _base(data: Path, out: Path) -> list[str]:
+    return ["--data", str(data), "--source", "t1", "--target", "t2", "--output", str(out), "--iterations", "1",
+            "--device", "cpu", *TINY_ARCH_FLAGS]
+
+
+def _one_error_line(code: int, err: list[str], *words: str) -> None:
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("duald-train: error: ")
+    for w in words:
+        assert w in err[0]
+
+
+def test_missing_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, err = _run(capsys, *_base(tmp_path / "nowhere", tmp_path / "out"))
+    _one_error_line(code, err, "does not exist")
+
+
+def test_no_pairs_found(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "subject1").mkdir(parents=True)
+    (empty / "subject1" / "notes.txt").write_text("nothing here")
+    code, err = _run(capsys, *_base(empty, tmp_path / "out"))
+    _one_error_line(code, err, "no usable")
+
+
+def test_unknown_contrast(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
+    argv = _base(data, tmp_path / "out")
+    argv[argv.index("t2")] = "pd"
+    code, err = _run(capsys, *argv)
+    _one_error_line(code, err, "unknown target contrast", "pd")
+
+
+def test_output_exists(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something.txt").write_text("keep me")
+    code, err = _run(capsys, *_base(data, out))
+    _one_error_line(code, err, "not empty", "--overwrite")
+    # --resume without a checkpoint is refused too
+    code, err = _run(capsys, *_base(data, out), "--resume")
+    _one_error_line(code, err, "checkpoint-last.pt")
+
+
+def test_overwrite_keeps_foreign_files(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something.txt").write_text("keep me")
+    (out / "metrics.jsonl").write_text("old\n")
+    assert cli.main([*_base(data, out), "--overwrite", "--variant", "unet"]) == 0
+    assert (out / "something.txt").read_text() == "keep me"
+    assert "old" not in (out / "metrics.jsonl").read_text()
+
+
+def test_bad_option_value_is_one_line(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*_base(data, tmp_path / "o"), "--variant", "cyclegan"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    code, err = _run(capsys, *_base(data, tmp_path / "o2"), "--best-metric", "dice")
+    _one_error_line(code, err, "--best-metric")
+
+
+def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
+    """The real process: exit status 2 and exactly one line on stderr."""
+    proc = subprocess.run([PYTHON, "-m", "DualDTrainingLib.cli", *_base(tmp_path / "nowhere", tmp_path / "o")],
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_xml_descriptor_matches_the_parser() -> None:
+    text = XML.read_text(encoding="utf-8")
+    assert text.startswith("<?xml "), "Slicer requires the XML declaration on the first line"
+    root = ET.fromstring(text)
+    assert root.tag == "executable"
+    flags, names = [], []
+    for group in root.findall("parameters"):
+        assert group.find("label") is not None
+        for param in group:
+            if param.tag in ("label", "description"):
+                continue
+            assert param.tag in PARAMETER_TAGS, param.tag
+            name, longflag = param.findtext("name").strip(), param.findtext("longflag").strip()
+            assert _VALID.match(name) and _VALID.match(longflag), (name, longflag)
+            assert param.find("index") is None  # every parameter is passed by flag
+            names.append(name)
+            flags.append(longflag)
+            if param.tag.endswith("-enumeration"):
+                elements = [e.text for e in param.findall("element")]
+                assert param.findtext("default") in elements
+    assert len(set(names)) == len(names) and len(set(flags)) == len(flags)
+
+    parser = cli.build_parser()
+    accepted: dict[str, object] = {}
+    for action in parser._actions:
+        if "--help" in action.option_strings:
+            continue
+        slicer_flag = next(o for o in action.option_strings[::-1] if _VALID.match(o[2:]))
+        accepted[slicer_flag[2:]] = action
+    assert sorted(flags) == sorted(accepted)
+    # defaults agree, so the Slicer panel starts from the console script's defaults
+    for param in root.iter():
+        longflag = param.findtext("longflag")
+        if longflag is None or param.findtext("default") is None:
+            continue
+        action = accepted[longflag.strip()]
+        default = param.findtext("default").strip()
+        if action.required:  # the panel pre-fills a suggestion (t1, t2); the console script needs it given
+            continue
+        if param.tag == "boolean":
+            assert default == "false" and action.default is False
+        elif param.tag == "string-vector":
+            assert default == "" and action.default == []
+        elif param.tag in ("integer", "integer-enumeration"):
+            assert int(default) == action.default, longflag
+        elif param.tag == "double":
+            assert float(default) == pytest.approx(action.default), longflag
+        else:
+            assert default == action.default, longflag
+
+
+def test_slicer_entry_point_reports_filter_progress(data: Path, tmp_path: Path) -> None:
+    """DualDTraining.py run as Slicer does: underscore flags, progress lines on stdout, empty stderr."""
+    out = tmp_path / "slicer"
+    argv = ["--data", str(data), "--source", "t1", "--target", "t2", "--output", str(out), "--iterations", "3",
+            "--variant", "unet", "--device", "cpu", "--base_width", "4", "--depth", "2", "--d2_base_width", "4",
+            "--val_subjects", "", "--val_every", "0", "--batch_size", "2", "--spacing", ""]
+    proc = subprocess.run([PYTHON, str(ROOT / "DualDTraining" / "DualDTraining.py"), *argv], capture_output=True,
+                          text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    progress = [float(m) for m in re.findall(r"<filter-progress>([0-9.]+)</filter-progress>", proc.stdout)]
+    assert progress and progress[-1] == 1.0
+    assert "<filter-start>" in proc.stdout and "<filter-end>" in proc.stdout
+    assert (out / "model-final.safetensors").is_file()

@@ -1,0 +1,119 @@
+"""End-to-end duald-train runs on tiny generated volumes (in-process, CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from _training_data import TINY_ARCH_FLAGS, write_subjects
+from DualDSynthesisLib.bundle import load_bundle
+from DualDSynthesisLib.preprocess import PreprocessingSpec
+from DualDTrainingLib import checkpoint as ckpt
+from DualDTrainingLib import cli
+from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_subjects(tmp_path_factory.mktemp("subjects") / "data")
+
+
+def _args(data: Path, out: Path, *extra: str, variant: str = "dual_attention", iterations: int = 4) -> list[str]:
+    return ["--data", str(data), "--source", "t1", "--target", "t2", "--variant", variant, "--iterations",
+            str(iterations), "--output", str(out), "--batch-size", "2", "--val-every", "2", "--log-every", "1",
+            "--checkpoint-every", "2", "--workers", "1", "--device", "cpu", *TINY_ARCH_FLAGS, *extra]
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_end_to_end_produces_loadable_bundles(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli.main(_args(data, out)) == 0
+    final = load_bundle(out / "model-final.safetensors")
+    best = load_bundle(out / "model-best.safetensors")
+    meta = final.metadata
+    assert meta.variant == "dual_attention" and meta.has_local_discriminator and final.local_discriminator is not None
+    assert meta.source_modality == "t1" and meta.target_modality == "t2"
+    assert meta.provenance["iterations"] == 4 and meta.provenance["validation_subjects"] == ["TCGA-DU-7001"]
+    assert {"psnr_foreground", "mae_volume", "ssim_volume"} <= set(meta.metrics["metrics"])
+    assert meta.metrics["data_range"] == 1.0
+    assert best.metadata.metrics["step"] in (2, 4)
+    spec = PreprocessingSpec.from_dict(meta.preprocessing)
+    assert spec.target.kind == "mri_percentile" and spec.target.reference_scale > 0
+    assert spec.spacing == (1.0, 1.0) and spec.size_multiple % 4 == 0
+    # the generator runs on a prepared slice size
+    with torch.no_grad():
+        assert final.generator(torch.zeros(1, 1, 48, 48)).shape == (1, 1, 48, 48)
+
+    records = _records(out)
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("train") == 4 and kinds.count("validation") == 2
+    assert all(np.isfinite(r["l1"]) for r in records if r["kind"] == "train")
+    png = sorted((out / "samples").glob("*.png"))
+    assert [p.name for p in png] == ["step-0000002.png", "step-0000004.png"]
+    grid = sitk.ReadImage(str(png[-1]))
+    assert grid.GetNumberOfComponentsPerPixel() == 3
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    state = ckpt.load_checkpoint(out / ckpt.LAST)  # weights_only=True inside
+    assert state["step"] == 4 and set(state["optimizers"]) == {"generator", "critic", "local"}
+
+
+def test_unet_bundle_has_no_local_discriminator(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "unet"
+    assert cli.main(_args(data, out, variant="unet", iterations=2)) == 0
+    bundle = load_bundle(out / "model-final.safetensors")
+    assert not bundle.metadata.has_local_discriminator and bundle.local_discriminator is None
+
+
+def test_resume_continues_exactly(data: Path, tmp_path: Path) -> None:
+    """4 steps, then --resume to 8, equals 8 steps in one go (RNG states and optimisers restored)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli.main(_args(data, straight, variant="local", iterations=8)) == 0
+    assert cli.main(_args(data, split, variant="local", iterations=4)) == 0
+    assert cli.main(_args(data, split, "--resume", variant="local", iterations=8)) == 0
+    a = load_bundle(straight / "model-final.safetensors").generator.state_dict()
+    b = load_bundle(split / "model-final.safetensors").generator.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    steps = [r["step"] for r in _records(split) if r["kind"] == "train"]
+    assert steps == list(range(1, 9))
+    assert [r["event"] for r in _records(split) if r["kind"] == "event"] == ["start", "finished", "resume", "finished"]
+
+
+def test_non_finite_loss_stops_without_touching_the_checkpoint(data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "nan"
+    real_step = DualDTrainer.step
+
+    def step(self: DualDTrainer, source: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        if self.step_count == 5:
+            raise NonFiniteLossError("G_adv_local", float("nan"), self.step_count + 1)
+        return real_step(self, source, target)
+
+    monkeypatch.setattr(DualDTrainer, "step", step)
+    code = cli.main(_args(data, out, variant="local", iterations=10))
+    assert code == 3
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "G_adv_local" in last and "step 6" in last and "Traceback" not in err
+    assert ckpt.load_checkpoint(out / ckpt.LAST)["step"] == 4  # the last good one (checkpoint every 2)
+    assert not (out / "model-final.safetensors").exists()
+
+
+def test_ct_target_uses_hu_mapping(tmp_path: Path) -> None:
+    """--target-kind ct: HU mapping recorded, no reference scale."""
+    data = write_subjects(tmp_path / "data", n=2)
+    for path in data.rglob("*t2*.nii.gz"):  # pretend the target is CT: shift into HU
+        img = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        sitk.WriteImage(sitk.Cast(img - 1000.0, sitk.sitkInt16), str(path))
+    out = tmp_path / "ct"
+    assert cli.main(_args(data, out, "--target-kind", "ct", variant="unet", iterations=2)) == 0
+    spec = PreprocessingSpec.from_dict(load_bundle(out / "model-final.safetensors").metadata.preprocessing)
+    assert spec.target.kind == "ct_hu" and spec.target.reference_scale is None
