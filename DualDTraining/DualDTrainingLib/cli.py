@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(da, "--tumour-fraction", type=float, default=0.5,
          help="probability of drawing a slice among those with tumour (when label masks exist)")
     _add(da, "--no-flip", action="store_true", help="no random left-right flips")
+    _add(da, "--crop-size", type=int, default=0,
+         help="train on random square crops of this size centred in the foreground (0 = whole slices); "
+              "a multiple of 2^depth, at least 32. Validation and inference always use whole slices")
 
     ar = p.add_argument_group("architecture")
     _add(ar, "--base-width", type=int, default=8, help="generator width of the first level")
@@ -128,6 +131,7 @@ def _config(args: argparse.Namespace, slicer: bool) -> Any:  # RunConfig, import
         n_critic=args.n_critic, val_every=args.val_every, best_metric=args.best_metric, seed=args.seed,
         spacing=args.spacing, target_kind=args.target_kind, base_width=args.base_width, depth=args.depth,
         d2_base_width=args.d2_base_width, tumour_fraction=args.tumour_fraction, flip=not args.no_flip, amp=args.amp,
+        crop_size=args.crop_size,
         workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every, slicer=slicer,
     )
 

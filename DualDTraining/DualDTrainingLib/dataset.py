@@ -185,6 +185,17 @@ def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
+def _boxes(mask: np.ndarray) -> np.ndarray:
+    """Per-slice bounding box ``[K, 4]`` = (y0, y1, x0, x1) of a bool ``[K, H, W]`` mask; empty → zeros."""
+    rows, cols = mask.any(axis=2), mask.any(axis=1)
+    out = np.zeros((len(mask), 4), np.int32)
+    for k in range(len(mask)):
+        ys, xs = np.flatnonzero(rows[k]), np.flatnonzero(cols[k])
+        if ys.size:
+            out[k] = (ys[0], ys[-1] + 1, xs[0], xs[-1] + 1)
+    return out
+
+
 class SliceSampler:
     """Draws batches ``[B, 1, H, W]`` of (source, target) slices from prepared subjects.
 
@@ -193,7 +204,7 @@ class SliceSampler:
     border changes nothing but speed."""
 
     def __init__(self, subjects: Sequence[PreparedSubject], rng: np.random.Generator, tumour_fraction: float = 0.5,
-                 flip: bool = True, slice_shard: tuple[int, int] = (0, 1)) -> None:
+                 flip: bool = True, slice_shard: tuple[int, int] = (0, 1), crop: int = 0) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
         if not 0.0 <= tumour_fraction <= 1.0:
@@ -201,7 +212,16 @@ class SliceSampler:
         self.rng, self.flip = rng, flip
         h = max(s.source.shape[1] for s in subjects)
         w = max(s.source.shape[2] for s in subjects)
-        self.shape = (h, w)
+        if crop and (crop > h or crop > w):
+            raise ValueError(f"--crop-size {crop} is larger than the prepared slices ({h}×{w})")
+        self.crop = crop
+        self.shape = (crop, crop) if crop else (h, w)
+        # Crop centres are drawn inside each slice's foreground (tumour for tumour draws) bounding box.
+        self.fg_box = np.concatenate([_boxes(_pad_to(s.foreground, h, w)) for s in subjects])
+        self.tumour_box = np.concatenate([
+            _boxes(_pad_to(s.tumour, h, w)) if s.tumour is not None else _boxes(np.zeros((len(s.source), 1, 1), bool))
+            for s in subjects
+        ])
         self.source = np.concatenate([_pad_to(s.source, h, w) for s in subjects])
         self.target = np.concatenate([_pad_to(s.target, h, w) for s in subjects])
         fg_frac = np.concatenate([s.foreground.mean(axis=(1, 2)) for s in subjects])
@@ -220,19 +240,41 @@ class SliceSampler:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def sample_indices(self, batch_size: int) -> np.ndarray:
+    def sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slice indices, and whether each was drawn for its tumour."""
         idx = self.rng.choice(self.indices, size=batch_size, p=self.weights)
+        use_tumour = np.zeros(batch_size, bool)
         if self.tumour_fraction > 0:
             use_tumour = self.rng.random(batch_size) < self.tumour_fraction
             n = int(use_tumour.sum())
             if n:
                 idx[use_tumour] = self.rng.choice(self.tumour_indices, size=n)
-        return idx
+        return idx, use_tumour
+
+    def _crop_origin(self, box: np.ndarray) -> tuple[int, int]:
+        """Top-left corner of a ``crop``-sized window centred on a random point of ``box`` (y0, y1, x0, x1),
+        kept inside the canvas; a slice without foreground gets a random window."""
+        h, w = self.source.shape[1:]
+        y0, y1, x0, x1 = (int(v) for v in box)
+        if y1 <= y0:
+            y0, y1, x0, x1 = 0, h, 0, w
+        cy, cx = self.rng.integers(y0, y1), self.rng.integers(x0, x1)
+        half = self.crop // 2
+        return int(np.clip(cy - half, 0, h - self.crop)), int(np.clip(cx - half, 0, w - self.crop))
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.sample_indices(batch_size)
-        src = self.source[idx]
-        tgt = self.target[idx]
+        idx, for_tumour = self.sample_indices(batch_size)
+        if self.crop:
+            c = self.crop
+            src = np.empty((batch_size, c, c), np.float32)
+            tgt = np.empty((batch_size, c, c), np.float32)
+            for b, (i, t) in enumerate(zip(idx, for_tumour, strict=True)):
+                y, x = self._crop_origin(self.tumour_box[i] if t else self.fg_box[i])
+                src[b] = self.source[i, y : y + c, x : x + c]
+                tgt[b] = self.target[i, y : y + c, x : x + c]
+        else:
+            src = self.source[idx]
+            tgt = self.target[idx]
         if self.flip:
             flips = self.rng.random(batch_size) < 0.5
             src[flips] = src[flips, :, ::-1]

@@ -105,6 +105,7 @@ class RunConfig:
     d2_base_width: int = 16
     tumour_fraction: float = 0.5
     flip: bool = True
+    crop_size: int = 0
     amp: bool = False
     workers: int = 2
     log_every: int = 10
@@ -126,6 +127,10 @@ class RunConfig:
             raise TrainingError(f"--val-every must be ≥ 0 (0 = only at the end), got {self.val_every}")
         if self.target_kind not in ("auto", "mri", "ct"):
             raise TrainingError(f"--target-kind must be auto, mri or ct, got {self.target_kind!r}")
+        if self.crop_size and (self.crop_size < 32 or self.crop_size % 2**self.depth):
+            raise TrainingError(
+                f"--crop-size must be 0 or a multiple of {2**self.depth} of at least 32, got {self.crop_size}"
+            )
         try:
             check_metric_name(self.best_metric)
             self.training()
@@ -313,7 +318,7 @@ class Run:
             raise TrainingError(val_error)
         self.sampler_rng = np.random.default_rng([cfg.seed, ctx.rank])
         self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip,
-                                    (ctx.rank, ctx.world_size) if shard_slices else (0, 1))
+                                    (ctx.rank, ctx.world_size) if shard_slices else (0, 1), cfg.crop_size)
         del subjects
         self.train_names = [p.subject for p in train]
         self.say(f"prepared {len(train)} training subject(s) in {time.time() - t0:.1f} s: "
