@@ -19,16 +19,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "DualDSynthesis"), str(ROOT / "DualDTraining")]
 
+from DualDSynthesisLib.defaults import DEFAULT_ARCHITECTURE  # noqa: E402
 from DualDSynthesisLib.networks import ArchitectureConfig  # noqa: E402
 from DualDTrainingLib.step import DualDTrainer, TrainingConfig, Variant  # noqa: E402
 
-DEFAULT_ARCH = ArchitectureConfig(g_base_width=8, g_depth=4, d2_base_width=16)
 
-
-def bench(variant: Variant, device: torch.device, batch: int, h: int, w: int, steps: int, warmup: int,
-          amp: bool) -> float:
+def bench(arch: ArchitectureConfig, variant: Variant, device: torch.device, batch: int, h: int, w: int, steps: int,
+          warmup: int, amp: bool) -> float:
     torch.manual_seed(0)
-    trainer = DualDTrainer(DEFAULT_ARCH, TrainingConfig(variant=variant), device, amp=amp)
+    trainer = DualDTrainer(arch, TrainingConfig(variant=variant), device, amp=amp)
     src = torch.rand(batch, 1, h, w, device=device)
     tgt = torch.rand(batch, 1, h, w, device=device)
     for _ in range(warmup):
@@ -51,7 +50,10 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant (CUDA: ×10)")
     p.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU runs (e.g. on a GPU server)")
+    p.add_argument("--g-base-width", type=int, default=DEFAULT_ARCHITECTURE.g_base_width,
+                   help="generator width (default: the shipped model's; 64 = the classic UNet)")
     args = p.parse_args()
+    arch = ArchitectureConfig(**{**DEFAULT_ARCHITECTURE.to_dict(), "g_base_width": args.g_base_width})
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     runs: list[tuple[str, torch.device, bool, int]] = []
@@ -61,13 +63,13 @@ def main() -> int:
         name = torch.cuda.get_device_name(0)
         runs.append((f"cuda fp32 ({name})", torch.device("cuda"), False, args.steps * 10))
         runs.append((f"cuda bf16 ({name})", torch.device("cuda"), True, args.steps * 10))
-    print(f"batch {args.batch} of {args.height}×{args.width} slices, architecture {DEFAULT_ARCH.to_dict()}")
+    print(f"batch {args.batch} of {args.height}×{args.width} slices, architecture {arch.to_dict()}")
     for label, device, amp, steps in runs:
         print(f"\n{label}")
         print(f"{'variant':<16}{'step (ms)':>12}{'slices/s':>12}{'× unet':>10}")
         times = {}
         for variant in Variant:
-            times[variant] = bench(variant, device, args.batch, args.height, args.width, steps,
+            times[variant] = bench(arch, variant, device, args.batch, args.height, args.width, steps,
                                    warmup=2 if device.type == "cpu" else 5, amp=amp)
             ratio = times[variant] / times[Variant.UNET]
             print(f"{variant.value:<16}{times[variant] * 1e3:>12.1f}{args.batch / times[variant]:>12.1f}{ratio:>10.2f}",
