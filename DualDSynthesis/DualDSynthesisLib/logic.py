@@ -277,25 +277,22 @@ class DualDSynthesisLogic:
         created: list[Any],
     ) -> SynthesisOutputs:
         suffix = f"synthetic {modality}" if modality else "synthetic"
-        if synthetic_node is None:
-            synthetic_node = mrml_io.new_volume_node_from_image(
-                self.scene, synthetic, f"{input_node.GetName()} {suffix}"
-            )
-            created.append(synthetic_node)
-        else:
-            mrml_io.update_volume_node_from_image(synthetic_node, synthetic)
-            if synthetic_node.GetDisplayNode() is None:
-                synthetic_node.CreateDefaultDisplayNodes()
+        synthetic_node = self._fill_node(synthetic_node, synthetic, f"{input_node.GetName()} {suffix}", created)
         if heatmap is None:
             return SynthesisOutputs(synthetic_node=synthetic_node)
-        if heatmap_node is None:
-            heatmap_node = mrml_io.new_volume_node_from_image(
-                self.scene, heatmap, f"{input_node.GetName()} D2 difficulty"
-            )
-            created.append(heatmap_node)
-        else:
-            mrml_io.update_volume_node_from_image(heatmap_node, heatmap)
+        heatmap_node = self._fill_node(heatmap_node, heatmap, f"{input_node.GetName()} D2 difficulty", created)
         return SynthesisOutputs(synthetic_node=synthetic_node, heatmap_node=heatmap_node)
+
+    def _fill_node(self, node: Any, image: sitk.Image, name: str, created: list[Any]) -> Any:
+        """Write ``image`` into ``node``, or into a new node (recorded in ``created``) when none is given."""
+        if node is None:
+            node = mrml_io.new_volume_node_from_image(self.scene, image, name)
+            created.append(node)
+            return node
+        mrml_io.update_volume_node_from_image(node, image)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        return node
 
     def _qa_inputs(
         self,
