@@ -120,6 +120,10 @@ def save_bundle(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: metadata.to_json()})
+        # mkstemp creates 0600 files; a bundle is meant to be shared, so give it the usual umask mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
