@@ -126,3 +126,15 @@ def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nope.safetensors")
+
+
+def test_a_header_length_whose_low_byte_is_the_pickle_opcode_is_still_safetensors(tmp_path: Path) -> None:
+    """A safetensors file starts with its header length: 0x180 bytes starts with 0x80, pickle's opcode."""
+    path = tmp_path / "m.safetensors"
+    header = {"__metadata__": {"other": ""}}
+    pad = 0x180 - len(json.dumps(header).encode())
+    header["__metadata__"]["other"] = "x" * pad
+    _raw_safetensors(path, header)
+    assert path.read_bytes()[0] == 0x80
+    with pytest.raises(BundleError, match="not a DualD bundle"):
+        load_bundle(path)

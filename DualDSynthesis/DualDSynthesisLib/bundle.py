@@ -139,6 +139,12 @@ def _check_container(path: Path) -> None:
     with path.open("rb") as fh:
         head = fh.read(9)
     size = path.stat().st_size
+    # The safetensors layout is checked first: its first byte is the low byte of the header length and
+    # can be anything, including the pickle opcode 0x80.
+    if len(head) == 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if n <= _MAX_HEADER and 8 + n <= size and head[8:9] == b"{":
+            return
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         raise BundleError(
             f"{path.name} is a PyTorch pickle (.pt/.pth), not a DualD safetensors bundle; "
@@ -146,9 +152,7 @@ def _check_container(path: Path) -> None:
         )
     if len(head) < 9:
         raise BundleError(f"{path.name} is too short to be a safetensors bundle")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n > _MAX_HEADER or 8 + n > size or head[8:9] != b"{":
-        raise BundleError(f"{path.name} is not a safetensors file (its header is not a JSON table)")
+    raise BundleError(f"{path.name} is not a safetensors file (its header is not a JSON table)")
 
 
 def read_metadata(path: str | Path) -> BundleMetadata:
