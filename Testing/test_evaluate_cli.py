@@ -17,7 +17,7 @@ def test_evaluate_prints_the_table_and_writes_json(tmp_path: Path, capsys: pytes
                  "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "foreground" in text and "AUROC worst-10% error" in text
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     assert len(report["subjects"]) == 2
     labelled = [s for s in report["subjects"] if "tumour" in s["regions"]]
     assert len(labelled) == 1 and "label 2" in labelled[0]["regions"]

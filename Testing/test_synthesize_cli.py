@@ -145,11 +145,11 @@ def test_console_script_runs_without_traceback(model: Path, tmp_path: Path) -> N
     source = _write(head(), tmp_path / "in.nii.gz")
     out = tmp_path / "out.nii.gz"
     done = subprocess.run([str(script), str(source), "-o", str(out), "--model", str(model)],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, encoding="utf-8", check=False)
     assert done.returncode == 0, done.stderr
     assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(out)))).all()
     bad = subprocess.run([str(script), str(tmp_path / "missing.nii.gz"), "-o", str(out), "--model", str(model)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, encoding="utf-8", check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
 
 

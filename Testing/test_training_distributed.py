@@ -37,12 +37,12 @@ def test_torchrun_two_ranks_identical_replicas_and_loss_goes_down(tmp_path: Path
            "--data", str(data), "--source", "t1", "--target", "t2", "--variant", "dual_attention",
            "--iterations", "30", "--output", str(out), "--batch-size", "4", "--lr-g", "2e-3", "--val-every", "0",
            "--log-every", "5", "--checkpoint-every", "10", "--device", "cpu", *TINY_ARCH_FLAGS]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = sorted(digests.glob("params-rank*.txt"))
     assert [p.name for p in ranks] == ["params-rank0.txt", "params-rank1.txt"]
-    assert ranks[0].read_text() == ranks[1].read_text()
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert ranks[0].read_text(encoding="utf-8") == ranks[1].read_text(encoding="utf-8")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     l1 = [r["l1"] for r in records if r["kind"] == "train"]
     assert len(l1) == 6 and l1[-1] < 0.7 * l1[0], l1
     start = next(r for r in records if r.get("event") == "start")

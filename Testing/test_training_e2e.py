@@ -29,7 +29,7 @@ def _args(data: Path, out: Path, *extra: str, variant: str = "dual_attention", i
 
 
 def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def test_end_to_end_produces_loadable_bundles(data: Path, tmp_path: Path) -> None:

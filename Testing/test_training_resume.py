@@ -33,11 +33,12 @@ def _records(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.endswith("}")]
 
 
 def _start_and_wait(data: Path, out: Path, min_step: int) -> subprocess.Popen:
-    proc = subprocess.Popen(_cmd(data, out), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cmd(data, out), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            encoding="utf-8")
     deadline = time.time() + 240
     while time.time() < deadline:
         steps = [r["step"] for r in _records(out) if r["kind"] == "train"]
@@ -59,7 +60,8 @@ def test_sigkill_then_resume_continues_and_finishes(data: Path, tmp_path: Path) 
     saved = ckpt.load_checkpoint(out / ckpt.LAST)["step"]
     assert saved >= 20 and saved % 10 == 0 and saved < ITERATIONS
 
-    done = subprocess.run(_cmd(data, out, "--resume"), env=cli_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_cmd(data, out, "--resume"), env=cli_env(), capture_output=True, encoding="utf-8",
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming from step {saved}" in done.stderr
     records = _records(out)

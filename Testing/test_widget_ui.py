@@ -33,7 +33,7 @@ COMPATIBLE = {
 
 @pytest.fixture(scope="module")
 def module_tree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text(), filename=str(MODULE_FILE))
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
 
 
 @pytest.fixture(scope="module")
@@ -154,21 +154,21 @@ def test_ui_connections_and_custom_widgets_are_consistent(ui_widgets):
 
 
 def test_module_file_is_thin_and_lib_is_qt_free(module_tree):
-    assert len(MODULE_FILE.read_text().splitlines()) < 400
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) < 400
     lib = MODULE_DIR / "DualDSynthesisLib"
     for path in sorted(lib.glob("*.py")):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {
             n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
         }
         assert not imported & {"qt", "ctk"}, f"{path.name} imports Qt"
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         assert "ScriptedLoadableModule" not in text and "parameterNodeWrapper" not in text, path.name
 
 
 def test_cmake_lists_every_lib_file_and_resource():
-    text = CMAKE_FILE.read_text().replace("${MODULE_NAME}", "DualDSynthesis")
+    text = CMAKE_FILE.read_text(encoding="utf-8").replace("${MODULE_NAME}", "DualDSynthesis")
     for path in sorted((MODULE_DIR / "DualDSynthesisLib").glob("*.py")):
         assert f"DualDSynthesisLib/{path.name}" in text, f"CMakeLists.txt misses {path.name}"
     assert "DualDSynthesis.py" in text

@@ -129,7 +129,7 @@ def main() -> None:
     for case in ("small", "large"):
         passed = [a for a in sys.argv[1:] if a not in ("--case", "all", "--case=all")]
         cmd = [sys.executable, __file__, *passed, "--case", case]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        out = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", check=False)
         if out.returncode:
             print(f"{case}: failed\n{out.stderr[-2000:]}")
             continue

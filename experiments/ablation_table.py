@@ -35,7 +35,7 @@ def table(runs: Path) -> str:
         if not path.is_file():
             rows.append(f"| {v} | (missing: {path.name}) |||||||| ")
             continue
-        s = json.loads(path.read_text())["summary"]
+        s = json.loads(path.read_text(encoding="utf-8"))["summary"]
         rows.append(
             f"| {v} | {_cell(s, 'foreground', 'psnr', '.2f')} | {_cell(s, 'foreground', 'mae', '.4f')} "
             f"| {_cell(s, 'foreground', 'ssim', '.3f')} | {_cell(s, 'tumour', 'psnr', '.2f')} "
@@ -44,7 +44,7 @@ def table(runs: Path) -> str:
         )
     ct = runs / "eval-ct.json"
     if ct.is_file():
-        s = json.loads(ct.read_text())["summary"]
+        s = json.loads(ct.read_text(encoding="utf-8"))["summary"]
         rows.append(
             "\nMRI→CT template demo (HU): body MAE "
             f"{_cell(s, 'body', 'mae', '.1f')} HU, body PSNR {_cell(s, 'body', 'psnr', '.2f')} dB, "

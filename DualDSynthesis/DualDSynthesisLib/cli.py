@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import io as vio
+from .console import safe_console
 from .defaults import DEFAULT_MODEL
 
 EXIT_BAD_INPUT = 2
@@ -122,6 +123,7 @@ class _Progress:
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     args = _parser().parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         return _fail(f"--batch-size must be a positive integer, got {args.batch_size}")

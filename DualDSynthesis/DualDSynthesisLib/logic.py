@@ -161,7 +161,7 @@ class DualDSynthesisLogic:
         """Requirement lines of ``requirements_file`` whose distribution is not installed
         (torch excluded: it comes from the PyTorch extension). Versions are not checked."""
         missing = []
-        for line in requirements_file.read_text().splitlines():
+        for line in requirements_file.read_text(encoding="utf-8").splitlines():
             requirement = line.split("#", 1)[0].strip()
             if not requirement:
                 continue

@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from DualDSynthesisLib.console import safe_console
+
 PROG = "duald-train"
 VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
 
@@ -137,6 +139,7 @@ def _config(args: argparse.Namespace, slicer: bool) -> Any:  # RunConfig, import
 
 
 def main(argv: Sequence[str] | None = None, slicer: bool = False) -> int:
+    safe_console()
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))

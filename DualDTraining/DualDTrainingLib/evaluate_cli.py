@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from DualDSynthesisLib.console import safe_console
 from DualDSynthesisLib.engine import SynthesisEngine, SynthesisError
 from DualDSynthesisLib.preprocess import PreprocessError
 
@@ -96,12 +97,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(_finite(report), indent=2))
+        tmp.write_text(json.dumps(_finite(report), indent=2), encoding="utf-8")
         tmp.replace(args.json)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_console()
     args = build_parser().parse_args(argv)
     try:
         run(args)

@@ -166,7 +166,7 @@ def _on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5, check=False)
+                             text=True, encoding="utf-8", timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -432,7 +432,8 @@ class Run:
         start = trainer.step_count
         if ctx.is_main:
             self.reporter = Reporter(cfg.output)
-            (cfg.output / "run.json").write_text(json.dumps(self._run_record(), indent=2, default=str) + "\n")
+            record = json.dumps(self._run_record(), indent=2, default=str) + "\n"
+            (cfg.output / "run.json").write_text(record, encoding="utf-8")
             self.reporter.log("event", start, {"event": "resume" if start else "start", "world_size": ctx.world_size,
                                                "device": str(ctx.device)})
             self.progress = Progress(cfg.iterations, start, cfg.slicer)
@@ -510,7 +511,8 @@ class Run:
         digest_dir = os.environ.get(PARAM_DIGEST_ENV)
         if digest_dir and hasattr(self, "trainer"):
             Path(digest_dir).mkdir(parents=True, exist_ok=True)
-            (Path(digest_dir) / f"params-rank{self.ctx.rank}.txt").write_text(params_digest(self.trainer) + "\n")
+            digest = Path(digest_dir) / f"params-rank{self.ctx.rank}.txt"
+            digest.write_text(params_digest(self.trainer) + "\n", encoding="utf-8")
         if self.progress is not None:
             self.progress.close()
         if self.reporter is not None:
