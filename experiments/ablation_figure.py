@@ -31,8 +31,9 @@ import numpy as np
 import SimpleITK as sitk
 from DualDSynthesisLib.display import inferno_rgb, write_png
 from DualDSynthesisLib.engine import SynthesisEngine, SynthesisError
-from DualDSynthesisLib.preprocess import CT_HU_RANGE, PreprocessingSpec, foreground_mask
+from DualDSynthesisLib.preprocess import foreground_mask
 from DualDTrainingLib.discovery import DiscoveryError, discover, load_pair
+from DualDTrainingLib.evaluation import comparable
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,19 +50,6 @@ CAPTION = (
     "each variant in the same order (inferno, 0-{emax:g} normalised units) | the heatmap; tumour outline "
     "(segmentation > 0) in cyan. {subject}, axial slice {k} (largest tumour area), held out of training."
 )
-
-
-def normalised_pair(
-    synthetic: np.ndarray, real: np.ndarray, source: np.ndarray, spec: PreprocessingSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    """(synthetic, real) in the units ``DualDTrainingLib.evaluation.evaluate_arrays`` compares them in."""
-    mapping = spec.target
-    if mapping.kind == "ct_hu":
-        return np.clip(synthetic, *CT_HU_RANGE).astype(np.float32), np.clip(real, *CT_HU_RANGE).astype(np.float32)
-    fg = foreground_mask(source, spec.source.kind)
-    ref = mapping.forward(real, mapping.scale_for(real, fg & (real > 0)))
-    pred = mapping.forward(synthetic, mapping.output_scale())
-    return pred, ref
 
 
 def canonical(image: sitk.Image) -> np.ndarray:
@@ -150,7 +138,7 @@ def build(args: argparse.Namespace) -> tuple[np.ndarray, str]:
         engine = SynthesisEngine(path, device=args.device)
         result = engine.run(source_img, source_modality="t1", heatmap=variant == HEATMAP_VARIANT)
         synthetic = canonical(result.synthetic)
-        pred, ref = normalised_pair(synthetic, real, source, engine.spec)
+        pred, ref, *_ = comparable(synthetic, real, source, engine.spec)
         error = np.abs(pred[k] - ref[k])
         print(f"{variant}: {time.perf_counter() - t0:.1f} s, slice MAE in the brain {error[brain].mean():.4f}")
         synthetic_panels.append(to_panel(grey(synthetic[k], brain), box, args.zoom, None))

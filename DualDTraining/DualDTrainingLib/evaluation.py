@@ -68,6 +68,23 @@ def _region_metrics(
     }
 
 
+def comparable(
+    synthetic: np.ndarray, real: np.ndarray, source: np.ndarray, spec: PreprocessingSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str]:
+    """(synthetic, real, foreground, data range, foreground name) in the units metrics compare them in:
+    HU clipped to the CT range with the body as foreground, or the normalised MRI space with the
+    source's brain as foreground (see the module docstring)."""
+    mapping = spec.target
+    if mapping.kind == "ct_hu":
+        pred = np.clip(synthetic, *CT_HU_RANGE).astype(np.float32)
+        ref = np.clip(real, *CT_HU_RANGE).astype(np.float32)
+        return pred, ref, foreground_mask(ref, "ct_hu"), CT_HU_RANGE[1] - CT_HU_RANGE[0], "body"
+    fg = foreground_mask(source, spec.source.kind)  # the brain/head seen in the source
+    ref = mapping.forward(real, mapping.scale_for(real, fg & (real > 0)))
+    pred = mapping.forward(synthetic, mapping.output_scale())
+    return pred, ref, fg, 1.0, "foreground"
+
+
 def evaluate_arrays(
     subject: str,
     synthetic: np.ndarray,
@@ -80,19 +97,7 @@ def evaluate_arrays(
 ) -> SubjectEvaluation:
     """Metrics for one subject from arrays on one grid (``synthetic``/``real`` in target units)."""
     result = SubjectEvaluation(subject)
-    mapping = spec.target
-    if mapping.kind == "ct_hu":
-        pred = np.clip(synthetic, *CT_HU_RANGE).astype(np.float32)
-        ref = np.clip(real, *CT_HU_RANGE).astype(np.float32)
-        data_range = CT_HU_RANGE[1] - CT_HU_RANGE[0]
-        fg = foreground_mask(ref, "ct_hu")  # the body in the real CT
-        fg_name = "body"
-    else:
-        fg = foreground_mask(source, spec.source.kind)  # the brain/head seen in the source
-        ref = mapping.forward(real, mapping.scale_for(real, fg & (real > 0)))
-        pred = mapping.forward(synthetic, mapping.output_scale())
-        data_range = 1.0
-        fg_name = "foreground"
+    pred, ref, fg, data_range, fg_name = comparable(synthetic, real, source, spec)
     if not fg.any():
         raise ValueError(f"subject {subject}: the foreground mask is empty, nothing to evaluate")
     smap = ssim_map(pred, ref, data_range)
