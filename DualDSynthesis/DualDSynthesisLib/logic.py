@@ -25,12 +25,12 @@ import SimpleITK as sitk
 import slicer
 
 from . import display, mrml_io, qa
+from .resources import MODELS_DIR, RESOURCES_DIR
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
-REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_FILE = RESOURCES_DIR / "requirements.txt"
 BUNDLE_SUFFIX = ".safetensors"
 _ENGINE_SHARE = 0.9  # progress fraction given to the engine; the rest is writing results and QA
 
