@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import math
 import os
 import struct
 import uuid
@@ -73,42 +74,66 @@ def read_volume(path: str | Path) -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError:
         raise VolumeReadError(unreadable) from None
-    if path.name.lower().endswith((".nii", ".nii.gz")) and not _nifti_complete(path):
+    if nifti_integrity_problem(path) is not None:
         raise VolumeReadError(unreadable)
     return image
 
 
-def _nifti_complete(path: Path) -> bool:
-    """ITK's NIfTI reader zero-fills a truncated file without complaint: check that the file (for
-    ``.nii.gz``, the whole gzip stream, which must also end properly) holds every voxel its header
-    announces. NIfTI-1 and NIfTI-2, either byte order."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+def _nifti_data_end(header: bytes) -> int | None:
+    """Voxel offset + data size from a NIfTI-1/2 header, None if it is not one."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return None
+    return offset + math.prod(max(d, 1) for d in dims[1 : dims[0] + 1]) * bitpix // 8
+
+
+def nifti_integrity_problem(path: Path) -> str | None:
+    """Why a NIfTI file is truncated/corrupt, or None (other formats are not checked here).
+
+    ITK's NIfTI reader zero-fills a truncated file without complaint. The gzip trailer's size (or the
+    ``.nii`` file size) is compared with what the header announces; only when they disagree (e.g. a
+    multi-member gzip) is the whole stream decompressed to decide."""
+    name = path.name.lower()
     try:
-        with opener(path, "rb") as fh:
-            header = fh.read(540)
-            if len(header) < 348:
-                return False
-            endian = next((e for e in "<>" if struct.unpack(f"{e}i", header[:4])[0] in (348, 540)), None)
-            if endian is None:
-                return False
-            if struct.unpack(f"{endian}i", header[:4])[0] == 348:
-                dims = struct.unpack(f"{endian}8h", header[40:56])
-                bitpix = struct.unpack(f"{endian}h", header[72:74])[0]
-                offset = int(struct.unpack(f"{endian}f", header[108:112])[0])
-            else:
-                dims = struct.unpack(f"{endian}8q", header[16:80])
-                bitpix = struct.unpack(f"{endian}h", header[14:16])[0]
-                offset = struct.unpack(f"{endian}q", header[168:176])[0]
-            n = int(np.prod([max(1, d) for d in dims[1 : 1 + max(0, min(7, dims[0]))]], dtype=np.int64))
-            expected = max(offset, 348) + n * bitpix // 8
-            if opener is open:
-                return path.stat().st_size >= expected
-            total = len(header)
-            while chunk := fh.read(1 << 22):
-                total += len(chunk)
-            return total >= expected
-    except (OSError, EOFError, zlib.error, struct.error):
-        return False
+        if name.endswith(".nii.gz"):
+            with gzip.open(path, "rb") as f:
+                expected = _nifti_data_end(f.read(540))
+            if expected is None:
+                return None
+            with open(path, "rb") as f:
+                f.seek(-4, 2)
+                isize = struct.unpack("<I", f.read(4))[0]
+            if isize == expected % 2**32:
+                return None
+            total = 0  # trailer disagrees: decompress the whole stream to be sure
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    total += len(chunk)
+        elif name.endswith(".nii"):
+            with open(path, "rb") as f:
+                expected = _nifti_data_end(f.read(540))
+            if expected is None:
+                return None
+            total = path.stat().st_size
+        else:
+            return None
+    except (EOFError, OSError, zlib.error) as exc:
+        return f"is truncated or corrupt ({exc})"
+    if total < expected:
+        return f"is truncated ({total} of {expected} bytes)"
+    return None
 
 
 def array_to_image(

@@ -22,17 +22,14 @@ decompressed to decide. :func:`load_pair` repeats that check before reading the 
 from __future__ import annotations
 
 import csv
-import gzip
-import math
 import re
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
+from DualDSynthesisLib.io import nifti_integrity_problem
 
 __all__ = [
     "CONTRAST_ALIASES",
@@ -170,59 +167,6 @@ def _read_header(path: Path) -> _Header:
     )
 
 
-def _nifti_data_end(header: bytes) -> int | None:
-    """Voxel offset + data size from a NIfTI-1/2 header, None if it is not one."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    if not 1 <= dims[0] <= 7 or bitpix <= 0:
-        return None
-    return offset + math.prod(max(d, 1) for d in dims[1 : dims[0] + 1]) * bitpix // 8
-
-
-def _integrity_problem(path: Path) -> str | None:
-    """Why a NIfTI file is truncated/corrupt, or None (other formats are not checked here)."""
-    name = path.name.lower()
-    try:
-        if name.endswith(".nii.gz"):
-            with gzip.open(path, "rb") as f:
-                expected = _nifti_data_end(f.read(540))
-            if expected is None:
-                return None
-            with open(path, "rb") as f:
-                f.seek(-4, 2)
-                isize = struct.unpack("<I", f.read(4))[0]
-            if isize == expected % 2**32:
-                return None
-            total = 0  # trailer disagrees: decompress the whole stream to be sure
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    total += len(chunk)
-        elif name.endswith(".nii"):
-            with open(path, "rb") as f:
-                expected = _nifti_data_end(f.read(540))
-            if expected is None:
-                return None
-            total = path.stat().st_size
-        else:
-            return None
-    except (EOFError, OSError, zlib.error) as exc:
-        return f"is truncated or corrupt ({exc})"
-    if total < expected:
-        return f"is truncated ({total} of {expected} bytes)"
-    return None
-
-
 def _bbox(h: _Header) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned physical bounding box of the voxels' extent (voxel edges, not centres)."""
     d = np.array(h.direction).reshape(3, 3)
@@ -261,7 +205,7 @@ def _check_pair(pair: SubjectPair) -> tuple[str | None, list[str]]:
             header = _read_header(path)
         except RuntimeError as exc:
             return f"{role} file {path.name} cannot be read ({_first_line(exc)})", []
-        problem = _integrity_problem(path)
+        problem = nifti_integrity_problem(path)
         if problem:
             return f"{role} file {path.name} {problem}", []
         if header.dim != 3:
@@ -463,7 +407,7 @@ def discover(data: Path, source: str, target: str) -> Discovery:
 
 
 def _read_full(path: Path, subject: str, role: str) -> sitk.Image:
-    problem = _integrity_problem(path)
+    problem = nifti_integrity_problem(path)
     if problem:
         raise DiscoveryError(f"subject {subject}: {role} file {path.name} {problem}.")
     try:
