@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.display import inferno_rgb, write_png
 from DualDSynthesisLib.engine import SynthesisEngine, SynthesisError
+from DualDSynthesisLib.figures import inferno_rgb, write_png
 from DualDSynthesisLib.preprocess import foreground_mask
 from DualDTrainingLib.discovery import DiscoveryError, discover, load_pair
 from DualDTrainingLib.evaluation import comparable

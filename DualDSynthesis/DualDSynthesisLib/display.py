@@ -16,6 +16,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .figures import inferno_rgb, write_png
+
 SLICE_VIEWS = ("Red", "Green", "Yellow")
 _DEFAULT_ORIENTATIONS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}
 INFERNO_NAMES = ("Inferno", "DualDInferno")  # Slicer's own table first, ours as the fallback
@@ -26,20 +28,6 @@ HEATMAP_WINDOW = (0.0, 1.0)
 
 # matplotlib's inferno sampled at 33 evenly spaced points (linear interpolation between them stays
 # within 0.01 of the full 256-entry table); embedded so nothing beyond Slicer is needed.
-_INFERNO_ANCHORS = np.array(
-    [
-        (0.001, 0.000, 0.014), (0.014, 0.011, 0.072), (0.042, 0.028, 0.141), (0.082, 0.043, 0.215),
-        (0.129, 0.047, 0.291), (0.183, 0.040, 0.355), (0.238, 0.037, 0.396), (0.291, 0.046, 0.419),
-        (0.342, 0.062, 0.429), (0.391, 0.081, 0.433), (0.441, 0.099, 0.432), (0.491, 0.117, 0.426),
-        (0.541, 0.135, 0.415), (0.591, 0.153, 0.400), (0.640, 0.171, 0.381), (0.689, 0.192, 0.358),
-        (0.736, 0.216, 0.330), (0.781, 0.243, 0.300), (0.822, 0.275, 0.266), (0.861, 0.312, 0.231),
-        (0.894, 0.353, 0.194), (0.923, 0.399, 0.155), (0.947, 0.449, 0.115), (0.965, 0.502, 0.074),
-        (0.978, 0.558, 0.035), (0.986, 0.616, 0.026), (0.988, 0.675, 0.065), (0.984, 0.736, 0.130),
-        (0.975, 0.798, 0.206), (0.961, 0.859, 0.298), (0.948, 0.917, 0.411), (0.955, 0.966, 0.540),
-        (0.988, 0.998, 0.645),
-    ]
-)
-
 
 @dataclass
 class HeadlessSlicer:
@@ -65,13 +53,6 @@ def create_headless_slicer() -> HeadlessSlicer:
     color_logic.SetMRMLScene(scene)
     application_logic.SetColorLogic(color_logic)
     return HeadlessSlicer(scene, application_logic, color_logic)
-
-
-def inferno_rgb(n: int = 256) -> np.ndarray:
-    """``n`` inferno colours, ``[n, 3]`` floats in [0, 1], dark purple → pale yellow."""
-    x = np.linspace(0.0, 1.0, n)
-    xp = np.linspace(0.0, 1.0, len(_INFERNO_ANCHORS))
-    return np.stack([np.interp(x, xp, _INFERNO_ANCHORS[:, c]) for c in range(3)], axis=1)
 
 
 def heatmap_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
@@ -264,22 +245,6 @@ def _blend_output(logic: slicer.vtkMRMLSliceLogic) -> vtk.vtkImageData:
     producer = connection.GetProducer()
     producer.Update()
     return producer.GetOutputDataObject(connection.GetIndex())
-
-
-def write_png(rgba: np.ndarray, path: str | Path) -> Path:
-    """Write a ``[rows, cols, 3|4]`` uint8 array (top row first) with ``vtkPNGWriter``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgba = np.ascontiguousarray(rgba[::-1], dtype=np.uint8)
-    image = vtk.vtkImageData()
-    image.SetDimensions(rgba.shape[1], rgba.shape[0], 1)
-    scalars = numpy_support.numpy_to_vtk(rgba.reshape(-1, rgba.shape[2]), deep=True)
-    image.GetPointData().SetScalars(scalars)
-    writer = vtk.vtkPNGWriter()
-    writer.SetFileName(str(path))
-    writer.SetInputData(image)
-    writer.Write()
-    return path
 
 
 def render_slice_to_png(

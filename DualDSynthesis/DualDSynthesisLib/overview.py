@@ -12,6 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .figures import hot_rgb
+
 PANEL_HEIGHT = 256
 GAP = 4
 
@@ -49,11 +51,6 @@ def _gray(panel: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=2)
 
 
-def _hot(h: np.ndarray) -> np.ndarray:
-    h = np.clip(h, 0.0, 1.0)
-    return np.stack([np.clip(3 * h, 0, 1), np.clip(3 * h - 1, 0, 1), np.clip(3 * h - 2, 0, 1)], axis=-1)
-
-
 def _planes(arr: np.ndarray, centre: tuple[int, int, int], spacing: tuple[float, ...]) -> list[tuple]:
     """(plane, row spacing, column spacing) for axial, coronal, sagittal of an LPS ``[k, j, i]`` array."""
     k, j, i = centre
@@ -87,7 +84,7 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
         if heat is not None:
             h = _panel(_planes(heat, centre, spacing)[index][0], rs, cs, width)
             alpha = (0.7 * np.clip(h, 0.0, 1.0))[..., None]
-            over = (1 - alpha) * syn_rgb + alpha * _hot(h)
+            over = (1 - alpha) * syn_rgb + alpha * hot_rgb(h)
         else:
             over = syn_rgb
         gap = np.zeros((PANEL_HEIGHT, GAP, 3))

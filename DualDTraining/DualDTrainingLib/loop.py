@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
+from DualDSynthesisLib.figures import write_png
 from DualDSynthesisLib.networks import ArchitectureConfig
 from DualDSynthesisLib.preprocess import PreprocessingSpec
 
@@ -50,7 +51,7 @@ from .dataset import (
 )
 from .discovery import DiscoveryError, discover
 from .distributed import DistContext, PeerNonFiniteError, init_from_env, stop_together
-from .reporting import Progress, Reporter, sample_grid, write_png
+from .reporting import Progress, Reporter, sample_grid
 from .step import DualDTrainer, NonFiniteLossError, TrainingConfig
 from .validation import check_metric_name, is_better, jsonable_metrics, validate
 

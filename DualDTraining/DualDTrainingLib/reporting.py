@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import SimpleITK as sitk
+from DualDSynthesisLib.figures import hot_rgb
 
 
 def _jsonable(value: Any) -> Any:
@@ -133,20 +133,11 @@ def _grey(x: np.ndarray) -> np.ndarray:
     return np.stack([g, g, g], axis=-1)
 
 
-def _hot(x: np.ndarray) -> np.ndarray:
-    """Black → red → yellow → white for values in [0, 1] (a 'hot' colour map without matplotlib)."""
-    x = np.clip(x, 0.0, 1.0)
-    r = np.clip(3 * x, 0, 1)
-    g = np.clip(3 * x - 1, 0, 1)
-    b = np.clip(3 * x - 2, 0, 1)
-    return (np.stack([r, g, b], axis=-1) * 255.0 + 0.5).astype(np.uint8)
-
-
 def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], gap: int = 2) -> np.ndarray:
     """RGB uint8 [H, W, 3]: one row per slice, columns source | real | synthetic | heatmap."""
     tiles = []
     for src, real, fake, heat in rows:
-        cols = [_grey(src), _grey(real), _grey(fake), _hot(heat)]
+        cols = [_grey(src), _grey(real), _grey(fake), (hot_rgb(heat) * 255.0 + 0.5).astype(np.uint8)]
         h = cols[0].shape[0]
         sep = np.full((h, gap, 3), 40, np.uint8)
         row = [cols[0]]
@@ -158,11 +149,3 @@ def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     for t in tiles[1:]:
         out += [np.full((gap, width, 3), 40, np.uint8), t]
     return np.concatenate(out, axis=0)
-
-
-def write_png(rgb: np.ndarray, path: Path) -> Path:
-    """Write an RGB uint8 array with SimpleITK's PNG writer (no matplotlib/PIL needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(rgb, dtype=np.uint8), isVector=True)
-    sitk.WriteImage(image, str(path))
-    return path
