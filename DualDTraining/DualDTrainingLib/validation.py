@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from DualDSynthesisLib import metrics
-from torch.nn import functional as F
+from DualDSynthesisLib.losses import confidence_to_grid
 
 from .dataset import PreparedSubject
 
@@ -67,8 +67,8 @@ def difficulty(local: torch.nn.Module, synthetic: np.ndarray, device: torch.devi
     local.eval()
     try:
         x = torch.from_numpy(np.ascontiguousarray(synthetic[:, None])).to(device)
-        m = torch.sigmoid(local(x).float())
-        m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # the same mapping to the slice grid as the inference engine, so sample grids show the real heatmap
+        m = confidence_to_grid(torch.sigmoid(local(x).float()), tuple(x.shape[-2:]))
     finally:
         local.train(was_training)
     return (1.0 - m[:, 0]).cpu().numpy()
