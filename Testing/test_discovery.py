@@ -162,11 +162,23 @@ def test_discover_shared_brain_mri():
     if not data.is_dir():
         pytest.skip(f"shared data not available at {data}")
     found = discover(data, "t1", "t2")
-    assert sorted(p.subject for p in found.pairs) == ["BraTS-GLI-00001-000", "BraTS-MET-00110-000", "TCGA-DU-7294"]
+    # Eight subjects from five sources (see ../shared/data/README.md); the contrast names differ per source.
+    assert sorted(p.subject for p in found.pairs) == [
+        "BraTS-GLI-00001-000", "BraTS-MET-00110-000", "Kirby21-113-visit2", "Ljubljana-MS-p07",
+        "Ljubljana-MS-p19", "Ljubljana-long-p01", "Ljubljana-long-p12", "TCGA-DU-7294",
+    ]
     assert not found.rejected
     masks = {p.subject: p.mask.name if p.mask else None for p in found.pairs}
     assert masks == {
         "BraTS-GLI-00001-000": "BraTS-GLI-00001-000-seg.nii.gz",
         "BraTS-MET-00110-000": None,
+        "Kirby21-113-visit2": None,
+        "Ljubljana-MS-p07": "Ljubljana-MS-p07_seg.nii.gz",
+        "Ljubljana-MS-p19": "Ljubljana-MS-p19_seg.nii.gz",
+        "Ljubljana-long-p01": None,
+        "Ljubljana-long-p12": None,
         "TCGA-DU-7294": "TCGA-DU-7294_seg_fusion.nii.gz",
     }
+    sources = {p.subject: p.source.name for p in found.pairs}
+    assert sources["BraTS-GLI-00001-000"].endswith("-t1n.nii.gz")  # t1n, never the post-contrast t1c
+    assert sources["TCGA-DU-7294"].endswith("_t1_bet.nii.gz")
