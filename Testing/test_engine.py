@@ -20,6 +20,7 @@ from DualDSynthesisLib.engine import (
     synthesize_file,
 )
 from DualDSynthesisLib.networks import ArchitectureConfig
+from DualDSynthesisLib.preprocess import foreground_mask
 
 
 def head(size=(48, 48, 6), spacing=(1.0, 1.0, 1.0), direction=None, origin=(0.0, 0.0, 0.0),
@@ -101,8 +102,13 @@ def test_lps_and_ras_give_the_same_values(engine: SynthesisEngine) -> None:
 def test_heatmap_comes_from_d2(bundle_dir: Path) -> None:
     logit = 0.7
     constant = SynthesisEngine(make_bundle(bundle_dir / "const.safetensors", constant_d2_logit=logit), "cpu")
-    heat = sitk.GetArrayFromImage(constant.run(head()).heatmap)
-    np.testing.assert_allclose(heat, 1.0 - 1.0 / (1.0 + math.exp(-logit)), rtol=0, atol=1e-6)
+    image = head()
+    result = constant.run(image)
+    heat = sitk.GetArrayFromImage(result.heatmap)
+    fg = foreground_mask(sitk.GetArrayFromImage(image), "mri_percentile")
+    assert result.heatmap_source == "d2" and "relative difficulty" in result.heatmap_units
+    np.testing.assert_allclose(heat[fg], 1.0 - 1.0 / (1.0 + math.exp(-logit)), rtol=0, atol=1e-6)
+    assert (heat[~fg] == 0).all()  # nothing outside the foreground is tinted
 
 
 def test_crop_matches_whole_slices_inside_the_foreground(bundle_dir: Path) -> None:
@@ -110,7 +116,7 @@ def test_crop_matches_whole_slices_inside_the_foreground(bundle_dir: Path) -> No
     image = head(size=(192, 176, 3), radius=0.12)
     cropped, whole = SynthesisEngine(path, "cpu"), SynthesisEngine(path, "cpu", crop=False)
     fg = sitk.GetArrayViewFromImage(image) > 0
-    assert cropped._crop_box(np.broadcast_to(fg, fg.shape), True) != (0, 176, 0, 192)  # a real crop
+    assert cropped._crop_box(np.broadcast_to(fg, fg.shape), "d2") != (0, 176, 0, 192)  # a real crop
     a, b = cropped.run(image), whole.run(image)
     for x, y in ((a.synthetic, b.synthetic), (a.heatmap, b.heatmap)):
         np.testing.assert_allclose(sitk.GetArrayViewFromImage(x)[fg], sitk.GetArrayViewFromImage(y)[fg],
@@ -250,9 +256,9 @@ def test_existing_output_is_not_overwritten(engine: SynthesisEngine, tmp_path: P
 def test_bundle_without_d2(bundle_dir: Path, tmp_path: Path) -> None:
     unet = SynthesisEngine(make_bundle(bundle_dir / "unet.safetensors", with_d2=False), "cpu")
     result = unet.run(head())
-    assert result.heatmap is None and "no trained local discriminator" in result.warnings[0]
+    assert result.heatmap is None and "neither an expected-error head nor" in result.warnings[0]
     source = _write(head(), tmp_path / "in.nii.gz")
-    with pytest.raises(SynthesisError, match="cannot write a difficulty heatmap"):
+    with pytest.raises(SynthesisError, match="cannot write a heatmap"):
         synthesize_file(source, tmp_path / "o.nii.gz", tmp_path / "h.nii.gz", engine=unet)
 
 
@@ -279,7 +285,7 @@ def test_mask_sets_background_outside(engine: SynthesisEngine) -> None:
 def test_gpu_out_of_memory_halves_the_batch_then_uses_the_cpu(bundle_dir: Path) -> None:
     eng = SynthesisEngine(make_bundle(bundle_dir / "tiny.safetensors"), "cpu", batch_size=4)
     expected = eng.run(head())
-    eng._blank[("cuda", True)] = eng._blank_response(True)
+    eng._blank[("cuda", "d2")] = eng._blank_response("d2")
     real_infer = eng._infer
 
     def infer(batch, with_heatmap):

@@ -40,3 +40,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="volume"):
         slice_stack(np.zeros((2, 2)), [0], 0)
     assert channels(0) == 1 and channels(2) == 5
+
+
+def test_bounds_keep_a_stack_inside_its_subject():
+    # two subjects concatenated: slices 0-2 and 3-6
+    out = stack_indices(7, [3, 2], 1, first=[3, 0], last=[6, 2])
+    np.testing.assert_array_equal(out, [[3, 3, 4], [1, 2, 2]])

@@ -49,7 +49,8 @@ def test_end_to_end_produces_loadable_bundles(data: Path, tmp_path: Path) -> Non
     assert spec.spacing == (1.0, 1.0) and spec.size_multiple % 4 == 0
     # the generator runs on a prepared slice size
     with torch.no_grad():
-        assert final.generator(torch.zeros(1, 1, 48, 48)).shape == (1, 1, 48, 48)
+        # two outputs: the synthetic slice and the expected-error map (on by default)
+        assert final.generator(torch.zeros(1, 1, 48, 48)).shape == (1, 2, 48, 48)
 
     records = _records(out)
     kinds = [r["kind"] for r in records]

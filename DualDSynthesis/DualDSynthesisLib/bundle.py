@@ -22,8 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from .networks import ArchitectureConfig, LocalDiscriminator, UNetGenerator
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# Version 2 added the architecture's g_error_head/d2_head and the preprocessing's context_slices and
+# mri_peak mapping; a version-1 bundle is a version-2 bundle with their defaults, so both load.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 METADATA_KEY = "duald"
 VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
@@ -73,7 +75,11 @@ class BundleMetadata:
         missing = sorted(required - set(data))
         if missing:
             raise BundleError(f"the bundle's metadata lacks {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        unknown = sorted(set(data) - known)
+        if unknown:  # one policy for every config: a key this reader does not know is refused, never dropped
+            raise BundleError(f"the bundle's metadata has unknown field(s) {', '.join(unknown)}; "
+                              "it needs a newer DualD")
+        return cls(**data)
 
 
 @dataclass

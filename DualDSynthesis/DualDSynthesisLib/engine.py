@@ -51,8 +51,9 @@ from . import io as vio
 from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from .defaults import DEFAULT_MODEL
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
-from .losses import confidence_to_grid
-from .networks import ArchitectureConfig, LocalDiscriminator
+from .losses import difficulty_from_logits, expected_error
+from .networks import ArchitectureConfig
+from .slicestack import slice_stack
 from .preprocess import PreprocessError, PreprocessingSpec, prepare_volume, restore_volume, validate_volume
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
+HEATMAP_SOURCES = ("expected_error", "d2")
 _PREPARED = 0.1  # progress fraction at which preparation ends and the networks start
 _NETWORKS_DONE = 0.9
 _CROP_SAFE_NORMS = ("batch", "none")
@@ -89,35 +91,16 @@ class SynthesisResult:
     device: str = "cpu"
     seconds: float = 0.0
     target_modality: str = ""
+    heatmap_source: str | None = None  # "expected_error" or "d2" (see SynthesisEngine.heatmap_sources)
+    heatmap_units: str = ""
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _generator_receptive_field(depth: int) -> int:
-    """Receptive-field width of the UNet's deepest path (two 3×3 convs per level, 2×2 pools,
-    bilinear ×2 up-sampling, a 3×3 conv after each up-sampling, two 3×3 convs per decoder)."""
-    rf, jump = 1, 1
-    for _ in range(depth):
-        rf += 4 * jump + jump  # two 3×3 convs, then a 2×2 max-pool
-        jump *= 2
-    rf += 4 * jump  # bottom double conv
-    for _ in range(depth):
-        rf += jump  # bilinear up-sampling reads two neighbours of the coarse grid
-        jump //= 2
-        rf += 2 * jump + 4 * jump  # up-conv, then the decoder's double conv
-    return rf
-
-
-_D2_RECEPTIVE_FIELD = 1 + 3 * 1 + 3 * 2 + 3 * 4 + 2 * 8 + 2 * 8  # three 4×4/2 convs, two 3×3 at stride 8
-
-
 def receptive_margin(arch: ArchitectureConfig, with_d2: bool = True) -> int:
     """Pixels around a point that can influence G's output there (and D2's heatmap, with ``with_d2``)."""
-    margin = (_generator_receptive_field(arch.g_depth) + 1) // 2
-    if with_d2:
-        margin += (_D2_RECEPTIVE_FIELD + 1) // 2 + LocalDiscriminator.downsampling  # + the bilinear up-sampling
-    return margin
+    return arch.receptive_margin(with_d2)
 
 
 _MRI_FAMILY = ("t1", "t2", "flair", "pd", "dwi", "mr")
@@ -182,6 +165,7 @@ class SynthesisEngine:
         *,
         crop: bool = True,
         channels_last: bool = True,
+        heatmap_source: str | None = None,
     ) -> None:
         try:
             self.device = resolve_device(device)
@@ -209,10 +193,20 @@ class SynthesisEngine:
                 f"the model bundle pads slices to multiples of {self.spec.size_multiple}, "
                 f"but its generator needs multiples of {self.arch.size_multiple}"
             )
+        available = self.heatmap_sources
+        if heatmap_source is None:
+            heatmap_source = available[0] if available else None
+        elif heatmap_source not in HEATMAP_SOURCES:
+            raise SynthesisError(f"unknown heatmap source {heatmap_source!r}; choose one of "
+                                 f"{', '.join(HEATMAP_SOURCES)}")
+        elif heatmap_source not in available:
+            raise SynthesisError(f"this model has no {heatmap_source} map; it offers "
+                                 f"{', '.join(available) or 'no heatmap'}")
+        self.heatmap_source = heatmap_source
         self.batch_size = batch_size
         self.crop = crop and self.arch.g_norm in _CROP_SAFE_NORMS and self.arch.d2_norm in _CROP_SAFE_NORMS
         self.channels_last = channels_last
-        self._blank: dict[tuple[str, bool], tuple[float, float]] = {}
+        self._blank: dict[tuple[str, str | None], tuple[float, float]] = {}
         # Inference copies with BatchNorm folded into the preceding conv (exact up to float rounding,
         # ~10 % faster on the CPU); the bundle's own modules are left as they are.
         self._generator = fold_batchnorm(self.bundle.generator)
@@ -235,8 +229,27 @@ class SynthesisEngine:
         return self.bundle.metadata.target_modality
 
     @property
+    def heatmap_sources(self) -> tuple[str, ...]:
+        """The maps this bundle can produce, the preferred first: G's expected-error head ranks the
+        errors best where both exist (docs/generalisation.md), D2's difficulty map otherwise."""
+        found = []
+        if self.arch.g_error_head:
+            found.append("expected_error")
+        if self.bundle.local_discriminator is not None:
+            found.append("d2")
+        return tuple(found)
+
+    @property
     def has_heatmap(self) -> bool:
-        return self.bundle.local_discriminator is not None
+        return self.heatmap_source is not None
+
+    @property
+    def heatmap_units(self) -> str:
+        """What the heatmap's values mean, for legends and file headers."""
+        if self.heatmap_source == "expected_error":
+            unit = "HU" if self.spec.target.kind == "ct_hu" else f"{self.target_modality} intensity units"
+            return f"expected absolute error ({unit})"
+        return "relative difficulty (1 − D2 confidence, 0–1)"
 
     # ---- internals ----
 
@@ -247,40 +260,52 @@ class SynthesisEngine:
         if self._local is not None:
             self._local = self._local.to(device, memory_format=fmt).eval()
 
-    def _infer(self, batch: np.ndarray, with_heatmap: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """G (and the difficulty 1 − M from D2) for ``batch`` [B, h, w] of normalised slices."""
-        x = torch.from_numpy(batch)[:, None].to(self.device)
+    def _infer(self, batch: np.ndarray, heatmap: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """G (and the ``heatmap`` map) for ``batch`` [B, C, h, w] of normalised slice stacks."""
+        x = torch.from_numpy(batch).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
-            pred = self._generator(x)
-            difficulty = None
-            if with_heatmap:
-                confidence = torch.sigmoid(self._local(pred).float())
-                difficulty = 1.0 - confidence_to_grid(confidence, tuple(pred.shape[-2:]))
+            out = self._generator(x)
+            pred = out[:, :1]
+            heat = None
+            if heatmap == "d2":
+                heat = difficulty_from_logits(self._local(pred), tuple(pred.shape[-2:]))
+            elif heatmap == "expected_error":
+                heat = expected_error(out[:, 1:]) * self._error_units
         syn = pred.float()[:, 0].cpu().numpy()
-        return syn, None if difficulty is None else difficulty[:, 0].cpu().numpy()
+        return syn, None if heat is None else heat[:, 0].float().cpu().numpy()
 
-    def _blank_response(self, with_heatmap: bool) -> tuple[float, float]:
-        """(G, 1 − M) at the centre of a blank slice wide enough that no edge reaches the centre."""
-        key = (str(self.device), with_heatmap)
+    @property
+    def _error_units(self) -> float:
+        """Target units per normalised unit (the expected-error head works in normalised units)."""
+        return self.spec.target.units_per_normalised(self.output_scale)
+
+    @property
+    def _d2_stride(self) -> int:
+        return self.arch.d2_downsampling if self.heatmap_source == "d2" else 1
+
+    def _blank_response(self, heatmap: str | None) -> tuple[float, float]:
+        """(G, heatmap) at the centre of a blank slice wide enough that no edge reaches the centre."""
+        key = (str(self.device), heatmap)
         if key not in self._blank:
-            step = math.lcm(self.spec.size_multiple, LocalDiscriminator.downsampling)
-            size = step * math.ceil((2 * receptive_margin(self.arch) + step) / step)
-            syn, diff = self._infer(np.zeros((1, size, size), np.float32), with_heatmap)
+            step = math.lcm(self.spec.size_multiple, self._d2_stride)
+            size = step * math.ceil((2 * receptive_margin(self.arch, heatmap == "d2") + step) / step)
+            channels = 2 * self.spec.context_slices + 1
+            syn, heat = self._infer(np.zeros((1, channels, size, size), np.float32), heatmap)
             c = size // 2
-            self._blank[key] = (float(syn[0, c, c]), float(diff[0, c, c]) if diff is not None else 0.0)
+            self._blank[key] = (float(syn[0, c, c]), float(heat[0, c, c]) if heat is not None else 0.0)
         return self._blank[key]
 
-    def _crop_box(self, foreground: np.ndarray, with_heatmap: bool) -> tuple[int, int, int, int]:
+    def _crop_box(self, foreground: np.ndarray, heatmap: str | None) -> tuple[int, int, int, int]:
         """(y0, y1, x0, x1) of the processed region of every slice (see the module docstring)."""
         _k, h, w = foreground.shape
         if not self.crop:
             return 0, h, 0, w
         rows = np.flatnonzero(foreground.any(axis=(0, 2)))
         cols = np.flatnonzero(foreground.any(axis=(0, 1)))
-        step = math.lcm(self.spec.size_multiple, LocalDiscriminator.downsampling)
-        margin = receptive_margin(self.arch, with_heatmap)
+        step = math.lcm(self.spec.size_multiple, self._d2_stride)
+        margin = receptive_margin(self.arch, heatmap == "d2")
         smallest = max(self.spec.min_size, 16, self.arch.size_multiple)
 
         def span(lo: int, hi: int, n: int) -> tuple[int, int]:
@@ -329,11 +354,11 @@ class SynthesisEngine:
         mismatch = modality_warning(source_modality, self.source_modality)
         if mismatch:
             warnings.append(mismatch)
-        with_heatmap = bool(heatmap) and self.has_heatmap
-        if heatmap and not self.has_heatmap:
+        source = self.heatmap_source if heatmap else None
+        if heatmap and source is None:
             warnings.append(
-                f"this model ({self.bundle.metadata.variant}) has no trained local discriminator, "
-                "so no difficulty heatmap was produced"
+                f"this model ({self.bundle.metadata.variant}) has neither an expected-error head nor a trained "
+                "local discriminator, so no heatmap was produced"
             )
         report(0.0, "Preparing the volume")
         try:
@@ -346,30 +371,36 @@ class SynthesisEngine:
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:
             raise SynthesisError("the input volume has no foreground (no voxel brighter than the background)")
-        y0, y1, x0, x1 = self._crop_box(prepared.foreground, with_heatmap)
-        prepared.foreground = None  # type: ignore[assignment]  # not needed any more: free it
+        y0, y1, x0, x1 = self._crop_box(prepared.foreground, source)
         check_cancel()
         report(_PREPARED, "Synthesising")
 
-        syn, diff = self._run_networks(prepared.slices, indices, (y0, y1, x0, x1), with_heatmap,
+        syn, diff = self._run_networks(prepared.slices, indices, (y0, y1, x0, x1), source,
                                        warnings, report, check_cancel)
         prepared.slices = None  # type: ignore[assignment]
         check_cancel()
         report(_NETWORKS_DONE, "Restoring the input's geometry")
         target = self.spec.target
-        fill_syn = float(target.inverse(np.float32(self._blank_response(with_heatmap)[0]), self.output_scale))
+        fill_syn = float(target.inverse(np.float32(self._blank_response(source)[0]), self.output_scale))
         synthetic = restore_volume(syn, context, sitk.sitkLinear, fill_syn)
         del syn
         heat_image = None
         if diff is not None:
-            heat_image = restore_volume(diff, context, sitk.sitkLinear, self._blank_response(True)[1])
+            # Outside the source's foreground there is nothing to trust or distrust: exactly 0, so the
+            # overlay never tints empty space.
+            diff[~prepared.foreground] = 0.0
+            heat_image = restore_volume(diff, context, sitk.sitkLinear, 0.0)
             del diff
-            heat_image = sitk.Clamp(heat_image, sitk.sitkFloat32, 0.0, 1.0)
+            upper = 1.0 if source == "d2" else float(np.finfo(np.float32).max)
+            heat_image = sitk.Clamp(heat_image, sitk.sitkFloat32, 0.0, upper)
+        prepared.foreground = None  # type: ignore[assignment]
         if mask is not None:
             synthetic, heat_image = self._apply_mask(mask, synthetic, heat_image, target.background_value)
         report(1.0, "Done")
         return SynthesisResult(synthetic, heat_image, warnings, str(self.device),
-                               time.perf_counter() - start, self.target_modality)
+                               time.perf_counter() - start, self.target_modality,
+                               source if heat_image is not None else None,
+                               self.heatmap_units if heat_image is not None else "")
 
     def run_array(self, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
                   direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), **kwargs) -> SynthesisResult:
@@ -380,21 +411,22 @@ class SynthesisEngine:
             raise SynthesisError(str(exc)) from None
         return self.run(image, **kwargs)
 
-    def _run_networks(self, slices, indices, box, with_heatmap, warnings, report, check_cancel):
+    def _run_networks(self, slices, indices, box, heatmap, warnings, report, check_cancel):
         y0, y1, x0, x1 = box
         k, h, w = slices.shape
-        g0, h0 = self._blank_response(with_heatmap)
+        g0, h0 = self._blank_response(heatmap)
         target = self.spec.target
         syn = np.empty((k, h, w), np.float32)
         syn.fill(target.inverse(np.float32(g0), self.output_scale))
-        diff = np.full((k, h, w), h0, np.float32) if with_heatmap else None
+        diff = np.full((k, h, w), h0, np.float32) if heatmap else None
         batch = self._batch_size_for((y1 - y0) * (x1 - x0))
         done = 0
         while done < indices.size:
             check_cancel()
             idx = indices[done : done + batch]
             try:
-                out, difficulty = self._infer(slices[idx, y0:y1, x0:x1], with_heatmap)
+                stack = slice_stack(slices, idx, self.spec.context_slices)[:, :, y0:y1, x0:x1]
+                out, difficulty = self._infer(np.ascontiguousarray(stack), heatmap)
             except Exception as exc:  # only GPU out-of-memory is handled; everything else propagates
                 if not is_out_of_memory(exc) or self.device.type == "cpu":
                     raise
@@ -473,8 +505,8 @@ def synthesize_file(
         engine = SynthesisEngine(model, device=device, batch_size=batch_size)
     if heatmap_path is not None and not engine.has_heatmap:
         raise SynthesisError(
-            f"this model ({engine.metadata.variant}) has no trained local discriminator, "
-            "so it cannot write a difficulty heatmap"
+            f"this model ({engine.metadata.variant}) has neither an expected-error head nor a trained local "
+            "discriminator, so it cannot write a heatmap"
         )
     try:
         image = vio.read_volume(input)

@@ -94,15 +94,62 @@ def generator_global_loss(scores_fake: torch.Tensor) -> torch.Tensor:
     return -scores_fake.mean()
 
 
-def dense_bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """Eq. 4–5: BCE of every output element of D2 against ``target`` (1 = real, 0 = fake).
+def dense_bce(logits: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 4–5: BCE of every output element of D2 against ``target`` (1 = real, 0 = fake), or against
+    a per-element target map of D2's output shape (see :func:`error_aware_labels`).
 
     Computed from logits (``binary_cross_entropy_with_logits``) for numerical stability; equal to
     ``binary_cross_entropy(sigmoid(logits), target)`` where the latter does not saturate.
     """
+    if isinstance(target, torch.Tensor):
+        if target.shape != logits.shape:
+            raise ValueError(f"BCE target map {tuple(target.shape)} differs from D2's output {tuple(logits.shape)}")
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"BCE targets lie in [0, 1], got {target!r}")
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def error_aware_labels(fake: torch.Tensor, real: torch.Tensor, grid: tuple[int, int], tau: float) -> torch.Tensor:
+    """D2's target map for a fake slice: ``1 − clip(local mean |G(x) − y| / τ, 0, 1)`` on D2's grid.
+
+    The paper labels every element of a fake slice 0, so D2 learns "fake" everywhere and its map says
+    little about *where* G is wrong. With these labels a fake region that matches the real image is
+    labelled (nearly) real, so ``1 − M`` learns to estimate the local error in units of τ. "Local" is
+    the mean over each output element's cell (adaptive average pooling onto ``grid``). No gradient.
+    """
+    if tau <= 0:
+        raise ValueError(f"the error scale tau must be positive, got {tau!r}")
+    err = (fake.detach().float() - real.float()).abs()
+    if tuple(err.shape[-2:]) != tuple(grid):
+        err = F.adaptive_avg_pool2d(err, grid)
+    return 1.0 - (err / tau).clamp(0.0, 1.0)
+
+
+def laplace_nll(prediction: torch.Tensor, log_scale: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of a Laplace distribution, ``|y − μ| / b + log b`` (constant dropped).
+
+    ``μ`` is detached: the likelihood only trains the scale ``b = exp(log_scale)``, whose optimum is
+    the expected ``|y − μ|`` at that pixel, so the second output of G is an expected-error map in the
+    normalised target units, while μ keeps being trained by the reconstruction and adversarial terms
+    alone (the likelihood alone under-trains μ: it can buy a low loss with a large b). ``log_scale`` is
+    clamped so that one wild pixel cannot produce inf.
+    """
+    if prediction.shape != real.shape or log_scale.shape != real.shape:
+        raise ValueError(f"shapes differ: {tuple(prediction.shape)}, {tuple(log_scale.shape)}, {tuple(real.shape)}")
+    log_b = log_scale.float().clamp(-12.0, 4.0)
+    return ((real.float() - prediction.detach().float()).abs() * torch.exp(-log_b) + log_b).mean()
+
+
+def difficulty_from_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """D2's logits → the difficulty map ``1 − M`` on the slice grid: the one mapping used by the engine
+    (heatmap) and by validation."""
+    return 1.0 - confidence_to_grid(torch.sigmoid(logits.float()), size)
+
+
+def expected_error(log_scale: torch.Tensor) -> torch.Tensor:
+    """G's second output → expected |error| in normalised target units (the Laplace scale b)."""
+    return torch.exp(log_scale.float().clamp(-12.0, 4.0))
 
 
 def generator_total(

@@ -70,10 +70,13 @@ class UNetGenerator(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, base_width: int = 64, depth: int = 4, norm: Norm = "batch"
+        self, in_channels: int = 1, base_width: int = 64, depth: int = 4, norm: Norm = "batch",
+        out_channels: int = 1,
     ) -> None:
         super().__init__()
         _check_positive("in_channels", in_channels)
+        if out_channels not in (1, 2):
+            raise ValueError(f"out_channels must be 1 (image) or 2 (image + expected error), got {out_channels!r}")
         _check_positive("base_width", base_width)
         _check_positive("depth", depth)
         if depth > 7:
@@ -85,11 +88,19 @@ class UNetGenerator(nn.Module):
         self.encoders.extend(_DoubleConv(widths[i], widths[i + 1], norm) for i in range(depth))
         self.ups = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in range(depth))
         self.decoders = nn.ModuleList(_DoubleConv(2 * widths[i], widths[i], norm) for i in range(depth))
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        # Channel 0: the synthetic slice. Channel 1 (optional): log of the Laplace scale b, i.e. the
+        # expected absolute error of channel 0 at that pixel (see losses.laplace_nll).
+        self.out_channels = out_channels
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     @property
     def size_multiple(self) -> int:
         return 2**self.depth
+
+    @property
+    def receptive_field(self) -> int:
+        """Width in pixels of the input region that can influence one output pixel."""
+        return generator_receptive_field(self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels, self.size_multiple, self.size_multiple, "the generator")
@@ -153,41 +164,106 @@ class GlobalCritic(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
+def generator_receptive_field(depth: int) -> int:
+    """Receptive-field width of the UNet's deepest path (two 3×3 convs per level, 2×2 pools,
+    bilinear ×2 up-sampling, a 3×3 conv after each up-sampling, two 3×3 convs per decoder)."""
+    rf, jump = 1, 1
+    for _ in range(depth):
+        rf += 4 * jump + jump  # two 3×3 convs, then a 2×2 max-pool
+        jump *= 2
+    rf += 4 * jump  # bottom double conv
+    for _ in range(depth):
+        rf += jump  # bilinear up-sampling reads two neighbours of the coarse grid
+        jump //= 2
+        rf += 2 * jump + 4 * jump  # up-conv, then the decoder's double conv
+    return rf
+
+
+D2Head = Literal["patch", "pixel"]
+D2_HEADS: tuple[str, ...] = ("patch", "pixel")
+
+
 class LocalDiscriminator(nn.Module):
     """D2: fully convolutional local discriminator; one logit per output element.
 
-    Three stride-2 4×4 convs (the three down-samplings) then two stride-1 3×3 convs; the output
-    grid is the slice grid / 8 and each element sees a ~54-pixel receptive field, i.e. a local
-    region. ``sigmoid(logit)`` is the confidence map M: how real that region looks.
+    Three stride-2 4×4 convs (the three down-samplings) then two stride-1 3×3 convs. ``head="patch"``
+    is the paper's D2: the output grid is the slice grid / 8 and each element sees a ~54-pixel
+    receptive field, so its map is coarse. ``head="pixel"`` adds a decoder (U-Net discriminator,
+    Schönfeld et al. CVPR 2020): three bilinear ×2 up-samplings, each followed by a 3×3 conv on the
+    concatenation with the encoder map of that scale, so there is one real/fake logit per pixel and
+    the map can follow the errors rather than a 1/8-grid blob. ``sigmoid(logit)`` is the
+    confidence map M: how real that region looks.
     """
 
-    def __init__(self, in_channels: int = 1, base_width: int = 64, norm: Norm = "batch") -> None:
+    def __init__(
+        self, in_channels: int = 1, base_width: int = 64, norm: Norm = "batch", head: D2Head = "patch"
+    ) -> None:
         super().__init__()
         _check_positive("in_channels", in_channels)
         _check_positive("base_width", base_width)
         _norm_layer(norm, 1)
-        self.in_channels, self.base_width, self.norm = in_channels, base_width, norm
+        if head not in D2_HEADS:
+            raise ValueError(f"unknown D2 head {head!r}; choose one of {', '.join(D2_HEADS)}")
+        self.in_channels, self.base_width, self.norm, self.head = in_channels, base_width, norm, head
         w = base_width
-        self.net = nn.Sequential(
+        layers: list[nn.Module] = [
             nn.Conv2d(in_channels, w, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2, inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),  # [0:2] → 1/2
             nn.Conv2d(w, 2 * w, 4, stride=2, padding=1, bias=norm == "none"),
             _norm_layer(norm, 2 * w),
-            nn.LeakyReLU(0.2, inplace=True),
+            nn.LeakyReLU(0.2, inplace=True),  # [2:5] → 1/4
             nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1, bias=norm == "none"),
             _norm_layer(norm, 4 * w),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(4 * w, 8 * w, 3, padding=1, bias=norm == "none"),
             _norm_layer(norm, 8 * w),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(8 * w, 1, 3, padding=1),
-        )
+            nn.LeakyReLU(0.2, inplace=True),  # [5:11] → 1/8
+        ]
+        if head == "patch":
+            layers.append(nn.Conv2d(8 * w, 1, 3, padding=1))  # [11]: the logits (parameter names as in v1 bundles)
+        self.net = nn.Sequential(*layers)
+        if head == "pixel":
+            def up(cin: int, cout: int) -> nn.Sequential:
+                return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"),
+                                     _norm_layer(norm, cout), nn.LeakyReLU(0.2, inplace=True))
 
-    downsampling = 8
+            self.up3 = up(8 * w + 2 * w, 2 * w)  # 1/8 → 1/4, with the 1/4 encoder map
+            self.up2 = up(2 * w + w, w)  # 1/4 → 1/2, with the 1/2 encoder map
+            self.up1 = up(w + in_channels, w)  # 1/2 → 1, with the input
+            self.out = nn.Conv2d(w, 1, 3, padding=1)
+
+    @property
+    def downsampling(self) -> int:
+        """Input pixels per output element along each axis."""
+        return 8 if self.head == "patch" else 1
+
+    @property
+    def receptive_field(self) -> int:
+        """Width in input pixels of the region one output element sees (an upper bound for "pixel")."""
+        return local_receptive_field(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels, 16, 1, "the local discriminator D2")
-        return self.net(x)
+        _check_input(x, self.in_channels, 16, 8 if self.head == "pixel" else 1, "the local discriminator D2")
+        if self.head == "patch":
+            return self.net(x)
+        f1 = self.net[0:2](x)
+        f2 = self.net[2:5](f1)
+        f3 = self.net[5:11](f2)
+
+        def up(f: torch.Tensor, skip: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+            f = F.interpolate(f, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            return conv(torch.cat([f, skip], dim=1))
+
+        return self.out(up(up(up(f3, f2, self.up3), f1, self.up2), x, self.up1))
+
+
+def local_receptive_field(head: str) -> int:
+    """D2's receptive field: three 4×4/2 convs and two 3×3 convs at stride 8 (~54 px); the pixel head's
+    decoder adds a bilinear read and a 3×3 conv at strides 8, 4, 2 and the output conv at stride 1."""
+    rf = 1 + 3 * 1 + 3 * 2 + 3 * 4 + 2 * 8 + 2 * 8
+    if head == "pixel":
+        rf += (8 + 2 * 4) + (4 + 2 * 2) + (2 + 2 * 1) + 2
+    return rf
 
 
 @dataclass(frozen=True)
@@ -201,8 +277,16 @@ class ArchitectureConfig:
     d1_norm: Norm = "layer"
     d2_base_width: int = 64
     d2_norm: Norm = "batch"
+    g_error_head: bool = False  # G's second output: expected |error| (Laplace scale), the trust map
+    d2_head: D2Head = "patch"  # "patch": the paper's 1/8-grid D2; "pixel": a U-Net D2 with one logit per pixel
 
     def __post_init__(self) -> None:
+        if not isinstance(self.g_error_head, bool):
+            raise ValueError(f"g_error_head must be true or false, got {self.g_error_head!r}")
+        if self.d2_head not in D2_HEADS:
+            raise ValueError(f"d2_head must be one of {', '.join(D2_HEADS)}, got {self.d2_head!r}")
+        if isinstance(self.g_depth, int) and self.g_depth > 7:
+            raise ValueError(f"g_depth must be at most 7, got {self.g_depth}")
         for name in ("in_channels", "g_base_width", "g_depth", "d2_base_width"):
             _check_positive(name, getattr(self, name))
         for name in ("g_norm", "d1_norm", "d2_norm"):
@@ -224,11 +308,27 @@ class ArchitectureConfig:
             raise ValueError(f"unknown architecture setting(s): {', '.join(unknown)}")
         return cls(**data)
 
+    @property
+    def d2_downsampling(self) -> int:
+        """Input pixels per D2 output element along each axis (8 for the paper's patch D2, 1 per pixel)."""
+        return 8 if self.d2_head == "patch" else 1
+
+    @property
+    def generator_outputs(self) -> int:
+        return 2 if self.g_error_head else 1
+
     def generator(self) -> UNetGenerator:
-        return UNetGenerator(self.in_channels, self.g_base_width, self.g_depth, self.g_norm)
+        return UNetGenerator(self.in_channels, self.g_base_width, self.g_depth, self.g_norm, self.generator_outputs)
 
     def global_critic(self) -> GlobalCritic:
         return GlobalCritic(1, self.d1_norm)
 
     def local_discriminator(self) -> LocalDiscriminator:
-        return LocalDiscriminator(1, self.d2_base_width, self.d2_norm)
+        return LocalDiscriminator(1, self.d2_base_width, self.d2_norm, self.d2_head)
+
+    def receptive_margin(self, with_d2: bool = True) -> int:
+        """Pixels around a point that can influence G's output there (and D2's map, with ``with_d2``)."""
+        margin = (generator_receptive_field(self.g_depth) + 1) // 2
+        if with_d2:
+            margin += (local_receptive_field(self.d2_head) + 1) // 2 + self.d2_downsampling  # + bilinear up-sampling
+        return margin

@@ -17,190 +17,31 @@ yourself) and returns an image with exactly the original size, spacing, origin a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
-CT_HU_RANGE = (-1024.0, 3071.0)
-CT_BODY_THRESHOLD_HU = -500.0
-# MRI foreground = voxels above this fraction of the robust maximum (99th percentile of the
-# positive voxels). Skull-stripped data has a background of exact zeros plus small negative (and
-# small positive) values from resampling ringing at the brain edge; 5 % sits well above that
-# ringing and well below the darkest tissue (CSF on T1 is ~15-30 % of white matter).
-MRI_FOREGROUND_FRACTION = 0.05
-_ROBUST_MAX_SAMPLES = 2_000_000  # the threshold's percentile is estimated on a strided subsample
+from .intensity import (
+    CT_BODY_THRESHOLD_HU,
+    CT_HU_RANGE,
+    SOURCE_NORMS,
+    IntensityMapping,
+    PreprocessError,
+    foreground_mask,
+    source_mapping,
+)
+from .slicestack import check_context
+
+__all__ = [  # the intensity names are re-exported: callers prepare volumes through this module
+    "CT_BODY_THRESHOLD_HU", "CT_HU_RANGE", "SOURCE_NORMS", "Grid", "IntensityMapping", "PreparedVolume",
+    "PreprocessError", "PreprocessingSpec", "RestoreContext", "foreground_mask", "prepare_on_grid",
+    "prepare_volume", "restore_volume", "source_mapping", "validate_volume",
+]
+
 _SPACING_RTOL = 1e-3  # in-plane spacings closer than this (relative) are not resampled
-_KINDS = ("mri_percentile", "ct_hu")
 _ROLES = ("source", "target", "mask")
-
-
-class PreprocessError(ValueError):
-    """Bad input volume or bad preprocessing metadata (the message is one sentence)."""
-
-
-# ----------------------------------------------------------------------------- intensities
-
-
-def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Fill holes in each ``mask[k]`` plane, in place: background components (4-connected) that do not
-    touch the plane's border. 2-D on purpose, so cavities that are open in 3-D (airways) still fill."""
-    for k in range(mask.shape[0]):
-        labels, n = ndimage.label(~mask[k])
-        if n == 0:
-            continue
-        border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        hole = np.ones(n + 1, dtype=bool)
-        hole[0] = False
-        hole[border] = False
-        mask[k] |= hole[labels]
-    return mask
-
-
-def foreground_mask(arr: np.ndarray, kind: str) -> np.ndarray:
-    """Boolean foreground of a raw-intensity array ``[k, j, i]``, holes filled in each ``arr[k]`` plane.
-
-    - ``ct_hu``: body = HU > -500.
-    - ``mri_percentile``: voxels above ``MRI_FOREGROUND_FRACTION`` (5 %) of the robust maximum, the
-      99th percentile of the strictly positive voxels. Zero and negative voxels are therefore always
-      background, which handles skull-stripped data with small negative resampling values; a volume
-      with no positive voxel has an empty foreground.
-    """
-    if arr.ndim != 3:
-        raise PreprocessError(f"foreground_mask expects a 3-D array, got {arr.ndim}-D.")
-    if kind == "ct_hu":
-        fg = arr > CT_BODY_THRESHOLD_HU
-    elif kind == "mri_percentile":
-        flat = arr.reshape(-1)
-        sample = flat[:: max(1, flat.size // _ROBUST_MAX_SAMPLES)]
-        positive = sample[sample > 0]
-        if positive.size == 0:
-            return np.zeros(arr.shape, dtype=bool)
-        robust_max = float(np.percentile(positive, 99.0))
-        fg = arr > MRI_FOREGROUND_FRACTION * robust_max
-    else:
-        raise PreprocessError(f"unknown intensity kind {kind!r}; expected one of {', '.join(_KINDS)}.")
-    return _fill_holes_per_slice(fg)
-
-
-@dataclass(frozen=True)
-class IntensityMapping:
-    """Raw ↔ normalised intensity mapping of one side (source or target) of the translation.
-
-    ``mri_percentile``: normalised = raw / scale clipped to ``clip``, with scale the ``percentile``-th
-    percentile of the foreground voxels of that volume (background, ≤ 0, lands at 0).
-    ``ct_hu``: normalised = (clip(HU, -1024, 3071) + 1024) / 4095, scale is always 1.
-    ``reference_scale`` (MRI target only) is the scale used to bring synthesised values back to raw
-    units at inference, where no target volume exists: the median of the training subjects' scales.
-    """
-
-    kind: Literal["mri_percentile", "ct_hu"]
-    percentile: float = 99.5
-    clip: tuple[float, float] = (0.0, 2.0)
-    reference_scale: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise PreprocessError(f"unknown intensity kind {self.kind!r}; expected one of {', '.join(_KINDS)}.")
-        try:
-            pct = float(self.percentile)
-            lo, hi = (float(v) for v in self.clip)
-        except (TypeError, ValueError) as exc:
-            raise PreprocessError(f"intensity mapping has a non-numeric percentile or clip ({exc}).") from exc
-        if not 0.0 < pct <= 100.0:
-            raise PreprocessError(f"intensity percentile must be in (0, 100], got {pct}.")
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise PreprocessError(f"intensity clip must be two finite numbers low < high, got {self.clip}.")
-        ref = self.reference_scale
-        if ref is not None:
-            ref = float(ref)
-            if not (math.isfinite(ref) and ref > 0):
-                raise PreprocessError(f"reference_scale must be a positive finite number, got {ref}.")
-        object.__setattr__(self, "percentile", pct)
-        object.__setattr__(self, "clip", (lo, hi))
-        object.__setattr__(self, "reference_scale", ref)
-
-    def scale_for(self, arr: np.ndarray, foreground: np.ndarray | None) -> float:
-        """Per-volume scale: the foreground's ``percentile``-th percentile (MRI), 1.0 (CT)."""
-        if self.kind == "ct_hu":
-            return 1.0
-        if foreground is None:
-            foreground = foreground_mask(arr, self.kind)
-        values = arr[foreground]  # a copy, so the percentile may partition it in place
-        if values.size == 0:
-            raise PreprocessError("the volume has no foreground voxels, so its intensity scale cannot be set.")
-        scale = float(np.percentile(values, self.percentile, overwrite_input=True))
-        if not (math.isfinite(scale) and scale > 0):
-            raise PreprocessError(f"the volume's intensity scale is {scale}, not a positive number.")
-        return scale
-
-    def output_scale(self) -> float:
-        """Scale to undo the target mapping at inference (``reference_scale``; 1.0 for CT)."""
-        if self.kind == "ct_hu":
-            return 1.0
-        if self.reference_scale is None:
-            raise PreprocessError("this MRI intensity mapping has no reference_scale to restore raw units.")
-        return self.reference_scale
-
-    def forward(self, arr: np.ndarray, scale: float, out: np.ndarray | None = None) -> np.ndarray:
-        """Raw → normalised float32 (background → 0). ``out`` (float32, same shape) avoids a copy."""
-        arr = np.asarray(arr, dtype=np.float32)
-        if self.kind == "ct_hu":
-            out = np.clip(arr, CT_HU_RANGE[0], CT_HU_RANGE[1], out=out)
-            out -= np.float32(CT_HU_RANGE[0])
-            out *= np.float32(1.0 / (CT_HU_RANGE[1] - CT_HU_RANGE[0]))
-            return out
-        _check_scale(scale)
-        out = np.multiply(arr, np.float32(1.0 / scale), out=out)
-        return np.clip(out, self.clip[0], self.clip[1], out=out)
-
-    def inverse(self, arr: np.ndarray, scale: float) -> np.ndarray:
-        """Normalised → raw units (HU for CT), float32; values are first clipped to the normalised range
-        the training targets had, since the generator's linear output may overshoot it."""
-        arr = np.asarray(arr, dtype=np.float32)
-        if self.kind == "ct_hu":
-            out = np.clip(arr, 0.0, 1.0)
-            out *= np.float32(CT_HU_RANGE[1] - CT_HU_RANGE[0])
-            out += np.float32(CT_HU_RANGE[0])
-            return out
-        _check_scale(scale)
-        out = np.clip(arr, self.clip[0], self.clip[1])
-        out *= np.float32(scale)
-        return out
-
-    @property
-    def background_value(self) -> float:
-        """Raw value of empty space (used when resampling outside a volume)."""
-        return CT_HU_RANGE[0] if self.kind == "ct_hu" else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "percentile": self.percentile,
-            "clip": [self.clip[0], self.clip[1]],
-            "reference_scale": self.reference_scale,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IntensityMapping:
-        if not isinstance(d, dict) or "kind" not in d:
-            raise PreprocessError("an intensity mapping must be a JSON object with a 'kind'.")
-        clip = d.get("clip", (0.0, 2.0))
-        if not isinstance(clip, list | tuple) or len(clip) != 2:
-            raise PreprocessError(f"intensity clip must be a pair of numbers, got {clip!r}.")
-        return cls(
-            kind=d["kind"],
-            percentile=d.get("percentile", 99.5),
-            clip=(clip[0], clip[1]),
-            reference_scale=d.get("reference_scale"),
-        )
-
-
-def _check_scale(scale: float) -> None:
-    if not (math.isfinite(scale) and scale > 0):
-        raise PreprocessError(f"intensity scale must be a positive finite number, got {scale}.")
 
 
 # ----------------------------------------------------------------------------- spec
@@ -229,8 +70,13 @@ class PreprocessingSpec:
     spacing: tuple[float, float] | None = None
     size_multiple: int = 16
     min_size: int = 32
+    context_slices: int = 0  # adjacent slices on each side fed to G as channels (2.5-D); see slicestack
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "context_slices", check_context(self.context_slices))
+        except ValueError as exc:
+            raise PreprocessError(f"{exc}.") from None
         if not isinstance(self.source, IntensityMapping) or not isinstance(self.target, IntensityMapping):
             raise PreprocessError("source and target must be IntensityMapping objects.")
         if self.slice_axis != "axial":
@@ -265,6 +111,7 @@ class PreprocessingSpec:
             "spacing": None if self.spacing is None else [self.spacing[0], self.spacing[1]],
             "size_multiple": self.size_multiple,
             "min_size": self.min_size,
+            "context_slices": self.context_slices,
         }
 
     @classmethod
@@ -274,6 +121,10 @@ class PreprocessingSpec:
         missing = [k for k in ("source", "target") if k not in d]
         if missing:
             raise PreprocessError(f"preprocessing metadata lacks {' and '.join(missing)}.")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:  # a newer writer's setting this reader would silently ignore
+            raise PreprocessError(f"preprocessing metadata has unknown setting(s) {', '.join(unknown)}; "
+                                  "this model needs a newer DualD.")
         return cls(
             source=IntensityMapping.from_dict(d["source"]),
             target=IntensityMapping.from_dict(d["target"]),
@@ -282,6 +133,7 @@ class PreprocessingSpec:
             spacing=d.get("spacing"),
             size_multiple=d.get("size_multiple", 16),
             min_size=d.get("min_size", 32),
+            context_slices=d.get("context_slices", 0),
         )
 
 

@@ -32,23 +32,31 @@ def channels(context: int) -> int:
     return 2 * check_context(context) + 1
 
 
-def stack_indices(num_slices: int, indices: Any, context: int) -> np.ndarray:
-    """``[B, 2·context + 1]`` slice numbers, clamped to ``[0, num_slices − 1]`` (edge slices repeat)."""
+def stack_indices(num_slices: int, indices: Any, context: int, first: Any = None, last: Any = None) -> np.ndarray:
+    """``[B, 2·context + 1]`` slice numbers, clamped to ``[0, num_slices − 1]`` (edge slices repeat).
+
+    ``first``/``last`` (one per index) clamp to a narrower range: when several subjects' slices are
+    concatenated in one array, a stack never reaches into the neighbouring subject."""
     context = check_context(context)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if num_slices < 1:
         raise ValueError("the volume has no slices")
     if idx.size and (idx.min() < 0 or idx.max() >= num_slices):
         raise ValueError(f"slice indices must lie in [0, {num_slices - 1}], got {idx.min()}..{idx.max()}")
+    lo = np.zeros_like(idx) if first is None else np.asarray(first, dtype=np.int64).reshape(-1)
+    hi = np.full_like(idx, num_slices - 1) if last is None else np.asarray(last, dtype=np.int64).reshape(-1)
     offsets = np.arange(-context, context + 1, dtype=np.int64)
-    return np.clip(idx[:, None] + offsets[None, :], 0, num_slices - 1)
+    return np.clip(idx[:, None] + offsets[None, :], lo[:, None], hi[:, None])
 
 
-def slice_stack(volume: Any, indices: Any, context: int) -> Any:
-    """``volume[K, H, W]`` (numpy or torch) → ``[B, 2·context + 1, H, W]`` for the slices ``indices``."""
+def slice_stack(volume: Any, indices: Any, context: int, first: Any = None, last: Any = None) -> Any:
+    """``volume[K, H, W]`` (numpy or torch) → ``[B, 2·context + 1, H, W]`` for the slices ``indices``
+    (``first``/``last``: see :func:`stack_indices`)."""
     if volume.ndim != 3:
         raise ValueError(f"expected a [slices, height, width] volume, got {volume.ndim} dimensions")
-    idx = stack_indices(int(volume.shape[0]), indices, context)
+    if not isinstance(indices, np.ndarray):
+        indices = np.asarray(indices.cpu() if hasattr(indices, "cpu") else indices)
+    idx = stack_indices(int(volume.shape[0]), indices, context, first, last)
     if isinstance(volume, np.ndarray):
         return volume[idx]
     import torch  # only when given a tensor: the module itself stays torch-free

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from DualDSynthesisLib.console import safe_console
+from DualDSynthesisLib.intensity import SOURCE_NORMS
 
 PROG = "duald-train"
 VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(tr, "--n-critic", type=int, default=1, help="D1 updates per step")
     _add(tr, "--seed", type=int, default=0, help="random seed")
     _add(tr, "--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
+    _add(tr, "--d2-target", default="binary", choices=("binary", "error"),
+         help="D2's labels for fake slices: binary (the paper: 0) or error (1 - local |error| / --error-tau)")
+    _add(tr, "--error-weight", type=float, default=0.1, help="weight of the expected-error head's Laplace likelihood")
+    _add(tr, "--error-tau", type=float, default=0.1, help="normalised error counted as fully fake (--d2-target error)")
 
     da = p.add_argument_group("data preparation and sampling")
     _add(da, "--spacing", default="", help="in-plane spacing in mm, 'x,y' or one number; default: the data's")
@@ -102,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add(da, "--tumour-fraction", type=float, default=0.5,
          help="probability of drawing a slice among those with tumour (when label masks exist)")
     _add(da, "--no-flip", action="store_true", help="no random left-right flips")
+    _add(da, "--source-norm", default="p99.5", choices=tuple(SOURCE_NORMS),
+         help="source intensity normalisation: p99.5 (foreground 99.5th percentile), median, or peak (main "
+              "histogram mode); median/peak resist bright fat in unstripped heads")
+    _add(da, "--context-slices", type=int, default=0,
+         help="adjacent slices on each side fed to the generator as channels (2.5-D); 0 = 2-D")
+    _add(da, "--augment", type=float, default=0.0,
+         help="strength 0..1 of the source's scanner/contrast augmentation (bias field, gamma, scale, blur, noise)")
     _add(da, "--crop-size", type=int, default=0,
          help="train on random square crops of this size centred in the foreground (0 = whole slices); "
               "a multiple of 2^depth, at least 32. Validation and inference always use whole slices")
@@ -110,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(ar, "--base-width", type=int, default=8, help="generator width of the first level")
     _add(ar, "--depth", type=int, default=4, help="generator down-samplings (slices padded to 2^depth)")
     _add(ar, "--d2-base-width", type=int, default=16, help="local discriminator width")
+    _add(ar, "--no-error-head", action="store_true", help="no expected-error output (the trust map) on the generator")
+    _add(ar, "--d2-head", default="patch", choices=("patch", "pixel"),
+         help="patch: the paper's D2 (a logit per 8×8 cell); pixel: a U-Net D2 with a logit per pixel")
 
     mo = p.add_argument_group("monitoring")
     _add(mo, "--val-every", type=int, default=1000, help="validate every N steps (0 = only at the end)")
@@ -133,7 +148,9 @@ def _config(args: argparse.Namespace, slicer: bool) -> Any:  # RunConfig, import
         n_critic=args.n_critic, val_every=args.val_every, best_metric=args.best_metric, seed=args.seed,
         spacing=args.spacing, target_kind=args.target_kind, base_width=args.base_width, depth=args.depth,
         d2_base_width=args.d2_base_width, tumour_fraction=args.tumour_fraction, flip=not args.no_flip, amp=args.amp,
-        crop_size=args.crop_size,
+        crop_size=args.crop_size, source_norm=args.source_norm, context_slices=args.context_slices,
+        augment=args.augment, error_head=not args.no_error_head, d2_head=args.d2_head, d2_target=args.d2_target,
+        error_weight=args.error_weight, error_tau=args.error_tau,
         workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every, slicer=slicer,
     )
 

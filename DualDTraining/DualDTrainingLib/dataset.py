@@ -17,6 +17,7 @@ every rank holds all subjects and takes every ``world_size``-th candidate slice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,9 @@ from DualDSynthesisLib.preprocess import (
     RestoreContext,
     prepare_on_grid,
     prepare_volume,
+    source_mapping,
 )
+from DualDSynthesisLib.slicestack import check_context, slice_stack
 
 from .discovery import SubjectPair, load_foreground, load_pair
 
@@ -89,11 +92,11 @@ def parse_spacing(text: str | None) -> tuple[float, float] | None:
 
 
 def base_spec(target_kind: Literal["mri", "ct"], spacing: tuple[float, float] | None, size_multiple: int,
-              min_size: int = 32) -> PreprocessingSpec:
+              min_size: int = 32, source_norm: str = "p99.5", context_slices: int = 0) -> PreprocessingSpec:
     """Spec before the target's ``reference_scale`` is known (set by :func:`finish_spec`)."""
     target = IntensityMapping("ct_hu") if target_kind == "ct" else IntensityMapping("mri_percentile")
-    return PreprocessingSpec(source=IntensityMapping("mri_percentile"), target=target, spacing=spacing,
-                             size_multiple=size_multiple, min_size=min_size)
+    return PreprocessingSpec(source=source_mapping(source_norm), target=target, spacing=spacing,
+                             size_multiple=size_multiple, min_size=min_size, context_slices=context_slices)
 
 
 def finish_spec(spec: PreprocessingSpec, target_scales: Sequence[float]) -> PreprocessingSpec:
@@ -102,8 +105,7 @@ def finish_spec(spec: PreprocessingSpec, target_scales: Sequence[float]) -> Prep
         return spec
     ref = float(np.median(np.asarray(target_scales, dtype=np.float64)))
     target = IntensityMapping(spec.target.kind, spec.target.percentile, spec.target.clip, ref)
-    return PreprocessingSpec(spec.source, target, spec.orientation, spec.slice_axis, spec.spacing,
-                             spec.size_multiple, spec.min_size)
+    return dataclasses.replace(spec, target=target)
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -204,12 +206,13 @@ class SliceSampler:
     border changes nothing but speed."""
 
     def __init__(self, subjects: Sequence[PreparedSubject], rng: np.random.Generator, tumour_fraction: float = 0.5,
-                 flip: bool = True, slice_shard: tuple[int, int] = (0, 1), crop: int = 0) -> None:
+                 flip: bool = True, slice_shard: tuple[int, int] = (0, 1), crop: int = 0, context: int = 0) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
         if not 0.0 <= tumour_fraction <= 1.0:
             raise ValueError(f"--tumour-fraction must be between 0 and 1, got {tumour_fraction}")
         self.rng, self.flip = rng, flip
+        self.context = check_context(context)
         h = max(s.source.shape[1] for s in subjects)
         w = max(s.source.shape[2] for s in subjects)
         if crop and (crop > h or crop > w):
@@ -228,10 +231,19 @@ class SliceSampler:
         has_tumour = np.concatenate([
             s.tumour.any(axis=(1, 2)) if s.tumour is not None else np.zeros(len(s.source), bool) for s in subjects
         ])
+        # First and last slice of each slice's own subject: a 2.5-D stack never reaches into the next one.
+        sizes = [len(s.source) for s in subjects]
+        starts = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
+        self.first, self.last = starts, starts + np.repeat(sizes, sizes) - 1
+        subject_of = np.repeat(np.arange(len(subjects)), sizes)
         rank, world = slice_shard
         keep = np.arange(len(self.source)) % world == rank
         self.indices = np.flatnonzero(keep)
         weights = np.where(fg_frac[self.indices] >= FOREGROUND_MIN_FRACTION, 1.0, EMPTY_SLICE_WEIGHT)
+        # Every subject gets the same total probability, however many slices it has (a sagittal 256-slice
+        # scan must not outweigh a clinical head with 40 thick slices): sample per subject, not per slice.
+        per_subject = np.bincount(subject_of[self.indices], weights=weights, minlength=len(subjects))
+        weights = weights / per_subject[subject_of[self.indices]]
         self.weights = weights / weights.sum()
         self.tumour_indices = self.indices[has_tumour[self.indices]]
         self.tumour_fraction = tumour_fraction if len(self.tumour_indices) else 0.0
@@ -263,21 +275,22 @@ class SliceSampler:
         return int(np.clip(cy - half, 0, h - self.crop)), int(np.clip(cx - half, 0, w - self.crop))
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source ``[B, 2·context + 1, H, W]``, target ``[B, 1, H, W]``)."""
         idx, for_tumour = self.sample_indices(batch_size)
+        stacks = slice_stack(self.source, idx, self.context, self.first[idx], self.last[idx])
         if self.crop:
             c = self.crop
-            src = np.empty((batch_size, c, c), np.float32)
-            tgt = np.empty((batch_size, c, c), np.float32)
+            src = np.empty((batch_size, stacks.shape[1], c, c), np.float32)
+            tgt = np.empty((batch_size, 1, c, c), np.float32)
             for b, (i, t) in enumerate(zip(idx, for_tumour, strict=True)):
                 y, x = self._crop_origin(self.tumour_box[i] if t else self.fg_box[i])
-                src[b] = self.source[i, y : y + c, x : x + c]
-                tgt[b] = self.target[i, y : y + c, x : x + c]
+                src[b] = stacks[b, :, y : y + c, x : x + c]
+                tgt[b, 0] = self.target[i, y : y + c, x : x + c]
         else:
-            src = self.source[idx]
-            tgt = self.target[idx]
+            src = stacks
+            tgt = self.target[idx][:, None]
         if self.flip:
             flips = self.rng.random(batch_size) < 0.5
-            src[flips] = src[flips, :, ::-1]
-            tgt[flips] = tgt[flips, :, ::-1]
-        return (torch.from_numpy(np.ascontiguousarray(src[:, None])),
-                torch.from_numpy(np.ascontiguousarray(tgt[:, None])))
+            src[flips] = src[flips, :, :, ::-1]
+            tgt[flips] = tgt[flips, :, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(src)), torch.from_numpy(np.ascontiguousarray(tgt))

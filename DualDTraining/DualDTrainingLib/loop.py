@@ -36,9 +36,11 @@ import torch
 from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
 from DualDSynthesisLib.figures import write_png
 from DualDSynthesisLib.networks import ArchitectureConfig
-from DualDSynthesisLib.preprocess import PreprocessingSpec
+from DualDSynthesisLib.preprocess import PreprocessingSpec, source_mapping
+from DualDSynthesisLib.slicestack import channels
 
 from . import checkpoint as ckpt
+from .augment import SourceAugmentation
 from .dataset import (
     SliceSampler,
     base_spec,
@@ -53,7 +55,7 @@ from .discovery import DiscoveryError, discover
 from .distributed import DistContext, PeerNonFiniteError, init_from_env, stop_together
 from .reporting import Progress, Reporter, sample_grid
 from .step import DualDTrainer, NonFiniteLossError, TrainingConfig
-from .validation import check_metric_name, is_better, jsonable_metrics, validate
+from .validation import check_metric_name, is_better, jsonable_metrics, sample_captions, validate
 
 EXIT_NON_FINITE = 3
 PARAM_DIGEST_ENV = "DUALD_TRAIN_PARAM_DIGEST_DIR"  # tests: each rank writes a digest of its parameters
@@ -107,6 +109,14 @@ class RunConfig:
     tumour_fraction: float = 0.5
     flip: bool = True
     crop_size: int = 0
+    source_norm: str = "p99.5"
+    context_slices: int = 0
+    augment: float = 0.0
+    error_head: bool = True
+    d2_head: str = "patch"
+    d2_target: str = "binary"
+    error_weight: float = 0.1
+    error_tau: float = 0.1
     amp: bool = False
     workers: int = 2
     log_every: int = 10
@@ -114,11 +124,14 @@ class RunConfig:
     slicer: bool = False  # progress as Slicer <filter-progress> lines on stdout
 
     def architecture(self) -> ArchitectureConfig:
-        return ArchitectureConfig(g_base_width=self.base_width, g_depth=self.depth, d2_base_width=self.d2_base_width)
+        return ArchitectureConfig(in_channels=channels(self.context_slices), g_base_width=self.base_width,
+                                  g_depth=self.depth, d2_base_width=self.d2_base_width, g_error_head=self.error_head,
+                                  d2_head=self.d2_head)
 
     def training(self) -> TrainingConfig:
         return TrainingConfig(variant=self.variant, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
-                              p=self.p, lr_g=self.lr_g, lr_d1=self.lr_d1, lr_d2=self.lr_d2, n_critic=self.n_critic)
+                              p=self.p, lr_g=self.lr_g, lr_d1=self.lr_d1, lr_d2=self.lr_d2, n_critic=self.n_critic,
+                              error_weight=self.error_weight, d2_target=self.d2_target, error_tau=self.error_tau)
 
     def check(self) -> None:
         for name in ("iterations", "batch_size", "log_every", "checkpoint_every", "workers"):
@@ -137,6 +150,8 @@ class RunConfig:
             self.training()
             self.architecture()
             parse_spacing(self.spacing)
+            source_mapping(self.source_norm)
+            SourceAugmentation(self.augment)
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
 
@@ -292,7 +307,8 @@ class Run:
         if self.state is not None:
             spec = PreprocessingSpec.from_dict(self.state["preprocessing"])
         else:
-            spec = base_spec(cfg.resolved_target_kind(), spacing, _size_multiple(self.arch))
+            spec = base_spec(cfg.resolved_target_kind(), spacing, _size_multiple(self.arch),
+                             source_norm=cfg.source_norm, context_slices=cfg.context_slices)
         mine, shard_slices = shard_pairs(train, ctx.rank, ctx.world_size)
         t0 = time.time()
         try:
@@ -319,7 +335,9 @@ class Run:
             raise TrainingError(val_error)
         self.sampler_rng = np.random.default_rng([cfg.seed, ctx.rank])
         self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip,
-                                    (ctx.rank, ctx.world_size) if shard_slices else (0, 1), cfg.crop_size)
+                                    (ctx.rank, ctx.world_size) if shard_slices else (0, 1), cfg.crop_size,
+                                    self.spec.context_slices)
+        self.augment = SourceAugmentation(cfg.augment, seed=cfg.seed * 7919 + ctx.rank)
         del subjects
         self.train_names = [p.subject for p in train]
         self.say(f"prepared {len(train)} training subject(s) in {time.time() - t0:.1f} s: "
@@ -332,7 +350,8 @@ class Run:
 
     def _check_resume(self, saved: dict[str, Any]) -> None:
         cfg = self.cfg
-        for key in ("variant", "base_width", "depth", "d2_base_width", "source", "target"):
+        for key in ("variant", "base_width", "depth", "d2_base_width", "source", "target", "source_norm",
+                    "context_slices", "error_head", "d2_head"):
             if key in saved and saved[key] != getattr(cfg, key):
                 raise TrainingError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
                                     f"{saved[key]}, not {getattr(cfg, key)}")
@@ -405,11 +424,11 @@ class Run:
             t0 = time.time()
             local = self.trainer.local if self.trainer.config.variant.uses_local else None
             mean, per_subject, rows = validate(self.trainer.generator, local, self.val_subjects, self.ctx.device,
-                                               self.cfg.batch_size, self.cfg.amp)
+                                               self.cfg.batch_size, self.cfg.amp, self.spec.context_slices)
             self.reporter.log("validation", step, {**mean, "per_subject": per_subject,
                                                    "seconds": round(time.time() - t0, 2)})
             if rows:
-                grid = sample_grid(rows)
+                grid = sample_grid(rows, sample_captions(self.arch.g_error_head, local is not None))
                 write_png(grid, self.cfg.output / "samples" / f"step-{step:07d}.png")
                 self.reporter.image("samples", grid, step)
             metric = self.cfg.best_metric
@@ -450,6 +469,7 @@ class Run:
             if ctx.any_flag(signals.received is not None):
                 return self._stop_on_signal(signals.received or signal.SIGTERM)
             src, tgt = self.sampler.batch(cfg.batch_size)
+            src = self.augment(src)
             try:
                 losses = trainer.step(src, tgt)
             except NonFiniteLossError as exc:

@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -133,11 +134,27 @@ def _grey(x: np.ndarray) -> np.ndarray:
     return np.stack([g, g, g], axis=-1)
 
 
-def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], gap: int = 2) -> np.ndarray:
-    """RGB uint8 [H, W, 3]: one row per slice, columns source | real | synthetic | heatmap."""
+def _caption_strip(captions: Sequence[str], widths: Sequence[int], gap: int) -> np.ndarray:
+    """A dark strip with each column's caption (Pillow's built-in bitmap font: no font file needed)."""
+    from PIL import Image, ImageDraw
+
+    total = sum(widths) + gap * (len(widths) - 1)
+    strip = Image.new("RGB", (total, 14), (40, 40, 40))
+    draw = ImageDraw.Draw(strip)
+    x = 0
+    for text, w in zip(captions, widths, strict=True):
+        draw.text((x + 2, 1), text, fill=(235, 235, 235))
+        x += w + gap
+    return np.asarray(strip, dtype=np.uint8)
+
+
+def sample_grid(rows: Sequence[tuple[np.ndarray, ...]], captions: Sequence[str] | None = None,
+                gap: int = 2) -> np.ndarray:
+    """RGB uint8 [H, W, 3]: one row per slice; columns source | real | synthetic in grey, then each map
+    (values in [0, 1]) in the heat colour map; ``captions`` (one per column) label the columns on top."""
     tiles = []
-    for src, real, fake, heat in rows:
-        cols = [_grey(src), _grey(real), _grey(fake), (hot_rgb(heat) * 255.0 + 0.5).astype(np.uint8)]
+    for src, real, fake, *maps in rows:
+        cols = [_grey(src), _grey(real), _grey(fake), *((hot_rgb(m) * 255.0 + 0.5).astype(np.uint8) for m in maps)]
         h = cols[0].shape[0]
         sep = np.full((h, gap, 3), 40, np.uint8)
         row = [cols[0]]
@@ -148,4 +165,8 @@ def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     out = [tiles[0]]
     for t in tiles[1:]:
         out += [np.full((gap, width, 3), 40, np.uint8), t]
+    if captions is not None:
+        if len(captions) != len(rows[0]):
+            raise ValueError(f"{len(captions)} captions for {len(rows[0])} columns")
+        out.insert(0, _caption_strip(captions, [c.shape[1] for c in rows[0]], gap))
     return np.concatenate(out, axis=0)

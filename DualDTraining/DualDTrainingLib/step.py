@@ -72,6 +72,9 @@ class TrainingConfig:
     betas_d2: tuple[float, float] = (0.5, 0.999)
     n_critic: int = 1  # D1 updates per step; 1 keeps a dual_attention step within 2x a unet step
     gp_weight: float = 10.0  # lambda of the gradient penalty (Eq. 3)
+    error_weight: float = 0.1  # weight of the Laplace NLL that trains G's expected-error head (if it has one)
+    d2_target: str = "binary"  # "binary": the paper's fake → 0; "error": fake → 1 − local|error|/tau
+    error_tau: float = 0.1  # normalised-intensity error that counts as "completely fake" for d2_target="error"
 
     def __post_init__(self) -> None:
         try:
@@ -81,9 +84,13 @@ class TrainingConfig:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {names}") from None
         if self.p not in (1, 2):
             raise ValueError(f"p must be 1 or 2, got {self.p!r}")
+        if self.d2_target not in D2_TARGETS:
+            raise ValueError(f"d2_target must be one of {', '.join(D2_TARGETS)}, got {self.d2_target!r}")
+        if self.error_tau <= 0:
+            raise ValueError(f"error_tau must be positive, got {self.error_tau!r}")
         if self.n_critic < 1:
             raise ValueError(f"n_critic must be at least 1, got {self.n_critic!r}")
-        for name in ("lambda1", "lambda2", "beta", "gp_weight"):
+        for name in ("lambda1", "lambda2", "beta", "gp_weight", "error_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
         for name in ("lr_g", "lr_d1", "lr_d2"):
@@ -102,6 +109,7 @@ class TrainingConfig:
 
 
 GradSync = Callable[[nn.Module], None]
+D2_TARGETS = ("binary", "error")
 
 
 class DualDTrainer:
@@ -162,7 +170,7 @@ class DualDTrainer:
 
         if v.uses_global or v.uses_local:
             with torch.no_grad(), self._autocast():
-                fake_d = self.generator(source).float()
+                fake_d = self.generator(source)[:, :1].float()
         if v.uses_global:
             self.critic.train()
             for _ in range(cfg.n_critic):
@@ -176,13 +184,18 @@ class DualDTrainer:
         if v.uses_local:
             self.local.train()
             with self._autocast():
-                d2 = 0.5 * (losses.dense_bce(self.local(target), 1.0) + losses.dense_bce(self.local(fake_d), 0.0))
+                logits_fake = self.local(fake_d)
+                fake_label: float | torch.Tensor = 0.0
+                if cfg.d2_target == "error":
+                    fake_label = losses.error_aware_labels(fake_d, target, tuple(logits_fake.shape[-2:]), cfg.error_tau)
+                d2 = 0.5 * (losses.dense_bce(self.local(target), 1.0) + losses.dense_bce(logits_fake, fake_label))
             self._check({"D2": d2})
             self._update(d2, self.local, self.opt_d2)
             out["d2"] = d2
 
         with self._autocast():
-            fake = self.generator(source).float()
+            output = self.generator(source).float()
+            fake = output[:, :1]
             adv1 = losses.generator_global_loss(self.critic(fake)) if v.uses_global else None
             adv2 = None
             logits = None
@@ -194,7 +207,13 @@ class DualDTrainer:
             else:
                 rec = losses.reconstruction_loss(fake, target, cfg.p)
             g = losses.generator_total(rec, adv1, adv2, cfg.lambda1, cfg.lambda2)
+            nll = None
+            if output.shape[1] == 2:  # the expected-error head
+                nll = losses.laplace_nll(fake, output[:, 1:], target)
+                g = g + cfg.error_weight * nll
         terms = {"G": g, "G_reconstruction": rec}
+        if nll is not None:
+            terms["G_error_nll"] = nll
         if adv1 is not None:
             terms["G_adv_global"] = adv1
         if adv2 is not None:
@@ -206,6 +225,8 @@ class DualDTrainer:
         with torch.no_grad():
             out["l1"] = (fake - target).abs().mean()
         out.update(g=g, g_reconstruction=rec)
+        if nll is not None:
+            out["g_error_nll"] = nll
         if adv1 is not None:
             out["g_adv_global"] = adv1
         if adv2 is not None:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from DualDSynthesisLib import metrics
-from DualDSynthesisLib.losses import confidence_to_grid
+from DualDSynthesisLib.losses import difficulty_from_logits, expected_error
+from DualDSynthesisLib.slicestack import slice_stack
 
 from .dataset import PreparedSubject
 
@@ -44,34 +45,40 @@ def check_metric_name(name: str) -> str:
 
 @torch.no_grad()
 def predict(generator: torch.nn.Module, source: np.ndarray, device: torch.device, batch_size: int,
-            amp: bool = False) -> np.ndarray:
-    """G over all slices of a prepared volume [K, H, W] (eval mode, as at inference) → float32 [K, H, W]."""
+            amp: bool = False, context: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """G over all slices of a prepared volume [K, H, W] (eval mode, as at inference) → (float32 [K, H, W],
+    the expected |error| [K, H, W] in normalised units when G has that head, else None)."""
     was_training = generator.training
     generator.eval()
     out = np.empty_like(source, dtype=np.float32)
+    err = None
     try:
         for k0 in range(0, len(source), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(source[k0 : k0 + batch_size, None])).to(device)
+            idx = np.arange(k0, min(k0 + batch_size, len(source)))
+            x = torch.from_numpy(np.ascontiguousarray(slice_stack(source, idx, context))).to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 y = generator(x)
-            out[k0 : k0 + len(x)] = y[:, 0].float().cpu().numpy()
+            out[idx] = y[:, 0].float().cpu().numpy()
+            if y.shape[1] == 2:
+                if err is None:
+                    err = np.zeros_like(out)
+                err[idx] = expected_error(y[:, 1:])[:, 0].cpu().numpy()
     finally:
         generator.train(was_training)
-    return out
+    return out, err
 
 
 @torch.no_grad()
 def difficulty(local: torch.nn.Module, synthetic: np.ndarray, device: torch.device) -> np.ndarray:
-    """``1 − M`` for slices [N, H, W]: D2's confidence map, upsampled to the slice size."""
+    """``1 − M`` for slices [N, H, W]: D2's confidence map on the slice grid (the engine's mapping)."""
     was_training = local.training
     local.eval()
     try:
         x = torch.from_numpy(np.ascontiguousarray(synthetic[:, None])).to(device)
-        # the same mapping to the slice grid as the inference engine, so sample grids show the real heatmap
-        m = confidence_to_grid(torch.sigmoid(local(x).float()), tuple(x.shape[-2:]))
+        heat = difficulty_from_logits(local(x), tuple(x.shape[-2:]))
     finally:
         local.train(was_training)
-    return (1.0 - m[:, 0]).cpu().numpy()
+    return heat[:, 0].cpu().numpy()
 
 
 def subject_metrics(pred: np.ndarray, subject: PreparedSubject) -> dict[str, float]:
@@ -119,6 +126,16 @@ def sample_slices(subject: PreparedSubject, n: int = 3) -> list[int]:
     return unique[:n]
 
 
+def sample_captions(has_error_head: bool, has_d2: bool) -> list[str]:
+    """Captions of :func:`validate`'s sample columns, in order."""
+    caps = ["source", "real", "synthetic", "|error| x4"]
+    if has_error_head:
+        caps.append("expected error x4")
+    if has_d2:
+        caps.append("D2 difficulty 1-M")
+    return caps
+
+
 def validate(
     generator: torch.nn.Module,
     local: torch.nn.Module | None,
@@ -126,23 +143,28 @@ def validate(
     device: torch.device,
     batch_size: int,
     amp: bool = False,
+    context: int = 0,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[tuple[np.ndarray, ...]]]:
     """(mean metrics, per-subject metrics, sample rows source|real|synthetic|heatmap of the first subject)."""
     per_subject: dict[str, dict[str, float]] = {}
     rows: list[tuple[np.ndarray, ...]] = []
     for i, subject in enumerate(subjects):
-        pred = predict(generator, subject.source, device, batch_size, amp)
+        pred, err = predict(generator, subject.source, device, batch_size, amp, context)
         per_subject[subject.name] = subject_metrics(pred, subject)
         if i == 0:
             ks = sample_slices(subject)
             ys, xs = subject.crop
             fake = pred[ks]
+            # Columns (captioned in the PNG): source | real | synthetic | |error| (×4) | G's expected error
+            # (×4, when it has the head) | D2's difficulty 1 − M (when trained)
+            real_err = np.clip(np.abs(fake - subject.target[ks]) * 4.0, 0.0, 1.0)
+            maps = [real_err]
+            if err is not None:
+                maps.append(np.clip(err[ks] * 4.0, 0.0, 1.0))
             if local is not None:
-                heat = difficulty(local, fake, device)
-            else:  # no D2 in this variant: show where the synthesis is wrong instead
-                heat = np.clip(np.abs(fake - subject.target[ks]) * 4.0, 0.0, 1.0)
-            rows = [(subject.source[k][ys, xs], subject.target[k][ys, xs], fake[j][ys, xs], heat[j][ys, xs])
-                    for j, k in enumerate(ks)]
+                maps.append(difficulty(local, fake, device))
+            rows = [(subject.source[k][ys, xs], subject.target[k][ys, xs], fake[j][ys, xs],
+                     *(m[j][ys, xs] for m in maps)) for j, k in enumerate(ks)]
     return average(per_subject), per_subject, rows
 
 
