@@ -53,8 +53,8 @@ from .defaults import DEFAULT_MODEL
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
 from .losses import difficulty_from_logits, expected_error
 from .networks import ArchitectureConfig
-from .slicestack import slice_stack
 from .preprocess import PreprocessError, PreprocessingSpec, prepare_volume, restore_volume, validate_volume
+from .slicestack import slice_stack
 
 __all__ = [
     "DEFAULT_MODEL",
