@@ -41,6 +41,28 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def spearman(scores: np.ndarray, values: np.ndarray, max_samples: int = 500_000) -> float:
+    """Spearman rank correlation (ties get average ranks); a fixed strided subsample above ``max_samples``."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if scores.size != values.size:
+        raise ValueError(f"{scores.size} scores for {values.size} values")
+    step = max(1, scores.size // max_samples)
+    a, b = stats.rankdata(scores[::step]), stats.rankdata(values[::step])
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def map_scores(maps: dict[str, np.ndarray], abs_error: np.ndarray, foreground: np.ndarray) -> dict[str, dict]:
+    """For each trust map: AUROC for the worst-10 % |error| voxels and Spearman correlation with |error|,
+    both inside ``foreground`` — how well the map says where not to trust the synthetic image."""
+    err = abs_error[foreground]
+    worst = err >= np.quantile(err, 1.0 - WORST_FRACTION)
+    return {name: {"auroc": auroc(m[foreground], worst), "spearman": spearman(m[foreground], err)}
+            for name, m in maps.items()}
+
+
 def gradient_magnitude(volume: np.ndarray, spacing_kji: tuple[float, float, float]) -> np.ndarray:
     """|∇v| in intensity units per mm (central differences), the edge baseline for the heatmap."""
     grads = np.gradient(volume.astype(np.float32), *spacing_kji)

@@ -1,0 +1,442 @@
+"""Leave-one-source-out (LOSO) experiments: recipes, the paper's ablation, and the shipped model.
+
+Three steps, so the GPU part needs no NIfTI reading and no ../shared data on the GPU machine:
+
+1. ``prepare`` (CPU, beside ../shared): every subject is read and prepared exactly as ``duald-train``
+   does (canonical orientation, 1 mm in-plane, T1 and T2 normalised by their foreground 99.5th
+   percentile), then stored quantised to uint8 in one compressed ``.npz`` (~25 MB for 8 subjects).
+2. ``run`` (GPU or CPU): stage A trains one model per (recipe, fold) in parallel processes and picks
+   the recipe with the best mean held-out brain PSNR; stage B trains the paper's five variants (plus
+   the per-pixel, error-aware D2) with that recipe on every fold; stage C trains the final model on
+   all subjects with that recipe and the variant stage B ranks first. Every job writes a JSON record;
+   ``results.json`` gathers them.
+3. ``table`` prints the LOSO tables (per fold and mean ± std over folds) from ``results.json``.
+
+Metrics (held-out subjects, on the prepared 1 mm grid, unpadded region): PSNR (data range 1), MAE
+and SSIM in the normalised T2 space, over the foreground (source ∪ target: the brain, or the head for
+unstripped scans) and inside the lesion/tumour labels; and for each trust map (G's expected error,
+D2's difficulty, the edge baseline) the AUROC for the worst-10 % error voxels and the Spearman
+correlation with |error|. ``duald-evaluate`` on the original files gives the as-a-user-would numbers.
+
+    python experiments/loso.py prepare --data ../shared/data/brain-mri --out loso.npz
+    python experiments/loso.py run --prepared loso.npz --out runs/loso --device cuda --parallel 25
+    python experiments/loso.py table runs/loso/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "DualDSynthesis"), str(ROOT / "DualDTraining")]
+
+from DualDTrainingLib.folds import loso_folds, read_sources  # noqa: E402
+
+SOURCES_CSV = ROOT / "experiments" / "brain_mri_sources.csv"
+Q_RANGE = 2.0  # normalised intensities are stored as uint8 over [0, 2] (the p99.5 mapping's clip range)
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def prepare(args: argparse.Namespace) -> None:
+    from DualDTrainingLib.dataset import base_spec, prepare_subject
+    from DualDTrainingLib.discovery import discover
+
+    sources = read_sources(args.sources)
+    found = discover(Path(args.data), "t1", "t2")
+    spec = base_spec("mri", (args.spacing, args.spacing), 16)
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"subjects": {}, "spacing": args.spacing}
+    for pair in found.pairs:
+        if pair.subject not in sources:
+            print(f"skip {pair.subject}: not in {Path(args.sources).name}", file=sys.stderr)
+            continue
+        t0 = time.time()
+        s = prepare_subject(pair, spec)
+        q = lambda a: np.round(np.clip(a, 0, Q_RANGE) * (255 / Q_RANGE)).astype(np.uint8)  # noqa: E731
+        arrays[f"{s.name}/source"] = q(s.source)
+        arrays[f"{s.name}/target"] = q(s.target)
+        arrays[f"{s.name}/foreground"] = np.packbits(s.foreground)
+        if s.tumour is not None:
+            arrays[f"{s.name}/tumour"] = np.packbits(s.tumour)
+        meta["subjects"][s.name] = {
+            "source": sources[s.name], "shape": list(s.source.shape), "crop": list(s.context.crop),
+            "source_scale": s.source_scale, "target_scale": s.target_scale,
+            "slice_spacing": s.context.prepared.spacing[2], "tumour": s.tumour is not None,
+        }
+        print(f"{s.name}: {s.source.shape} in {time.time() - t0:.1f} s", file=sys.stderr)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez_compressed(args.out, **arrays)
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+
+
+@dataclass
+class Loaded:
+    name: str
+    source: np.ndarray  # float32 [K, H, W], p99.5-normalised
+    target: np.ndarray
+    foreground: np.ndarray
+    tumour: np.ndarray | None
+    info: dict
+
+
+def load_prepared(path: str | Path, names: list[str] | None = None) -> dict[str, Loaded]:
+    data = np.load(path)
+    meta = json.loads(bytes(data["meta"]).decode())
+    out = {}
+    for name, info in meta["subjects"].items():
+        if names is not None and name not in names:
+            continue
+        shape = tuple(info["shape"])
+        unq = lambda a: a.astype(np.float32) * np.float32(Q_RANGE / 255)  # noqa: E731
+        unpack = lambda a: np.unpackbits(a, count=int(np.prod(shape))).reshape(shape).astype(bool)  # noqa: E731
+        tumour = unpack(data[f"{name}/tumour"]) if info["tumour"] else None
+        out[name] = Loaded(name, unq(data[f"{name}/source"]), unq(data[f"{name}/target"]),
+                           unpack(data[f"{name}/foreground"]), tumour, info)
+    return out
+
+
+# ----------------------------------------------------------------------------- one job
+
+
+def _renormalise(source: np.ndarray, scale: float, norm: str) -> np.ndarray:
+    """The stored p99.5-normalised source under another ``--source-norm`` (through raw units)."""
+    from DualDSynthesisLib.intensity import source_mapping
+
+    if norm == "p99.5":
+        return source
+    mapping = source_mapping(norm)
+    raw = source * np.float32(scale)
+    return mapping.forward(raw, mapping.scale_for(raw, None))
+
+
+def _subject(loaded: Loaded, norm: str):
+    from DualDSynthesisLib.preprocess import Grid, RestoreContext
+    from DualDTrainingLib.dataset import PreparedSubject
+
+    k, h, w = loaded.source.shape
+    grid = Grid((w, h, k), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    context = RestoreContext(grid, "LPS", "float", grid, grid, (False,) * 3, (0, 1, 2),
+                             tuple(loaded.info["crop"]), (k, h, w))
+    return PreparedSubject(loaded.name, _renormalise(loaded.source, loaded.info["source_scale"], norm),
+                           loaded.target, loaded.foreground, loaded.tumour, 1.0, loaded.info["target_scale"], context)
+
+
+def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str, Any]:
+    import torch
+    from DualDSynthesisLib import metrics
+    from DualDTrainingLib.evaluation import gradient_magnitude, map_scores
+    from DualDTrainingLib.validation import difficulty, predict
+
+    pred, err = predict(trainer.generator, subject.source, device, 16, trainer.amp, context)
+    ys, xs = subject.crop
+    p, t = pred[:, ys, xs], subject.target[:, ys, xs]
+    fg = subject.foreground[:, ys, xs]
+    smap = metrics.ssim_map(p, t, 1.0)
+    out: dict[str, Any] = {"foreground": {"psnr": metrics.psnr(p, t, 1.0, fg), "mae": metrics.mae(p, t, fg),
+                                          "ssim": metrics.masked_mean(smap, fg)}}
+    if subject.tumour is not None and subject.tumour[:, ys, xs].any():
+        m = subject.tumour[:, ys, xs]
+        out["lesion"] = {"psnr": metrics.psnr(p, t, 1.0, m), "mae": metrics.mae(p, t, m),
+                         "ssim": metrics.masked_mean(smap, m)}
+    maps = {"edge": gradient_magnitude(p, (float(subject.context.prepared.spacing[2]), 1.0, 1.0))}
+    if err is not None:
+        maps["expected_error"] = err[:, ys, xs]
+    if has_d2:
+        with torch.no_grad():
+            heat = np.concatenate([difficulty(trainer.local, pred[k : k + 16], device)
+                                   for k in range(0, len(pred), 16)])
+        maps["d2"] = heat[:, ys, xs]
+    out["maps"] = map_scores(maps, np.abs(p - t), fg)
+    return out
+
+
+def _bundle(trainer, spec, job: dict, path: Path, half: bool) -> None:
+    import copy
+
+    from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
+
+    v = trainer.config.variant
+    g = copy.deepcopy(trainer.generator).eval()
+    d2 = copy.deepcopy(trainer.local).eval() if v.uses_local else None
+    if half:  # fold bundles travel back from the GPU machine; they load into float32 networks
+        g = g.half()
+        d2 = d2.half() if d2 is not None else None
+    meta = BundleMetadata(
+        architecture=trainer.architecture.to_dict(), variant=v.value, source_modality="t1", target_modality="t2",
+        preprocessing=spec.to_dict(), has_local_discriminator=v.uses_local,
+        provenance={"experiment": "experiments/loso.py", "job": job, "steps": trainer.step_count,
+                    "training_config": trainer.config.to_dict()},
+        name=f"DualD t1→t2 ({v.value}, {job['recipe']}, {job['fold']})",
+        description=f"LOSO job {job['id']}: trained on {', '.join(job['train'])}.")
+    save_bundle(path, g, d2, meta, overwrite=True)
+
+
+def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
+    import torch
+    from DualDSynthesisLib.networks import ArchitectureConfig
+    from DualDSynthesisLib.slicestack import channels
+    from DualDTrainingLib.augment import SourceAugmentation
+    from DualDTrainingLib.dataset import SliceSampler, base_spec, finish_spec
+    from DualDTrainingLib.step import DualDTrainer, TrainingConfig
+
+    torch.set_num_threads(1)
+    t_start = time.time()
+    r = job["recipe_settings"]
+    data = load_prepared(prepared, list(job["train"]) + list(job["test"]))
+    train = [_subject(data[n], r["source_norm"]) for n in job["train"]]
+    test = [_subject(data[n], r["source_norm"]) for n in job["test"]]
+    spec = finish_spec(base_spec("mri", (1.0, 1.0), 16, source_norm=r["source_norm"],
+                                 context_slices=r["context"]), [s.target_scale for s in train])
+    arch = ArchitectureConfig(in_channels=channels(r["context"]), g_base_width=r["width"], g_depth=4,
+                              d2_base_width=r.get("d2_width", 32), g_error_head=True,
+                              d2_head=job.get("d2_head", "patch"))
+    cfg = TrainingConfig(variant=job["variant"], d2_target=job.get("d2_target", "binary"))
+    device = torch.device(device_name)
+    torch.manual_seed(job["seed"])
+    trainer = DualDTrainer(arch, cfg, device, amp=device.type == "cuda")
+    sampler = SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3, context=r["context"],
+                           crop=r.get("crop", 0))
+    augment = SourceAugmentation(r["augment"], seed=job["seed"])
+    losses: list[float] = []
+    t0 = time.time()
+    while trainer.step_count < job["steps"] and time.time() - t0 < job["seconds"]:
+        src, tgt = sampler.batch(job["batch"])
+        src = augment(src.to(device, non_blocking=True))
+        values = trainer.step(src, tgt.to(device, non_blocking=True))
+        losses.append(values["l1"])
+    train_seconds = time.time() - t0
+    result = {**job, "steps_done": trainer.step_count, "train_seconds": round(train_seconds, 1),
+              "final_l1": float(np.mean(losses[-50:])) if losses else None,
+              "reference_scale": spec.target.reference_scale, "per_subject": {}}
+    for s in test:
+        result["per_subject"][s.name] = _evaluate(trainer, s, r["context"], device, cfg.variant.uses_local)
+    if job.get("bundle"):
+        _bundle(trainer, spec, job, out / job["bundle"], half=job.get("half", True))
+    result["seconds"] = round(time.time() - t_start, 1)
+    return result
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # the first plan's recipe at a 16-wide generator
+    "base": {"source_norm": "p99.5", "augment": 0.0, "context": 0, "width": 16},
+    "aug": {"source_norm": "p99.5", "augment": 1.0, "context": 0, "width": 16},
+    "median+aug": {"source_norm": "median", "augment": 1.0, "context": 0, "width": 16},
+    "peak+aug": {"source_norm": "peak", "augment": 1.0, "context": 0, "width": 16},
+    "aug+2.5d": {"source_norm": "p99.5", "augment": 1.0, "context": 1, "width": 16},
+}
+ABLATION = [  # (name, variant, D2 head, D2 labels)
+    ("unet", "unet", "patch", "binary"),
+    ("global", "global", "patch", "binary"),
+    ("local", "local", "patch", "binary"),
+    ("dual", "dual", "patch", "binary"),
+    ("dual_attention", "dual_attention", "patch", "binary"),
+    ("dual_attention+pixelD2", "dual_attention", "pixel", "error"),
+]
+
+
+def _run_parallel(jobs: list[dict], args: argparse.Namespace, out: Path) -> list[dict]:
+    """Each job in its own process (one CUDA context each), at most ``args.parallel`` at once."""
+    pending, running, done = list(jobs), [], []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            job = pending.pop(0)
+            path = out / "jobs" / f"{job['id']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            spec = out / "jobs" / f"{job['id']}.job"
+            spec.write_text(json.dumps(job), encoding="utf-8")
+            log = (out / "jobs" / f"{job['id']}.log").open("w", encoding="utf-8")
+            proc = subprocess.Popen([sys.executable, __file__, "job", str(spec), "--prepared", args.prepared,
+                                     "--out", str(out), "--device", args.device], stdout=log, stderr=log)
+            running.append((proc, path, job, log))
+        time.sleep(1.0)
+        for item in list(running):
+            proc, path, job, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode == 0 and path.is_file():
+                done.append(json.loads(path.read_text(encoding="utf-8")))
+            else:
+                tail = (out / "jobs" / f"{job['id']}.log").read_text(encoding="utf-8")[-600:]
+                print(f"job {job['id']} failed ({proc.returncode}): {tail}", file=sys.stderr)
+                done.append({**job, "failed": True})
+    return done
+
+
+def fold_mean(results: list[dict], key: str, region: str = "foreground", metric: str = "psnr") -> dict[str, float]:
+    """Mean over folds (each fold = mean over its held-out subjects) of region/metric, per group ``key``."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for r in results:
+        if r.get("failed"):
+            continue
+        vals = [s[region][metric] for s in r["per_subject"].values() if region in s]
+        if vals:
+            table.setdefault(r[key], {}).setdefault(r["fold"], []).extend(vals)
+    return {k: float(np.mean([np.mean(v) for v in folds.values()])) for k, folds in table.items()}
+
+
+def _jobs(stage: str, recipe: str, folds, seconds: float, steps: int, args, extra: dict | None = None) -> list[dict]:
+    jobs = []
+    for fold in folds:
+        job = {"id": f"{stage}-{recipe}-{fold.held_out}".replace("+", "_").replace(".", "_"), "stage": stage,
+               "recipe": recipe, "recipe_settings": RECIPES[recipe], "fold": fold.held_out, "train": list(fold.train),
+               "test": list(fold.test), "variant": "unet", "seconds": seconds, "steps": steps,
+               "batch": args.batch, "seed": args.seed}
+        job.update(extra or {})
+        if "name" in job:
+            job["id"] = f"{stage}-{job['name']}-{fold.held_out}".replace("+", "_").replace(".", "_")
+        jobs.append(job)
+    return jobs
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(bytes(np.load(args.prepared)["meta"]).decode())
+    sources = {name: info["source"] for name, info in meta["subjects"].items()}
+    folds = loso_folds(sources)[: args.max_folds or None]
+    results: list[dict] = []
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+    t0 = time.time()
+    recipes = args.recipes.split(",") if args.recipes else list(RECIPES)
+    jobs = [j for rec in recipes for j in _jobs("A", rec, folds, args.seconds_a, 10**9, args)]
+    results += _run_parallel(jobs, args, out)
+    save()
+    scores = fold_mean([r for r in results if r["stage"] == "A"], "recipe")
+    best = max(scores, key=scores.get)
+    rate = np.median([r["steps_done"] / r["train_seconds"] for r in results if r["stage"] == "A"
+                      and not r.get("failed") and r["recipe"] == best])
+    print(f"stage A ({time.time() - t0:.0f} s): {scores} -> {best}; unet {rate:.1f} steps/s", file=sys.stderr)
+
+    # Stage B: every variant the same number of steps; dual_attention costs ~3.5× a unet step.
+    steps_b = int(rate * args.seconds_b / 3.5)
+    jobs = []
+    for name, variant, head, target in ABLATION:
+        jobs += _jobs("B", best, folds, args.seconds_b * 1.5, steps_b, args,
+                      {"name": name, "variant": variant, "d2_head": head, "d2_target": target,
+                       "bundle": None})
+    for job in jobs:  # fold bundles of every variant stay on this machine; the chosen ones travel
+        job["bundle"] = f"bundles/{job['id']}.safetensors"
+    results += _run_parallel(jobs, args, out)
+    save()
+    variants = fold_mean([r for r in results if r["stage"] == "B"], "name")
+    chosen = max(variants, key=variants.get)
+    print(f"stage B ({time.time() - t0:.0f} s, {steps_b} steps): {variants} -> {chosen}", file=sys.stderr)
+
+    # Stage C: the shipped model, all subjects, the chosen recipe and variant.
+    spec = next(a for a in ABLATION if a[0] == chosen)
+    final = {"id": "C-final", "stage": "C", "recipe": best, "recipe_settings": RECIPES[best], "fold": "all",
+             "train": sorted(sources), "test": [], "variant": spec[1], "d2_head": spec[2], "d2_target": spec[3],
+             "name": chosen, "seconds": args.seconds_c, "steps": 10**9, "batch": args.batch, "seed": args.seed,
+             "bundle": "t1_to_t2.safetensors", "half": False}
+    results += _run_parallel([final], args, out)
+    summary = {"recipes": scores, "best_recipe": best, "variants": variants, "chosen_variant": chosen,
+               "steps_b": steps_b, "seconds": round(time.time() - t0, 1)}
+    results.append({"stage": "summary", **summary})
+    save()
+    print(json.dumps(summary), file=sys.stderr)
+
+
+def job_main(args: argparse.Namespace) -> None:
+    job = json.loads(Path(args.job).read_text(encoding="utf-8"))
+    out = Path(args.out)
+    if job.get("bundle"):
+        (out / job["bundle"]).parent.mkdir(parents=True, exist_ok=True)
+    result = run_job(job, args.prepared, out, args.device)
+    (out / "jobs" / f"{job['id']}.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def table(args: argparse.Namespace) -> None:
+    results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    for stage, key in (("A", "recipe"), ("B", "name")):
+        rows = [r for r in results if r.get("stage") == stage and not r.get("failed")]
+        if not rows:
+            continue
+        print(f"\nstage {stage}: mean ± std over folds (each fold: mean of its held-out subjects)")
+        print(f"{key:<24}{'brain PSNR':>16}{'min subj':>10}{'lesion PSNR':>16}{'SSIM':>14}"
+              f"{'AUROC exp.err':>15}{'AUROC D2':>10}{'AUROC edge':>12}{'steps':>8}")
+        for group in dict.fromkeys(r[key] for r in rows):
+            rs = [r for r in rows if r[key] == group]
+
+            def fold_values(region: str, metric: str, rs: list = rs) -> list[float]:
+                vals = []
+                for r in rs:
+                    v = [s[region][metric] for s in r["per_subject"].values() if region in s]
+                    if v:
+                        vals.append(float(np.mean(v)))
+                return vals
+
+            def map_values(name: str, rs: list = rs) -> list[float]:
+                return [s["maps"][name]["auroc"] for r in rs for s in r["per_subject"].values() if name in s["maps"]]
+
+            def cell(v: list[float], fmt: str = ".2f") -> str:
+                return f"{np.mean(v):{fmt}} ± {np.std(v):{fmt}}" if v else "-"
+
+            subj = [s["foreground"]["psnr"] for r in rs for s in r["per_subject"].values()]
+            steps = int(np.median([r["steps_done"] for r in rs]))
+            print(f"{group:<24}{cell(fold_values('foreground', 'psnr')):>16}{min(subj):>10.2f}"
+                  f"{cell(fold_values('lesion', 'psnr')):>16}{cell(fold_values('foreground', 'ssim'), '.3f'):>14}"
+                  f"{cell(map_values('expected_error'), '.3f'):>15}"
+                  f"{(f'{np.mean(map_values(chr(100) + chr(50))):.3f}' if map_values('d2') else '-'):>10}"
+                  f"{cell(map_values('edge'), '.3f'):>12}{steps:>8}")
+    summary = [r for r in results if r.get("stage") == "summary"]
+    if summary:
+        print("\n" + json.dumps(summary[-1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("prepare")
+    a.add_argument("--data", required=True)
+    a.add_argument("--sources", default=str(SOURCES_CSV))
+    a.add_argument("--spacing", type=float, default=1.0)
+    a.add_argument("--out", required=True)
+    b = sub.add_parser("run")
+    b.add_argument("--prepared", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--device", default="cuda")
+    b.add_argument("--parallel", type=int, default=25)
+    b.add_argument("--batch", type=int, default=16)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--max-folds", type=int, default=0, help="only the first N folds (smoke tests)")
+    b.add_argument("--recipes", default="", help="comma-separated subset of the recipes (default: all)")
+    b.add_argument("--seconds-a", type=float, default=80.0, help="training seconds per stage-A job")
+    b.add_argument("--seconds-b", type=float, default=120.0, help="budget that sets stage B's step count")
+    b.add_argument("--seconds-c", type=float, default=120.0, help="training seconds of the final model")
+    j = sub.add_parser("job")
+    j.add_argument("job")
+    j.add_argument("--prepared", required=True)
+    j.add_argument("--out", required=True)
+    j.add_argument("--device", default="cuda")
+    t = sub.add_parser("table")
+    t.add_argument("results")
+    args = p.parse_args()
+    {"prepare": prepare, "run": run, "job": job_main, "table": table}[args.command](args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
