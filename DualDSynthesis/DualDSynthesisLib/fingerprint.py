@@ -59,7 +59,7 @@ from .preprocess import PreparedVolume
 
 QUANTILES: tuple[float, ...] = (0.25, 0.50, 0.75, 0.90, 0.95)
 BRIGHT_QUANTILE = 0.70  # "bright" = above this quantile of the foreground
-BRIGHT_CORE_RADIUS_MM = 2.0  # thicker than the cortical ribbon's half-width, thinner than white matter
+BRIGHT_CORE_RADIUS_MM = 2.0  # erodes away what is under 4 mm across (cortical ribbon, sulci), not white matter
 SKULL_ML = 2000.0
 ABS_MARGIN = 0.05
 REL_MARGIN = 0.25
