@@ -96,6 +96,16 @@ def test_unseen_skull_kind_warns(toy_fp):
     assert "trained only on skull-stripped brains" in warnings[0]
 
 
+def test_quantiles_do_not_depend_on_the_source_mapping():
+    # A median-scaled bundle must get the same fingerprint values as a p99.5 one (see volume_stats).
+    median_spec = dataclasses.replace(SPEC, source=IntensityMapping("mri_percentile", 50.0, (0.0, 4.0)))
+    image = phantom(3, t2=True)
+    a = stats_of(image)
+    b = volume_stats(prepare_volume(image, median_spec, "source"))
+    assert b.quantiles == pytest.approx(a.quantiles, abs=1e-4)
+    assert b.bright_core == pytest.approx(a.bright_core, abs=1e-3)
+
+
 def test_round_trip(toy_fp):
     d = json.loads(json.dumps(toy_fp.to_dict()))
     assert TrainingFingerprint.from_dict(d) == toy_fp

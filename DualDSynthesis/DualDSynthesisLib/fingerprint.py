@@ -6,7 +6,8 @@ and shows :func:`ood_warnings` — a warning, never a refusal: the output is sti
 
 What is measured (on the volume exactly as the networks see it, from ``preprocess.prepare_volume``):
 
-- **intensity quantiles** of the normalised source inside the foreground (:data:`QUANTILES`). The
+- **intensity quantiles** of the normalised source inside the foreground (:data:`QUANTILES`), divided
+  by the foreground's own 99.5th percentile so they mean the same under every source mapping. The
   extreme tails (1 %, 99 %) are left out: they follow the CSF fraction and lesions, not the contrast;
 - **bright-core fraction**: of the foreground's brightest 30 %, the share that survives an in-plane
   erosion by a 2 mm disk. On T1 the brightest tissue is white matter, a thick compartment (0.25–0.58
@@ -43,6 +44,7 @@ Measured on the shared data (``Testing/test_fingerprint.py``): with all eight T1
 every T2, FLAIR, 6 mm T1 and the CT template (raw or in HU) warns; the whole-head T2s only just (by
 0.01–0.02: two heads make a narrow range). Held out by source, BraTS-GLI and Kirby21 T1s pass, while
 BraTS-MET, Ljubljana-MS and TCGA T1s warn: eight subjects do not cover the spread of T1 protocols.
+The decisions are the same whether the bundle's source mapping is p99.5, median or peak.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from scipy import ndimage
 from .preprocess import PreparedVolume
 
 QUANTILES: tuple[float, ...] = (0.25, 0.50, 0.75, 0.90, 0.95)
+REFERENCE_PERCENTILE = 99.5  # quantiles are relative to this percentile of the foreground (see volume_stats)
 BRIGHT_QUANTILE = 0.70  # "bright" = above this quantile of the foreground
 BRIGHT_CORE_RADIUS_MM = 2.0  # erodes away what is under 4 mm across (cortical ribbon, sulci), not white matter
 SKULL_ML = 2000.0
@@ -84,7 +87,7 @@ class FingerprintError(ValueError):
 class VolumeStats:
     """Summary of one prepared source volume (see the module doc for what each value means)."""
 
-    quantiles: tuple[float, ...]  # normalised intensities in the foreground at QUANTILES
+    quantiles: tuple[float, ...]  # foreground intensities at QUANTILES / their 99.5th percentile
     spacing: tuple[float, float, float]  # canonical (x, y, z) mm of the original input
     field_of_view: tuple[float, float, float]  # mm, canonical (x, y, z)
     foreground_fraction: float
@@ -117,10 +120,17 @@ def volume_stats(prepared: PreparedVolume) -> VolumeStats:
         raise FingerprintError("the volume has no foreground voxels, so it cannot be compared with the training data.")
     ctx = prepared.context
     canonical, grid = ctx.canonical, ctx.prepared
+    # Quantiles are taken after dividing by the foreground's own 99.5th percentile, whatever the bundle's
+    # source mapping: every MRI mapping is one linear scale per volume, so this gives the same view for
+    # p99.5, median and peak bundles (under median/peak the FLAIRs of BraTS and TCGA fell inside the T1
+    # range; their bright lesion tail only shows relative to the top of the histogram).
+    top = float(np.percentile(values, REFERENCE_PERCENTILE))
+    if not (math.isfinite(top) and top > 0):
+        raise FingerprintError(f"the volume's foreground has a {REFERENCE_PERCENTILE}th percentile of {top}, not > 0.")
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     foreground_ml = float(values.size) * voxel_ml
     return VolumeStats(
-        quantiles=tuple(float(q) for q in np.quantile(values, QUANTILES)),
+        quantiles=tuple(float(q) / top for q in np.quantile(values, QUANTILES)),
         spacing=tuple(float(s) for s in canonical.spacing),  # type: ignore[arg-type]
         field_of_view=tuple(float(s * n) for s, n in zip(canonical.spacing, canonical.size, strict=True)),  # type: ignore[arg-type]
         foreground_fraction=float(values.size) / float(np.prod(grid.size)),
