@@ -105,7 +105,8 @@ def test_demo_sct_geometry_hu_and_uids(demo_export) -> None:
     assert "bundle format 1" in first.DerivationDescription and "duald-synthesis" in first.DerivationDescription
     assert first.BurnedInAnnotation == "NO" and "NOT FOR DIAGNOSTIC USE" in first.ImageComments
     assert first.PatientID == "" and str(first.PatientName) == ""  # a NIfTI source: nothing invented
-    assert pydicom.dcmread(files[0]).pixel_array.dtype == np.int16 and (first.RescaleSlope, first.RescaleIntercept) == (1, 0)
+    assert pydicom.dcmread(files[0]).pixel_array.dtype == np.int16
+    assert (first.RescaleSlope, first.RescaleIntercept) == (1, 0)
 
     pm = pydicom.dcmread(folder / "DIFFICULTY" / "PM00001.dcm")
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and pm.NumberOfFrames == expected.GetDepth()

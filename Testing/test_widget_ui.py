@@ -130,6 +130,8 @@ def test_issue_controls_are_present(ui_widgets):
         "segmentsSelector": "qMRMLSegmentSelectorWidget",
         "referenceSelector": "qMRMLNodeComboBox",
         "applyButton": "QPushButton",
+        "exportDicomButton": "QPushButton",  # "Export to DICOM" for the synthetic CT
+        "dicomFolderButton": "ctkDirectoryButton",
         "progressBar": "QProgressBar",
         "statusLabel": "QLabel",
     }

@@ -92,6 +92,22 @@ class DicomMarking:
                 f"{self.bundle_version}) with the {self.engine} engine")
         return text.replace("→", "->")[:1024]  # ST: at most 1024 characters
 
+    def series_tags(self) -> dict[str, str]:
+        """The marking as DICOM keyword → value (multi-valued ones joined by backslashes): written
+        into every instance, and set on a Slicer volume node as ``DICOM.<keyword>`` attributes."""
+        return {
+            "Modality": self.kind,
+            "SeriesDescription": self.series_description(),
+            "SeriesNumber": "9001",  # a high number keeps the synthetic series after the acquired ones
+            "Manufacturer": "DualD Synthesis",
+            "ManufacturerModelName": self.model_name.replace("→", "->")[:64],
+            "SoftwareVersions": self.engine,
+            "ImageType": "DERIVED\\SECONDARY\\" + ("AXIAL" if self.ct_valued else "OTHER"),
+            "DerivationDescription": self.derivation,
+            "BurnedInAnnotation": "NO",
+            "ImageComments": NOT_FOR_DIAGNOSIS,
+        }
+
 
 def marking_for(metadata, bundle_path: str | Path, ct_valued: bool, patient_id: str = "",
                 patient_name: str = "") -> DicomMarking:
@@ -182,18 +198,10 @@ def image_series(image: sitk.Image, marking: DicomMarking, headers: list | None 
             ds.StudyDate, ds.StudyTime = date, time
         ds.StudyInstanceUID, ds.FrameOfReferenceUID = study_uid, frame_uid
         # Series and marking.
-        ds.Modality = marking.kind
+        for keyword, value in marking.series_tags().items():
+            setattr(ds, keyword, value.split("\\") if "\\" in value else value)
         ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 9001  # a high number keeps the synthetic series after the acquired ones
-        ds.SeriesDescription = marking.series_description()
         ds.SeriesDate, ds.SeriesTime, ds.ContentDate, ds.ContentTime = date, time, date, time
-        ds.Manufacturer = "DualD Synthesis"
-        ds.ManufacturerModelName = marking.model_name.replace("→", "->")[:64]
-        ds.SoftwareVersions = marking.engine
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if marking.ct_valued else ["DERIVED", "SECONDARY", "OTHER"]
-        ds.DerivationDescription = marking.derivation
-        ds.BurnedInAnnotation = "NO"
-        ds.ImageComments = NOT_FOR_DIAGNOSIS
         if refs[k] is not None:
             ref = Dataset()
             ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = refs[k]
