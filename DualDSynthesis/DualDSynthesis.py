@@ -88,6 +88,7 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSlider.valueChanged.connect(self.onThresholdChanged)
         self.ui.regionSelector.currentNodeChanged.connect(self.onRegionChanged)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.exportDicomButton.clicked.connect(self.onExportDicom)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -233,6 +234,11 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Synthesis failed: {error}").format(error=exc))
         finally:
             self._setRunning(False)
+
+    def onExportDicom(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("DICOM export failed."), waitCursor=True):
+            folder = self.ui.dicomFolderButton.directory
+            self.ui.statusLabel.text = self.logic.export_dicom(self._parameterNode.syntheticVolume, folder)
 
     def _synthesize(self) -> None:
         p = self._parameterNode

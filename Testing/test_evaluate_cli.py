@@ -40,3 +40,28 @@ def test_evaluate_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--model", str(tmp_path / "bad.safetensors"), "--data", str(data), "--source", "t1",
                  "--target", "t2"]) == 2
     assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_ct_target_gets_the_hu_quality_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    data = write_subjects(tmp_path / "data", n=1, shape=(8, 36, 40))
+    subject = next(data.iterdir())
+    t2 = next(subject.glob("*-t2w.nii.gz"))
+    image = sitk.ReadImage(str(t2))
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    hu = np.where(arr > 0, arr - 300.0, -1000.0).astype(np.int16)  # soft tissue and bone-like HU, air outside
+    ct = sitk.GetImageFromArray(hu)
+    ct.CopyInformation(image)
+    sitk.WriteImage(ct, str(subject / f"{subject.name}-ct.nii.gz"))
+    t2.unlink()
+    model = make_bundle(tmp_path / "ct.safetensors", target="ct")
+    out = tmp_path / "eval.json"
+    assert main(["--model", str(model), "--data", str(data), "--source", "t1", "--target", "ct", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Synthetic CT quality in the body mask (HU): MAE" in text and "ME (bias)" in text
+    summary = json.loads(out.read_text(encoding="utf-8"))["summary"]
+    assert {"body", "soft tissue", "bone"} <= set(summary) and "me" in summary["body"]
+    assert f"MAE {summary['bone']['mae']['mean']:.1f} HU" in text

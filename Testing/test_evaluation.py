@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from DualDSynthesisLib.metrics import mae, psnr
 from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
-from DualDTrainingLib.evaluation import auroc, evaluate_arrays, format_table, summarise
+from DualDTrainingLib.evaluation import auroc, evaluate_arrays, format_table, hu_report, summarise
 from sklearn.metrics import roc_auc_score
 
 MRI = PreprocessingSpec(
@@ -57,3 +57,23 @@ def test_ct_metrics_are_in_hounsfield_units(rng: np.random.Generator) -> None:
     res = evaluate_arrays("ct", synthetic, real, source, spec, (2.0, 2.0, 2.0))
     assert res.regions["body"]["mae"] == pytest.approx(10.0)
     assert res.heatmap_auroc is None
+
+
+def test_ct_hu_report_splits_the_body_into_air_soft_tissue_and_bone(rng: np.random.Generator) -> None:
+    spec = PreprocessingSpec(source=IntensityMapping("mri_percentile"), target=IntensityMapping("ct_hu"))
+    source, _, _, head = _phantom(rng)
+    real = np.where(head, 40.0, -1000.0).astype(np.float32)
+    real[:, 14:18, 14:18] = -800.0  # a sinus: air enclosed by the body
+    real[:, 6:9, 10:22] = 1000.0  # bone
+    air, bone = real == -800.0, real == 1000.0
+    soft = head & ~air & ~bone
+    synthetic = real + np.select([air, bone, soft], [100.0, -300.0, -10.0], 0.0).astype(np.float32)
+    res = evaluate_arrays("ct", synthetic, real, source, spec, (1.0, 1.0, 1.0))
+    for tissue, mask, error in (("air", air, 100.0), ("bone", bone, -300.0), ("soft tissue", soft, -10.0)):
+        assert res.regions[tissue]["voxels"] == int(mask.sum())
+        assert res.regions[tissue]["mae"] == pytest.approx(abs(error))
+        assert res.regions[tissue]["me"] == pytest.approx(error)
+    expected_bias = (100.0 * air.sum() - 300.0 * bone.sum() - 10.0 * soft.sum()) / head.sum()
+    assert res.regions["body"]["me"] == pytest.approx(expected_bias)
+    report = hu_report(summarise([res]))
+    assert f"ME (bias) {expected_bias:+.1f}" in report and "bone" in report and "MAE 300.0 HU, ME -300.0 HU" in report

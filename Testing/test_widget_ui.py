@@ -130,11 +130,14 @@ def test_issue_controls_are_present(ui_widgets):
         "segmentsSelector": "qMRMLSegmentSelectorWidget",
         "referenceSelector": "qMRMLNodeComboBox",
         "applyButton": "QPushButton",
+        "exportDicomButton": "QPushButton",  # "Export to DICOM" for the synthetic CT
+        "dicomFolderButton": "ctkDirectoryButton",
         "progressBar": "QProgressBar",
         "statusLabel": "QLabel",
     }
     for name, widget_class in required.items():
         assert name in ui_widgets and ui_widgets[name].get("class") == widget_class, name
+    assert ui_widgets["exportDicomButton"].findtext("property[@name='text']/string") == "Export to DICOM"
     # Output selectors create new volumes unless the user picks one.
     for name in ("syntheticSelector", "heatmapSelector"):
         props = {p.get("name"): p for p in ui_widgets[name].findall("property")}

@@ -2,6 +2,7 @@
 
     duald-synthesize INPUT -o OUTPUT [--heatmap PATH] [--model BUNDLE] [--device auto|cpu|cuda|cuda:N|mps]
                      [--batch-size N] [--mask PATH] [--png PATH] [--overwrite] [--source-modality NAME]
+                     [--dicom-out DIR [--patient-id ID] [--patient-name NAME]] [--series-uid UID]
 
 INPUT is a volume file, a DICOM series folder, a folder of volumes or a quoted glob. With a folder of
 volumes or a glob, ``-o`` (and ``--heatmap``, ``--png``) are folders and the files are named after
@@ -9,6 +10,11 @@ each input (``<stem>_synthetic.nii.gz``, ``<stem>_difficulty.nii.gz``, ``<stem>_
 ``--mask`` is then a folder holding ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` per input. The model is
 loaded once. Expected problems (bad input, missing model, existing output) print one line and exit
 with status 2; other inputs of a cohort are still processed.
+
+``--dicom-out DIR`` (with or instead of ``-o``) writes DICOM series marked as synthetic for a
+treatment-planning system (see ``dicom_export``): ``DIR/SYNTHETIC`` (CT Image Storage for a CT model,
+one file per slice) and ``DIR/DIFFICULTY`` (the heatmap as a parametric map); with several inputs,
+``DIR/<stem>/...``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from . import io as vio
 from .console import safe_console
 from .defaults import DEFAULT_MODEL
+from .dicom_export import DicomRequest
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -33,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="The overview PNG has axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic.",
     )
     p.add_argument("input", metavar="INPUT", help="volume file, DICOM series folder, folder of volumes, or glob")
-    p.add_argument("-o", "--output", required=True, help="output volume (a folder for several inputs)")
+    p.add_argument("-o", "--output", help="output volume (a folder for several inputs)")
     p.add_argument("--heatmap", help="difficulty heatmap output (1 − D2 confidence, in [0, 1])")
     p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name}")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -42,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--png", help="write an overview figure (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--source-modality", help="what INPUT is (e.g. t1); warns when the model expects another")
+    p.add_argument("--dicom-out", type=Path, metavar="DIR",
+                   help="also write DICOM series marked as synthetic (synthetic CT/MR and heatmap) into this folder")
+    p.add_argument("--series-uid", help="with a DICOM folder holding several series, the SeriesInstanceUID to use")
+    p.add_argument("--patient-id", default="", help="PatientID for the DICOM export of a non-DICOM input")
+    p.add_argument("--patient-name", default="", help="PatientName for the DICOM export of a non-DICOM input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -94,6 +106,8 @@ def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[di
             "heatmap_path": place("heatmap", "_difficulty.nii.gz"),
             "png": place("png", "_overview.png"),
             "mask": (_mask_for(args.mask, stem) if cohort else args.mask) if args.mask is not None else None,
+            "dicom": None if args.dicom_out is None else DicomRequest(
+                args.dicom_out / stem if cohort else args.dicom_out, args.patient_id, args.patient_name),
         })
     return jobs
 
@@ -125,6 +139,10 @@ class _Progress:
 def main(argv: list[str] | None = None) -> int:
     safe_console()
     args = _parser().parse_args(argv)
+    if args.output is None and args.dicom_out is None:
+        return _fail("give an output with -o and/or a DICOM export folder with --dicom-out")
+    if args.dicom_out is None and (args.patient_id or args.patient_name):
+        return _fail("--patient-id and --patient-name only apply to a DICOM export; add --dicom-out DIR")
     if args.batch_size is not None and args.batch_size < 1:
         return _fail(f"--batch-size must be a positive integer, got {args.batch_size}")
     model = args.model or DEFAULT_MODEL
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = _Progress(label, args.quiet)
         try:
             result = synthesize_file(**job, engine=engine, overwrite=args.overwrite, progress=bar,
-                                     source_modality=args.source_modality)
+                                     source_modality=args.source_modality, series_uid=args.series_uid)
         except (KeyboardInterrupt, SynthesisCancelled):
             bar.close()
             print(f"{PROG}: cancelled; no output was written for {name}", file=sys.stderr)
@@ -176,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         for warning in result.warnings:
             print(f"{PROG}: warning: {name}: {warning}", file=sys.stderr)
         written = [str(p) for p in (job["output"], job["heatmap_path"], job["png"]) if p is not None]
+        if job["dicom"] is not None:
+            written.append(f"DICOM {job['dicom'].folder}")
         print(f"{name} → {', '.join(written)} ({result.seconds:.1f} s on {result.device})")
     if failures:
         print(f"{PROG}: {failures} of {len(jobs)} input(s) failed", file=sys.stderr)

@@ -51,6 +51,7 @@ from . import io as vio
 from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from .defaults import DEFAULT_MODEL
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
+from .dicom_export import DicomRequest, check_dicom_request, write_dicom
 from .losses import difficulty_from_logits, expected_error
 from .networks import ArchitectureConfig
 from .preprocess import PreprocessError, PreprocessingSpec, prepare_volume, restore_volume, validate_volume
@@ -174,6 +175,7 @@ class SynthesisEngine:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise SynthesisError(f"the batch size must be a positive integer, got {batch_size!r}")
+        self.bundle_path = None if isinstance(bundle, ModelBundle) else Path(bundle)  # named in DICOM exports
         if isinstance(bundle, ModelBundle):
             self.bundle = bundle
         else:
@@ -475,7 +477,7 @@ class SynthesisEngine:
 
 def synthesize_file(
     input: str | Path,
-    output: str | Path,
+    output: str | Path | None,
     heatmap_path: str | Path | None = None,
     *,
     engine: SynthesisEngine | None = None,
@@ -488,13 +490,20 @@ def synthesize_file(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     source_modality: str | None = None,
+    dicom: DicomRequest | None = None,
+    series_uid: str | None = None,
 ) -> SynthesisResult:
-    """Read ``input`` (file or DICOM folder), synthesise, write ``output`` (and the heatmap, the
-    overview PNG). Every file is written under a temporary name and renamed only when all are done:
-    a cancel or a failure leaves nothing. Existing outputs are refused unless ``overwrite``."""
-    output = Path(output)
+    """Read ``input`` (file or DICOM folder; ``series_uid`` picks one of several series), synthesise,
+    write ``output`` (and the heatmap, the overview PNG, a DICOM export folder). Every file is written
+    under a temporary name and renamed only when all are done: a cancel or a failure leaves nothing.
+    Existing outputs are refused unless ``overwrite``."""
+    output = None if output is None else Path(output)
     outputs = vio.AtomicOutputs(overwrite)
     wanted = [p for p in (output, heatmap_path, png) if p is not None]
+    if not wanted and dicom is None:
+        raise SynthesisError("no output was asked for; give an output file or a DICOM export folder")
+    if dicom is not None:
+        check_dicom_request(dicom, input, outputs)
     for path in wanted:
         outputs.check(Path(path), (".png",) if path is png else vio.VOLUME_SUFFIXES)
     if len({Path(p).resolve() for p in wanted}) != len(wanted):
@@ -509,7 +518,7 @@ def synthesize_file(
             "discriminator, so it cannot write a heatmap"
         )
     try:
-        image = vio.read_volume(input)
+        image = vio.read_volume(input, series_uid)
         mask_image = vio.read_volume(mask) if isinstance(mask, str | Path) else mask
     except vio.VolumeReadError as exc:
         raise SynthesisError(str(exc)) from None
@@ -518,7 +527,7 @@ def synthesize_file(
         image,
         progress=lambda f, m: report(0.95 * f, m),
         cancel=cancel,
-        heatmap=heatmap_path is not None or png is not None,
+        heatmap=heatmap_path is not None or png is not None or (dicom is not None and engine.has_heatmap),
         mask=mask_image,
         source_modality=source_modality,
     )
@@ -526,13 +535,16 @@ def synthesize_file(
         raise SynthesisCancelled("synthesis cancelled")
     report(0.95, "Writing")
     with outputs.transaction():
-        outputs.write_image(result.synthetic, output)
+        if output is not None:
+            outputs.write_image(result.synthetic, output)
         if heatmap_path is not None:
             outputs.write_image(result.heatmap, Path(heatmap_path))
         if png is not None:
             from .overview import overview_image
 
             outputs.write_image(overview_image(image, result.synthetic, result.heatmap), Path(png), (".png",))
+        if dicom is not None:
+            write_dicom(dicom, outputs, input, series_uid, result, engine)
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
     report(1.0, "Done")

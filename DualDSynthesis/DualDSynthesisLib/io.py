@@ -7,6 +7,7 @@ import glob
 import gzip
 import math
 import os
+import shutil
 import struct
 import uuid
 import zlib
@@ -18,6 +19,7 @@ import SimpleITK as sitk
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_MODALITY_TAG = "0008|0060"
+SERIES_DESCRIPTION_TAG = "0008|103e"
 
 
 class VolumeReadError(ValueError):
@@ -46,8 +48,41 @@ def dicom_series(folder: Path) -> list[str]:
         return []
 
 
-def read_volume(path: str | Path) -> sitk.Image:
-    """A volume file SimpleITK reads, or a folder holding one DICOM series (the largest if several).
+def _series_summary(folder: Path, uid: str) -> str:
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+        tags = {key: reader.GetMetaData(key).strip() for key in reader.GetMetaDataKeys()}
+        modality, about = tags.get(DICOM_MODALITY_TAG, "?"), tags.get(SERIES_DESCRIPTION_TAG, "")
+    except RuntimeError:
+        modality, about = "?", ""
+    return f"{uid} ({modality}{', ' + repr(about) if about else ''}, {len(files)} files)"
+
+
+def dicom_series_files(folder: Path, series_uid: str | None = None) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order; with several series,
+    ``series_uid`` must choose one (the error lists them: which one a user meant is not guessed)."""
+    series = dicom_series(folder)
+    if not series:
+        raise VolumeReadError(f"folder {folder} holds no DICOM series")
+    if series_uid is not None:
+        if series_uid not in series:
+            raise VolumeReadError(f"folder {folder} holds no DICOM series with UID {series_uid}")
+        chosen = series_uid
+    elif len(series) > 1:
+        listing = "; ".join(_series_summary(folder, uid) for uid in series)
+        raise VolumeReadError(f"folder {folder} holds {len(series)} DICOM series, choose one with --series-uid: "
+                              f"{listing}")
+    else:
+        chosen = series[0]
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen))
+
+
+def read_volume(path: str | Path, series_uid: str | None = None) -> sitk.Image:
+    """A volume file SimpleITK reads, or a folder holding one DICOM series (``series_uid`` picks one
+    of several, see :func:`dicom_series_files`).
 
     A DICOM series keeps its modality tag (0008|0060) as image metadata, so the engine can warn when
     it does not match the model's source modality."""
@@ -55,10 +90,7 @@ def read_volume(path: str | Path) -> sitk.Image:
     if not path.exists():
         raise VolumeReadError(f"{path} does not exist")
     if path.is_dir():
-        series = dicom_series(path)
-        if not series:
-            raise VolumeReadError(f"folder {path} holds no DICOM series")
-        files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+        files = dicom_series_files(path, series_uid)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
@@ -210,13 +242,44 @@ class AtomicOutputs:
         except RuntimeError:
             raise OSError(f"could not write {path} (is the folder writable and is there space left?)") from None
 
+    def check_folder(self, path: Path, ours: tuple[str, ...] = ()) -> None:
+        """An output folder (a DICOM export): it must be new or empty, unless overwrite; even then only
+        a folder holding nothing but entries named in ``ours`` (a previous export) is replaced, so
+        --overwrite never deletes files this program did not write."""
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"{path} is a file, not a folder")
+        entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        if entries and not self.overwrite:
+            raise FileExistsError(f"folder {path} is not empty; pass --overwrite (overwrite=True) to replace it")
+        foreign = [name for name in entries if name not in ours]
+        if foreign:
+            raise FileExistsError(f"folder {path} holds {foreign[0]!r}, which an export does not write; "
+                                  "--overwrite only replaces a previous export, so choose another folder")
+
+    def stage_folder(self, path: Path, ours: tuple[str, ...] = ()) -> Path:
+        """A new hidden folder beside ``path`` to fill; :meth:`commit` puts it in place of ``path``."""
+        self.check_folder(path, ours)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        self._pending.append((tmp, path))
+        return tmp
+
     def commit(self) -> None:
         for tmp, final in self._pending:
-            os.replace(tmp, final)
+            if tmp.is_dir() and final.exists():  # a folder is not replaced by rename: move the old one aside first
+                old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
         self._pending.clear()
 
     def discard(self) -> None:
         for tmp, _final in self._pending:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         self._pending.clear()

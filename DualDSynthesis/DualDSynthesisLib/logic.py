@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from . import display, mrml_io, qa
+from . import dicom_marking, display, mrml_io, qa
 from .resources import MODELS_DIR, RESOURCES_DIR
 
 ProgressCallback = Callable[[float, str], None]
@@ -240,6 +240,9 @@ class DualDSynthesisLogic:
             outputs = self._write_outputs(
                 input_node, synthetic, heatmap, synthetic_node, heatmap_node, modality, created
             )
+            marking = dicom_marking.marking_from_engine(engine)
+            if marking is not None:  # what "Export to DICOM" (and Slicer's DICOM export) reads from the node
+                dicom_marking.mark_node(outputs.synthetic_node, marking, input_node)
             if qa_inputs is not None:
                 rows, reference = qa_inputs
                 outputs.qa_rows = rows
@@ -363,3 +366,12 @@ class DualDSynthesisLogic:
 
     def render_slice_to_png(self, path: str | Path, layout: str = "Red", size: tuple[int, int] = (256, 256)) -> Path:
         return display.render_slice_to_png(self.scene, path, layout, size, application_logic=self.application_logic)
+
+    # ---- DICOM export ----
+
+    @staticmethod
+    def export_dicom(synthetic_node: Any, folder: str | Path, heatmap_node: Any = None) -> str:
+        """Write a marked synthetic node as a DICOM series (see ``dicom_marking.export_node``); a status line."""
+        target = dicom_marking.export_node(synthetic_node, folder, heatmap_node)
+        return f"Exported {synthetic_node.GetName()} as DICOM (marked synthetic, not for diagnosis) to {target}"
+

@@ -29,6 +29,13 @@ def mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> fl
     return float(np.abs(p - r).mean())
 
 
+def mean_error(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean error (bias) ``mean(pred − ref)``: positive when the prediction is too high (for a
+    synthetic CT, too dense: a dose calculation would see more attenuation than there is)."""
+    p, r = _pair(pred, ref, mask)
+    return float((p - r).mean())
+
+
 def psnr(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
     """Peak signal-to-noise ratio in dB, ``10·log10(range² / MSE)``; inf for identical images."""
     if data_range <= 0:

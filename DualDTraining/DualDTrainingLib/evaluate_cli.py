@@ -5,8 +5,9 @@
 Every subject found (same discovery as ``duald-train``) is synthesised with the bundle through the
 same engine a user runs, then compared with its real target: PSNR, MAE and SSIM over the whole
 volume, the foreground (the body for CT) and each tumour label, and the AUROC with which the
-difficulty heatmap finds the worst 10 % of voxels, beside the gradient-magnitude baseline. See
-``evaluation.py`` for the units.
+difficulty heatmap finds the worst 10 % of voxels, beside the gradient-magnitude baseline. For a CT
+target an HU quality report follows: MAE, ME (bias), PSNR, SSIM in the body and the MAE in air, soft
+tissue and bone. See ``evaluation.py`` for the units.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from DualDSynthesisLib.engine import SynthesisEngine, SynthesisError
 from DualDSynthesisLib.preprocess import PreprocessError
 
 from .discovery import DiscoveryError, discover, load_pair
-from .evaluation import SubjectEvaluation, evaluate_images, format_table, summarise
+from .evaluation import SubjectEvaluation, evaluate_images, format_table, hu_report, summarise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> dict:
         )
     summary = summarise(results)
     print(format_table(summary))
+    if engine.spec.target.kind == "ct_hu" and "body" in summary:
+        print(hu_report(summary))
     report = {
         "model": str(args.model),
         "variant": engine.metadata.variant,

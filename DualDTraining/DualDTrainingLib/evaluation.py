@@ -7,7 +7,9 @@ i.e. from exactly what a user gets. Units:
   one with its own robust scale, the synthetic one with the bundle's reference scale), so PSNR uses
   a data range of 1.0 and MAE is in normalised units (fraction of the foreground's 99.5th percentile).
 - CT targets: Hounsfield units clipped to [-1024, 3071]; MAE in HU, PSNR and SSIM with a data range
-  of 4095 HU (the SynthRAD convention).
+  of 4095 HU (the SynthRAD convention). The HU quality report for a synthetic CT adds the mean error
+  (bias) and the MAE in the air, soft-tissue and bone parts of the body (by the real CT's HU, see
+  ``CT_TISSUE_HU``), so a planner sees where the sCT would shift dose.
 
 Heatmap AUROC: positives are the foreground voxels whose absolute error lies in the worst 10 % of
 the foreground; the score is the heatmap value. The baseline score is the gradient magnitude of the
@@ -21,11 +23,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.metrics import mae, masked_mean, psnr, ssim_map
+from DualDSynthesisLib.metrics import mae, masked_mean, mean_error, psnr, ssim_map
 from DualDSynthesisLib.preprocess import CT_HU_RANGE, PreprocessingSpec, foreground_mask
 from scipy import stats
 
 WORST_FRACTION = 0.10
+# Tissue classes of the body by the real CT's HU, [low, high). SynthRAD2023 (Thummerer et al., challenge
+# report arXiv:2403.08447) reports MAE, PSNR and SSIM in the body mask; it fixes no tissue split, so
+# these are our choice, the usual one in MR-only radiotherapy sCT papers: below -200 HU air (sinuses,
+# airways, gas), -200 to 200 HU soft tissue (fat, muscle, brain, fluid), from 200 HU bone. The outer
+# bounds are the clipping range every CT is compared in.
+CT_TISSUE_HU = {
+    "air": (CT_HU_RANGE[0], -200.0),
+    "soft tissue": (-200.0, 200.0),
+    "bone": (200.0, CT_HU_RANGE[1] + 1.0),
+}
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -86,6 +98,7 @@ def _region_metrics(
         "voxels": voxels,
         "psnr": psnr(pred, ref, data_range, mask),
         "mae": mae(pred, ref, mask),
+        "me": mean_error(pred, ref, mask),
         "ssim": masked_mean(smap, mask),
     }
 
@@ -125,6 +138,13 @@ def evaluate_arrays(
     smap = ssim_map(pred, ref, data_range)
     result.regions["whole"] = _region_metrics(pred, ref, None, data_range, smap)
     result.regions[fg_name] = _region_metrics(pred, ref, fg, data_range, smap)
+    if spec.target.kind == "ct_hu":
+        for tissue, (low, high) in CT_TISSUE_HU.items():
+            region = fg & (ref >= low) & (ref < high)
+            if region.any():
+                result.regions[tissue] = _region_metrics(pred, ref, region, data_range, smap)
+            else:
+                result.warnings.append(f"subject {subject}: the body holds no {tissue} ({low:g} to {high:g} HU)")
     if labels is not None:
         tumour = labels > 0
         if tumour.any():
@@ -192,7 +212,7 @@ def summarise(results: list[SubjectEvaluation]) -> dict[str, dict[str, dict[str,
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     """A plain-text table like the paper's Table 1: mean (std) per region."""
-    lines = [f"{'region':<14}{'PSNR (dB)':>18}{'MAE':>20}{'SSIM':>18}{'n':>4}"]
+    lines = [f"{'region':<14}{'PSNR (dB)':>18}{'MAE':>20}{'ME (bias)':>20}{'SSIM':>18}{'n':>4}"]
     for region, metrics in summary.items():
         if region == "heatmap":
             continue
@@ -202,7 +222,8 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
             return "-" if m is None else f"{m['mean']:{fmt}} ({m['std']:{fmt}})"
 
         n = metrics["psnr"]["n"]
-        lines.append(f"{region:<14}{cell('psnr', '.2f'):>18}{cell('mae', '.4g'):>20}{cell('ssim', '.4f'):>18}{n:>4}")
+        lines.append(f"{region:<14}{cell('psnr', '.2f'):>18}{cell('mae', '.4g'):>20}{cell('me', '.4g'):>20}"
+                     f"{cell('ssim', '.4f'):>18}{n:>4}")
     heat = summary.get("heatmap", {})
     for name, label in (("auroc", "heatmap 1-M"), ("gradient_baseline_auroc", "|grad| baseline")):
         if name in heat:
@@ -210,3 +231,20 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
             lines.append(f"AUROC worst-10% error, {label}: {m['mean']:.3f} ({m['std']:.3f}), n={m['n']}")
     return "\n".join(lines)
 
+
+
+def hu_report(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The synthetic-CT quality report in HU (SynthRAD-style body metrics, then MAE per tissue class)."""
+    body = summary["body"]
+    lines = [
+        "Synthetic CT quality in the body mask (HU): "
+        f"MAE {body['mae']['mean']:.1f}, ME (bias) {body['me']['mean']:+.1f}, "
+        f"PSNR {body['psnr']['mean']:.2f} dB, SSIM {body['ssim']['mean']:.4f}"
+    ]
+    for tissue, (low, high) in CT_TISSUE_HU.items():
+        if tissue in summary:
+            m = summary[tissue]
+            lines.append(f"  {tissue:<12} ({low:g} to {high:g} HU): MAE {m['mae']['mean']:.1f} HU, "
+                         f"ME {m['me']['mean']:+.1f} HU, n={m['mae']['n']}")
+    lines.append("  (ME > 0: the sCT is denser than the CT there; dose calculation would over-attenuate)")
+    return "\n".join(lines)
