@@ -26,6 +26,7 @@ correlation with |error|. ``duald-evaluate`` on the original files gives the as-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -40,6 +41,33 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "DualDSynthesis"), str(ROOT / "DualDTraining")]
 
+
+def _simpleitk_or_stub() -> None:
+    """Training from prepared arrays reads no image file, and a GPU machine may lack SimpleITK (its
+    52 MB wheel does not fit the transfer beside the data). The library modules only use it at call
+    time, apart from constants such as ``sitk.sitkLinear`` in default arguments: a stub provides
+    those, and any real use fails loudly."""
+    if os.environ.get("DUALD_SITK_STUB") != "1":
+        try:
+            import SimpleITK  # noqa: F401
+            return
+        except ImportError:
+            pass
+    import types
+
+    stub = types.ModuleType("SimpleITK")
+
+    def missing(name: str) -> Any:
+        if name.startswith("sitk"):
+            return 0
+        raise AttributeError(f"SimpleITK is not installed here (needed for {name})")
+
+    stub.__getattr__ = missing  # type: ignore[method-assign]
+    sys.modules["SimpleITK"] = stub
+
+
+_simpleitk_or_stub()
+
 from DualDTrainingLib.folds import loso_folds, read_sources  # noqa: E402
 
 SOURCES_CSV = ROOT / "experiments" / "brain_mri_sources.csv"
@@ -47,6 +75,10 @@ Q_RANGE = 2.0  # normalised intensities are stored as uint8 over [0, 2] (the p99
 
 
 # ----------------------------------------------------------------------------- prepare
+
+
+def _quantise(a: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(a, 0, Q_RANGE) * (255 / Q_RANGE)).astype(np.uint8)
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -64,9 +96,8 @@ def prepare(args: argparse.Namespace) -> None:
             continue
         t0 = time.time()
         s = prepare_subject(pair, spec)
-        q = lambda a: np.round(np.clip(a, 0, Q_RANGE) * (255 / Q_RANGE)).astype(np.uint8)  # noqa: E731
-        arrays[f"{s.name}/source"] = q(s.source)
-        arrays[f"{s.name}/target"] = q(s.target)
+        arrays[f"{s.name}/source"] = _quantise(s.source)
+        arrays[f"{s.name}/target"] = _quantise(s.target)
         arrays[f"{s.name}/foreground"] = np.packbits(s.foreground)
         if s.tumour is not None:
             arrays[f"{s.name}/tumour"] = np.packbits(s.tumour)
@@ -74,6 +105,7 @@ def prepare(args: argparse.Namespace) -> None:
             "source": sources[s.name], "shape": list(s.source.shape), "crop": list(s.context.crop),
             "source_scale": s.source_scale, "target_scale": s.target_scale,
             "slice_spacing": s.context.prepared.spacing[2], "tumour": s.tumour is not None,
+            "stats": dataclasses.asdict(s.source_stats),
         }
         print(f"{s.name}: {s.source.shape} in {time.time() - t0:.1f} s", file=sys.stderr)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -91,6 +123,14 @@ class Loaded:
     info: dict
 
 
+def _unquantise(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32) * np.float32(Q_RANGE / 255)
+
+
+def _unpack(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.unpackbits(a, count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
 def load_prepared(path: str | Path, names: list[str] | None = None) -> dict[str, Loaded]:
     data = np.load(path)
     meta = json.loads(bytes(data["meta"]).decode())
@@ -99,11 +139,9 @@ def load_prepared(path: str | Path, names: list[str] | None = None) -> dict[str,
         if names is not None and name not in names:
             continue
         shape = tuple(info["shape"])
-        unq = lambda a: a.astype(np.float32) * np.float32(Q_RANGE / 255)  # noqa: E731
-        unpack = lambda a: np.unpackbits(a, count=int(np.prod(shape))).reshape(shape).astype(bool)  # noqa: E731
-        tumour = unpack(data[f"{name}/tumour"]) if info["tumour"] else None
-        out[name] = Loaded(name, unq(data[f"{name}/source"]), unq(data[f"{name}/target"]),
-                           unpack(data[f"{name}/foreground"]), tumour, info)
+        tumour = _unpack(data[f"{name}/tumour"], shape) if info["tumour"] else None
+        out[name] = Loaded(name, _unquantise(data[f"{name}/source"]), _unquantise(data[f"{name}/target"]),
+                           _unpack(data[f"{name}/foreground"], shape), tumour, info)
     return out
 
 
@@ -162,10 +200,11 @@ def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str,
     return out
 
 
-def _bundle(trainer, spec, job: dict, path: Path, half: bool) -> None:
+def _bundle(trainer, spec, job: dict, path: Path, half: bool, stats: list[dict]) -> None:
     import copy
 
     from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
+    from DualDSynthesisLib.fingerprint import VolumeStats, fingerprint
 
     v = trainer.config.variant
     g = copy.deepcopy(trainer.generator).eval()
@@ -179,6 +218,8 @@ def _bundle(trainer, spec, job: dict, path: Path, half: bool) -> None:
         provenance={"experiment": "experiments/loso.py", "job": job, "steps": trainer.step_count,
                     "training_config": trainer.config.to_dict()},
         name=f"DualD t1→t2 ({v.value}, {job['recipe']}, {job['fold']})",
+        fingerprint=fingerprint([VolumeStats(**{k: tuple(x) if isinstance(x, list) else x for k, x in d.items()})
+                                 for d in stats]).to_dict(),
         description=f"LOSO job {job['id']}: trained on {', '.join(job['train'])}.")
     save_bundle(path, g, d2, meta, overwrite=True)
 
@@ -223,8 +264,9 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     for s in test:
         result["per_subject"][s.name] = _evaluate(trainer, s, r["context"], device, cfg.variant.uses_local)
     if job.get("bundle"):
-        _bundle(trainer, spec, job, out / job["bundle"], half=job.get("half", True))
-    result["seconds"] = round(time.time() - t_start, 1)
+        _bundle(trainer, spec, job, out / job["bundle"], job.get("half", True),
+                [data[n].info["stats"] for n in job["train"]])
+    result["wall_seconds"] = round(time.time() - t_start, 1)
     return result
 
 
@@ -328,7 +370,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"stage A ({time.time() - t0:.0f} s): {scores} -> {best}; unet {rate:.1f} steps/s", file=sys.stderr)
 
     # Stage B: every variant the same number of steps; dual_attention costs ~3.5× a unet step.
-    steps_b = int(rate * args.seconds_b / 3.5)
+    steps_b = max(1, int(rate * args.seconds_b / 3.5))
     jobs = []
     for name, variant, head, target in ABLATION:
         jobs += _jobs("B", best, folds, args.seconds_b * 1.5, steps_b, args,

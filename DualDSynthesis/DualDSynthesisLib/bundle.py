@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from .networks import ArchitectureConfig, LocalDiscriminator, UNetGenerator
 
-# Version 2 added the architecture's g_error_head/d2_head and the preprocessing's context_slices and
-# mri_peak mapping; a version-1 bundle is a version-2 bundle with their defaults, so both load.
+# Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
+# mri_peak mapping, and the training-data fingerprint; a version-1 bundle is a version-2 bundle with
+# their defaults, so both load.
 FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
 METADATA_KEY = "duald"
@@ -48,6 +49,8 @@ class BundleMetadata:
     name: str = "DualD model"
     description: str = ""
     format_version: int = FORMAT_VERSION
+    # The training sources' statistics (fingerprint.TrainingFingerprint.to_dict()); {} = not recorded.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

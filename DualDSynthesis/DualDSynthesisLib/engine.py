@@ -52,6 +52,7 @@ from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from .defaults import DEFAULT_MODEL
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
 from .dicom_export import DicomRequest, check_dicom_request, write_dicom
+from .fingerprint import TrainingFingerprint, ood_warnings, volume_stats
 from .losses import difficulty_from_logits, expected_error
 from .networks import ArchitectureConfig
 from .preprocess import PreprocessError, PreprocessingSpec, prepare_volume, restore_volume, validate_volume
@@ -188,6 +189,7 @@ class SynthesisEngine:
             self.arch = self.bundle.architecture
             self.spec = PreprocessingSpec.from_dict(meta.preprocessing)
             self.output_scale = self.spec.target.output_scale()
+            self.fingerprint = TrainingFingerprint.from_dict(meta.fingerprint) if meta.fingerprint else None
         except (PreprocessError, TypeError, ValueError) as exc:
             raise SynthesisError(f"the model bundle's metadata is unusable: {exc}") from None
         if self.spec.size_multiple % self.arch.size_multiple:
@@ -369,6 +371,8 @@ class SynthesisEngine:
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
         context = prepared.context
+        if self.fingerprint is not None:  # warn, and still synthesise: the user decides
+            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, volume_stats(prepared)))
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:

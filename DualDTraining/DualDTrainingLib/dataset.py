@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 import torch
+from DualDSynthesisLib.fingerprint import VolumeStats, volume_stats
 from DualDSynthesisLib.preprocess import (
     IntensityMapping,
     PreparedVolume,
@@ -56,6 +57,7 @@ class PreparedSubject:
     source_scale: float
     target_scale: float
     context: RestoreContext
+    source_stats: VolumeStats | None = None  # for the bundle's training-data fingerprint
 
     @property
     def crop(self) -> tuple[slice, slice]:
@@ -125,8 +127,9 @@ def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubje
         tumour = prepare_on_grid(mask_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
     if fg_img is not None:
         foreground |= prepare_on_grid(fg_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
+    stats = volume_stats(src)  # before the foreground is merged with the target's: as the engine sees it
     return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.scale, tgt.scale,
-                           src.context)
+                           src.context, stats)
 
 
 def prepare_subjects(pairs: Sequence[SubjectPair], spec: PreprocessingSpec, workers: int = 1) -> list[PreparedSubject]:

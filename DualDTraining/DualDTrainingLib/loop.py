@@ -35,6 +35,7 @@ import SimpleITK as sitk
 import torch
 from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
 from DualDSynthesisLib.figures import write_png
+from DualDSynthesisLib.fingerprint import fingerprint
 from DualDSynthesisLib.networks import ArchitectureConfig
 from DualDSynthesisLib.preprocess import PreprocessingSpec, source_mapping
 from DualDSynthesisLib.slicestack import channels
@@ -320,6 +321,8 @@ class Run:
         if errors:
             raise TrainingError(errors[0])
         scales = [s for per_rank in ctx.gather_objects([s.target_scale for s in subjects]) for s in per_rank]
+        stats = [s for per_rank in ctx.gather_objects([s.source_stats for s in subjects]) for s in per_rank]
+        self.fingerprint = fingerprint([s for s in stats[: len(train)] if s is not None]).to_dict() if stats else {}
         if shard_slices:
             scales = scales[: len(train)]  # every rank prepared all subjects: count each once
         self.spec = spec if self.state is not None else finish_spec(spec, scales)
@@ -411,6 +414,7 @@ class Run:
             architecture=self.arch.to_dict(), variant=v.value, source_modality=cfg.source,
             target_modality=cfg.target, preprocessing=self.spec.to_dict(), has_local_discriminator=v.uses_local,
             provenance=provenance, metrics=validation or {}, name=f"DualD {cfg.source}→{cfg.target} ({v.value})",
+            fingerprint=self.fingerprint,
             description=f"Trained with duald-train on {len(self.train_names)} subject(s) for "
                         f"{self.trainer.step_count} iterations.",
         )
