@@ -7,18 +7,18 @@ from pathlib import Path
 import torch
 from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
 from DualDSynthesisLib.networks import ArchitectureConfig
-from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
+from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec, source_mapping
 
 TINY = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
 T2_REFERENCE_SCALE = 800.0
 
 
 def spec(target: str = "t2", spacing: tuple[float, float] | None = (1.0, 1.0), size_multiple: int = 16,
-         min_size: int = 32) -> PreprocessingSpec:
+         min_size: int = 32, source_norm: str = "p99.5", context_slices: int = 0) -> PreprocessingSpec:
     target_map = (IntensityMapping("ct_hu") if target == "ct"
                   else IntensityMapping("mri_percentile", reference_scale=T2_REFERENCE_SCALE))
-    return PreprocessingSpec(source=IntensityMapping("mri_percentile"), target=target_map, spacing=spacing,
-                             size_multiple=size_multiple, min_size=min_size)
+    return PreprocessingSpec(source=source_mapping(source_norm), target=target_map, spacing=spacing,
+                             size_multiple=size_multiple, min_size=min_size, context_slices=context_slices)
 
 
 def make_bundle(
@@ -31,6 +31,8 @@ def make_bundle(
     target: str = "t2",
     spacing: tuple[float, float] | None = (1.0, 1.0),
     seed: int = 0,
+    source_norm: str = "p99.5",
+    context_slices: int = 0,
 ) -> Path:
     """Save a random-weight bundle. ``constant_d2_logit``: D2's last conv outputs exactly that logit
     everywhere (weights 0, bias = logit), so the heatmap must be ``1 − sigmoid(logit)`` everywhere."""
@@ -48,7 +50,8 @@ def make_bundle(
         variant="dual_attention" if with_d2 else "unet",
         source_modality=source,
         target_modality=target,
-        preprocessing=spec(target, spacing, max(16, arch.size_multiple)).to_dict(),
+        preprocessing=spec(target, spacing, max(16, arch.size_multiple), source_norm=source_norm,
+                           context_slices=context_slices).to_dict(),
         has_local_discriminator=with_d2,
         provenance={"test": True, "seed": seed},
     )
