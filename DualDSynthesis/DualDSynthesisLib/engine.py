@@ -51,6 +51,7 @@ from . import io as vio
 from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from .defaults import DEFAULT_MODEL
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
+from .errors import DualDError
 from .losses import confidence_to_grid
 from .networks import ArchitectureConfig, LocalDiscriminator
 from .preprocess import PreprocessError, PreprocessingSpec, prepare_volume, restore_volume, validate_volume
@@ -73,7 +74,7 @@ _NETWORKS_DONE = 0.9
 _CROP_SAFE_NORMS = ("batch", "none")
 
 
-class SynthesisError(ValueError):
+class SynthesisError(DualDError):
     """Bad input, bad model or bad device; the message is one sentence for the user."""
 
 

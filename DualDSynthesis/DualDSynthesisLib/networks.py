@@ -190,6 +190,9 @@ class LocalDiscriminator(nn.Module):
         return self.net(x)
 
 
+_ARCH_LIMITS = {"in_channels": 64, "g_base_width": 1024, "g_depth": 8, "d2_base_width": 1024}
+
+
 @dataclass(frozen=True)
 class ArchitectureConfig:
     """Hyper-parameters of the three networks; stored verbatim in a model bundle."""
@@ -205,6 +208,9 @@ class ArchitectureConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "g_base_width", "g_depth", "d2_base_width"):
             _check_positive(name, getattr(self, name))
+            # Upper bounds, so edited metadata (g_depth 40) gets a sentence instead of a huge allocation.
+            if getattr(self, name) > _ARCH_LIMITS[name]:
+                raise ValueError(f"{name} must be at most {_ARCH_LIMITS[name]}, got {getattr(self, name)}")
         for name in ("g_norm", "d1_norm", "d2_norm"):
             if getattr(self, name) not in NORMS:
                 raise ValueError(f"{name} must be one of {', '.join(NORMS)}, got {getattr(self, name)!r}")

@@ -24,6 +24,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .errors import DualDError
+from .limits import slice_size_problem, spacing_problem
+
 CT_HU_RANGE = (-1024.0, 3071.0)
 CT_BODY_THRESHOLD_HU = -500.0
 # MRI foreground = voxels above this fraction of the robust maximum (99th percentile of the
@@ -37,7 +40,7 @@ _KINDS = ("mri_percentile", "ct_hu")
 _ROLES = ("source", "target", "mask")
 
 
-class PreprocessError(ValueError):
+class PreprocessError(DualDError):
     """Bad input volume or bad preprocessing metadata (the message is one sentence)."""
 
 
@@ -243,6 +246,8 @@ class PreprocessingSpec:
                 raise PreprocessError(f"spacing must be two numbers (mm), got {self.spacing!r}.") from exc
             if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
                 raise PreprocessError(f"spacing must be two positive numbers (mm, x then y), got {self.spacing!r}.")
+            if spacing_problem(sp):
+                raise PreprocessError(spacing_problem(sp))
             object.__setattr__(self, "spacing", sp)
         for name in ("size_multiple", "min_size"):
             value = getattr(self, name)
@@ -410,6 +415,9 @@ def _check_inplane(grid: Grid, spec: PreprocessingSpec, name: str) -> None:
         raise PreprocessError(
             f"{name} has {w}×{h}-voxel slices after resampling, smaller than the minimum {spec.min_size}."
         )
+    problem = slice_size_problem(name, w, h, _padded(w, spec) * _padded(h, spec) * grid.size[2])
+    if problem:  # a wrong spacing (50 mm) must be one sentence, not ITK's failed allocation mid-cohort
+        raise PreprocessError(problem)
 
 
 # ----------------------------------------------------------------------------- validation
