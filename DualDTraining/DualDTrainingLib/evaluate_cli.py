@@ -23,6 +23,7 @@ from DualDSynthesisLib.atomic import atomic_write_json
 from DualDSynthesisLib.console import safe_console
 from DualDSynthesisLib.engine import SynthesisEngine
 from DualDSynthesisLib.errors import DualDError, OutputExistsError, OutputWriteError
+from DualDSynthesisLib.preprocess import validate_volume
 
 from .discovery import DiscoveryError, discover, load_pair
 from .evaluation import SubjectEvaluation, evaluate_images, format_table, summarise
@@ -84,12 +85,12 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         try:
             source, target, labels = load_pair(pair)
+            validate_volume(target, f"target file {pair.target.name}")  # e.g. constant: say so, by name
             out = engine.run(source, source_modality=args.source)
             res = evaluate_images(pair.subject, out.synthetic, target, source, engine.spec, out.heatmap, labels)
         except DualDError as exc:  # one bad subject (e.g. a constant target) must not lose the others
-            message = str(exc).rstrip(".")
-            print(f"skipped {pair.subject}: {message if pair.subject in message else f'{pair.target.name}: {message}'}",
-                  file=sys.stderr)
+            message = str(exc).rstrip(".").replace(f"subject {pair.subject}: ", "")
+            print(f"skipped {pair.subject}: {message}", file=sys.stderr)
             continue
         res.warnings += out.warnings
         results.append(res)
