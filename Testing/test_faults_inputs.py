@@ -147,7 +147,7 @@ def test_nan_weights_are_refused_at_load(model, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("edit", "words"), [
-    (lambda m: m["architecture"].update(g_depth=40), "g_depth must be at most 8"),
+    (lambda m: m["architecture"].update(g_depth=40), "g_depth must be at most 7"),
     (lambda m: m.update(source_modality=5), "source_modality must be text"),
     (lambda m: m["preprocessing"].update(spacing=[0.001, 0.001]), "spacing must be between"),
     (lambda m: m.update(preprocessing=[1, 2]), "preprocessing must be a JSON object"),

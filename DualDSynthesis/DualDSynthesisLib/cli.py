@@ -25,8 +25,8 @@ from pathlib import Path
 from . import io as vio
 from .atomic import remove_stale_partials, stale_note
 from .console import safe_console
-from .defaults import DEFAULT_MODEL
 from .errors import DualDError
+from .resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130

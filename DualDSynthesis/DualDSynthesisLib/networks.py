@@ -76,8 +76,8 @@ class UNetGenerator(nn.Module):
         _check_positive("in_channels", in_channels)
         _check_positive("base_width", base_width)
         _check_positive("depth", depth)
-        if depth > 7:
-            raise ValueError(f"depth must be at most 7 (a 2^{depth} down-sampling is larger than any slice)")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"depth must be at most {MAX_DEPTH} (a 2^{depth} down-sampling is larger than any slice)")
         _norm_layer(norm, 1)  # validates the name
         self.in_channels, self.base_width, self.depth, self.norm = in_channels, base_width, depth, norm
         widths = [base_width * 2**i for i in range(depth + 1)]
@@ -190,7 +190,8 @@ class LocalDiscriminator(nn.Module):
         return self.net(x)
 
 
-_ARCH_LIMITS = {"in_channels": 64, "g_base_width": 1024, "g_depth": 8, "d2_base_width": 1024}
+MAX_DEPTH = 7  # a 2^8 down-sampling is larger than any slice
+_ARCH_LIMITS = {"in_channels": 64, "g_base_width": 1024, "g_depth": MAX_DEPTH, "d2_base_width": 1024}
 
 
 @dataclass(frozen=True)
