@@ -158,8 +158,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox.addItem(device)
 
     def _restoreCombos(self) -> None:
-        index = self.ui.modelComboBox.findText(self._parameterNode.bundledModel)
-        self.ui.modelComboBox.setCurrentIndex(index if index >= 0 else 0)
+        index = self.ui.modelComboBox.findText(self._parameterNode.bundledModel or self.logic.default_model_name())
+        self.ui.modelComboBox.setCurrentIndex(index if index >= 0 else 0)  # entry 0 is the default model
         index = self.ui.deviceComboBox.findText(self._parameterNode.device)
         self.ui.deviceComboBox.setCurrentIndex(index if index >= 0 else 0)
         self.onModelChanged()

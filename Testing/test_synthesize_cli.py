@@ -133,7 +133,8 @@ def test_cohort_continues_after_a_bad_volume(model: Path, tmp_path: Path, capsys
     code, _stdout, err = _run(capsys, str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(model),
                               "--source-modality", "t2")
     assert code == 2
-    assert "bad.nii: bad.nii could not be read as an image" in err and "1 of 2 input(s) failed" in err
+    assert "error: bad.nii could not be read as an image" in err and "1 of 2 input(s) failed" in err
+    assert err.count("bad.nii") == 1  # the file is named once
     assert "warning: good.nii.gz: the input is t2 but this model was trained on t1" in err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["good_synthetic.nii.gz"]
 

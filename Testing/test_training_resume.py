@@ -71,7 +71,7 @@ def test_sigkill_then_resume_continues_and_finishes(data: Path, tmp_path: Path) 
     assert after == list(range(saved + 1, ITERATIONS + 1))
     assert load_bundle(out / "model-final.safetensors").metadata.provenance["iterations"] == ITERATIONS
     assert ckpt.load_checkpoint(out / ckpt.LAST)["step"] == ITERATIONS
-    assert not list(out.glob(".*.tmp"))  # a temp file torn by the SIGKILL is cleaned up on resume
+    assert not list(out.glob(".*.partial-*"))  # a temp file torn by the SIGKILL is cleaned up on resume
 
 
 def test_sigterm_saves_and_exits_143(data: Path, tmp_path: Path) -> None:

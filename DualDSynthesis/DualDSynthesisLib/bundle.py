@@ -9,9 +9,7 @@ bundle is a single file a user can copy.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write, safetensors_problem
+from .errors import DualDError, OutputExistsError
 from .networks import ArchitectureConfig, LocalDiscriminator, UNetGenerator
 
 # Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
@@ -32,7 +32,7 @@ VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
-class BundleError(ValueError):
+class BundleError(DualDError):
     """A file that is not a valid DualD model bundle; the message is one sentence for the user."""
 
 
@@ -53,6 +53,16 @@ class BundleMetadata:
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # An edited bundle whose JSON still parses must get a sentence too, not a traceback later.
+        for name in ("variant", "source_modality", "target_modality", "name", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise BundleError(f"the bundle's {name} must be text, got {getattr(self, name)!r}")
+        for name in ("architecture", "preprocessing", "provenance", "metrics"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise BundleError(f"the bundle's {name} must be a JSON object, got {type(value).__name__}")
+        if not isinstance(self.has_local_discriminator, bool):
+            raise BundleError("the bundle's has_local_discriminator must be true or false")
         if self.variant not in VARIANTS:
             raise BundleError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
 
@@ -112,31 +122,20 @@ def save_bundle(
     metadata: BundleMetadata,
     overwrite: bool = False,
 ) -> Path:
-    """Write the bundle atomically (temporary file in the same folder, then rename)."""
+    """Write the bundle atomically and verified (``atomic.atomic_write``)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise BundleError(f"a bundle file must end in .safetensors, got {path.name!r}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
     if metadata.has_local_discriminator != (local_discriminator is not None):
         raise BundleError("has_local_discriminator does not match whether a local discriminator was given")
     tensors = {f"generator.{k}": v for k, v in generator.state_dict().items()}
     if local_discriminator is not None:
         tensors.update({f"local_discriminator.{k}": v for k, v in local_discriminator.state_dict().items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: metadata.to_json()})
-        # mkstemp creates 0600 files; a bundle is meant to be shared, so give it the usual umask mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: metadata.to_json()}),
+                 safetensors_problem)
     return path
 
 
@@ -209,6 +208,9 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> ModelBu
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise BundleError(f"{path.name} could not be read as safetensors ({exc})") from None
+    for key, tensor in tensors.items():  # NaN weights would synthesise an all-NaN image that shows as 0
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BundleError(f"{path.name} holds NaN or infinite weights (tensor {key}); the model is broken")
     generator = arch.generator()
     _load_module(generator, "generator.", tensors, "generator")
     local = None

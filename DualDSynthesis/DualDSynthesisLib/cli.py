@@ -8,8 +8,10 @@ INPUT is a volume file, a DICOM series folder, a folder of volumes or a quoted g
 volumes or a glob, ``-o`` (and ``--heatmap``, ``--png``) are folders and the files are named after
 each input (``<stem>_synthetic.nii.gz``, ``<stem>_difficulty.nii.gz``, ``<stem>_overview.png``);
 ``--mask`` is then a folder holding ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` per input. The model is
-loaded once. Expected problems (bad input, missing model, existing output) print one line and exit
-with status 2; other inputs of a cohort are still processed.
+loaded once. Expected problems (bad input, missing model, existing output, full disk) print one line
+and exit with status 2; other inputs of a cohort are still processed. Ctrl-C exits with 130, SIGTERM
+(schedulers, ``timeout``) with 143; neither leaves a file behind, and unfinished files a killed run left
+in an output folder are removed by the next run there.
 
 ``--dicom-out DIR`` (with or instead of ``-o``) writes DICOM series marked as synthetic for a
 treatment-planning system (see ``dicom_export``): ``DIR/SYNTHETIC`` (CT Image Storage for a CT model,
@@ -20,17 +22,57 @@ one file per slice) and ``DIR/DIFFICULTY`` (the heatmap as a parametric map); wi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import io as vio
+from .atomic import remove_stale_partials, stale_note
 from .console import safe_console
-from .defaults import DEFAULT_MODEL
 from .dicom_export import DicomRequest
+from .errors import DualDError
+from .resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
+EXIT_TERMINATED = 143
 PROG = "duald-synthesize"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every ``finally`` removes the temporary files."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(_signum: int, _frame: object) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _per_input_message(name: str, exc: BaseException) -> str:
+    """One line naming the input once (the message may already name it)."""
+    if isinstance(exc, MemoryError):
+        return f"{name}: not enough memory to process it"
+    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, RuntimeError):  # only ITK's failed allocation reaches here (see main)
+        message = "not enough memory to process it (ITK could not allocate the image)"
+    return message if name in message else f"{name}: {message}"
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and "Failed to allocate memory" in str(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +181,17 @@ class _Progress:
 def main(argv: list[str] | None = None) -> int:
     safe_console()
     args = _parser().parse_args(argv)
+    with _sigterm_as_interrupt():
+        try:
+            return _main(args)
+        except KeyboardInterrupt as exc:  # while loading the model or listing inputs: nothing was written
+            terminated = isinstance(exc, _Terminated)
+            print(f"{PROG}: {'terminated (SIGTERM)' if terminated else 'cancelled'}; no output was written",
+                  file=sys.stderr)
+            return EXIT_TERMINATED if terminated else EXIT_CANCELLED
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.output is None and args.dicom_out is None:
         return _fail("give an output with -o and/or a DICOM export folder with --dicom-out")
     if args.dicom_out is None and (args.patient_id or args.patient_name):
@@ -173,6 +226,15 @@ def main(argv: list[str] | None = None) -> int:
             f"the model {Path(model).name} ({engine.metadata.variant}) has no trained local discriminator, "
             "so it cannot produce a difficulty heatmap; drop --heatmap"
         )
+    folders = {Path(p).parent for job in jobs for p in (job["output"], job["heatmap_path"], job["png"]) if p}
+    for folder in sorted(folders):
+        removed = remove_stale_partials(folder)
+        if removed:
+            print(f"{PROG}: note: {stale_note(folder, removed)}", file=sys.stderr)
+    return _run_jobs(jobs, engine, args, synthesize_file, SynthesisCancelled)
+
+
+def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_file, cancelled_type) -> int:
     failures = 0
     for n, job in enumerate(jobs, 1):
         name = job["input"].name
@@ -181,14 +243,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = synthesize_file(**job, engine=engine, overwrite=args.overwrite, progress=bar,
                                      source_modality=args.source_modality, series_uid=args.series_uid)
-        except (KeyboardInterrupt, SynthesisCancelled):
+        except (KeyboardInterrupt, cancelled_type) as exc:
             bar.close()
-            print(f"{PROG}: cancelled; no output was written for {name}", file=sys.stderr)
-            return EXIT_CANCELLED
-        except (ValueError, OSError) as exc:  # SynthesisError, existing outputs, unwritable folders
+            what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "cancelled"
+            print(f"{PROG}: {what}; no output was written for {name}", file=sys.stderr)
+            return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_CANCELLED
+        except (DualDError, OSError, MemoryError, RuntimeError) as exc:
+            # User errors (bad input, existing output, full disk) and the system's: one line, next input.
+            # Any other exception, and a RuntimeError that is not ITK's failed allocation, is a bug: traceback.
+            if isinstance(exc, RuntimeError) and not _is_allocation_failure(exc):
+                raise
             bar.close()
             failures += 1
-            print(f"{PROG}: error: {name}: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {_per_input_message(name, exc)}", file=sys.stderr)
             continue
         bar.close()
         for warning in result.warnings:
@@ -198,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             written.append(f"DICOM {job['dicom'].folder}")
         print(f"{name} → {', '.join(written)} ({result.seconds:.1f} s on {result.device})")
     if failures:
-        print(f"{PROG}: {failures} of {len(jobs)} input(s) failed", file=sys.stderr)
+        if len(jobs) > 1:
+            print(f"{PROG}: {failures} of {len(jobs)} input(s) failed", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

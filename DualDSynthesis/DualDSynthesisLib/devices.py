@@ -7,10 +7,12 @@ import re
 
 import torch
 
+from .errors import DualDError
+
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
 
-class DeviceError(ValueError):
+class DeviceError(DualDError):
     """A device that does not exist or is not available; one sentence for the user."""
 
 

@@ -52,6 +52,7 @@ from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from .defaults import DEFAULT_MODEL
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
 from .dicom_export import DicomRequest, check_dicom_request, write_dicom
+from .errors import DualDError
 from .fingerprint import TrainingFingerprint, ood_warnings, volume_stats
 from .losses import difficulty_from_logits, expected_error
 from .networks import ArchitectureConfig
@@ -77,7 +78,7 @@ _NETWORKS_DONE = 0.9
 _CROP_SAFE_NORMS = ("batch", "none")
 
 
-class SynthesisError(ValueError):
+class SynthesisError(DualDError):
     """Bad input, bad model or bad device; the message is one sentence for the user."""
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write, png_problem
+
 # Samples of matplotlib's perceptually uniform "inferno" (dark purple → pale yellow).
 _INFERNO_ANCHORS = np.array(
     [
@@ -39,8 +41,5 @@ def hot_rgb(x: np.ndarray) -> np.ndarray:
 
 def write_png(pixels: np.ndarray, path: str | Path) -> Path:
     """Write a ``[rows, cols, 3|4]`` uint8 array (top row first) as an RGB(A) PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(np.ascontiguousarray(pixels, dtype=np.uint8), isVector=True)
-    sitk.WriteImage(image, str(path))
-    return path
+    return atomic_write(Path(path), lambda tmp: sitk.WriteImage(image, str(tmp)), png_problem)

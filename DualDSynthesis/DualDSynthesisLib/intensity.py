@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
+from .errors import DualDError
+
 CT_HU_RANGE = (-1024.0, 3071.0)
 CT_BODY_THRESHOLD_HU = -500.0
 # MRI foreground = voxels above this fraction of the robust maximum (99th percentile of the
@@ -28,7 +30,7 @@ _ROBUST_MAX_SAMPLES = 2_000_000  # the threshold's percentile is estimated on a 
 _KINDS = ("mri_percentile", "mri_peak", "ct_hu")
 
 
-class PreprocessError(ValueError):
+class PreprocessError(DualDError):
     """Bad input volume or bad preprocessing metadata (the message is one sentence)."""
 
 

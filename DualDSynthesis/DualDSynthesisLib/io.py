@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import Verifier, commit, png_problem, write_temporary
+from .errors import DualDError, OutputExistsError
+
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_MODALITY_TAG = "0008|0060"
 SERIES_DESCRIPTION_TAG = "0008|103e"
 
 
-class VolumeReadError(ValueError):
+class VolumeReadError(DualDError):
     """A path that does not hold a readable volume; one sentence for the user."""
 
 
@@ -42,10 +45,15 @@ def is_volume_file(path: Path) -> bool:
 
 def dicom_series(folder: Path) -> list[str]:
     """IDs of the DICOM series directly in ``folder`` (empty when it holds none)."""
+    # GDCM prints "No Series were found" warnings for every folder it probes: noise, not news.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.GlobalWarningDisplayOff()
     try:
         return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
     except RuntimeError:
         return []
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _series_summary(folder: Path, uid: str) -> str:
@@ -108,19 +116,22 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> sitk.Image:
         raise VolumeReadError(unreadable) from None
     if nifti_integrity_problem(path) is not None:
         raise VolumeReadError(unreadable)
+    bad = nifti_non_finite_voxels(path)
+    if bad:
+        raise VolumeReadError(f"{path.name} has {bad} NaN or infinite voxel{'s' if bad != 1 else ''}")
     return image
 
 
-def _nifti_data_end(header: bytes) -> int | None:
-    """Voxel offset + data size from a NIfTI-1/2 header, None if it is not one."""
+def _nifti_layout(header: bytes) -> tuple[int, int, int, int, str] | None:
+    """(voxel offset, voxel count, bits per voxel, datatype code, byte order) of a NIfTI-1/2 header, or None."""
     for endian in "<>":
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
             offset = int(struct.unpack(endian + "f", header[108:112])[0])
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             offset = struct.unpack(endian + "q", header[168:176])[0]
             break
@@ -128,7 +139,44 @@ def _nifti_data_end(header: bytes) -> int | None:
         return None
     if not 1 <= dims[0] <= 7 or bitpix <= 0:
         return None
-    return offset + math.prod(max(d, 1) for d in dims[1 : dims[0] + 1]) * bitpix // 8
+    return offset, math.prod(max(d, 1) for d in dims[1 : dims[0] + 1]), bitpix, datatype, endian
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Voxel offset + data size from a NIfTI-1/2 header, None if it is not one."""
+    layout = _nifti_layout(header)
+    return None if layout is None else layout[0] + layout[1] * layout[2] // 8
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}  # float32, float64, complex64, complex128
+
+
+def nifti_non_finite_voxels(path: Path) -> int:
+    """NaN/inf values stored in a floating-point NIfTI file (0 for other files and integer data).
+
+    ITK's NIfTI reader silently turns NaN and inf into 0, so they must be counted in the raw data,
+    streamed in chunks (no second copy of the volume)."""
+    name = path.name.lower()
+    opener = gzip.open if name.endswith(".nii.gz") else open if name.endswith(".nii") else None
+    if opener is None:
+        return 0
+    with opener(path, "rb") as f:
+        layout = _nifti_layout(f.read(540))
+        if layout is None or layout[3] not in _NIFTI_FLOATS:
+            return 0
+        offset, count, bitpix, datatype, endian = layout
+        dtype = np.dtype(endian + _NIFTI_FLOATS[datatype])
+        f.seek(offset)
+        remaining, bad = count * bitpix // 8, 0
+        chunk_bytes = (1 << 24) // dtype.itemsize * dtype.itemsize
+        while remaining > 0:
+            data = f.read(min(chunk_bytes, remaining))
+            if not data:
+                break
+            values = np.frombuffer(data[: len(data) // dtype.itemsize * dtype.itemsize], dtype)
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            remaining -= len(data)
+    return bad
 
 
 def nifti_integrity_problem(path: Path) -> str | None:
@@ -208,15 +256,42 @@ def expand_inputs(spec: str) -> list[Path]:
     raise VolumeReadError(f"{spec} does not exist")
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A hidden name beside ``path`` with the same suffix, so SimpleITK picks the same writer."""
-    stem, suffix = split_name(path)
-    return path.with_name(f".{stem}.partial-{uuid.uuid4().hex[:8]}{suffix}")
+def volume_problem(image: sitk.Image) -> Verifier:
+    """A verifier for a written volume/PNG: complete NIfTI data and a header that reads back as ``image``'s size."""
+
+    def verify(tmp: Path) -> str | None:
+        if tmp.name.lower().endswith(".png"):
+            problem = png_problem(tmp)
+            if problem is not None:
+                return problem
+        problem = nifti_integrity_problem(tmp)
+        if problem is not None:
+            return problem
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(tmp))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return "its header cannot be read back"
+        if tuple(reader.GetSize()) != tuple(image.GetSize()):
+            return f"its header reads back as size {reader.GetSize()}, not {image.GetSize()}"
+        return None
+
+    return verify
+
+
+def non_finite_voxels(image: sitk.Image) -> int:
+    """How many voxels of a floating-point image are NaN or infinite (0 for integer images)."""
+    if "float" not in image.GetPixelIDTypeAsString():
+        return 0
+    view = sitk.GetArrayViewFromImage(image)
+    return int(view.size - np.count_nonzero(np.isfinite(view)))
 
 
 class AtomicOutputs:
     """Write several files under temporary names and rename them all on :meth:`commit`; anything
-    not committed (cancel, error) is deleted, so a failed run leaves no output behind."""
+    not committed (cancel, error) is deleted, so a failed run leaves no output behind. Every temporary
+    is fsynced and read back (``atomic.write_temporary``) before it may be committed."""
 
     def __init__(self, overwrite: bool = False) -> None:
         self.overwrite = overwrite
@@ -224,23 +299,24 @@ class AtomicOutputs:
 
     def check(self, path: Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> None:
         if not path.name.lower().endswith(suffixes):
-            raise ValueError(
+            raise DualDError(
                 f"cannot tell which format to write {path.name!r} in; end the name with one of {', '.join(suffixes)}"
             )
         if path.exists() and not self.overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
         if path.is_dir():
-            raise FileExistsError(f"{path} is a folder, not a file name")
+            raise OutputExistsError(f"{path} is a folder, not a file name")
 
     def write_image(self, image: sitk.Image, path: Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> None:
         self.check(path, suffixes)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(path)
+        bad = non_finite_voxels(image)
+        if bad:  # Slicer and ITK show NaN as 0: a silent "no difficulty anywhere" must never be written
+            raise DualDError(f"{path.name} was not written: the result has {bad} NaN or infinite voxels "
+                             "(the model or the input is broken)")
+        compress = path.name.lower().endswith(".gz")
+        tmp = write_temporary(path, lambda t: sitk.WriteImage(image, str(t), useCompression=compress),
+                              volume_problem(image))
         self._pending.append((tmp, path))
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=path.name.lower().endswith(".gz"))
-        except RuntimeError:
-            raise OSError(f"could not write {path} (is the folder writable and is there space left?)") from None
 
     def check_folder(self, path: Path, ours: tuple[str, ...] = ()) -> None:
         """An output folder (a DICOM export): it must be new or empty, unless overwrite; even then only
@@ -272,8 +348,10 @@ class AtomicOutputs:
                 os.replace(final, old)
                 os.replace(tmp, final)
                 shutil.rmtree(old, ignore_errors=True)
-            else:
+            elif tmp.is_dir():
                 os.replace(tmp, final)
+            else:
+                commit(tmp, final)
         self._pending.clear()
 
     def discard(self) -> None:

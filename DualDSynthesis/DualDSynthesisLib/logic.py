@@ -25,7 +25,7 @@ import SimpleITK as sitk
 import slicer
 
 from . import dicom_marking, display, mrml_io, qa
-from .resources import MODELS_DIR, RESOURCES_DIR
+from .resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -136,8 +136,15 @@ class DualDSynthesisLogic:
 
     @staticmethod
     def bundled_models(models_dir: Path = MODELS_DIR) -> list[Path]:
-        """Model bundles shipped with the extension, sorted by file name."""
-        return sorted(models_dir.glob(f"*{BUNDLE_SUFFIX}")) if models_dir.is_dir() else []
+        """Model bundles shipped with the extension: the documented default (T1 → T2) first, so a panel
+        or a self-test that takes the first entry gets it, then the others sorted by file name."""
+        found = sorted(models_dir.glob(f"*{BUNDLE_SUFFIX}")) if models_dir.is_dir() else []
+        return sorted(found, key=lambda p: p.name != DEFAULT_MODEL.name)  # stable: the rest stay sorted
+
+    @staticmethod
+    def default_model_name() -> str:
+        """The name (file stem) of the documented default model, as the panel's model list shows it."""
+        return DEFAULT_MODEL.stem
 
     @staticmethod
     def available_devices() -> list[str]:

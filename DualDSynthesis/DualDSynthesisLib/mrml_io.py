@@ -17,10 +17,12 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .errors import DualDError
+
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-class VolumeConversionError(ValueError):
+class VolumeConversionError(DualDError):
     """A node or image that cannot be converted; the message is one sentence for the user."""
 
 

@@ -79,8 +79,8 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"out_channels must be 1 (image) or 2 (image + expected error), got {out_channels!r}")
         _check_positive("base_width", base_width)
         _check_positive("depth", depth)
-        if depth > 7:
-            raise ValueError(f"depth must be at most 7 (a 2^{depth} down-sampling is larger than any slice)")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"depth must be at most {MAX_DEPTH} (a 2^{depth} down-sampling is larger than any slice)")
         _norm_layer(norm, 1)  # validates the name
         self.in_channels, self.base_width, self.depth, self.norm = in_channels, base_width, depth, norm
         widths = [base_width * 2**i for i in range(depth + 1)]
@@ -266,6 +266,10 @@ def local_receptive_field(head: str) -> int:
     return rf
 
 
+MAX_DEPTH = 7  # a 2^8 down-sampling is larger than any slice
+_ARCH_LIMITS = {"in_channels": 64, "g_base_width": 1024, "g_depth": MAX_DEPTH, "d2_base_width": 1024}
+
+
 @dataclass(frozen=True)
 class ArchitectureConfig:
     """Hyper-parameters of the three networks; stored verbatim in a model bundle."""
@@ -289,6 +293,9 @@ class ArchitectureConfig:
             raise ValueError(f"g_depth must be at most 7, got {self.g_depth}")
         for name in ("in_channels", "g_base_width", "g_depth", "d2_base_width"):
             _check_positive(name, getattr(self, name))
+            # Upper bounds, so edited metadata (g_depth 40) gets a sentence instead of a huge allocation.
+            if getattr(self, name) > _ARCH_LIMITS[name]:
+                raise ValueError(f"{name} must be at most {_ARCH_LIMITS[name]}, got {getattr(self, name)}")
         for name in ("g_norm", "d1_norm", "d2_norm"):
             if getattr(self, name) not in NORMS:
                 raise ValueError(f"{name} must be one of {', '.join(NORMS)}, got {getattr(self, name)!r}")

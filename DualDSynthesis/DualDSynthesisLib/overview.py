@@ -16,6 +16,8 @@ from .figures import hot_rgb
 
 PANEL_HEIGHT = 256
 GAP = 4
+MAX_SIDE = 2048  # the whole figure's width and height: a 1-slice or 2000×2000 input must not need gigabytes
+MAX_PANEL_WIDTH = (MAX_SIDE - 2 * GAP) // 3
 
 
 def _window(arr: np.ndarray) -> tuple[float, float]:
@@ -37,8 +39,8 @@ def _centre(arr: np.ndarray) -> tuple[int, int, int]:
 def _panel(plane: np.ndarray, row_spacing: float, col_spacing: float, width: int | None = None) -> np.ndarray:
     """``plane`` resampled (bilinear) to PANEL_HEIGHT rows at the physical aspect ratio."""
     rows, cols = plane.shape
-    if width is None:
-        width = max(1, round(PANEL_HEIGHT * cols * col_spacing / (rows * row_spacing)))
+    if width is None:  # physical aspect, capped: a one-slice volume's coronal plane is 1 row by 240 columns
+        width = min(MAX_PANEL_WIDTH, max(1, round(PANEL_HEIGHT * cols * col_spacing / (rows * row_spacing))))
     r = np.linspace(0, rows - 1, PANEL_HEIGHT)
     c = np.linspace(0, cols - 1, width)
     rr, cc = np.meshgrid(r, c, indexing="ij")
@@ -47,7 +49,7 @@ def _panel(plane: np.ndarray, row_spacing: float, col_spacing: float, width: int
 
 def _gray(panel: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     lo, hi = window
-    g = np.clip((panel - lo) / (hi - lo), 0.0, 1.0)
+    g = np.clip((panel - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     return np.repeat(g[..., None], 3, axis=2)
 
 
@@ -83,14 +85,14 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
         syn_rgb = _gray(syn_panel, windows[1])
         if heat is not None:
             h = _panel(_planes(heat, centre, spacing)[index][0], rs, cs, width)
-            alpha = (0.7 * np.clip(h, 0.0, 1.0))[..., None]
-            over = (1 - alpha) * syn_rgb + alpha * hot_rgb(h)
+            alpha = (0.7 * np.clip(h, 0.0, 1.0))[..., None].astype(np.float32)
+            over = (1 - alpha) * syn_rgb + alpha * hot_rgb(h).astype(np.float32)
         else:
             over = syn_rgb
-        gap = np.zeros((PANEL_HEIGHT, GAP, 3))
+        gap = np.zeros((PANEL_HEIGHT, GAP, 3), np.float32)
         rows.append(np.concatenate([_gray(src_panel, windows[0]), gap, syn_rgb, gap, over], axis=1))
     width = max(r.shape[1] for r in rows)
-    canvas = np.zeros((len(rows) * (PANEL_HEIGHT + GAP) - GAP, width, 3))
+    canvas = np.zeros((len(rows) * (PANEL_HEIGHT + GAP) - GAP, width, 3), np.float32)
     for n, row in enumerate(rows):
         y = n * (PANEL_HEIGHT + GAP)
         canvas[y : y + PANEL_HEIGHT, : row.shape[1]] = row

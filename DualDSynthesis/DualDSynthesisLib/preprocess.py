@@ -32,6 +32,7 @@ from .intensity import (
     foreground_mask,
     source_mapping,
 )
+from .limits import slice_size_problem, spacing_problem
 from .slicestack import check_context
 
 __all__ = [  # the intensity names are re-exported: callers prepare volumes through this module
@@ -89,6 +90,8 @@ class PreprocessingSpec:
                 raise PreprocessError(f"spacing must be two numbers (mm), got {self.spacing!r}.") from exc
             if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
                 raise PreprocessError(f"spacing must be two positive numbers (mm, x then y), got {self.spacing!r}.")
+            if spacing_problem(sp):
+                raise PreprocessError(spacing_problem(sp))
             object.__setattr__(self, "spacing", sp)
         for name in ("size_multiple", "min_size"):
             value = getattr(self, name)
@@ -262,6 +265,9 @@ def _check_inplane(grid: Grid, spec: PreprocessingSpec, name: str) -> None:
         raise PreprocessError(
             f"{name} has {w}×{h}-voxel slices after resampling, smaller than the minimum {spec.min_size}."
         )
+    problem = slice_size_problem(name, w, h, _padded(w, spec) * _padded(h, spec) * grid.size[2])
+    if problem:  # a wrong spacing (50 mm) must be one sentence, not ITK's failed allocation mid-cohort
+        raise PreprocessError(problem)
 
 
 # ----------------------------------------------------------------------------- validation

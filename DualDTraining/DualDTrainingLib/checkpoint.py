@@ -6,21 +6,21 @@ pickled code: network and optimiser state dicts, the step, the RNG states of pyt
 (of every rank, so each rank resumes its own sampling stream), the preprocessing spec and the run's
 settings as JSON strings, and the best validation result so far.
 
-Writes go to a temporary file in the same folder followed by ``os.replace``: a crash or SIGKILL
-mid-write leaves the previous checkpoint intact.
+Writes go through ``atomic.atomic_write`` (temporary file in the same folder, fsync, read-back of the
+zip directory, rename): a crash, SIGKILL or full disk mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from DualDSynthesisLib.atomic import atomic_write, zip_problem
+from DualDSynthesisLib.errors import DualDError
 
 from .step import DualDTrainer
 
@@ -29,7 +29,7 @@ LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DualDError):
     """A checkpoint that cannot be used to resume (the message is one sentence)."""
 
 
@@ -73,23 +73,6 @@ def restore_rng(state: dict[str, Any], sampler: np.random.Generator) -> None:
 # ----------------------------------------------------------------------------- save / load
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())  # the data is on disk before the rename makes it the checkpoint
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu")
@@ -119,7 +102,7 @@ def save_checkpoint(
         "run": json.dumps(run, default=str),
         "best": json.dumps(best),
     }
-    _atomic_save(state, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), zip_problem)
     return path
 
 
@@ -129,11 +112,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint to resume from at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged/unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({first[:200]})") from None
+    except Exception:  # torch raises several types for damaged/unsafe files
+        # torch's own message advises weights_only=False, the unsafe path: never quote it.
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (or it is damaged)") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a DualD training checkpoint (format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (or it is damaged)")
     state["preprocessing"] = json.loads(state["preprocessing"])
     state["run"] = json.loads(state["run"])
     state["best"] = json.loads(state["best"])

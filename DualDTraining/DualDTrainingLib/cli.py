@@ -44,7 +44,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from DualDSynthesisLib.console import safe_console
+from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.intensity import SOURCE_NORMS
+
+from .errors import EXIT_NON_FINITE, TrainingStopped
 
 PROG = "duald-train"
 VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
@@ -168,10 +171,14 @@ def main(argv: Sequence[str] | None = None, slicer: bool = False) -> int:
         return code
 
     try:
-        from .loop import EXIT_NON_FINITE, TrainingError, TrainingStopped, run_training
-
+        # The exception classes are imported above, torch-free: an interrupt or a broken PyTorch during
+        # this import must show its own cause, not an UnboundLocalError from the except clauses.
+        try:
+            from .loop import run_training
+        except ImportError as exc:
+            return fail(f"error: PyTorch or another requirement could not be imported ({exc}); reinstall it", 2)
         return run_training(_config(args, slicer))
-    except TrainingError as exc:
+    except DualDError as exc:  # TrainingError, a full disk (OutputWriteError), …: one line
         return fail(f"error: {exc}", 2)
     except TrainingStopped as exc:
         return fail(str(exc), exc.exit_code, every_rank=exc.exit_code == EXIT_NON_FINITE)

@@ -29,7 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.io import nifti_integrity_problem
+from DualDSynthesisLib.errors import DualDError
+from DualDSynthesisLib.io import nifti_integrity_problem, nifti_non_finite_voxels
 
 __all__ = [
     "CONTRAST_ALIASES",
@@ -69,7 +70,7 @@ _NAME_RE = re.compile(
 _LABEL_KEY = "seg"
 
 
-class DiscoveryError(ValueError):
+class DiscoveryError(DualDError):
     """The data cannot be used at all (bad path, unknown contrast, nothing found)."""
 
 
@@ -323,9 +324,7 @@ def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], l
             f"manifest {manifest} needs header columns 'source' and 'target' (found: {', '.join(columns) or 'none'})."
         )
     base = manifest.parent
-    candidates: list[SubjectPair] = []
-    rejected: list[Rejection] = []
-    seen: set[str] = set()
+    rows: list[tuple[int, dict[str, str], dict[str, Path | None]]] = []
     for line_no, row in enumerate(reader, start=2):
         cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
         if not any(cells.values()):
@@ -335,8 +334,15 @@ def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], l
             value = cells.get(column, "")
             return None if not value else (base / Path(value).expanduser()).resolve()
 
-        src, tgt = path_of("source"), path_of("target")
-        subject = cells.get("subject") or _subject_from(src) or f"line{line_no}"
+        rows.append((line_no, cells, {c: path_of(c) for c in ("source", "target", "mask", "foreground")}))
+    derived, notes = _derive_subjects([p["source"] for _n, c, p in rows if not c.get("subject") and p["source"]])
+    candidates: list[SubjectPair] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    owner: dict[Path, str] = {}
+    for line_no, cells, paths in rows:
+        src, tgt = paths["source"], paths["target"]
+        subject = cells.get("subject") or (derived.get(src) if src else None) or f"line{line_no}"
         if src is None or tgt is None:
             rejected.append(Rejection(subject, f"line {line_no}: empty source or target cell"))
             continue
@@ -344,17 +350,41 @@ def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], l
             rejected.append(Rejection(subject, f"line {line_no}: duplicate subject id"))
             continue
         seen.add(subject)
+        for path in (src, tgt):  # the same file under two ids leaks training data into validation
+            if owner.setdefault(path, subject) != subject:
+                notes.append(f"warning: {path.name} is listed for both subject {owner[path]} and {subject} "
+                             f"(line {line_no}); a subject in both training and validation inflates its scores")
         candidates.append(
             SubjectPair(
                 subject,
                 src,
                 tgt,
-                mask=path_of("mask"),
-                foreground=path_of("foreground"),
+                mask=paths["mask"],
+                foreground=paths["foreground"],
                 split=cells.get("split") or None,
             )
         )
-    return candidates, rejected, []
+    return candidates, rejected, notes
+
+
+def _derive_subjects(sources: list[Path]) -> tuple[dict[Path, str], list[str]]:
+    """Subject ids for manifest rows without a ``subject`` cell, and a note saying which rule made them.
+
+    First the file name (``sub01_t1.nii.gz`` → ``sub01``); when that repeats (``case1/T1.nii.gz``,
+    ``case2/T1.nii.gz``), the nearest parent folder(s) that make every id unique."""
+    if not sources:
+        return {}, []
+    by_name = {src: _subject_from(src) or src.name for src in sources}
+    if len(set(by_name.values())) == len(set(sources)):
+        return by_name, []
+    depth = max(len(src.parent.parts) for src in sources)
+    for levels in range(1, depth):
+        ids = {src: "/".join(src.parent.parts[-levels:]) for src in sources}
+        if len(set(ids.values())) == len(set(sources)):
+            rule = "parent folder" if levels == 1 else f"{levels} nearest parent folders"
+            return ids, [f"the manifest has no subject column and its file names repeat, so subject ids are the "
+                         f"source files' {rule} (e.g. {next(iter(ids.values()))})"]
+    return by_name, []
 
 
 def _subject_from(path: Path | None) -> str | None:
@@ -411,10 +441,14 @@ def _read_full(path: Path, subject: str, role: str) -> sitk.Image:
     if problem:
         raise DiscoveryError(f"subject {subject}: {role} file {path.name} {problem}.")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         reason = _first_line(exc)
         raise DiscoveryError(f"subject {subject}: {role} file {path.name} cannot be read ({reason}).") from exc
+    bad = nifti_non_finite_voxels(path)  # ITK's NIfTI reader turns NaN/inf into 0 without a word
+    if bad:
+        raise DiscoveryError(f"subject {subject}: {role} file {path.name} has {bad} NaN or infinite voxels.")
+    return image
 
 
 def _onto(reference: sitk.Image, image: sitk.Image, interpolator: int, default: float, pixel_type: int) -> sitk.Image:

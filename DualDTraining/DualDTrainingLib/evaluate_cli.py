@@ -13,16 +13,18 @@ tissue and bone. See ``evaluation.py`` for the units.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from DualDSynthesisLib.atomic import atomic_write_json
 from DualDSynthesisLib.console import safe_console
-from DualDSynthesisLib.engine import SynthesisEngine, SynthesisError
-from DualDSynthesisLib.preprocess import PreprocessError
+from DualDSynthesisLib.engine import SynthesisEngine
+from DualDSynthesisLib.errors import DualDError, OutputExistsError, OutputWriteError
+from DualDSynthesisLib.preprocess import validate_volume
 
 from .discovery import DiscoveryError, discover, load_pair
 from .evaluation import SubjectEvaluation, evaluate_images, format_table, hu_report, summarise
@@ -54,8 +56,18 @@ def _finite(obj):  # JSON has no inf/nan: write them as strings a reader can par
 
 def run(args: argparse.Namespace) -> dict:
     if args.json is not None and args.json.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.json} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{args.json} already exists; pass --overwrite to replace it")
+    if args.json is not None:  # fail before the evaluation, not after it
+        folder = args.json.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            raise OutputWriteError(f"could not write {args.json}: its folder cannot be created") from None
+        if not os.access(folder, os.W_OK):
+            raise OutputWriteError(f"could not write {args.json}: the folder is not writable")
     found = discover(args.data, args.source, args.target)
+    for note in found.notes:
+        print(f"note: {note}", file=sys.stderr)
     for rejection in found.rejected:
         print(f"skipped {rejection.subject}: {rejection.reason}", file=sys.stderr)
     pairs = found.pairs
@@ -72,9 +84,15 @@ def run(args: argparse.Namespace) -> dict:
     results: list[SubjectEvaluation] = []
     for pair in pairs:
         t0 = time.perf_counter()
-        source, target, labels = load_pair(pair)
-        out = engine.run(source, source_modality=args.source)
-        res = evaluate_images(pair.subject, out.synthetic, target, source, engine.spec, out.heatmap, labels)
+        try:
+            source, target, labels = load_pair(pair)
+            validate_volume(target, f"target file {pair.target.name}")  # e.g. constant: say so, by name
+            out = engine.run(source, source_modality=args.source)
+            res = evaluate_images(pair.subject, out.synthetic, target, source, engine.spec, out.heatmap, labels)
+        except DualDError as exc:  # one bad subject (e.g. a constant target) must not lose the others
+            message = str(exc).rstrip(".").replace(f"subject {pair.subject}: ", "")
+            print(f"skipped {pair.subject}: {message}", file=sys.stderr)
+            continue
         res.warnings += out.warnings
         results.append(res)
         fg = res.regions.get("foreground") or res.regions.get("body")
@@ -84,6 +102,8 @@ def run(args: argparse.Namespace) -> dict:
             f"gradient baseline {res.gradient_auroc:.3f}; {time.perf_counter() - t0:.1f} s",
             flush=True,
         )
+    if not results:
+        raise DualDError("no subject could be evaluated (see the skipped lines above)")
     summary = summarise(results)
     print(format_table(summary))
     if engine.spec.target.kind == "ct_hu" and "body" in summary:
@@ -98,10 +118,7 @@ def run(args: argparse.Namespace) -> dict:
         "summary": summary,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(_finite(report), indent=2), encoding="utf-8")
-        tmp.replace(args.json)
+        atomic_write_json(args.json, _finite(report), indent=2)
     return report
 
 
@@ -110,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (DiscoveryError, SynthesisError, PreprocessError, FileExistsError, ValueError) as exc:
+    except DualDError as exc:  # user errors only: a bug in our code keeps its traceback
         print(f"duald-evaluate: error: {exc}", file=sys.stderr)
         return 2
     return 0

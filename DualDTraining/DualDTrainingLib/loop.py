@@ -26,6 +26,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +34,9 @@ from typing import Any, TypeVar
 import numpy as np
 import SimpleITK as sitk
 import torch
+from DualDSynthesisLib.atomic import remove_stale_partials
 from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
+from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.figures import write_png
 from DualDSynthesisLib.fingerprint import fingerprint
 from DualDSynthesisLib.networks import ArchitectureConfig
@@ -43,39 +46,28 @@ from DualDSynthesisLib.slicestack import channels
 from . import checkpoint as ckpt
 from .augment import SourceAugmentation
 from .dataset import (
+    PreparedSubject,
     SliceSampler,
     base_spec,
     choose_splits,
     finish_spec,
     inplane_spacing,
     parse_spacing,
-    prepare_subjects,
+    prepare_subject,
     shard_pairs,
 )
 from .discovery import DiscoveryError, discover
 from .distributed import DistContext, PeerNonFiniteError, init_from_env, stop_together
+from .errors import EXIT_NON_FINITE, TrainingError, TrainingStopped
 from .reporting import Progress, Reporter, sample_grid
 from .step import DualDTrainer, NonFiniteLossError, TrainingConfig
 from .validation import check_metric_name, is_better, jsonable_metrics, sample_captions, validate
 
-EXIT_NON_FINITE = 3
 PARAM_DIGEST_ENV = "DUALD_TRAIN_PARAM_DIGEST_DIR"  # tests: each rank writes a digest of its parameters
 _ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", "model-final.safetensors", "model-best.safetensors",
               "metrics.jsonl", "run.json")
 _ARTEFACT_DIRS = ("tensorboard", "samples")
 T = TypeVar("T")
-
-
-class TrainingError(ValueError):
-    """A problem with the user's data or options; the message is one sentence."""
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped early (signal: 130/143 after saving; non-finite loss: 3, nothing saved)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -180,6 +172,36 @@ def _on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
     return result
 
 
+def _naming_file(message: str, pair: Any) -> str:
+    """``target is constant …`` → ``target file sub03_t2.nii.gz is constant …``: name the file, once."""
+    for role in ("source", "target", "mask", "foreground"):
+        path = getattr(pair, role, None)
+        if path is not None and message.startswith(role + " ") and path.name not in message:
+            return f"{role} file {path.name}{message[len(role):]}"
+    return message
+
+
+def prepare_each(pairs: list, spec: PreprocessingSpec, workers: int) -> tuple[list[PreparedSubject],
+                                                                             list[tuple[str, str]]]:
+    """Prepare every pair; a pair with a user-data problem (constant target, NaN voxels, unreadable file)
+    is dropped with its reason as (subject, reason) instead of aborting the run. Programming errors propagate."""
+
+    def one(pair: Any) -> tuple[PreparedSubject | None, str | None]:
+        try:
+            return prepare_subject(pair, spec), None
+        except DualDError as exc:
+            return None, _naming_file(str(exc).rstrip("."), pair).replace(f"subject {pair.subject}: ", "")
+
+    if workers <= 1 or len(pairs) <= 1:
+        results = [one(p) for p in pairs]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
+            results = list(pool.map(one, pairs))
+    kept = [r for r, _ in results if r is not None]
+    dropped = [(p.subject, why) for p, (_, why) in zip(pairs, results, strict=True) if why is not None]
+    return kept, dropped
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
@@ -196,8 +218,7 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (output / ckpt.LAST).is_file():
             raise TrainingError(f"--resume was given but {output} holds no {ckpt.LAST} to resume from")
-        for torn in output.glob(".checkpoint-*.tmp"):  # left by a kill during a write; never read
-            torn.unlink(missing_ok=True)
+        remove_stale_partials(output)  # left by a kill during a write; never read
         return
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
@@ -312,30 +333,25 @@ class Run:
                              source_norm=cfg.source_norm, context_slices=cfg.context_slices)
         mine, shard_slices = shard_pairs(train, ctx.rank, ctx.world_size)
         t0 = time.time()
-        try:
-            subjects = prepare_subjects(mine, spec, cfg.workers)
-            prep_error = None
-        except (ValueError, RuntimeError) as exc:
-            subjects, prep_error = [], str(exc)
-        errors = [e for e in ctx.gather_objects(prep_error) if e]
-        if errors:
-            raise TrainingError(errors[0])
+        subjects, dropped = prepare_each(mine, spec, cfg.workers)
+        dropped = [d for per_rank in ctx.gather_objects(dropped) for d in per_rank]
+        for subject, reason in dict(dropped).items():
+            self.say(f"rejected {subject}: {reason}")
+        if not all(ctx.gather_objects(bool(subjects))):
+            raise TrainingError("no training subject could be prepared (see the rejected lines above)")
+        train = [p for p in train if p.subject not in dict(dropped)]
         scales = [s for per_rank in ctx.gather_objects([s.target_scale for s in subjects]) for s in per_rank]
         stats = [s for per_rank in ctx.gather_objects([s.source_stats for s in subjects]) for s in per_rank]
         self.fingerprint = fingerprint([s for s in stats[: len(train)] if s is not None]).to_dict() if stats else {}
         if shard_slices:
             scales = scales[: len(train)]  # every rank prepared all subjects: count each once
         self.spec = spec if self.state is not None else finish_spec(spec, scales)
-        self.has_validation = bool(val)
-        self.val_subjects, val_error = [], None
+        self.val_subjects = []
         if ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
-            try:
-                self.val_subjects = prepare_subjects(val, self.spec, cfg.workers)
-            except (ValueError, RuntimeError) as exc:
-                val_error = str(exc)
-        val_error = ctx.broadcast_object(val_error)
-        if val_error:
-            raise TrainingError(val_error)
+            self.val_subjects, val_dropped = prepare_each(val, self.spec, cfg.workers)
+            for subject, reason in val_dropped:
+                self.say(f"rejected {subject} (validation): {reason}")
+        self.has_validation = bool(ctx.broadcast_object(bool(self.val_subjects)))
         self.sampler_rng = np.random.default_rng([cfg.seed, ctx.rank])
         self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip,
                                     (ctx.rank, ctx.world_size) if shard_slices else (0, 1), cfg.crop_size,

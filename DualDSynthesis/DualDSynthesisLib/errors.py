@@ -1,0 +1,22 @@
+"""The one base class of user errors (no torch, SimpleITK, Slicer or Qt import).
+
+Every error that means "the user's input, options, model file or disk is at fault" derives from
+:class:`DualDError` (a ``ValueError``, so older ``except ValueError`` callers keep working) and carries
+one sentence for the user. The command-line tools catch only this class (plus the operating system's
+``OSError``): a programming error such as a ``TypeError`` in our own code is never turned into a
+"skipped" line but surfaces as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DualDError(ValueError):
+    """A problem the user can fix (bad input, bad option, bad model, full disk); the message is one sentence."""
+
+
+class OutputExistsError(DualDError, FileExistsError):
+    """An output path is taken and overwriting was not asked for (also a ``FileExistsError``)."""
+
+
+class OutputWriteError(DualDError, OSError):
+    """A file could not be written completely (disk full, read-only folder); nothing was left at its path."""
