@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundles import make_bundle
 from DualDSynthesisLib.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
 from DualDSynthesisLib.networks import ArchitectureConfig
 
@@ -138,3 +139,12 @@ def test_a_header_length_whose_low_byte_is_the_pickle_opcode_is_still_safetensor
     assert path.read_bytes()[0] == 0x80
     with pytest.raises(BundleError, match="not a DualD bundle"):
         load_bundle(path)
+
+
+def test_saved_bundle_gets_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    import os
+
+    path = make_bundle(tmp_path / "shared.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -398,6 +398,37 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(summary), file=sys.stderr)
 
 
+def baseline(args: argparse.Namespace) -> None:
+    """Score an existing bundle (e.g. the previously shipped model) on every prepared subject, with the
+    same evaluation as the LOSO jobs, so the new folds can be compared with it subject by subject."""
+    import types
+
+    import torch
+    from DualDSynthesisLib.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    spec = bundle.metadata.preprocessing
+    norm = next((k for k, m in _source_norms().items() if m.to_dict() == spec["source"]), "p99.5")
+    context = spec.get("context_slices", 0)
+    trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
+    data = load_prepared(args.prepared)
+    out = {"bundle": str(args.bundle), "per_subject": {}}
+    for name, loaded in data.items():
+        t0 = time.time()
+        out["per_subject"][name] = _evaluate(trainer, _subject(loaded, norm), context, torch.device("cpu"),
+                                             bundle.local_discriminator is not None)
+        out["per_subject"][name]["source"] = loaded.info["source"]
+        print(f"{name}: {out['per_subject'][name]['foreground']['psnr']:.2f} dB ({time.time() - t0:.0f} s)",
+              file=sys.stderr)
+    Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
+
+
+def _source_norms() -> dict:
+    from DualDSynthesisLib.intensity import SOURCE_NORMS
+
+    return SOURCE_NORMS
+
+
 def job_main(args: argparse.Namespace) -> None:
     job = json.loads(Path(args.job).read_text(encoding="utf-8"))
     out = Path(args.out)
@@ -417,8 +448,10 @@ def table(args: argparse.Namespace) -> None:
         if not rows:
             continue
         print(f"\nstage {stage}: mean ± std over folds (each fold: mean of its held-out subjects)")
-        print(f"{key:<24}{'brain PSNR':>16}{'min subj':>10}{'lesion PSNR':>16}{'SSIM':>14}"
-              f"{'AUROC exp.err':>15}{'AUROC D2':>10}{'AUROC edge':>12}{'steps':>8}")
+        cols = ("brain PSNR", "worst subj", "lesion PSNR", "brain SSIM", "AUROC exp.err", "AUROC D2",
+                "AUROC edge", "steps")
+        print(f"| {key} | " + " | ".join(cols) + " |")
+        print("|---" * (len(cols) + 1) + "|")
         for group in dict.fromkeys(r[key] for r in rows):
             rs = [r for r in rows if r[key] == group]
 
@@ -434,15 +467,14 @@ def table(args: argparse.Namespace) -> None:
                 return [s["maps"][name]["auroc"] for r in rs for s in r["per_subject"].values() if name in s["maps"]]
 
             def cell(v: list[float], fmt: str = ".2f") -> str:
-                return f"{np.mean(v):{fmt}} ± {np.std(v):{fmt}}" if v else "-"
+                return f"{np.mean(v):{fmt}} ± {np.std(v):{fmt}}" if v else "–"
 
             subj = [s["foreground"]["psnr"] for r in rs for s in r["per_subject"].values()]
             steps = int(np.median([r["steps_done"] for r in rs]))
-            print(f"{group:<24}{cell(fold_values('foreground', 'psnr')):>16}{min(subj):>10.2f}"
-                  f"{cell(fold_values('lesion', 'psnr')):>16}{cell(fold_values('foreground', 'ssim'), '.3f'):>14}"
-                  f"{cell(map_values('expected_error'), '.3f'):>15}"
-                  f"{(f'{np.mean(map_values(chr(100) + chr(50))):.3f}' if map_values('d2') else '-'):>10}"
-                  f"{cell(map_values('edge'), '.3f'):>12}{steps:>8}")
+            cells = [cell(fold_values("foreground", "psnr")), f"{min(subj):.2f}", cell(fold_values("lesion", "psnr")),
+                     cell(fold_values("foreground", "ssim"), ".3f"), cell(map_values("expected_error"), ".3f"),
+                     cell(map_values("d2"), ".3f"), cell(map_values("edge"), ".3f"), str(steps)]
+            print(f"| {group} | " + " | ".join(cells) + " |")
     summary = [r for r in results if r.get("stage") == "summary"]
     if summary:
         print("\n" + json.dumps(summary[-1]))
@@ -473,10 +505,14 @@ def main() -> None:
     j.add_argument("--prepared", required=True)
     j.add_argument("--out", required=True)
     j.add_argument("--device", default="cuda")
+    c = sub.add_parser("baseline")
+    c.add_argument("bundle")
+    c.add_argument("--prepared", required=True)
+    c.add_argument("--out", required=True)
     t = sub.add_parser("table")
     t.add_argument("results")
     args = p.parse_args()
-    {"prepare": prepare, "run": run, "job": job_main, "table": table}[args.command](args)
+    {"prepare": prepare, "run": run, "job": job_main, "table": table, "baseline": baseline}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,12 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_temporary(path: Path, write: Callable[[Path], object], verify: Verifier | None = None) -> Path:
     """Write, fsync and verify a temporary sibling of ``path``; returns it (the caller renames it with
     :func:`commit`). Any failure removes the temporary and raises :class:`OutputWriteError`."""
@@ -105,6 +111,9 @@ def write_temporary(path: Path, write: Callable[[Path], object], verify: Verifie
             write(tmp)
             if not tmp.is_file():
                 raise write_error(path, "the writer produced no file")
+            # Some writers (safetensors) create 0600 files; outputs and bundles are meant to be shared, so
+            # every file gets the mode a plain open() would give it under the user's umask.
+            os.chmod(tmp, 0o666 & ~_umask())
             fsync_file(tmp)
         except OutputWriteError:
             raise
