@@ -46,16 +46,21 @@ class PreprocessError(ValueError):
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill holes in each ``mask[k]`` plane, in place: background components (4-connected) that do not
-    touch the plane's border. 2-D on purpose, so cavities that are open in 3-D (airways) still fill."""
-    for k in range(mask.shape[0]):
-        labels, n = ndimage.label(~mask[k])
-        if n == 0:
-            continue
-        border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        hole = np.ones(n + 1, dtype=bool)
-        hole[0] = False
-        hole[border] = False
-        mask[k] |= hole[labels]
+    touch the plane's border. 2-D on purpose, so cavities that are open in 3-D (airways) still fill.
+
+    Speed (half of ``prepare_volume``'s time): empty planes are skipped, the others labelled only inside
+    the mask's bounding box grown by one voxel. Exact: all outside the box is background connected to
+    the border, so a component touches the grown box's border exactly when it touches the plane's."""
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if rows.size == 0:
+        return mask
+    y0, y1, x0, x1 = max(0, rows[0] - 1), rows[-1] + 2, max(0, cols[0] - 1), cols[-1] + 2
+    box = mask[:, y0:y1, x0:x1]  # a view: filling it fills ``mask`` (slicing past the end is clipped)
+    for k in np.flatnonzero(box.any(axis=(1, 2))):
+        labels, n = ndimage.label(~box[k])  # 4-connected
+        hole = np.arange(n + 1) > 0
+        hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+        box[k] |= hole[labels]
     return mask
 
 
@@ -494,29 +499,23 @@ def _finish(
     return PreparedVolume(slices=slices, foreground=foreground, scale=used_scale, context=context)
 
 
-def _to_prepared_grid(canonical: sitk.Image, context: RestoreContext, interpolator: int, default: float) -> sitk.Image:
+def _to_prepared_grid(canonical: sitk.Image, context: RestoreContext, interpolator: int, default: float,
+                      cast: bool = True) -> sitk.Image:
     if context.resampled:
         return context.prepared.resample(canonical, interpolator, default)
-    if canonical.GetPixelID() == sitk.sitkFloat32:
+    if canonical.GetPixelID() == sitk.sitkFloat32 or not cast:
         return canonical
     return sitk.Cast(canonical, sitk.sitkFloat32)
 
 
-def prepare_volume(
-    image: sitk.Image,
-    spec: PreprocessingSpec,
-    role: Literal["source", "target", "mask"] = "source",
-    scale: float | None = None,
-) -> PreparedVolume:
-    """Reorient, resample in-plane, normalise and pad ``image`` as ``spec`` says (see the module doc).
-
-    ``scale`` overrides the per-volume intensity scale; role 'mask' keeps the values (labels)."""
-    mapping = spec.mapping(role)
+def prepare_geometry(image: sitk.Image, spec: PreprocessingSpec, role: Literal["source", "target", "mask"] = "source",
+                     cast: bool = True) -> tuple[sitk.Image, RestoreContext]:
+    """Steps 1-2 of :func:`prepare_volume`: the image on the prepared grid (float32; with ``cast=False`` an
+    image that needed no resampling keeps its pixel type) and the restore context."""
     validate_volume(image, role, spec=spec, allow_constant=role == "mask")
     image = _as_scalar(image, role)
     original = Grid.from_image(image)
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
-    pixel_type = image.GetPixelIDTypeAsString()
     canonical = sitk.DICOMOrient(image, spec.orientation)
     canon_grid = Grid.from_image(canonical)
     flips, order = _axis_mapping(original, canon_grid)
@@ -525,14 +524,21 @@ def prepare_volume(
     w, h, k = prepared.size
     hp, wp = _padded(h, spec), _padded(w, spec)
     y0, x0 = (hp - h) // 2, (wp - w) // 2
-    context = RestoreContext(
-        original, code, pixel_type, canon_grid, prepared, flips, order, (y0, y0 + h, x0, x0 + w), (k, hp, wp)
-    )
+    context = RestoreContext(original, code, image.GetPixelIDTypeAsString(), canon_grid, prepared, flips, order,
+                             (y0, y0 + h, x0, x0 + w), (k, hp, wp))
+    mapping = spec.mapping(role)
     interpolator = sitk.sitkNearestNeighbor if role == "mask" else sitk.sitkLinear
     default = 0.0 if mapping is None else mapping.background_value
-    resampled = _to_prepared_grid(canonical, context, interpolator, default)
-    del canonical
-    return _finish(resampled, context, mapping, scale)
+    return _to_prepared_grid(canonical, context, interpolator, default, cast), context
+
+
+def prepare_volume(image: sitk.Image, spec: PreprocessingSpec, role: Literal["source", "target", "mask"] = "source",
+                   scale: float | None = None) -> PreparedVolume:
+    """Reorient, resample in-plane, normalise and pad ``image`` as ``spec`` says (see the module doc).
+
+    ``scale`` overrides the per-volume intensity scale; role 'mask' keeps the values (labels)."""
+    resampled, context = prepare_geometry(image, spec, role)
+    return _finish(resampled, context, spec.mapping(role), scale)
 
 
 def prepare_on_grid(
