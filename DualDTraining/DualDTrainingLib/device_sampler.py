@@ -119,6 +119,7 @@ class DeviceSliceSampler:
         self._fg_box = dev(np.concatenate(fg_box), torch.int64)
         self._tu_box = dev(np.concatenate(tu_box), torch.int64)
         self._table = dev(np.concatenate(table), torch.int64)  # [N, 2c + 1] source slices of each slice
+        self._canvas_box = dev(np.array([0, h, 0, w]), torch.int64)  # built once: a per-batch copy would sync
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -156,7 +157,7 @@ class DeviceSliceSampler:
             c = self.crop
             box = torch.where(for_tumour[:, None], self._tu_box[idx], self._fg_box[idx])
             empty = (box[:, 1] <= box[:, 0])[:, None]
-            box = torch.where(empty, torch.tensor([0, h, 0, w], device=self.device), box)
+            box = torch.where(empty, self._canvas_box, box)
             u = self._rand(b, 2)  # integers in [lo, hi), as rng.integers(lo, hi)
             cy = box[:, 0] + (u[:, 0] * (box[:, 1] - box[:, 0])).long()
             cx = box[:, 2] + (u[:, 1] * (box[:, 3] - box[:, 2])).long()
