@@ -165,7 +165,20 @@ def main() -> int:
     del subjects
     _sync(device)
     print(f"{len(sampler)} synthetic slices resident on {device} ({sampler.source.dtype}), "
-          f"set up in {time.perf_counter() - t0:.1f} s\n")
+          f"set up in {time.perf_counter() - t0:.1f} s")
+    if device.type == "cuda":  # the sampler's promise: a batch is drawn without waiting for the GPU
+        sampler.batch(b)
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            sampler.batch(b)
+            syncs = "no"
+        except RuntimeError as exc:
+            syncs = f"YES ({str(exc).splitlines()[0]})"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        print(f"DeviceSliceSampler.batch synchronises with the host: {syncs}")
+    print()
 
     def on_device() -> tuple[torch.Tensor, torch.Tensor]:
         return sampler.batch(b)
