@@ -1,13 +1,19 @@
 """Benchmark of the synthesis engine (not a test): time and peak memory.
 
-    .venv/bin/python benchmarks/bench_synthesis.py                # both cases, CPU
+    .venv/bin/python benchmarks/bench_synthesis.py                # all cases, CPU
     .venv/bin/python benchmarks/bench_synthesis.py --device cuda  # on a GPU
     .venv/bin/python benchmarks/bench_synthesis.py --case small --repeat 5
 
 Cases, each in a fresh child process so peak memory is its own:
 - ``small``: a 240×240×155 T1 (../shared/data BraTS-GLI-00001-000 if present, else a phantom):
-  synthetic + heatmap wall time (first run and best of ``--repeat``), seconds per slice, peak RSS.
+  ``SynthesisEngine.run`` with the heatmap, end to end (file read excluded; preprocessing, G, D2 and
+  restore included; first run, best and median of ``--repeat``), seconds per slice, peak RSS; then its
+  parts: host preprocessing (``prepare_volume``), the device path (``device_prepare``, on CUDA), and
+  the networks alone (G + D2 over the volume's foreground slices, host↔device copies included).
 - ``large``: a 512×512×300 phantom (a body-sized ellipsoid): time and peak RSS.
+- ``pix2pix``: issue 12's yardstick, a pix2pix ``unet_256`` generator (8 down-samplings, 64 base
+  filters, ~54.4 M parameters, written out below as pix2pix defines it) alone on as many 256×256 slices
+  as the small case has, batch 8, same device; ``all`` prints the ratio small / pix2pix (target ≤ 0.45).
 
 The model is the shipped one when it exists, else a random-weight bundle of the default
 architecture (same compute). Peak RSS is the kernel's high-water mark (VmHWM), reset just before
@@ -19,11 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "DualDSynthesis"), str(ROOT / "Testing")]
@@ -46,6 +56,84 @@ def _peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """pix2pix's block (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py), BatchNorm, as published:
+    down = [LeakyReLU(0.2), Conv 4×4/2, BN], up = [ReLU, ConvTranspose 4×4/2, BN], skip by concatenation."""
+
+    def __init__(self, outer_nc: int, inner_nc: int, input_nc: int | None = None, submodule: nn.Module | None = None,
+                 outermost: bool = False, innermost: bool = False, use_dropout: bool = False) -> None:
+        super().__init__()
+        self.outermost = outermost
+        input_nc = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=False)
+        downrelu, downnorm = nn.LeakyReLU(0.2, True), nn.BatchNorm2d(inner_nc)
+        uprelu, upnorm = nn.ReLU(True), nn.BatchNorm2d(outer_nc)
+        if outermost:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
+            model = [downconv, submodule, uprelu, upconv, nn.Tanh()]
+        elif innermost:
+            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=False)
+            model = [downrelu, downconv, uprelu, upconv, upnorm]
+        else:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=False)
+            model = [downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm]
+            model += [nn.Dropout(0.5)] if use_dropout else []
+        self.model = nn.Sequential(*model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
+
+
+def unet_256(input_nc: int = 1, output_nc: int = 1, num_downs: int = 8, ngf: int = 64) -> nn.Module:
+    """pix2pix's ``UnetGenerator(input_nc, output_nc, 8, 64, BatchNorm2d, use_dropout=True)``."""
+    block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True)
+    for _ in range(num_downs - 5):
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, use_dropout=True)
+    block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block)
+    block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block)
+    block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block)
+    return UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def run_pix2pix(args: argparse.Namespace) -> dict:
+    """unet_256 alone on ``args.slices`` random 256×256 slices, batch 8, inference mode (as the engine runs G)."""
+    from DualDSynthesisLib.devices import autocast, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    fmt = torch.channels_last if device.type == "cuda" and not args.no_channels_last else torch.contiguous_format
+    g = unet_256().to(device, memory_format=fmt).eval()
+    params = sum(p.numel() for p in g.parameters())
+    x = torch.rand(args.slices, 1, 256, 256)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast(device):
+            for i in range(0, len(x), 8):
+                batch = x[i : i + 8].to(device).contiguous(memory_format=fmt)
+                g(batch).float().cpu()
+
+    times = _timed(run, device, args.pix2pix_repeat)
+    return {"case": "pix2pix", "params": params, "slices": args.slices, "device": str(device),
+            "torch_threads": torch.get_num_threads(), "first_s": round(times[0], 3), "best_s": round(min(times), 3)}
 
 
 def _phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float]):
@@ -80,67 +168,115 @@ def _engine(model: Path | None, device: str, batch_size: int | None, channels_la
     return SynthesisEngine(path, device=device, batch_size=batch_size, channels_last=channels_last), label
 
 
-def run_case(args: argparse.Namespace) -> dict:
-    import SimpleITK as sitk
-    import torch
+def _noop(*_args) -> None:
+    return None
 
+
+def run_case(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import SimpleITK as sitk
+    from DualDSynthesisLib.preprocess import prepare_volume
+
+    if args.case == "pix2pix":
+        return run_pix2pix(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     engine, label = _engine(args.model, args.device, args.batch_size, not args.no_channels_last)
     if args.case == "small":
-        if BRATS_T1.exists() and not args.phantom:
+        if BRATS_T1.exists() and not args.phantom and args.slices == 155:
             image, source = sitk.ReadImage(str(BRATS_T1)), BRATS_T1.name
         else:
-            image, source = _phantom((155, 240, 240), (1.0, 1.0, 1.0)), "phantom"
+            image, source = _phantom((args.slices, 240, 240), (1.0, 1.0, 1.0)), "phantom"
     else:
         image, source = _phantom((300, 512, 512), (0.8, 0.8, 1.0)), "phantom"
     reset = _reset_peak()
-    times = []
-    for _ in range(args.repeat if args.case == "small" else 1):
-        t = time.perf_counter()
-        result = engine.run(image, heatmap=True)
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    results = []
+
+    def run() -> None:
+        results.append(engine.run(image, heatmap=True))
+
+    times = _timed(run, engine.device, args.repeat if args.case == "small" else 1)
+    result = results[-1]
     slices = image.GetSize()[2]
-    return {
+    out = {
         "case": args.case, "size": list(image.GetSize()), "source": source, "model": label,
         "device": result.device, "torch_threads": torch.get_num_threads(),
         "first_s": round(times[0], 3), "best_s": round(min(times), 3),
+        "median_s": round(statistics.median(times), 3),
         "s_per_slice": round(min(times) / slices, 4), "peak_rss_mb": round(_peak_rss_mb()),
         "peak_reset": reset, "warnings": result.warnings,
     }
+    if args.case == "small":  # the parts of one run, each best of --repeat
+        prep = _timed(lambda: prepare_volume(image, engine.spec, role="source"), torch.device("cpu"), args.repeat)
+        out["prepare_host_s"] = round(min(prep), 4)
+        if engine.device.type == "cuda":
+            from DualDSynthesisLib.device_prepare import prepare_volume_on_device
+
+            dev = _timed(lambda: prepare_volume_on_device(image, engine.spec, engine.device), engine.device,
+                         args.repeat)
+            out["prepare_device_s"] = round(min(dev), 4)
+        prepared = prepare_volume(image, engine.spec, role="source")
+        indices = np.flatnonzero(prepared.foreground.any(axis=(1, 2)))
+        box = engine._crop_box(prepared.foreground, engine.has_heatmap)
+        nets = _timed(lambda: engine._run_networks(prepared.slices, indices, box, engine.has_heatmap, [], _noop,
+                                                   _noop), engine.device, args.repeat)
+        out.update(networks_s=round(min(nets), 4), networks_slices=int(indices.size),
+                   crop=[box[1] - box[0], box[3] - box[2]])
+    return out
+
+
+def _report(r: dict) -> None:
+    if r["case"] == "pix2pix":
+        print(f"pix2pix unet_256 ({r['params'] / 1e6:.2f} M parameters) alone on {r['slices']} slices of 256×256, "
+              f"batch 8, on {r['device']}, {r['torch_threads']} threads: first {r['first_s']} s, best {r['best_s']} s")
+        return
+    size = "×".join(str(v) for v in r["size"])
+    print(f"{r['case']} {size} ({r['source']}) on {r['device']}, {r['torch_threads']} threads, model: {r['model']}")
+    print(f"  synthetic + heatmap end to end (file read excluded): first {r['first_s']} s, best {r['best_s']} s, "
+          f"median {r['median_s']} s, {r['s_per_slice']} s/slice; peak RSS {r['peak_rss_mb']} MB"
+          + ("" if r["peak_reset"] else " (process lifetime peak)"))
+    if "networks_s" in r:
+        line = f"  parts: preprocessing on the host {r['prepare_host_s']} s"
+        if "prepare_device_s" in r:
+            line += f", on the device (device_prepare) {r['prepare_device_s']} s"
+        print(line + f"; networks only (G + D2, {r['networks_slices']} slices cropped to "
+              f"{r['crop'][0]}×{r['crop'][1]}, copies included) {r['networks_s']} s")
+    for w in r["warnings"]:
+        print(f"  warning: {w}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["small", "large", "all"], default="all")
+    parser.add_argument("--case", choices=["small", "large", "pix2pix", "all"], default="all")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the engine's choice)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pix2pix-repeat", type=int, default=2)
+    parser.add_argument("--slices", type=int, default=155,
+                        help="slices of the small case and of the pix2pix run (not 155: a phantom)")
+    parser.add_argument("--skip-large", action="store_true", help="'all' without the large case")
     parser.add_argument("--phantom", action="store_true", help="use the phantom even when real data exists")
     parser.add_argument("--no-channels-last", action="store_true")
     args = parser.parse_args()
     if args.case != "all":
         print(json.dumps(run_case(args)))
         return
-    for case in ("small", "large"):
-        passed = [a for a in sys.argv[1:] if a not in ("--case", "all", "--case=all")]
+    results = {}
+    for case in ("small", "pix2pix") if args.skip_large else ("small", "large", "pix2pix"):
+        passed = [a for a in sys.argv[1:] if a not in ("--case", "all", "--case=all", "--skip-large")]
         cmd = [sys.executable, __file__, *passed, "--case", case]
         out = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", check=False)
         if out.returncode:
             print(f"{case}: failed\n{out.stderr[-2000:]}")
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        size = "×".join(str(v) for v in r["size"])
-        print(f"{case} {size} ({r['source']}) on {r['device']}, {r['torch_threads']} threads, model: {r['model']}")
-        print(f"  synthetic + heatmap: first {r['first_s']} s, best {r['best_s']} s, "
-              f"{r['s_per_slice']} s/slice; peak RSS {r['peak_rss_mb']} MB"
-              + ("" if r["peak_reset"] else " (process lifetime peak)"))
-        for w in r["warnings"]:
-            print(f"  warning: {w}")
+        results[case] = json.loads(out.stdout.strip().splitlines()[-1])
+        _report(results[case])
+    if "small" in results and "pix2pix" in results:
+        ratio = results["small"]["best_s"] / results["pix2pix"]["best_s"]
+        print(f"end-to-end synthesis / pix2pix unet_256 alone = {ratio:.3f} "
+              f"({'meets' if ratio <= 0.45 else 'MISSES'} the ≤ 0.45 target)")
 
 
 if __name__ == "__main__":

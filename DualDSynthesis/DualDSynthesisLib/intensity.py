@@ -36,16 +36,21 @@ class PreprocessError(DualDError):
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill holes in each ``mask[k]`` plane, in place: background components (4-connected) that do not
-    touch the plane's border. 2-D on purpose, so cavities that are open in 3-D (airways) still fill."""
-    for k in range(mask.shape[0]):
-        labels, n = ndimage.label(~mask[k])
-        if n == 0:
-            continue
-        border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-        hole = np.ones(n + 1, dtype=bool)
-        hole[0] = False
-        hole[border] = False
-        mask[k] |= hole[labels]
+    touch the plane's border. 2-D on purpose, so cavities that are open in 3-D (airways) still fill.
+
+    Speed (half of ``prepare_volume``'s time): empty planes are skipped, the others labelled only inside
+    the mask's bounding box grown by one voxel. Exact: all outside the box is background connected to
+    the border, so a component touches the grown box's border exactly when it touches the plane's."""
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if rows.size == 0:
+        return mask
+    y0, y1, x0, x1 = max(0, rows[0] - 1), rows[-1] + 2, max(0, cols[0] - 1), cols[-1] + 2
+    box = mask[:, y0:y1, x0:x1]  # a view: filling it fills ``mask`` (slicing past the end is clipped)
+    for k in np.flatnonzero(box.any(axis=(1, 2))):
+        labels, n = ndimage.label(~box[k])  # 4-connected
+        hole = np.arange(n + 1) > 0
+        hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+        box[k] |= hole[labels]
     return mask
 
 

@@ -352,29 +352,23 @@ def _finish(
     return PreparedVolume(slices=slices, foreground=foreground, scale=used_scale, context=context)
 
 
-def _to_prepared_grid(canonical: sitk.Image, context: RestoreContext, interpolator: int, default: float) -> sitk.Image:
+def _to_prepared_grid(canonical: sitk.Image, context: RestoreContext, interpolator: int, default: float,
+                      cast: bool = True) -> sitk.Image:
     if context.resampled:
         return context.prepared.resample(canonical, interpolator, default)
-    if canonical.GetPixelID() == sitk.sitkFloat32:
+    if canonical.GetPixelID() == sitk.sitkFloat32 or not cast:
         return canonical
     return sitk.Cast(canonical, sitk.sitkFloat32)
 
 
-def prepare_volume(
-    image: sitk.Image,
-    spec: PreprocessingSpec,
-    role: Literal["source", "target", "mask"] = "source",
-    scale: float | None = None,
-) -> PreparedVolume:
-    """Reorient, resample in-plane, normalise and pad ``image`` as ``spec`` says (see the module doc).
-
-    ``scale`` overrides the per-volume intensity scale; role 'mask' keeps the values (labels)."""
-    mapping = spec.mapping(role)
+def prepare_geometry(image: sitk.Image, spec: PreprocessingSpec, role: Literal["source", "target", "mask"] = "source",
+                     cast: bool = True) -> tuple[sitk.Image, RestoreContext]:
+    """Steps 1-2 of :func:`prepare_volume`: the image on the prepared grid (float32; with ``cast=False`` an
+    image that needed no resampling keeps its pixel type) and the restore context."""
     validate_volume(image, role, spec=spec, allow_constant=role == "mask")
     image = _as_scalar(image, role)
     original = Grid.from_image(image)
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
-    pixel_type = image.GetPixelIDTypeAsString()
     canonical = sitk.DICOMOrient(image, spec.orientation)
     canon_grid = Grid.from_image(canonical)
     flips, order = _axis_mapping(original, canon_grid)
@@ -383,14 +377,21 @@ def prepare_volume(
     w, h, k = prepared.size
     hp, wp = _padded(h, spec), _padded(w, spec)
     y0, x0 = (hp - h) // 2, (wp - w) // 2
-    context = RestoreContext(
-        original, code, pixel_type, canon_grid, prepared, flips, order, (y0, y0 + h, x0, x0 + w), (k, hp, wp)
-    )
+    context = RestoreContext(original, code, image.GetPixelIDTypeAsString(), canon_grid, prepared, flips, order,
+                             (y0, y0 + h, x0, x0 + w), (k, hp, wp))
+    mapping = spec.mapping(role)
     interpolator = sitk.sitkNearestNeighbor if role == "mask" else sitk.sitkLinear
     default = 0.0 if mapping is None else mapping.background_value
-    resampled = _to_prepared_grid(canonical, context, interpolator, default)
-    del canonical
-    return _finish(resampled, context, mapping, scale)
+    return _to_prepared_grid(canonical, context, interpolator, default, cast), context
+
+
+def prepare_volume(image: sitk.Image, spec: PreprocessingSpec, role: Literal["source", "target", "mask"] = "source",
+                   scale: float | None = None) -> PreparedVolume:
+    """Reorient, resample in-plane, normalise and pad ``image`` as ``spec`` says (see the module doc).
+
+    ``scale`` overrides the per-volume intensity scale; role 'mask' keeps the values (labels)."""
+    resampled, context = prepare_geometry(image, spec, role)
+    return _finish(resampled, context, spec.mapping(role), scale)
 
 
 def prepare_on_grid(
