@@ -27,7 +27,8 @@ mkdir -p "$OUT/folds"
 for f in "$WORK"/bundles/B-"$(echo "$chosen" | tr '+.' '__')"-*.safetensors; do cp "$f" "$OUT/folds/" 2>>"$log"; done
 python3 experiments/loso.py table "$WORK/results.json" >>"$log" 2>&1
 if [ -f benchmarks/bench_training.py ]; then
-  timeout "${BENCH_TIMEOUT:-120}" python3 benchmarks/bench_training.py --device cuda >>"$log" 2>&1
+  timeout "${BENCH_TIMEOUT:-120}" python3 experiments/sitk_stub.py benchmarks/bench_training.py --device cuda \
+    >>"$log" 2>&1
   echo "bench exit $?" >>"$log"
 fi
 ls -la "$OUT" "$OUT/folds" >>"$log"
