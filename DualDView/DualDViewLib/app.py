@@ -77,7 +77,8 @@ class DualDViewer:
         default = str(DEFAULT_MODEL) if str(DEFAULT_MODEL) in self.models else (self.models[0] if self.models else "")
         self.state.update({
             "trame__title": "DualD QA viewer", "source_path": "", "segmentation_path": "", "reference_path": "",
-            "model": str(models[0]) if models else default, "models": self.models,
+            "model": str(models[0]) if models else default,
+            "models": [{"title": Path(m).name, "value": m} for m in self.models],
             "error": "", "status": "Load a source volume.", "progress": 0, "running": False,
             "has_source": False, "has_result": False, "opacity": 0.5, "threshold": 0.2, "background": "synthetic",
             "qa_items": [], "qa_headers": [{"title": t, "key": k} for t, k in _QA_COLUMNS],
@@ -121,6 +122,7 @@ class DualDViewer:
         ok = self._report(loader, *args, success=f"Loaded {kind} {name or path.name}.")
         if ok and kind == "source":
             self.state.update({"has_source": True, "has_result": False, "qa_items": [], "saved": "",
+                               "segmentation_path": "", "reference_path": "",
                                "source_path": str(path) if save_dir is None else self.state.source_path})
             self._fit_views()
         return ok

@@ -61,9 +61,9 @@ def read_source(path: Path, display_name: str | None = None) -> sitk.Image:
         image = vio.read_volume(path)
         validate_volume(image, "the input volume")
     except vio.VolumeReadError as exc:
-        raise ViewerError(str(exc).replace(str(path), name).replace(path.name, name)) from None
+        # The same text duald-synthesize prints after "error: " (an upload's server-side folder is not shown).
+        raise ViewerError(f"{name}: {str(exc).replace(str(path), name).replace(path.name, name)}") from None
     except PreprocessError as exc:
-        # The same text duald-synthesize prints: "<name>: the input volume is a 2-D image; ..."
         raise ViewerError(f"{name}: {str(exc).rstrip('.')}") from None
     return image
 
@@ -89,7 +89,10 @@ class ViewerSession:
     def load_source(self, path: Path, display_name: str | None = None, save_dir: Path | None = None) -> Any:
         image = read_source(path, display_name)
         self.clear_outputs()
-        self._remove(self.source_node)
+        # A new case: the previous case's segmentation and reference no longer apply.
+        for node in (self.source_node, self.region_node, self.reference_node):
+            self._remove(node)
+        self.region_node = self.reference_node = None
         name = vio.split_name(display_name or path)[0]
         self.source_node = mrml_io.new_volume_node_from_image(self.scene, image, name)
         self.source_path = path
