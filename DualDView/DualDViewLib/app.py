@@ -93,7 +93,8 @@ class DualDViewer:
             lambda segmentation_upload, **_: self._on_upload("segmentation", segmentation_upload))
         self.state.change("reference_upload")(
             lambda reference_upload, **_: self._on_upload("reference", reference_upload))
-        self.ctrl.on_client_exited.add(self._on_client_exited)
+        self._clients: set[str] = set()
+        self.ctrl.on_server_ready.add(self._watch_connections)
         self._build_ui()
         self.layout_manager.set_layout(LAYOUT_ID)
 
@@ -207,9 +208,18 @@ class DualDViewer:
         self.session.cancel()
         self.state.status = "Cancelling…"
 
-    def _on_client_exited(self, *_args, **_kwargs) -> None:
-        # A vanished client's run is cancelled: nothing is ever written without Save, so nothing is left half-done.
-        if not getattr(self.server.protocol, "connections", None):
+    def _watch_connections(self, **_kwargs) -> None:
+        """Count websocket clients: wslink calls its protocol's onConnect/onClose for every connection
+        (trame's own on_client_exited needs the page to say goodbye, which a crashed tab never does)."""
+        protocol = self.server.protocol
+        protocol.onConnect = lambda _request, client_id: self._clients.add(client_id)
+        protocol.onClose = self._client_closed
+
+    def _client_closed(self, client_id: str) -> None:
+        self._clients.discard(client_id)
+        if not self._clients and self.session.running:
+            # Nobody is left to see or save the result: stop. Nothing is ever written without Save,
+            # so an abandoned run leaves no file, whole or partial.
             self.session.cancel()
 
     # ---- display ----
