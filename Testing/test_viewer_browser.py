@@ -264,7 +264,7 @@ def test_shared_glioma_synthesis_overlay_and_qa(server, browser):
     load(page, "segmentation", seg)
     status = synthesize(page)
     assert status.startswith("Done"), status
-    labels = np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(seg))))
+    labels = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))))
     assert len(qa_rows(page)) == 1 + int((labels > 0).sum())  # foreground + one row per tumour label
     assert_overlay_follows_threshold(page)
     target = os.environ.get("DUALD_VIEW_SCREENSHOT")

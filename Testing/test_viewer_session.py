@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -13,6 +14,12 @@ from DualDSynthesisLib.display import create_headless_slicer
 from DualDSynthesisLib.logic import SynthesisCancelled
 from DualDViewLib import cli as view_cli
 from DualDViewLib.session import BusyError, ViewerError, ViewerSession
+
+
+def slicer_array(node) -> np.ndarray:
+    from DualDSynthesisLib.mrml_io import array_from_volume_node
+
+    return array_from_volume_node(node)
 
 
 @pytest.fixture
@@ -61,6 +68,12 @@ def test_synthesis_qa_and_save_without_overwriting(tmp_path, session, engine):
     assert written[0].stat().st_mtime_ns == before
     session.save(overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial files
+
+    # duald-view SOURCE --synthetic --heatmap: the saved files come back as the overlay, without a run.
+    shown = session.load_result(written[0], written[1])
+    assert shown.heatmap_node.GetDisplayNode().GetLowerThreshold() == pytest.approx(session.display.lower_threshold)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(written[1]))),
+                               slicer_array(shown.heatmap_node), atol=1e-6)
 
 
 def test_cancel_leaves_no_nodes_and_a_second_run_is_refused(tmp_path, session, engine):

@@ -128,6 +128,12 @@ class DualDViewer:
             self._fit_views()
         return ok
 
+    def show_result(self, synthetic: Path, heatmap: Path | None) -> bool:
+        ok = self._report(self.session.load_result, synthetic, heatmap, success=f"Showing {synthetic.name}.")
+        if ok:
+            self._fit_views()
+        return ok
+
     def load_path(self, kind: str) -> None:
         text = (self.state[f"{kind}_path"] or "").strip()
         if not text:

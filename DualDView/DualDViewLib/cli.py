@@ -1,7 +1,9 @@
 """``duald-view``: the DualD QA viewer in a browser (trame-slicer over the desktop module's logic).
 
     duald-view [SOURCE [SEGMENTATION [REFERENCE]]] [--port 8080] [--host 127.0.0.1 --allow-remote]
-               [--model BUNDLE] [--device auto] [--open]
+               [--model BUNDLE] [--device auto] [--synthetic PATH [--heatmap PATH]] [--open]
+
+--synthetic/--heatmap show an earlier run's outputs (e.g. demo-output/) over SOURCE without synthesizing.
 
 It has no authentication: it serves on loopback only, and any other host needs --allow-remote.
 """
@@ -29,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="allow a --host other than loopback; the viewer has NO authentication")
     p.add_argument("--model", type=Path, action="append", help="model bundle(s) offered first in the page")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--synthetic", type=Path, help="show this earlier synthetic volume over SOURCE")
+    p.add_argument("--heatmap", type=Path, help="and this earlier difficulty heatmap (needs --synthetic)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     return p
 
@@ -49,7 +53,12 @@ def check_args(args: argparse.Namespace) -> str | None:
                 "add --allow-remote if every machine that can reach it may see and write your data")
     if len(args.files) > 3:
         return "give at most three files: source, segmentation, reference"
-    for path in [*args.files, *(args.model or [])]:
+    if (args.synthetic or args.heatmap) and not args.files:
+        return "--synthetic and --heatmap are shown over a source volume; give the SOURCE file too"
+    if args.heatmap and not args.synthetic:
+        return "--heatmap needs --synthetic"
+    extra = [p for p in (args.synthetic, args.heatmap) if p is not None]
+    for path in [*args.files, *(args.model or []), *extra]:
         if not path.exists():
             return f"{path} does not exist"
     return None
@@ -69,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         if not viewer.load(kind, path.resolve()):
             print(f"{PROG}: error: {viewer.state.error}", file=sys.stderr)
             return EXIT_BAD_INPUT
+    if args.synthetic and not viewer.show_result(args.synthetic.resolve(), args.heatmap and args.heatmap.resolve()):
+        print(f"{PROG}: error: {viewer.state.error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"{PROG}: serving on http://{args.host}:{args.port}/ (no authentication)", flush=True)
     viewer.server.start(host=args.host, port=args.port, open_browser=args.open, show_connection_info=True)
     return 0

@@ -126,6 +126,22 @@ class ViewerSession:
         )
         return self.reference_node
 
+    def load_result(self, synthetic_path: Path, heatmap_path: Path | None = None) -> SynthesisOutputs:
+        """Show an earlier run's files (e.g. ``make demo``'s) over the loaded source, without synthesizing."""
+        self._require_source()
+        source = mrml_io.image_from_volume_node(self.source_node)
+        self.clear_outputs()
+        nodes = []
+        for path in (synthetic_path, heatmap_path):
+            if path is None:
+                nodes.append(None)
+                continue
+            image = mrml_io.resample_to_grid(read_source(path), source)
+            nodes.append(mrml_io.new_volume_node_from_image(self.scene, image, vio.split_name(path)[0]))
+        self.outputs = SynthesisOutputs(synthetic_node=nodes[0], heatmap_node=nodes[1])
+        self.logic.apply_display(self.source_node, self.outputs, self.display)
+        return self.outputs
+
     # ---- synthesis: run_engine in a worker thread, then finish on the scene's thread ----
 
     def begin(self) -> sitk.Image:
