@@ -378,6 +378,28 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(summary), file=sys.stderr)
 
 
+def confirm(args: argparse.Namespace) -> None:
+    """Stage D: the candidate recipes with the chosen variant at a longer budget, every fold and the final
+    model (all subjects) of each at once, so the shipped recipe is judged at the budget it ships with."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(bytes(np.load(args.prepared)["meta"]).decode())
+    sources = {name: info["source"] for name, info in meta["subjects"].items()}
+    folds = loso_folds(sources)[: args.max_folds or None]
+    jobs = []
+    for recipe in args.recipes.split(","):
+        extra = {"variant": args.variant, "name": f"{recipe}-{args.variant}"}
+        jobs += _jobs("D", recipe, folds, args.seconds, 10**9, args, extra)
+        for job in jobs[-len(folds):]:
+            job["bundle"] = f"bundles/{job['id']}.safetensors"
+        final = _jobs("D", recipe, folds[:1], args.seconds, 10**9, args, extra)[0]
+        final.update(id=f"D-{recipe}-final".replace("+", "_").replace(".", "_"), fold="all", train=sorted(sources),
+                     test=[], bundle=f"final-{recipe}.safetensors".replace("+", "_"), half=False)
+        jobs.append(final)
+    results = _run_parallel(jobs, args, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
 def baseline(args: argparse.Namespace) -> None:
     """Score an existing bundle (e.g. the previously shipped model) on every prepared subject, with the
     same evaluation as the LOSO jobs, so the new folds can be compared with it subject by subject."""
@@ -423,7 +445,7 @@ def job_main(args: argparse.Namespace) -> None:
 
 def table(args: argparse.Namespace) -> None:
     results = json.loads(Path(args.results).read_text(encoding="utf-8"))
-    for stage, key in (("A", "recipe"), ("B", "name")):
+    for stage, key in (("A", "recipe"), ("B", "name"), ("D", "name")):
         rows = [r for r in results if r.get("stage") == stage and not r.get("failed")]
         if not rows:
             continue
@@ -485,6 +507,17 @@ def main() -> None:
     j.add_argument("--prepared", required=True)
     j.add_argument("--out", required=True)
     j.add_argument("--device", default="cuda")
+    d = sub.add_parser("confirm")
+    d.add_argument("--prepared", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--device", default="cuda")
+    d.add_argument("--recipes", required=True)
+    d.add_argument("--variant", default="unet")
+    d.add_argument("--seconds", type=float, default=200.0)
+    d.add_argument("--parallel", type=int, default=12)
+    d.add_argument("--batch", type=int, default=16)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-folds", type=int, default=0)
     c = sub.add_parser("baseline")
     c.add_argument("bundle")
     c.add_argument("--prepared", required=True)
@@ -492,7 +525,8 @@ def main() -> None:
     t = sub.add_parser("table")
     t.add_argument("results")
     args = p.parse_args()
-    {"prepare": prepare, "run": run, "job": job_main, "table": table, "baseline": baseline}[args.command](args)
+    {"prepare": prepare, "run": run, "job": job_main, "table": table, "baseline": baseline,
+     "confirm": confirm}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -340,6 +340,10 @@ class DualDSynthesisLogic:
         )
         return rows, reference
 
+    def remove_nodes(self, nodes: list[Any]) -> None:
+        """Remove ``nodes`` and their display nodes from the scene (None and already-removed ones are skipped)."""
+        self._remove_nodes(nodes)
+
     def _remove_nodes(self, nodes: list[Any]) -> None:
         for node in reversed(nodes):
             if node is None or node.GetScene() is None:

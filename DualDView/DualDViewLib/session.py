@@ -1,0 +1,261 @@
+"""One viewer session: the source, segmentation and reference volumes, a synthesis run and saving.
+
+Trame-free and Qt-free so it is tested directly under pytest. Everything shown goes through the
+desktop module's own ``DualDSynthesisLogic`` (logic.py → display.py, qa.py, mrml_io.py): the engine
+runs in a worker thread (it touches no MRML), then ``logic.synthesize`` is called on the event-loop
+thread with the finished result, so node creation, QA and display are exactly the desktop module's.
+
+Nothing is written to disk until :meth:`ViewerSession.save`, which writes under temporary names and
+renames at the end (``io.AtomicOutputs``): a cancelled run or a vanished client leaves no file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+from DualDSynthesisLib import io as vio
+from DualDSynthesisLib import mrml_io
+from DualDSynthesisLib.logic import (
+    CancelCallback,
+    DisplayOptions,
+    DualDSynthesisLogic,
+    ProgressCallback,
+    QAOptions,
+    SynthesisCancelled,
+    SynthesisOutputs,
+)
+from DualDSynthesisLib.preprocess import PreprocessError, validate_volume
+
+SYNTHETIC_SUFFIX = "_synthetic.nii.gz"
+HEATMAP_SUFFIX = "_difficulty.nii.gz"
+
+
+class ViewerError(ValueError):
+    """Bad input or a refused action; the message is one sentence shown in the page."""
+
+
+class BusyError(ViewerError):
+    """A synthesis is already running in this viewer."""
+
+
+@dataclass
+class _Finished:
+    """An engine whose run is already done: hands a worker thread's result to ``logic.synthesize``."""
+
+    result: Any
+    target_modality: str | None = None
+
+    def run(self, image, progress=None, cancel=None):  # the SynthesisEngine protocol
+        return self.result
+
+
+def read_source(path: Path, display_name: str | None = None) -> sitk.Image:
+    """The volume at ``path``, refused with the CLI's one-sentence errors (unreadable, 2-D, 4-D, constant...)."""
+    name = display_name or path.name
+    try:
+        image = vio.read_volume(path)
+        validate_volume(image, "the input volume")
+    except vio.VolumeReadError as exc:
+        # The same text duald-synthesize prints after "error: " (an upload's server-side folder is not shown).
+        raise ViewerError(f"{name}: {str(exc).replace(str(path), name).replace(path.name, name)}") from None
+    except PreprocessError as exc:
+        raise ViewerError(f"{name}: {str(exc).rstrip('.')}") from None
+    return image
+
+
+class ViewerSession:
+    """The scene-side state of the viewer (one per server process)."""
+
+    def __init__(self, scene: Any, application_logic: Any, logic: DualDSynthesisLogic | None = None) -> None:
+        self.scene = scene
+        self.logic = logic or DualDSynthesisLogic(scene=scene, application_logic=application_logic)
+        self.source_node: Any = None
+        self.source_path: Path | None = None
+        self.save_dir: Path | None = None  # where Save writes; the source's folder unless it was uploaded
+        self.region_node: Any = None
+        self.reference_node: Any = None
+        self.outputs: SynthesisOutputs | None = None
+        self.display = DisplayOptions()
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+
+    # ---- inputs ----
+
+    def load_source(self, path: Path, display_name: str | None = None, save_dir: Path | None = None) -> Any:
+        image = read_source(path, display_name)
+        self.clear_outputs()
+        # A new case: the previous case's segmentation and reference no longer apply.
+        for node in (self.source_node, self.region_node, self.reference_node):
+            self._remove(node)
+        self.region_node = self.reference_node = None
+        name = vio.split_name(display_name or path)[0]
+        self.source_node = mrml_io.new_volume_node_from_image(self.scene, image, name)
+        self.source_path = path
+        self.save_dir = save_dir or path.parent
+        self.logic.apply_display(self.source_node, SynthesisOutputs(synthetic_node=self.source_node), self.display)
+        return self.source_node
+
+    def load_segmentation(self, path: Path, display_name: str | None = None) -> Any:
+        """A label volume (any grid; resampled nearest onto the source's by the QA) as a labelmap node."""
+        self._require_source()
+        name = display_name or path.name
+        try:
+            image = vio.read_volume(path)
+            validate_volume(image, "the segmentation", allow_constant=True)
+        except (vio.VolumeReadError, PreprocessError) as exc:
+            raise ViewerError(f"{name}: {str(exc).rstrip('.')}") from None
+        if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+            image = sitk.Cast(sitk.Round(image), sitk.sitkInt32)
+        self._remove(self.region_node)
+        node = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", vio.split_name(name)[0])
+        mrml_io.update_volume_node_from_image(node, image)
+        self.region_node = node
+        return node
+
+    def load_reference(self, path: Path, display_name: str | None = None) -> Any:
+        self._require_source()
+        image = read_source(path, display_name)
+        self._remove(self.reference_node)
+        self.reference_node = mrml_io.new_volume_node_from_image(
+            self.scene, image, vio.split_name(display_name or path)[0] + " reference"
+        )
+        return self.reference_node
+
+    def load_result(self, synthetic_path: Path, heatmap_path: Path | None = None) -> SynthesisOutputs:
+        """Show an earlier run's files (e.g. ``make demo``'s) over the loaded source, without synthesizing."""
+        self._require_source()
+        source = mrml_io.image_from_volume_node(self.source_node)
+        self.clear_outputs()
+        nodes = []
+        for path in (synthetic_path, heatmap_path):
+            if path is None:
+                nodes.append(None)
+                continue
+            image = mrml_io.resample_to_grid(read_source(path), source)
+            nodes.append(mrml_io.new_volume_node_from_image(self.scene, image, vio.split_name(path)[0]))
+        self.outputs = SynthesisOutputs(synthetic_node=nodes[0], heatmap_node=nodes[1])
+        self.logic.apply_display(self.source_node, self.outputs, self.display)
+        return self.outputs
+
+    # ---- synthesis: run_engine in a worker thread, then finish on the scene's thread ----
+
+    def begin(self) -> sitk.Image:
+        """Claim the single run slot and return the source image for the worker thread."""
+        self._require_source()
+        if not self._lock.acquire(blocking=False):
+            raise BusyError("a synthesis is already running in this viewer; wait for it or cancel it")
+        self._cancel.clear()
+        try:
+            return mrml_io.image_from_volume_node(self.source_node)
+        except Exception:
+            self._lock.release()
+            raise
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def run_engine(
+        self, engine: Any, image: sitk.Image, progress: ProgressCallback | None = None
+    ) -> Any:
+        """Worker-thread part: the engine only (no MRML). Raises ``SynthesisCancelled`` on cancel."""
+        cancel: CancelCallback = self._cancel.is_set
+        try:
+            result = engine.run(image, progress=progress, cancel=cancel)
+        except Exception as exc:
+            if type(exc).__name__ == "SynthesisCancelled":
+                raise SynthesisCancelled("synthesis cancelled") from exc
+            raise
+        if cancel():
+            raise SynthesisCancelled("synthesis cancelled")
+        return result
+
+    def finish(self, engine: Any, result: Any) -> SynthesisOutputs:
+        """Scene-thread part: the desktop logic puts the result in the scene (nodes, QA table, display)."""
+        if self._cancel.is_set():
+            raise SynthesisCancelled("synthesis cancelled")
+        self.clear_outputs()
+        qa_options = QAOptions(region_node=self.region_node, reference_node=self.reference_node)
+        finished = _Finished(result, getattr(engine, "target_modality", None))
+        self.outputs = self.logic.synthesize(
+            self.source_node, finished, display_options=self.display, qa_options=qa_options
+        )
+        return self.outputs
+
+    def end(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._lock.release()
+
+    # ---- display ----
+
+    def set_opacity(self, opacity: float) -> None:
+        self.display.opacity = float(opacity)
+        self.logic.set_heatmap_opacity(self.display.opacity)
+
+    def set_threshold(self, threshold: float) -> None:
+        self.display.lower_threshold = float(threshold)
+        if self.outputs is not None and self.outputs.heatmap_node is not None:
+            self.logic.set_heatmap_threshold(self.outputs.heatmap_node, self.display.lower_threshold)
+
+    def set_background(self, background: str) -> None:
+        self.display.background = background
+        if self.outputs is not None:
+            self.logic.apply_display(self.source_node, self.outputs, self.display)
+
+    # ---- saving ----
+
+    def output_paths(self) -> tuple[Path, Path | None]:
+        if self.outputs is None or self.source_path is None or self.save_dir is None:
+            raise ViewerError("there is nothing to save yet; run Synthesize first")
+        stem = vio.split_name(self.source_node.GetName())[0]
+        heatmap = self.save_dir / f"{stem}{HEATMAP_SUFFIX}" if self.outputs.heatmap_node is not None else None
+        return self.save_dir / f"{stem}{SYNTHETIC_SUFFIX}", heatmap
+
+    def existing_outputs(self) -> list[Path]:
+        return [p for p in self.output_paths() if p is not None and p.exists()]
+
+    def save(self, overwrite: bool = False) -> list[Path]:
+        """Write synthetic (+ heatmap) next to the inputs, all or nothing; existing files only with ``overwrite``."""
+        synthetic_path, heatmap_path = self.output_paths()
+        assert self.outputs is not None
+        outputs = vio.AtomicOutputs(overwrite)
+        written = [synthetic_path]
+        try:
+            with outputs.transaction():
+                outputs.write_image(mrml_io.image_from_volume_node(self.outputs.synthetic_node), synthetic_path)
+                if heatmap_path is not None:
+                    outputs.write_image(mrml_io.image_from_volume_node(self.outputs.heatmap_node), heatmap_path)
+                    written.append(heatmap_path)
+        except FileExistsError as exc:
+            raise ViewerError(str(exc).replace("pass --overwrite (overwrite=True)", "confirm Overwrite")) from None
+        except OSError as exc:
+            raise ViewerError(str(exc)) from None
+        return written
+
+    # ---- helpers ----
+
+    def clear_outputs(self) -> None:
+        if self.outputs is not None:
+            for node in (self.outputs.synthetic_node, self.outputs.heatmap_node, self.outputs.qa_table_node,
+                         self.outputs.difference_node):
+                self._remove(node)
+        self.outputs = None
+
+    def _require_source(self) -> None:
+        if self.source_node is None:
+            raise ViewerError("no source volume is loaded; give a file path or upload a volume first")
+
+    def _remove(self, node: Any) -> None:
+        self.logic.remove_nodes([node])
