@@ -9,13 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 from DualDSynthesisLib.device_prepare import percentile, prepare_volume_on_device
-from DualDSynthesisLib.preprocess import (
-    IntensityMapping,
-    PreprocessError,
-    PreprocessingSpec,
-    _fill_holes_per_slice,
-    prepare_volume,
-)
+from DualDSynthesisLib.intensity import _fill_holes_per_slice
+from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessError, PreprocessingSpec, prepare_volume
 from scipy import ndimage
 
 BRATS_T1 = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain-mri" / "BraTS-GLI-00001-000"
