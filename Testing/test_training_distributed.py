@@ -44,7 +44,9 @@ def test_torchrun_two_ranks_identical_replicas_and_loss_goes_down(tmp_path: Path
     assert ranks[0].read_text(encoding="utf-8") == ranks[1].read_text(encoding="utf-8")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     l1 = [r["l1"] for r in records if r["kind"] == "train"]
-    assert len(l1) == 6 and l1[-1] < 0.7 * l1[0], l1
+    # the L1 falls by a quarter in 30 steps (the default expected-error head shares G's capacity, so a bit
+    # slower than the 0.7 the first plan's G reached); a run that does not learn stays near 1.0
+    assert len(l1) == 6 and l1[-1] < 0.75 * l1[0], l1
     start = next(r for r in records if r.get("event") == "start")
     assert start["world_size"] == 2
     assert (out / "model-final.safetensors").is_file()

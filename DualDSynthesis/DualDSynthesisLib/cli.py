@@ -61,14 +61,19 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def naming_input(name: str, message: str) -> str:
+    """``message`` naming the input ``name`` exactly once (the message may already name it)."""
+    return message if name in message else f"{name}: {message}"
+
+
 def _per_input_message(name: str, exc: BaseException) -> str:
-    """One line naming the input once (the message may already name it)."""
+    """One line naming the input once."""
     if isinstance(exc, MemoryError):
         return f"{name}: not enough memory to process it"
     message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, RuntimeError):  # only ITK's failed allocation reaches here (see main)
         message = "not enough memory to process it (ITK could not allocate the image)"
-    return message if name in message else f"{name}: {message}"
+    return naming_input(name, message)
 
 
 def _is_allocation_failure(exc: BaseException) -> bool:

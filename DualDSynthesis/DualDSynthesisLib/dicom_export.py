@@ -37,6 +37,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLi
 from pydicom.valuerep import format_number_as_ds
 
 from . import io as vio
+from .errors import DualDError
 
 SYNTHETIC_FOLDER = "SYNTHETIC"
 HEATMAP_FOLDER = "DIFFICULTY"
@@ -56,7 +57,7 @@ _COPIED = (
 )
 
 
-class DicomExportError(ValueError):
+class DicomExportError(DualDError):
     """A DICOM export that cannot be made as asked; one sentence for the user."""
 
 

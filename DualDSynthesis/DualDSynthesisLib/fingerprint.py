@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .errors import DualDError
 from .preprocess import PreparedVolume
 
 QUANTILES: tuple[float, ...] = (0.25, 0.50, 0.75, 0.90, 0.95)
@@ -76,7 +77,7 @@ _VERSION = 1
 Pair = tuple[float, float]
 
 
-class FingerprintError(ValueError):
+class FingerprintError(DualDError):
     """Bad fingerprint metadata or inputs (the message is one sentence)."""
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import SimpleITK as sitk
 from DualDSynthesisLib import io as vio
 from DualDSynthesisLib import mrml_io
+from DualDSynthesisLib.cli import naming_input
+from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.logic import (
     CancelCallback,
     DisplayOptions,
@@ -35,7 +37,7 @@ SYNTHETIC_SUFFIX = "_synthetic.nii.gz"
 HEATMAP_SUFFIX = "_difficulty.nii.gz"
 
 
-class ViewerError(ValueError):
+class ViewerError(DualDError):
     """Bad input or a refused action; the message is one sentence shown in the page."""
 
 
@@ -62,9 +64,9 @@ def read_source(path: Path, display_name: str | None = None) -> sitk.Image:
         validate_volume(image, "the input volume")
     except vio.VolumeReadError as exc:
         # The same text duald-synthesize prints after "error: " (an upload's server-side folder is not shown).
-        raise ViewerError(f"{name}: {str(exc).replace(str(path), name).replace(path.name, name)}") from None
+        raise ViewerError(naming_input(name, str(exc).replace(str(path), name).replace(path.name, name))) from None
     except PreprocessError as exc:
-        raise ViewerError(f"{name}: {str(exc).rstrip('.')}") from None
+        raise ViewerError(naming_input(name, str(exc).rstrip("."))) from None
     return image
 
 
@@ -108,7 +110,7 @@ class ViewerSession:
             image = vio.read_volume(path)
             validate_volume(image, "the segmentation", allow_constant=True)
         except (vio.VolumeReadError, PreprocessError) as exc:
-            raise ViewerError(f"{name}: {str(exc).rstrip('.')}") from None
+            raise ViewerError(naming_input(name, str(exc).rstrip("."))) from None
         if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
             image = sitk.Cast(sitk.Round(image), sitk.sitkInt32)
         self._remove(self.region_node)
@@ -239,7 +241,7 @@ class ViewerSession:
                     outputs.write_image(mrml_io.image_from_volume_node(self.outputs.heatmap_node), heatmap_path)
                     written.append(heatmap_path)
         except FileExistsError as exc:
-            raise ViewerError(str(exc).replace("pass --overwrite (overwrite=True)", "confirm Overwrite")) from None
+            raise ViewerError(str(exc).replace("pass --overwrite to replace it", "confirm Overwrite")) from None
         except OSError as exc:
             raise ViewerError(str(exc)) from None
         return written
