@@ -7,6 +7,7 @@ clear sentence, because a wrong size otherwise surfaces as an opaque shape error
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 Norm = Literal["batch", "instance", "layer", "none"]
+INITIAL_EXPECTED_ERROR = 0.1
 NORMS: tuple[str, ...] = ("batch", "instance", "layer", "none")
 
 
@@ -92,6 +94,11 @@ class UNetGenerator(nn.Module):
         # expected absolute error of channel 0 at that pixel (see losses.laplace_nll).
         self.out_channels = out_channels
         self.head = nn.Conv2d(widths[0], out_channels, 1)
+        if out_channels == 2:
+            # Start the expected error at 0.1 (normalised units, the size of early errors) instead of
+            # exp(0) = 1, which Adam would need thousands of steps to walk down from.
+            with torch.no_grad():
+                self.head.bias[1] = math.log(INITIAL_EXPECTED_ERROR)
 
     @property
     def size_multiple(self) -> int:
