@@ -387,6 +387,8 @@ class Run:
             rng = self.state["rng"]
             if len(rng) == ctx.world_size:
                 ckpt.restore_rng(rng[ctx.rank], self.sampler_rng)
+                if "augment" in rng[ctx.rank]:
+                    self.augment.set_rng_state(rng[ctx.rank]["augment"])
                 if isinstance(self.sampler, DeviceSliceSampler):
                     if "device_sampler" in rng[ctx.rank]:
                         self.sampler.set_rng_state(rng[ctx.rank]["device_sampler"])
@@ -411,7 +413,7 @@ class Run:
 
     def save_checkpoint(self, path: Path | None = None) -> None:
         self.trainer.check_finite()  # never write a state a non-finite update reached (deferred checks)
-        state = ckpt.capture_rng(self.sampler_rng)
+        state = {**ckpt.capture_rng(self.sampler_rng), "augment": self.augment.rng_state()}
         if isinstance(self.sampler, DeviceSliceSampler):
             state["device_sampler"] = self.sampler.rng_state().cpu()
         rng = self.ctx.gather_objects(state)
