@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from bundles import make_bundle
+from bundles import TINY, make_bundle
 from DualDSynthesisLib.engine import (
     SynthesisCancelled,
     SynthesisEngine,
@@ -301,3 +302,20 @@ def test_gpu_out_of_memory_halves_the_batch_then_uses_the_cpu(bundle_dir: Path) 
     assert result.device == "cpu"
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(result.synthetic),  # batch 1 vs 4: float rounding only
                                sitk.GetArrayViewFromImage(expected.synthetic), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_device_preprocessing_forced_on_the_cpu_equals_the_host_path(tmp_path: Path, context: int) -> None:
+    """The CUDA path (``prepare_volume_on_device``, slices kept as a tensor, stacks and batches built from
+    it) forced onto the CPU gives the host path's synthesis and heatmap; the CPU default is the host path."""
+    arch = dataclasses.replace(TINY, in_channels=2 * context + 1)
+    bundle = make_bundle(tmp_path / f"ctx{context}.safetensors", arch, context_slices=context)
+    host = SynthesisEngine(bundle, device="cpu", batch_size=3)
+    device = SynthesisEngine(bundle, device="cpu", batch_size=3, device_preprocessing=True)
+    assert host.device_preprocessing is False and device.device_preprocessing is True
+    image = head(direction=_oblique(), spacing=(0.9, 1.1, 2.0))
+    a, b = host.run(image), device.run(image)
+    assert b.heatmap is not None and a.heatmap is not None
+    for x, y in ((a.synthetic, b.synthetic), (a.heatmap, b.heatmap)):
+        _same_geometry(x, y)
+        np.testing.assert_allclose(sitk.GetArrayFromImage(y), sitk.GetArrayFromImage(x), rtol=1e-6, atol=1e-6)

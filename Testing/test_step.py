@@ -1,8 +1,10 @@
 """The training step: which networks each variant updates, and that training learns."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import toy_pair
+from DualDSynthesisLib import losses
 from DualDSynthesisLib.networks import ArchitectureConfig
 from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError, TrainingConfig, Variant
 
@@ -81,6 +83,109 @@ def test_config_validation() -> None:
         TrainingConfig(variant="triple")
     with pytest.raises(ValueError, match="n_critic"):
         TrainingConfig(n_critic=0)
+    with pytest.raises(ValueError, match="gp_every must be at least 1"):
+        TrainingConfig(gp_every=0)
     cfg = TrainingConfig(variant="local", beta=2.0)
     assert TrainingConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.variant is Variant.LOCAL
+
+
+def _weights(trainer: DualDTrainer) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.detach().clone() for n, m in trainer.networks().items() for k, v in m.state_dict().items()}
+
+
+def _run(steps: int, seed: int = 0, **kwargs) -> tuple[DualDTrainer, list[dict[str, torch.Tensor]]]:
+    torch.manual_seed(seed)
+    trainer = DualDTrainer(ARCH, TrainingConfig(variant="dual_attention"), **kwargs)
+    batches = [toy_pair(2, 32, seed=i) for i in range(steps)]
+    return trainer, [trainer.step(s, t) for s, t in batches]
+
+
+def test_deferred_checks_give_bit_identical_weights() -> None:
+    """Reading the finiteness checks every step or once at the end changes nothing in the arithmetic."""
+    sync, sync_terms = _run(4)
+    deferred, deferred_terms = _run(4, defer_checks=True)
+    assert len(deferred._unchecked) > 0 and not sync._unchecked  # the deferred checks wait to be read
+    deferred.check_finite()
+    assert not deferred._unchecked
+    a, b = _weights(sync), _weights(deferred)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(sync_terms, deferred_terms, strict=True):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+        assert all(t.ndim == 0 and not t.requires_grad for t in x.values())
+
+
+def test_deferred_check_names_the_first_bad_step_and_term() -> None:
+    trainer = DualDTrainer(ARCH, TrainingConfig(variant="local"), defer_checks=True)
+    src, tgt = toy_pair(2, 32)
+    trainer.step(src, tgt)  # step 1: finite
+    bad = tgt.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    trainer.step(src, bad)  # step 2: D2 sees the NaN target first; no exception yet (no host read)
+    trainer.step(src, tgt)  # step 3: the weights are NaN by now, every term is
+    with pytest.raises(NonFiniteLossError, match="loss term D2 became nan at step 2") as info:
+        trainer.check_finite()
+    assert (info.value.term, info.value.step) == ("D2", 2)
+    trainer.check_finite()  # the queue was emptied: nothing left to raise
+
+
+def test_fused_adam_forced_on_the_cpu() -> None:
+    """CUDA's fused Adam (one kernel for all parameters) runs on the CPU too: same weights within rounding."""
+    plain, _ = _run(1)
+    fast, _ = _run(1, fused=True)
+    assert plain.opt_g.defaults["fused"] is None and fast.opt_g.defaults["fused"] is True
+    a, b = _weights(plain), _weights(fast)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_channels_last_forced_on_the_cpu() -> None:
+    """CUDA's channels_last networks and batches, run on the CPU: the same D1 terms (computed before any
+    update) within rounding. Later terms are not compared: Adam's first update is ~lr·sign(gradient),
+    which turns rounding differences of near-zero gradients into lr-sized ones."""
+    _, plain = _run(1)
+    fast, fast_terms = _run(1, channels_last=True)
+    assert fast.generator.ups[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not DualDTrainer(ARCH, TrainingConfig()).generator.ups[0].weight.is_contiguous(
+        memory_format=torch.channels_last)
+    for k in ("d1", "d1_gp", "d1_wasserstein"):
+        torch.testing.assert_close(fast_terms[0][k], plain[0][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def _frozen_critic_penalties(gp_every: int, steps: int) -> list[float]:
+    """``d1_gp`` of every step with D1 and G frozen (their optimisers do not step): a fixed critic."""
+    torch.manual_seed(0)
+    tiny = ArchitectureConfig(g_base_width=4, g_depth=1, d2_base_width=4)
+    trainer = DualDTrainer(tiny, TrainingConfig(variant="global", gp_every=gp_every))
+    trainer.opt_d1.step = lambda *a, **k: None  # type: ignore[method-assign]
+    trainer.opt_g.step = lambda *a, **k: None  # type: ignore[method-assign]
+    src, tgt = toy_pair(2, 16, seed=3)
+    return [float(trainer.step(src, tgt)["d1_gp"]) for _ in range(steps)]
+
+
+def test_lazy_penalty_keeps_its_expected_value() -> None:
+    """gp_every=k: the penalty on every k-th D1 update, times k. Against a fixed critic its mean over
+    steps equals the every-update penalty's mean (up to the Monte-Carlo noise of the interpolation ε)."""
+    k, steps = 4, 24
+    every = np.array(_frozen_critic_penalties(1, steps))
+    lazy = np.array(_frozen_critic_penalties(k, steps))
+    assert np.count_nonzero(lazy) == steps // k and np.all(lazy[::k] > 0)  # updates 0, k, 2k, ...
+    assert every.min() > 0
+    # Standard error of the lazy mean: k² times the per-sample variance, over steps/k samples.
+    se = np.sqrt(every.var() * k * k / (steps // k) + every.var() / steps)
+    assert abs(lazy.mean() - every.mean()) < 4 * se, (lazy.mean(), every.mean(), se)
+    # The scaling itself, exactly: with the interpolation fixed, a due update is k × the plain penalty.
+    critic = DualDTrainer(ARCH, TrainingConfig(variant="global")).critic
+    real, fake = toy_pair(4, 32, seed=5)
+    eps = torch.full((4, 1, 1, 1), 0.3)
+    plain = losses.gradient_penalty(critic, real, fake, 10.0, eps)
+    assert torch.allclose(losses.gradient_penalty(critic, real, fake, 10.0 * k, eps), k * plain)
+
+
+def test_lazy_penalty_skips_the_penalty_forward() -> None:
+    calls = []
+    trainer = DualDTrainer(ARCH, TrainingConfig(variant="global", n_critic=2, gp_every=3))
+    trainer.critic.register_forward_hook(lambda *a: calls.append(1))
+    for _ in range(3):  # D1 updates 0..5: the penalty on updates 0 and 3
+        trainer.step(*toy_pair(2, 32))
+    assert len(calls) == 6 * 2 + 2 + 3  # fake + real per update, 2 interpolates, G's term per step

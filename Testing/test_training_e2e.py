@@ -13,7 +13,7 @@ from _training_data import TINY_ARCH_FLAGS, write_subjects
 from DualDSynthesisLib.bundle import load_bundle
 from DualDSynthesisLib.preprocess import PreprocessingSpec
 from DualDTrainingLib import checkpoint as ckpt
-from DualDTrainingLib import cli
+from DualDTrainingLib import cli, loop
 from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError
 
 
@@ -106,6 +106,49 @@ def test_non_finite_loss_stops_without_touching_the_checkpoint(data: Path, tmp_p
     assert "G_adv_local" in last and "step 6" in last and "Traceback" not in err
     assert ckpt.load_checkpoint(out / ckpt.LAST)["step"] == 4  # the last good one (checkpoint every 2)
     assert not (out / "model-final.safetensors").exists()
+
+
+def test_deferred_non_finite_check_runs_before_the_checkpoint(data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A real NaN at step 6 with losses read only every 100 steps: the deferred device-side check is read
+    before the checkpoint of step 6, so the run stops naming step 6 and D2, and step 4's state stays."""
+    out = tmp_path / "deferred"
+    real_step = DualDTrainer.step
+
+    def step(self: DualDTrainer, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self.defer_checks  # single process: no host sync per step
+        if self.step_count == 5:
+            target = target.clone()
+            target[0, 0, 0, 0] = float("nan")
+        return real_step(self, source, target)  # no exception here: the check waits on the device
+
+    monkeypatch.setattr(DualDTrainer, "step", step)
+    args = _args(data, out, variant="local", iterations=10)
+    args[args.index("--log-every") + 1] = "100"
+    assert cli.main(args) == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "loss term D2 became non-finite (nan) at step 6" in last
+    assert ckpt.load_checkpoint(out / ckpt.LAST)["step"] == 4
+    assert not (out / "model-final.safetensors").exists()
+
+
+def test_device_sampler_forced_on_the_cpu_resumes_exactly(data: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA data path (DeviceSliceSampler, augmentation on its batches) run on the CPU: its generator
+    state travels in the checkpoint, so 4 steps + --resume to 8 equals 8 steps in one go."""
+    monkeypatch.setattr(loop, "use_device_sampler", lambda device: True)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    extra = ("--augment", "0.5")
+    assert cli.main(_args(data, straight, *extra, variant="unet", iterations=8)) == 0
+    assert cli.main(_args(data, split, *extra, variant="unet", iterations=4)) == 0
+    state = ckpt.load_checkpoint(split / ckpt.LAST)
+    assert state["rng"][0]["device_sampler"].dtype == torch.uint8
+    assert cli.main(_args(data, split, "--resume", *extra, variant="unet", iterations=8)) == 0
+    a = load_bundle(straight / "model-final.safetensors").generator.state_dict()
+    b = load_bundle(split / "model-final.safetensors").generator.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_ct_target_uses_hu_mapping(tmp_path: Path) -> None:

@@ -229,16 +229,16 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     sampler = SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3, context=r["context"],
                            crop=r.get("crop", 0))
     augment = SourceAugmentation(r["augment"], seed=job["seed"])
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     t0 = time.time()
     while trainer.step_count < job["steps"] and time.time() - t0 < job["seconds"]:
         src, tgt = sampler.batch(job["batch"])
         src = augment(src.to(device, non_blocking=True))
         values = trainer.step(src, tgt.to(device, non_blocking=True))
-        losses.append(values["l1"])
+        losses.append(values["l1"])  # a device tensor: read once at the end, not per step
     train_seconds = time.time() - t0
     result = {**job, "steps_done": trainer.step_count, "train_seconds": round(train_seconds, 1),
-              "final_l1": float(np.mean(losses[-50:])) if losses else None,
+              "final_l1": float(torch.stack(losses[-50:]).mean()) if losses else None,
               "reference_scale": spec.target.reference_scale, "per_subject": {}}
     for s in test:
         result["per_subject"][s.name] = _evaluate(trainer, s, r["context"], device, cfg.variant.uses_local)

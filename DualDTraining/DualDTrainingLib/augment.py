@@ -50,6 +50,20 @@ class SourceAugmentation:
         self.generator = torch.Generator().manual_seed(seed)
         self._noise_generators: dict[str, torch.Generator] = {}
 
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """Every generator's state (for a checkpoint: a resumed run augments as an uninterrupted one)."""
+        state = {"params": self.generator.get_state()}
+        state.update({f"noise:{k}": g.get_state().cpu() for k, g in self._noise_generators.items()})
+        return state
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["params"])
+        for key, value in state.items():
+            if key.startswith("noise:"):
+                device = key[len("noise:"):]
+                self._noise_generators[device] = torch.Generator(device=device)
+                self._noise_generators[device].set_state(value)
+
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise drawn on the batch's own device (no host-side array of image size)."""
         key = str(like.device)

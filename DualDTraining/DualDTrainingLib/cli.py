@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(tr, "--beta", type=float, default=1.0, help="attention exponent in (1 - M)^beta")
     _add(tr, "--p", type=int, default=1, choices=(1, 2), help="reconstruction norm (1 = L1, 2 = L2)")
     _add(tr, "--n-critic", type=int, default=1, help="D1 updates per step")
+    _add(tr, "--gp-every", type=int, default=1,
+         help="lazy gradient penalty: compute it on every k-th D1 update, scaled by k (1 = every update)")
     _add(tr, "--seed", type=int, default=0, help="random seed")
     _add(tr, "--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
     _add(tr, "--d2-target", default="binary", choices=("binary", "error"),
@@ -148,7 +150,8 @@ def _config(args: argparse.Namespace, slicer: bool) -> Any:  # RunConfig, import
         variant=args.variant, iterations=args.iterations, val_subjects=val, resume=args.resume,
         overwrite=args.overwrite, device=args.device, batch_size=args.batch_size, lr_g=args.lr_g, lr_d1=args.lr_d1,
         lr_d2=args.lr_d2, lambda1=args.lambda1, lambda2=args.lambda2, beta=args.beta, p=args.p,
-        n_critic=args.n_critic, val_every=args.val_every, best_metric=args.best_metric, seed=args.seed,
+        n_critic=args.n_critic, gp_every=args.gp_every, val_every=args.val_every, best_metric=args.best_metric,
+        seed=args.seed,
         spacing=args.spacing, target_kind=args.target_kind, base_width=args.base_width, depth=args.depth,
         d2_base_width=args.d2_base_width, tumour_fraction=args.tumour_fraction, flip=not args.no_flip, amp=args.amp,
         crop_size=args.crop_size, source_norm=args.source_norm, context_slices=args.context_slices,

@@ -8,15 +8,19 @@ the end), ``checkpoint-best.pt`` + ``model-best.safetensors`` (best validation `
 Stopping: SIGINT/SIGTERM set a flag that every rank checks (all-reduced) after each step; the state
 after the last completed step is saved and :class:`TrainingStopped` carries exit code 130 (SIGINT) or
 143 (SIGTERM); ``--resume`` continues from exactly there. A NaN/inf loss raises
-``NonFiniteLossError`` before any optimiser step of that network; the run stops with exit code 3 and a
-message naming the step and the loss term, and *no* checkpoint is written, so ``checkpoint-last.pt``
-stays the last good state (resume from it with a lower learning rate). A SIGKILL (Slicer's Cancel)
+``NonFiniteLossError``; the run stops with exit code 3 and a message naming the step and the loss term,
+and *no* checkpoint is written, so ``checkpoint-last.pt`` stays the last good state (resume from it
+with a lower learning rate). Single-process runs check finiteness on the device and read the checks
+only when they read the losses (every ``log_every`` steps) and before every checkpoint, validation and
+export (see ``step.py``: the in-memory weights may already hold a non-finite update, never a file);
+under torchrun each update is checked before it is applied (the peers' gradient all-reduce carries
+the failure). On CUDA the batches come from ``DeviceSliceSampler`` (slices resident on the GPU, its
+generator state in the checkpoint); on the CPU from ``SliceSampler``. A SIGKILL (Slicer's Cancel)
 cannot be caught: at most ``checkpoint_every`` steps are lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -56,10 +60,13 @@ from .dataset import (
     prepare_subject,
     shard_pairs,
 )
+from .device_sampler import DeviceSliceSampler
 from .discovery import DiscoveryError, discover
 from .distributed import DistContext, PeerNonFiniteError, init_from_env, stop_together
 from .errors import EXIT_NON_FINITE, TrainingError, TrainingStopped
+from .loss_window import LossWindow
 from .reporting import Progress, Reporter, sample_grid
+from .signals import StopSignals
 from .step import DualDTrainer, NonFiniteLossError, TrainingConfig
 from .validation import check_metric_name, is_better, jsonable_metrics, sample_captions, validate
 
@@ -91,6 +98,7 @@ class RunConfig:
     beta: float = 1.0
     p: int = 1
     n_critic: int = 1
+    gp_every: int = 1
     val_every: int = 1000
     best_metric: str = "psnr_foreground"
     seed: int = 0
@@ -124,6 +132,7 @@ class RunConfig:
     def training(self) -> TrainingConfig:
         return TrainingConfig(variant=self.variant, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
                               p=self.p, lr_g=self.lr_g, lr_d1=self.lr_d1, lr_d2=self.lr_d2, n_critic=self.n_critic,
+                              gp_every=self.gp_every,
                               error_weight=self.error_weight, d2_target=self.d2_target, error_tau=self.error_tau)
 
     def check(self) -> None:
@@ -251,6 +260,11 @@ def _size_multiple(arch: ArchitectureConfig) -> int:
     return int(np.lcm(arch.size_multiple, 16))
 
 
+def use_device_sampler(device: torch.device) -> bool:
+    """Slices resident on the device pay off only on a GPU; tests patch this to run that path on the CPU."""
+    return device.type == "cuda"
+
+
 def params_digest(trainer: DualDTrainer) -> str:
     h = hashlib.sha256()
     for name, module in trainer.networks().items():
@@ -258,29 +272,6 @@ def params_digest(trainer: DualDTrainer) -> str:
             h.update(f"{name}.{key}".encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-class _Signals:
-    """SIGINT/SIGTERM → a flag checked between steps; a second signal interrupts at once."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __enter__(self) -> _Signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread (e.g. a worker thread): no handlers
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -353,9 +344,14 @@ class Run:
                 self.say(f"rejected {subject} (validation): {reason}")
         self.has_validation = bool(ctx.broadcast_object(bool(self.val_subjects)))
         self.sampler_rng = np.random.default_rng([cfg.seed, ctx.rank])
-        self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip,
-                                    (ctx.rank, ctx.world_size) if shard_slices else (0, 1), cfg.crop_size,
-                                    self.spec.context_slices)
+        shard = (ctx.rank, ctx.world_size) if shard_slices else (0, 1)
+        if use_device_sampler(ctx.device):
+            self.sampler: SliceSampler | DeviceSliceSampler = DeviceSliceSampler(
+                subjects, ctx.device, cfg.seed * 1000 + ctx.rank, cfg.tumour_fraction, cfg.flip, shard,
+                cfg.crop_size, self.spec.context_slices)
+        else:
+            self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip, shard,
+                                        cfg.crop_size, self.spec.context_slices)
         self.augment = SourceAugmentation(cfg.augment, seed=cfg.seed * 7919 + ctx.rank)
         del subjects
         self.train_names = [p.subject for p in train]
@@ -379,7 +375,8 @@ class Run:
         cfg, ctx = self.cfg, self.ctx
         torch.manual_seed(cfg.seed)
         grad_sync = ctx.grad_sync if ctx.active else None
-        self.trainer = DualDTrainer(self.arch, cfg.training(), ctx.device, grad_sync=grad_sync, amp=cfg.amp)
+        self.trainer = DualDTrainer(self.arch, cfg.training(), ctx.device, grad_sync=grad_sync, amp=cfg.amp,
+                                    defer_checks=not ctx.active)
         torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # the gradient penalty's noise differs per rank
         if self.state is not None:
             ckpt.apply_checkpoint(self.trainer, self.state)
@@ -390,6 +387,14 @@ class Run:
             rng = self.state["rng"]
             if len(rng) == ctx.world_size:
                 ckpt.restore_rng(rng[ctx.rank], self.sampler_rng)
+                if "augment" in rng[ctx.rank]:
+                    self.augment.set_rng_state(rng[ctx.rank]["augment"])
+                if isinstance(self.sampler, DeviceSliceSampler):
+                    if "device_sampler" in rng[ctx.rank]:
+                        self.sampler.set_rng_state(rng[ctx.rank]["device_sampler"])
+                    else:
+                        self.say("note: the checkpoint was written with the host sampler: device sampling is "
+                                 "re-seeded")
             else:
                 self.say(f"note: the checkpoint was written by {len(rng)} rank(s), this run has {ctx.world_size}: "
                          "sampling is re-seeded")
@@ -407,7 +412,11 @@ class Run:
         return d
 
     def save_checkpoint(self, path: Path | None = None) -> None:
-        rng = self.ctx.gather_objects(ckpt.capture_rng(self.sampler_rng))
+        self.trainer.check_finite()  # never write a state a non-finite update reached (deferred checks)
+        state = {**ckpt.capture_rng(self.sampler_rng), "augment": self.augment.rng_state()}
+        if isinstance(self.sampler, DeviceSliceSampler):
+            state["device_sampler"] = self.sampler.rng_state().cpu()
+        rng = self.ctx.gather_objects(state)
         if self.ctx.is_main:
             ckpt.save_checkpoint(path or self.cfg.output / ckpt.LAST, self.trainer, rng, self.spec.to_dict(),
                                  self._run_record(), self.best)
@@ -439,6 +448,7 @@ class Run:
 
     # -- validation (rank 0; the others wait at the barrier)
     def run_validation(self, step: int) -> dict[str, Any] | None:
+        self.trainer.check_finite()  # validation may export model-best: only from finite weights
         result = None
         if self.ctx.is_main and self.val_subjects:
             t0 = time.time()
@@ -467,7 +477,7 @@ class Run:
         return self.ctx.broadcast_object(result)
 
     # -- the loop
-    def train(self, signals: _Signals) -> int:
+    def train(self, signals: StopSignals) -> int:
         cfg, ctx, trainer = self.cfg, self.ctx, self.trainer
         start = trainer.step_count
         if ctx.is_main:
@@ -479,52 +489,58 @@ class Run:
             self.progress = Progress(cfg.iterations, start, cfg.slicer)
             if start:
                 self.say(f"resuming from step {start} of {cfg.iterations}")
-        window: list[dict[str, float]] = []
+        window = LossWindow()
         t_window = time.time()
         last_validation: dict[str, Any] | None = None
         nets = trainer.networks()
         if start >= cfg.iterations and self.has_validation:  # resumed a finished run: re-validate, re-export
             last_validation = self.run_validation(start)
-        while trainer.step_count < cfg.iterations:
-            if ctx.any_flag(signals.received is not None):
-                return self._stop_on_signal(signals.received or signal.SIGTERM)
-            src, tgt = self.sampler.batch(cfg.batch_size)
-            src = self.augment(src)
-            try:
-                losses = trainer.step(src, tgt)
-            except NonFiniteLossError as exc:
-                stop_together(ctx, nets, exc)
-                where = "another rank" if isinstance(exc, PeerNonFiniteError) else f"rank {ctx.rank}"
-                value = "" if isinstance(exc, PeerNonFiniteError) else f" ({exc.value})"
-                message = (f"loss term {exc.term} became non-finite{value} at step {trainer.step_count + 1} on "
-                           f"{where}; stopped without saving, {ckpt.LAST} still holds the last good state")
-                if self.reporter is not None:
-                    self.reporter.log("event", trainer.step_count + 1, {"event": "non_finite", "term": exc.term})
-                raise TrainingStopped(message, EXIT_NON_FINITE) from None
-            for module in nets.values():
-                ctx.sync_buffers(module)
-            window.append(losses)
-            step = trainer.step_count
-            final = step == cfg.iterations
-            if step % cfg.log_every == 0 or final:
-                mean = ctx.mean_dict({k: float(np.mean([w[k] for w in window])) for k in window[0]})
-                elapsed = time.time() - t_window
-                if self.reporter is not None:
-                    self.reporter.log("train", step, {**mean, "steps_per_s": round(len(window) / elapsed, 3),
-                                                      "slices_per_s": round(len(window) * cfg.batch_size
-                                                                            * ctx.world_size / elapsed, 2)})
-                window, t_window = [], time.time()
-            if self.progress is not None:
-                self.progress.update(step, losses)
-            validated = self.has_validation and (bool(cfg.val_every and step % cfg.val_every == 0) or final)
-            if validated:
-                last_validation = self.run_validation(step)
-                ctx.barrier()
-            if not final and (step % cfg.checkpoint_every == 0 or validated):
-                self.save_checkpoint()
-                if last_validation and last_validation.get("new_best"):
-                    self.save_checkpoint(cfg.output / ckpt.BEST)
-        return self._finish(last_validation)
+        try:
+            while trainer.step_count < cfg.iterations:
+                if ctx.any_flag(signals.received is not None):
+                    return self._stop_on_signal(signals.received or signal.SIGTERM)
+                src, tgt = self.sampler.batch(cfg.batch_size)
+                window.add(trainer.step(self.augment(src), tgt))
+                for module in nets.values():
+                    ctx.sync_buffers(module)
+                step = trainer.step_count
+                final = step == cfg.iterations
+                mean: dict[str, float] = {}
+                if step % cfg.log_every == 0 or final:
+                    n = len(window)
+                    mean = ctx.mean_dict(window.read(trainer))
+                    elapsed = time.time() - t_window
+                    if self.reporter is not None:
+                        self.reporter.log("train", step, {**mean, "steps_per_s": round(n / elapsed, 3),
+                                                          "slices_per_s": round(n * cfg.batch_size
+                                                                                * ctx.world_size / elapsed, 2)})
+                    t_window = time.time()
+                if self.progress is not None:
+                    self.progress.update(step, mean)
+                validated = self.has_validation and (bool(cfg.val_every and step % cfg.val_every == 0) or final)
+                if validated:
+                    last_validation = self.run_validation(step)
+                    ctx.barrier()
+                if not final and (step % cfg.checkpoint_every == 0 or validated):
+                    self.save_checkpoint()
+                    if last_validation and last_validation.get("new_best"):
+                        self.save_checkpoint(cfg.output / ckpt.BEST)
+            return self._finish(last_validation)
+        except NonFiniteLossError as exc:
+            raise self._stopped_on_non_finite(exc) from None
+
+    def _stopped_on_non_finite(self, exc: NonFiniteLossError) -> TrainingStopped:
+        ctx, trainer = self.ctx, self.trainer
+        stop_together(ctx, trainer.networks(), exc)
+        peer = isinstance(exc, PeerNonFiniteError)
+        where = "another rank" if peer else f"rank {ctx.rank}"
+        value = "" if peer else f" ({exc.value})"
+        step = exc.step if exc.step > 0 else trainer.step_count + 1  # a peer's failure: the step it stopped at
+        message = (f"loss term {exc.term} became non-finite{value} at step {step} on "
+                   f"{where}; stopped without saving, {ckpt.LAST} still holds the last good state")
+        if self.reporter is not None:
+            self.reporter.log("event", step, {"event": "non_finite", "term": exc.term})
+        return TrainingStopped(message, EXIT_NON_FINITE)
 
     def _stop_on_signal(self, signum: int) -> int:
         self.save_checkpoint()
@@ -569,7 +585,7 @@ def run_training(cfg: RunConfig) -> int:
         raise TrainingError(str(exc)) from None
     run = Run(cfg, ctx)
     try:
-        with _Signals() as signals:
+        with StopSignals() as signals:
             try:
                 run.setup()
                 run.build()
