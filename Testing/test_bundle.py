@@ -1,5 +1,6 @@
 """Model bundle: bit-exact round trip, and refusal of anything that is not a bundle."""
 
+import dataclasses
 import json
 import pickle
 import struct
@@ -10,8 +11,11 @@ import torch
 from bundles import make_bundle
 from DualDSynthesisLib.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
 from DualDSynthesisLib.networks import ArchitectureConfig
+from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
 
 ARCH = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
+SPEC = PreprocessingSpec(source=IntensityMapping("mri_percentile"),
+                         target=IntensityMapping("mri_percentile", reference_scale=500.0))
 
 
 def _metadata(has_local: bool = True, **kw) -> BundleMetadata:
@@ -20,7 +24,7 @@ def _metadata(has_local: bool = True, **kw) -> BundleMetadata:
         variant="dual_attention" if has_local else "unet",
         source_modality="t1",
         target_modality="t2",
-        preprocessing={"orientation": "LPS"},
+        preprocessing=SPEC.to_dict(),
         has_local_discriminator=has_local,
         provenance={"test": True},
         **kw,
@@ -118,7 +122,7 @@ def test_invalid_files_are_refused(tmp_path: Path, make, match: str) -> None:
 def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     g, d2 = _trained_nets()
     meta = _metadata()
-    meta.architecture = {**ARCH.to_dict(), "g_base_width": 8}
+    meta = dataclasses.replace(meta, architecture=dataclasses.replace(ARCH, g_base_width=8))
     path = save_bundle(tmp_path / "m.safetensors", g, d2, meta)
     with pytest.raises(BundleError, match=r"has shape .* but its architecture needs"):
         load_bundle(path)

@@ -57,9 +57,9 @@ def test_no_pairs_found(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
 
 def test_unknown_contrast(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
     argv = _base(data, tmp_path / "out")
-    argv[argv.index("t2")] = "pd"
+    argv[argv.index("t2")] = "pet"
     code, err = _run(capsys, *argv)
-    _one_error_line(code, err, "unknown target contrast", "pd")
+    _one_error_line(code, err, "unknown target contrast", "pet")
 
 
 def test_output_exists(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
@@ -165,15 +165,3 @@ def test_slicer_entry_point_reports_filter_progress(data: Path, tmp_path: Path) 
     assert progress and progress[-1] == 1.0
     assert "<filter-start>" in proc.stdout and "<filter-end>" in proc.stdout
     assert (out / "model-final.safetensors").is_file()
-
-
-def test_architecture_defaults_are_the_shipped_models() -> None:
-    """The CLI keeps torch out of --help, so it repeats the default architecture: keep the two equal."""
-    from DualDSynthesisLib.defaults import DEFAULT_ARCHITECTURE
-
-    args = cli.build_parser().parse_args(["--data", "d", "--source", "t1", "--target", "t2", "--output", "o"])
-    assert (args.base_width, args.depth, args.d2_base_width) == (
-        DEFAULT_ARCHITECTURE.g_base_width,
-        DEFAULT_ARCHITECTURE.g_depth,
-        DEFAULT_ARCHITECTURE.d2_base_width,
-    )
