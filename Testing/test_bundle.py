@@ -12,6 +12,7 @@ from bundles import make_bundle
 from DualDSynthesisLib.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
 from DualDSynthesisLib.networks import ArchitectureConfig
 from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
+from DualDSynthesisLib.resources import MODELS_DIR
 
 ARCH = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
 SPEC = PreprocessingSpec(source=IntensityMapping("mri_percentile"),
@@ -152,3 +153,29 @@ def test_saved_bundle_gets_the_umask_mode_not_0600(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_metadata_is_typed_and_strict(tmp_path: Path) -> None:
+    meta = _metadata()
+    assert meta.architecture == ARCH and meta.preprocessing == SPEC  # parsed once, from the JSON dicts
+    assert BundleMetadata.from_json(meta.to_json()) == meta
+    for section, key in (("architecture", "g_dilation"), ("preprocessing", "slab_thickness")):
+        data = json.loads(meta.to_json())
+        data[section][key] = 1  # a newer writer's setting: refused with its name, never silently dropped
+        with pytest.raises(BundleError, match=rf"the bundle.s {section} is invalid: .*{key}"):
+            BundleMetadata.from_json(json.dumps(data))
+    data = json.loads(meta.to_json())
+    data["preprocessing"]["source"]["kind"] = "zscore"
+    with pytest.raises(BundleError, match="unknown intensity kind 'zscore'"):
+        BundleMetadata.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.safetensors")), ids=lambda p: p.stem)
+def test_shipped_bundles_keep_loading(path: Path) -> None:
+    """Version 1 and version 2 bundles parse into the typed metadata, and writing it back reads the same."""
+    meta = read_metadata(path)
+    assert meta.format_version in (1, 2)
+    assert isinstance(meta.architecture, ArchitectureConfig) and meta.architecture.in_channels == (
+        2 * meta.preprocessing.context_slices + 1)
+    assert BundleMetadata.from_json(meta.to_json()) == meta
+    assert load_bundle(path).architecture == meta.architecture
