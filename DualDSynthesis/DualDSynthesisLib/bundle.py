@@ -67,9 +67,9 @@ class BundleMetadata:
         for name in ("variant", "source_modality", "target_modality", "name", "description"):
             if not isinstance(getattr(self, name), str):
                 raise BundleError(f"the bundle's {name} must be text, got {getattr(self, name)!r}")
-        for name in ("provenance", "metrics", "fingerprint"):
+        for name in ("architecture", "preprocessing", "provenance", "metrics", "fingerprint"):
             value = getattr(self, name)
-            if not isinstance(value, dict):
+            if not isinstance(value, dict | ArchitectureConfig | PreprocessingSpec):
                 raise BundleError(f"the bundle's {name} must be a JSON object, got {type(value).__name__}")
         if not isinstance(self.architecture, ArchitectureConfig):
             try:
