@@ -9,11 +9,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 from DualDSynthesisLib.device_prepare import percentile, prepare_volume_on_device
+from DualDSynthesisLib.intensity import _fill_holes_per_slice
 from DualDSynthesisLib.preprocess import (
     IntensityMapping,
     PreprocessError,
     PreprocessingSpec,
-    _fill_holes_per_slice,
     prepare_volume,
 )
 from scipy import ndimage

@@ -141,6 +141,13 @@ class ModelBundle:
         return self
 
 
+def save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, imported only when a bundle is written (reading metadata needs no torch)."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, str(path), metadata=metadata)
+
+
 def save_bundle(
     path: str | Path,
     generator: torch.nn.Module,
@@ -149,8 +156,6 @@ def save_bundle(
     overwrite: bool = False,
 ) -> Path:
     """Write the bundle atomically and verified (``atomic.atomic_write``)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise BundleError(f"a bundle file must end in .safetensors, got {path.name!r}")
