@@ -1,5 +1,6 @@
 """Model bundle: bit-exact round trip, and refusal of anything that is not a bundle."""
 
+import dataclasses
 import json
 import pickle
 import struct
@@ -10,8 +11,12 @@ import torch
 from bundles import make_bundle
 from DualDSynthesisLib.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
 from DualDSynthesisLib.networks import ArchitectureConfig
+from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
+from DualDSynthesisLib.resources import MODELS_DIR
 
 ARCH = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
+SPEC = PreprocessingSpec(source=IntensityMapping("mri_percentile"),
+                         target=IntensityMapping("mri_percentile", reference_scale=500.0))
 
 
 def _metadata(has_local: bool = True, **kw) -> BundleMetadata:
@@ -20,7 +25,7 @@ def _metadata(has_local: bool = True, **kw) -> BundleMetadata:
         variant="dual_attention" if has_local else "unet",
         source_modality="t1",
         target_modality="t2",
-        preprocessing={"orientation": "LPS"},
+        preprocessing=SPEC.to_dict(),
         has_local_discriminator=has_local,
         provenance={"test": True},
         **kw,
@@ -118,7 +123,7 @@ def test_invalid_files_are_refused(tmp_path: Path, make, match: str) -> None:
 def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     g, d2 = _trained_nets()
     meta = _metadata()
-    meta.architecture = {**ARCH.to_dict(), "g_base_width": 8}
+    meta = dataclasses.replace(meta, architecture=dataclasses.replace(ARCH, g_base_width=8))
     path = save_bundle(tmp_path / "m.safetensors", g, d2, meta)
     with pytest.raises(BundleError, match=r"has shape .* but its architecture needs"):
         load_bundle(path)
@@ -148,3 +153,29 @@ def test_saved_bundle_gets_the_umask_mode_not_0600(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_metadata_is_typed_and_strict(tmp_path: Path) -> None:
+    meta = _metadata()
+    assert meta.architecture == ARCH and meta.preprocessing == SPEC  # parsed once, from the JSON dicts
+    assert BundleMetadata.from_json(meta.to_json()) == meta
+    for section, key in (("architecture", "g_dilation"), ("preprocessing", "slab_thickness")):
+        data = json.loads(meta.to_json())
+        data[section][key] = 1  # a newer writer's setting: refused with its name, never silently dropped
+        with pytest.raises(BundleError, match=rf"the bundle.s {section} is invalid: .*{key}"):
+            BundleMetadata.from_json(json.dumps(data))
+    data = json.loads(meta.to_json())
+    data["preprocessing"]["source"]["kind"] = "zscore"
+    with pytest.raises(BundleError, match="unknown intensity kind 'zscore'"):
+        BundleMetadata.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.safetensors")), ids=lambda p: p.stem)
+def test_shipped_bundles_keep_loading(path: Path) -> None:
+    """Version 1 and version 2 bundles parse into the typed metadata, and writing it back reads the same."""
+    meta = read_metadata(path)
+    assert meta.format_version in (1, 2)
+    assert isinstance(meta.architecture, ArchitectureConfig) and meta.architecture.in_channels == (
+        2 * meta.preprocessing.context_slices + 1)
+    assert BundleMetadata.from_json(meta.to_json()) == meta
+    assert load_bundle(path).architecture == meta.architecture

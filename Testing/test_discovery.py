@@ -143,8 +143,8 @@ def test_discover_csv_manifest(tmp_path: Path):
 
 
 def test_discover_errors(tmp_path: Path, mixed: Path):
-    with pytest.raises(DiscoveryError, match=r"unknown target contrast 'pd'.*t1, t1c, t2, flair"):
-        discover(mixed, "t1", "pd")
+    with pytest.raises(DiscoveryError, match=r"unknown target contrast 'pet'.*t1, t1c, t2, flair"):
+        discover(mixed, "t1", "pet")
     with pytest.raises(DiscoveryError, match="does not exist"):
         discover(tmp_path / "nowhere", "t1", "t2")
     with pytest.raises(DiscoveryError, match="both t1"):

@@ -66,7 +66,7 @@ def test_each_source_normalisation_round_trips_through_the_bundle(name: str, tmp
     path = make_bundle(tmp_path / f"{name}.safetensors", source_norm=name)
     engine = SynthesisEngine(path, "cpu")
     assert engine.spec.source == source_mapping(name)
-    assert PreprocessingSpec.from_dict(load_bundle(path).metadata.preprocessing).source == SOURCE_NORMS[name]
+    assert load_bundle(path).metadata.preprocessing.source == SOURCE_NORMS[name]
     rng = np.random.default_rng(0)
     vol = np.zeros((4, 48, 48), np.float32)
     vol[:, 8:40, 8:40] = rng.uniform(100, 400, (4, 32, 32))

@@ -22,6 +22,7 @@ from DualDSynthesisLib.logic import (  # noqa: E402
     QAOptions,
     SynthesisCancelled,
     SynthesisEngine,
+    SynthesisResult,
 )
 from DualDSynthesisLib.metrics import ssim  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
@@ -31,23 +32,17 @@ TUMOUR = (slice(3, 8), slice(8, 20), slice(30, 42))  # anterior (small j), patie
 OBLIQUE = sitk.VersorTransform((0.2, -0.4, 0.9), 0.5).GetMatrix()
 
 
-def _cancel_error() -> type[Exception]:
-    try:  # the real engine's exception when engine.py exists, as a real engine would raise it
-        from DualDSynthesisLib.engine import SynthesisCancelled as EngineCancelled
-    except ImportError:
-        return SynthesisCancelled
-    return EngineCancelled
-
-
 class FakeEngine:
     """Synthetic = affine map of the source; heatmap high on the 'tumour'. Reports progress and
     checks cancel between four fake steps, like the real engine does between slice batches."""
 
     target_modality = "T2"
+    metadata = None  # no bundle: the synthetic node gets no DICOM marking
+    bundle_path = None
 
     def __init__(self, with_heatmap: bool = True, cancel_error: type[Exception] | None = None) -> None:
         self.with_heatmap = with_heatmap
-        self.cancel_error = cancel_error or _cancel_error()
+        self.cancel_error = cancel_error or SynthesisCancelled  # the contract's, as the real engine raises it
         self.progress_seen: list[tuple[float, str]] = []
         self.calls = 0
 
@@ -78,7 +73,7 @@ class FakeEngine:
             heatmap.CopyInformation(image)
             # The real engine works in canonical orientation; the logic must map back exactly.
             heatmap = sitk.DICOMOrient(heatmap, "RAS")
-        return SimpleNamespace(synthetic=synthetic, heatmap=heatmap)
+        return SynthesisResult(synthetic, heatmap)
 
 
 def source_array() -> np.ndarray:
@@ -117,8 +112,12 @@ def node_ids(scene) -> set[str]:
     return {n.GetID() for n in nodes if not n.IsA("vtkMRMLSubjectHierarchyNode")}
 
 
-def test_engine_protocol_is_satisfied_by_fake():
+def test_engine_protocol_is_satisfied_by_fake_and_real_engine(tmp_path):
     assert isinstance(FakeEngine(), SynthesisEngine)
+    assert not isinstance(SimpleNamespace(run=FakeEngine().run), SynthesisEngine)  # no target_modality/metadata
+    engine_module = pytest.importorskip("DualDSynthesisLib.engine")
+    assert engine_module.SynthesisCancelled is SynthesisCancelled  # one class: the logic catches the engine's
+    assert isinstance(engine_module.SynthesisEngine(_tiny_bundle(tmp_path), "cpu"), SynthesisEngine)
 
 
 def test_geometry_round_trip_oblique_matches_slicer_reader(tmp_path, app):

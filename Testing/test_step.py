@@ -87,6 +87,8 @@ def test_config_validation() -> None:
         TrainingConfig(gp_every=0)
     cfg = TrainingConfig(variant="local", beta=2.0)
     assert TrainingConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown training setting.*lambda3"):  # refused, never dropped
+        TrainingConfig.from_dict({**cfg.to_dict(), "lambda3": 1.0})
     assert cfg.variant is Variant.LOCAL
 
 

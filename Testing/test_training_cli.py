@@ -57,9 +57,9 @@ def test_no_pairs_found(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
 
 def test_unknown_contrast(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
     argv = _base(data, tmp_path / "out")
-    argv[argv.index("t2")] = "pd"
+    argv[argv.index("t2")] = "pet"
     code, err = _run(capsys, *argv)
-    _one_error_line(code, err, "unknown target contrast", "pd")
+    _one_error_line(code, err, "unknown target contrast", "pet")
 
 
 def test_output_exists(capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path) -> None:
@@ -149,6 +149,59 @@ def test_xml_descriptor_matches_the_parser() -> None:
             assert float(default) == pytest.approx(action.default), longflag
         else:
             assert default == action.default, longflag
+    _xml_matches_run_config(root)
+
+
+def _xml_matches_run_config(root: ET.Element) -> None:
+    """Every XML default equals RunConfig's (the one definition), every enumeration equals its vocabulary."""
+    from DualDSynthesisLib.architecture import D2_HEADS
+    from DualDSynthesisLib.intensity import SOURCE_NORMS
+    from DualDSynthesisLib.vocabulary import CONTRAST_ALIASES, D2_TARGETS, VARIANTS
+    from DualDTrainingLib.config import TARGET_KINDS, RunConfig
+
+    defaults = RunConfig.defaults()
+    seen = set()
+    for param in root.iter():
+        name = param.findtext("name")
+        if name is None or param.tag == "executable":
+            continue
+        name = name.strip()
+        text = (param.findtext("default") or "").strip()
+        if name in cli.NEGATED:  # no_flip false ↔ flip True
+            field, value = cli.NEGATED[name], text != "true"
+        elif name in defaults:
+            field, value = name, {"boolean": lambda t: t == "true", "integer": int, "integer-enumeration": int,
+                                  "double": float, "string-vector": lambda t: [v for v in t.split(",") if v]
+                                  }.get(param.tag, str)(text)
+        else:  # the required data/source/target/output: the panel pre-fills a suggestion
+            assert name in ("data", "source", "target", "output"), name
+            continue
+        seen.add(field)
+        assert value == pytest.approx(defaults[field]) if isinstance(value, float) else value == defaults[field], name
+        assert type(value) is type(defaults[field]), name
+    assert seen == set(defaults) - {"slicer"}, "every RunConfig option has a panel field"
+    enumerations = {"variant": VARIANTS, "d2_target": D2_TARGETS, "d2_head": D2_HEADS, "target_kind": TARGET_KINDS,
+                    "source_norm": tuple(SOURCE_NORMS)}
+    for param in root.iter():
+        name = (param.findtext("name") or "").strip()
+        if name in enumerations:
+            assert tuple(e.text for e in param.findall("element")) == enumerations[name], name
+    source = next(p for p in root.iter("string") if p.findtext("name") == "source").findtext("description")
+    for contrast, aliases in CONTRAST_ALIASES.items():  # the panel names every contrast the vocabulary knows
+        if contrast != "seg":
+            assert all(alias in source for alias in aliases), (contrast, source)
+
+
+def test_argparse_defaults_are_run_configs() -> None:
+    from DualDTrainingLib.config import RunConfig
+
+    args = cli.build_parser().parse_args(["--data", "d", "--source", "t1", "--target", "t2", "--output", "o"])
+    assert cli._config(args, slicer=True) == RunConfig(Path("d"), "t1", "t2", Path("o"), slicer=True)
+    changed = cli._config(cli.build_parser().parse_args(
+        ["--data", "d", "--source", "t1", "--target", "t2", "--output", "o", "--no-flip", "--no_error_head",
+         "--val-subjects", "a,b", "c", "--lr-g", "0.5"]), slicer=False)
+    assert (changed.flip, changed.error_head, changed.lr_g) == (False, False, 0.5)
+    assert changed.val_subjects == ["a", "b", "c"]
 
 
 def test_slicer_entry_point_reports_filter_progress(data: Path, tmp_path: Path) -> None:
@@ -165,15 +218,3 @@ def test_slicer_entry_point_reports_filter_progress(data: Path, tmp_path: Path) 
     assert progress and progress[-1] == 1.0
     assert "<filter-start>" in proc.stdout and "<filter-end>" in proc.stdout
     assert (out / "model-final.safetensors").is_file()
-
-
-def test_architecture_defaults_are_the_shipped_models() -> None:
-    """The CLI keeps torch out of --help, so it repeats the default architecture: keep the two equal."""
-    from DualDSynthesisLib.defaults import DEFAULT_ARCHITECTURE
-
-    args = cli.build_parser().parse_args(["--data", "d", "--source", "t1", "--target", "t2", "--output", "o"])
-    assert (args.base_width, args.depth, args.d2_base_width) == (
-        DEFAULT_ARCHITECTURE.g_base_width,
-        DEFAULT_ARCHITECTURE.g_depth,
-        DEFAULT_ARCHITECTURE.d2_base_width,
-    )

@@ -11,7 +11,6 @@ import SimpleITK as sitk
 import torch
 from _training_data import TINY_ARCH_FLAGS, write_subjects
 from DualDSynthesisLib.bundle import load_bundle
-from DualDSynthesisLib.preprocess import PreprocessingSpec
 from DualDTrainingLib import checkpoint as ckpt
 from DualDTrainingLib import cli, loop
 from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError
@@ -44,7 +43,7 @@ def test_end_to_end_produces_loadable_bundles(data: Path, tmp_path: Path) -> Non
     assert {"psnr_foreground", "mae_volume", "ssim_volume"} <= set(meta.metrics["metrics"])
     assert meta.metrics["data_range"] == 1.0
     assert best.metadata.metrics["step"] in (2, 4)
-    spec = PreprocessingSpec.from_dict(meta.preprocessing)
+    spec = meta.preprocessing
     assert spec.target.kind == "mri_percentile" and spec.target.reference_scale > 0
     assert spec.spacing == (1.0, 1.0) and spec.size_multiple % 4 == 0
     # the generator runs on a prepared slice size
@@ -159,5 +158,5 @@ def test_ct_target_uses_hu_mapping(tmp_path: Path) -> None:
         sitk.WriteImage(sitk.Cast(img - 1000.0, sitk.sitkInt16), str(path))
     out = tmp_path / "ct"
     assert cli.main(_args(data, out, "--target-kind", "ct", variant="unet", iterations=2)) == 0
-    spec = PreprocessingSpec.from_dict(load_bundle(out / "model-final.safetensors").metadata.preprocessing)
+    spec = load_bundle(out / "model-final.safetensors").metadata.preprocessing
     assert spec.target.kind == "ct_hu" and spec.target.reference_scale is None

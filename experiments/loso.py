@@ -410,8 +410,8 @@ def baseline(args: argparse.Namespace) -> None:
 
     bundle = load_bundle(args.bundle)
     spec = bundle.metadata.preprocessing
-    norm = next((k for k, m in _source_norms().items() if m.to_dict() == spec["source"]), "p99.5")
-    context = spec.get("context_slices", 0)
+    norm = next((k for k, m in _source_norms().items() if m == spec.source), "p99.5")
+    context = spec.context_slices
     trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
     data = load_prepared(args.prepared)
     out = {"bundle": str(args.bundle), "per_subject": {}}

@@ -4,23 +4,31 @@ safetensors is a flat table of tensors behind a JSON header; reading it never ex
 a pickled ``.pt``. The metadata (architecture, variant, modalities, preprocessing, provenance,
 metrics) lives in the header's ``__metadata__`` under the key ``duald`` as one JSON string, so the
 bundle is a single file a user can copy.
+
+The metadata is parsed once, strictly, into typed objects (:class:`ArchitectureConfig`,
+:class:`PreprocessingSpec`); an unknown key anywhere is refused with a sentence naming it. Reading it
+(:func:`read_metadata`) needs no torch, so the Slicer panel can describe a model before PyTorch is
+installed; torch and the networks are imported only to save or load the weights.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
+from .architecture import ArchitectureConfig
 from .atomic import atomic_write, safetensors_problem
 from .errors import DualDError, OutputExistsError
-from .networks import ArchitectureConfig, LocalDiscriminator, UNetGenerator
+from .preprocess import PreprocessError, PreprocessingSpec
+from .vocabulary import VARIANTS
+
+if TYPE_CHECKING:  # torch is imported only where weights are saved or loaded
+    import torch
+
+    from .networks import LocalDiscriminator, UNetGenerator
 
 # Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
 # mri_peak mapping, and the training-data fingerprint; a version-1 bundle is a version-2 bundle with
@@ -28,7 +36,6 @@ from .networks import ArchitectureConfig, LocalDiscriminator, UNetGenerator
 FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
 METADATA_KEY = "duald"
-VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
@@ -38,11 +45,14 @@ class BundleError(DualDError):
 
 @dataclass
 class BundleMetadata:
-    architecture: dict[str, Any]
+    """A bundle's metadata. ``architecture``/``preprocessing`` may be given as their JSON dicts; they are
+    parsed here, once, so every reader sees the typed objects."""
+
+    architecture: ArchitectureConfig
     variant: str
     source_modality: str
     target_modality: str
-    preprocessing: dict[str, Any]
+    preprocessing: PreprocessingSpec
     has_local_discriminator: bool
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -57,17 +67,33 @@ class BundleMetadata:
         for name in ("variant", "source_modality", "target_modality", "name", "description"):
             if not isinstance(getattr(self, name), str):
                 raise BundleError(f"the bundle's {name} must be text, got {getattr(self, name)!r}")
-        for name in ("architecture", "preprocessing", "provenance", "metrics"):
+        for name in ("architecture", "preprocessing", "provenance", "metrics", "fingerprint"):
             value = getattr(self, name)
-            if not isinstance(value, dict):
+            if not isinstance(value, dict | ArchitectureConfig | PreprocessingSpec):
                 raise BundleError(f"the bundle's {name} must be a JSON object, got {type(value).__name__}")
+        if not isinstance(self.architecture, ArchitectureConfig):
+            try:
+                self.architecture = ArchitectureConfig.from_dict(self.architecture)
+            except (TypeError, ValueError) as exc:
+                raise BundleError(f"the bundle's architecture is invalid: {exc}") from None
+        if not isinstance(self.preprocessing, PreprocessingSpec):
+            try:
+                self.preprocessing = PreprocessingSpec.from_dict(self.preprocessing)
+            except (PreprocessError, TypeError, ValueError) as exc:
+                raise BundleError(f"the bundle's preprocessing is invalid: {str(exc).rstrip('.')}") from None
         if not isinstance(self.has_local_discriminator, bool):
             raise BundleError("the bundle's has_local_discriminator must be true or false")
         if self.variant not in VARIANTS:
             raise BundleError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
 
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["architecture"] = self.architecture.to_dict()
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> BundleMetadata:
@@ -106,13 +132,20 @@ class ModelBundle:
 
     @property
     def architecture(self) -> ArchitectureConfig:
-        return ArchitectureConfig.from_dict(self.metadata.architecture)
+        return self.metadata.architecture
 
     def to(self, device: torch.device | str) -> ModelBundle:
         self.generator.to(device)
         if self.local_discriminator is not None:
             self.local_discriminator.to(device)
         return self
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, imported only when a bundle is written (reading metadata needs no torch)."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, str(path), metadata=metadata)
 
 
 def save_bundle(
@@ -198,12 +231,13 @@ def _load_module(module: torch.nn.Module, prefix: str, tensors: dict[str, torch.
 
 def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> ModelBundle:
     """Load a bundle; anything that is not a valid bundle raises :class:`BundleError`."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     metadata = read_metadata(path)
-    try:
-        arch = ArchitectureConfig.from_dict(metadata.architecture)
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"the bundle's architecture is invalid: {exc}") from None
+    arch = metadata.architecture
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:

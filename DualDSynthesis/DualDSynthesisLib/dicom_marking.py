@@ -25,19 +25,20 @@ import slicer
 
 from . import io as vio
 from . import mrml_io
+from .contract import SynthesisEngine
 from .dicom_export import EXPORT_ENTRIES, DicomMarking, marking_for, write_series
 
 MARKING_ATTRIBUTE = "DualD.DicomMarking"
 SOURCE_ATTRIBUTE = "DualD.SourceNodeID"
 
 
-def marking_from_engine(engine: Any) -> DicomMarking | None:
-    """The marking for a real synthesis engine; None for an engine without bundle metadata (a test double)."""
-    metadata, spec = getattr(engine, "metadata", None), getattr(engine, "spec", None)
-    if metadata is None or spec is None:
+def marking_from_engine(engine: SynthesisEngine) -> DicomMarking | None:
+    """The marking for an engine's model; None for an engine without bundle metadata (a test double)."""
+    metadata = engine.metadata
+    if metadata is None:
         return None
-    bundle = getattr(engine, "bundle_path", None) or Path(f"{metadata.name}.safetensors")
-    return marking_for(metadata, bundle, spec.target.kind == "ct_hu")
+    bundle = engine.bundle_path or Path(f"{metadata.name}.safetensors")
+    return marking_for(metadata, bundle, metadata.preprocessing.target.kind == "ct_hu")
 
 
 def mark_node(node: Any, marking: DicomMarking, source_node: Any = None) -> None:

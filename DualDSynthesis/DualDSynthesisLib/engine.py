@@ -38,8 +38,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,24 +46,24 @@ import torch
 from torch.nn.utils import fuse_conv_bn_eval
 
 from . import io as vio
+from .architecture import ArchitectureConfig
 from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
+from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
 from .defaults import DEFAULT_MODEL
 from .device_prepare import prepare_volume_on_device
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
 from .dicom_export import DicomRequest, check_dicom_request, write_dicom
-from .errors import DualDError
 from .fingerprint import TrainingFingerprint, ood_warnings, volume_stats
 from .losses import difficulty_from_logits, expected_error
-from .networks import ArchitectureConfig
 from .preprocess import (
     PreparedVolume,
     PreprocessError,
-    PreprocessingSpec,
     prepare_volume,
     restore_volume,
     validate_volume,
 )
 from .slicestack import slice_stack
+from .vocabulary import modality_warning
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -78,32 +76,10 @@ __all__ = [
     "synthesize_file",
 ]
 
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
 HEATMAP_SOURCES = ("expected_error", "d2")
 _PREPARED = 0.1  # progress fraction at which preparation ends and the networks start
 _NETWORKS_DONE = 0.9
 _CROP_SAFE_NORMS = ("batch", "none")
-
-
-class SynthesisError(DualDError):
-    """Bad input, bad model or bad device; the message is one sentence for the user."""
-
-
-class SynthesisCancelled(Exception):
-    """The caller's cancel flag was set; nothing was returned or written."""
-
-
-@dataclass
-class SynthesisResult:
-    synthetic: sitk.Image
-    heatmap: sitk.Image | None  # None when the bundle has no trained D2 or no heatmap was asked for
-    warnings: list[str] = field(default_factory=list)
-    device: str = "cpu"
-    seconds: float = 0.0
-    target_modality: str = ""
-    heatmap_source: str | None = None  # "expected_error" or "d2" (see SynthesisEngine.heatmap_sources)
-    heatmap_units: str = ""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -112,32 +88,6 @@ class SynthesisResult:
 def receptive_margin(arch: ArchitectureConfig, with_d2: bool = True) -> int:
     """Pixels around a point that can influence G's output there (and D2's heatmap, with ``with_d2``)."""
     return arch.receptive_margin(with_d2)
-
-
-_MRI_FAMILY = ("t1", "t2", "flair", "pd", "dwi", "mr")
-_ALIASES = {"t1w": "t1", "t1n": "t1", "t1c": "t1", "t2w": "t2", "t2f": "flair", "mri": "mr", "fla": "flair"}
-
-
-def _modality_key(name: str) -> str:
-    key = name.strip().lower().replace("-", "").replace("_", "")
-    return _ALIASES.get(key, key)
-
-
-def modality_warning(stated: str | None, bundle_source: str) -> str | None:
-    """A sentence when the source's modality (as stated, or a DICOM tag: 'MR'/'CT') is not the bundle's."""
-    if not stated or not bundle_source:
-        return None
-    s, b = _modality_key(stated), _modality_key(bundle_source)
-    if s in ("mr", "ct"):  # a family only (DICOM's modality tag): compare families
-        b_family = "mr" if b in _MRI_FAMILY else b
-        if s == b_family:
-            return None
-    elif s == b:
-        return None
-    return (
-        f"the input is {stated} but this model was trained on {bundle_source} sources, "
-        "so the synthetic image is likely wrong"
-    )
 
 
 def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
@@ -196,8 +146,8 @@ class SynthesisEngine:
                 raise SynthesisError(f"the model bundle could not be loaded: {exc}") from None
         meta = self.bundle.metadata
         try:
-            self.arch = self.bundle.architecture
-            self.spec = PreprocessingSpec.from_dict(meta.preprocessing)
+            self.arch = meta.architecture
+            self.spec = meta.preprocessing
             self.output_scale = self.spec.target.output_scale()
             self.fingerprint = TrainingFingerprint.from_dict(meta.fingerprint) if meta.fingerprint else None
         except (PreprocessError, TypeError, ValueError) as exc:

@@ -1,8 +1,9 @@
 """DualDSynthesis module logic: volume node → synthesis engine → new synthetic and heatmap nodes.
 
 Slicer-core file: imports ``slicer``/``vtk``, never ``qt``, so it runs in desktop Slicer and in
-headless tests alike. The engine is reached only through the ``SynthesisEngine`` protocol (a real
-``DualDSynthesisLib.engine.SynthesisEngine`` or a test double), and torch is never imported here.
+headless tests alike. The engine is reached only through the contract (``contract.py``: the
+``SynthesisEngine`` protocol, its result and its errors; a real ``engine.SynthesisEngine`` or a test
+double), and torch is never imported here.
 
 Guarantees: the input node is never modified; nothing is added to the scene until the engine has
 finished without being cancelled, and if writing the results fails, the nodes this call created are
@@ -14,44 +15,27 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
 
 from . import dicom_marking, display, mrml_io, qa
+from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
 from .resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
 
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
+__all__ = [
+    "CancelCallback", "DisplayOptions", "DualDSynthesisLogic", "ProgressCallback", "QAOptions", "SynthesisCancelled",
+    "SynthesisEngine", "SynthesisOutputs", "SynthesisResult",
+]
 
 REQUIREMENTS_FILE = RESOURCES_DIR / "requirements.txt"
 BUNDLE_SUFFIX = ".safetensors"
 _ENGINE_SHARE = 0.9  # progress fraction given to the engine; the rest is writing results and QA
-
-
-class SynthesisCancelled(Exception):
-    """The user cancelled; the scene is as it was before the call."""
-
-
-class SynthesisResult(Protocol):
-    synthetic: sitk.Image
-    heatmap: sitk.Image | None  # None when the bundle has no trained D2
-
-
-@runtime_checkable
-class SynthesisEngine(Protocol):
-    def run(
-        self,
-        image: sitk.Image,
-        progress: ProgressCallback | None = None,
-        cancel: CancelCallback | None = None,
-    ) -> SynthesisResult: ...
 
 
 @dataclass
@@ -83,30 +67,10 @@ class SynthesisOutputs:
     warnings: list[str] = field(default_factory=list)  # the engine's, for the status line
 
 
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, SynthesisCancelled):
-        return True
-    # The real engine's exception, without importing engine.py (and torch) here.
-    engine_module = sys.modules.get(f"{__package__}.engine")
-    engine_cancelled = getattr(engine_module, "SynthesisCancelled", None)
-    return engine_cancelled is not None and isinstance(exc, engine_cancelled)
-
-
 def _default_engine_factory(bundle_path: Path, device: str) -> SynthesisEngine:
     from .engine import SynthesisEngine as Engine  # imports torch: only when a model is really needed
 
     return Engine(bundle_path, device=device)
-
-
-def target_modality_of(engine: Any, result: Any = None) -> str | None:
-    """The target modality reported by the result or the engine (e.g. its bundle metadata)."""
-    for owner in (result, engine, getattr(engine, "metadata", None), getattr(engine, "bundle", None)):
-        value = getattr(owner, "target_modality", None) if owner is not None else None
-        if isinstance(value, str) and value:
-            return value
-    metadata = getattr(getattr(engine, "bundle", None), "metadata", None)
-    value = getattr(metadata, "target_modality", None)
-    return value if isinstance(value, str) and value else None
 
 
 class DualDSynthesisLogic:
@@ -224,20 +188,16 @@ class DualDSynthesisLogic:
             report(_ENGINE_SHARE * min(max(float(fraction), 0.0), 1.0), message)
 
         report(0.0, "Synthesizing…")
-        try:
-            result = engine.run(source, progress=engine_progress, cancel=cancel)
-        except Exception as exc:
-            if _is_cancellation(exc):
-                raise SynthesisCancelled("synthesis cancelled") from exc
-            raise
+        result = engine.run(source, progress=engine_progress, cancel=cancel)  # SynthesisCancelled propagates
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
 
         synthetic = sitk.Cast(mrml_io.resample_to_grid(result.synthetic, source), sitk.sitkFloat32)
-        heatmap = getattr(result, "heatmap", None)
+        heatmap = result.heatmap
         if heatmap is not None:
             heatmap = sitk.Cast(mrml_io.resample_to_grid(heatmap, source), sitk.sitkFloat32)
-        modality = (qa_options.target_modality if qa_options else None) or target_modality_of(engine, result)
+        modality = (qa_options.target_modality if qa_options else None) or result.target_modality \
+            or engine.target_modality or None
 
         report(_ENGINE_SHARE, "Computing region QA…" if qa_options else "Writing results…")
         qa_inputs = self._qa_inputs(input_node, source, synthetic, heatmap, qa_options, modality)
@@ -272,7 +232,7 @@ class DualDSynthesisLogic:
         except Exception:
             self._remove_nodes(created)
             raise
-        outputs.warnings = [str(w) for w in getattr(result, "warnings", None) or []]
+        outputs.warnings = [str(w) for w in result.warnings]
         report(1.0, "Done")
         return outputs
 

@@ -41,16 +41,21 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from DualDSynthesisLib.architecture import D2_HEADS
 from DualDSynthesisLib.console import safe_console
 from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.intensity import SOURCE_NORMS
+from DualDSynthesisLib.vocabulary import D2_TARGETS, VARIANTS, known_contrasts_text
 
+from .config import TARGET_KINDS, RunConfig
 from .errors import EXIT_NON_FINITE, TrainingStopped
 
 PROG = "duald-train"
-VARIANTS = ("unet", "global", "local", "dual", "dual_attention")
+DEFAULTS = RunConfig.defaults()  # every default comes from RunConfig (torch-free), never repeated here
+# Store-true flags that switch a RunConfig field off: --no-flip → flip=False.
+NEGATED = {"no_flip": "flip", "no_error_head": "error_head"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,92 +78,84 @@ def build_parser() -> argparse.ArgumentParser:
     _add(io, "--data", required=True, metavar="FOLDER_OR_CSV",
          help="a folder with one sub-folder per subject (BraTS-like names), or a CSV manifest with columns "
               "source,target[,mask,foreground,split,subject]")
-    _add(io, "--source", required=True, help="source contrast, e.g. t1 (t1/t1n), t1c, t2 (t2/t2w), flair")
+    _add(io, "--source", required=True, help=f"source contrast: {known_contrasts_text()}")
     _add(io, "--target", required=True, help="target contrast, e.g. t2 or ct")
     _add(io, "--output", required=True, metavar="DIR", help="output folder (checkpoints, bundles, logs)")
-    _add(io, "--val-subjects", nargs="+", default=[], metavar="SUBJECT",
+    _add(io, "--val-subjects", nargs="+", default=DEFAULTS["val_subjects"], metavar="SUBJECT",
          help="held-out subject ids (space- or comma-separated); default: the data's split, else the last subject")
     _add(io, "--resume", action="store_true", help="continue from OUTPUT/checkpoint-last.pt at the same step")
     _add(io, "--overwrite", action="store_true", help="reuse a non-empty OUTPUT (its training files are replaced)")
-    _add(io, "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    _add(io, "--workers", type=int, default=2, help="threads for reading and preparing volumes")
+    _add(io, "--device", default=DEFAULTS["device"], help="auto (CUDA when available), cpu, cuda or cuda:N")
+    _add(io, "--workers", type=int, default=DEFAULTS["workers"], help="threads for reading and preparing volumes")
 
     tr = p.add_argument_group("training")
-    _add(tr, "--variant", default="dual_attention", choices=VARIANTS, help="which networks and losses to train")
-    _add(tr, "--iterations", type=int, default=20000, help="number of training steps")
-    _add(tr, "--batch-size", type=int, default=8, help="slices per step and process")
-    _add(tr, "--lr-g", type=float, default=2e-4, help="generator learning rate (Adam)")
-    _add(tr, "--lr-d1", type=float, default=1e-4, help="global critic D1 learning rate")
-    _add(tr, "--lr-d2", type=float, default=2e-4, help="local discriminator D2 learning rate")
-    _add(tr, "--lambda1", type=float, default=1e-3, help="weight of the global adversarial term")
-    _add(tr, "--lambda2", type=float, default=1e-2, help="weight of the local adversarial term")
-    _add(tr, "--beta", type=float, default=1.0, help="attention exponent in (1 - M)^beta")
-    _add(tr, "--p", type=int, default=1, choices=(1, 2), help="reconstruction norm (1 = L1, 2 = L2)")
-    _add(tr, "--n-critic", type=int, default=1, help="D1 updates per step")
-    _add(tr, "--gp-every", type=int, default=1,
+    _add(tr, "--variant", default=DEFAULTS["variant"], choices=VARIANTS, help="which networks and losses to train")
+    _add(tr, "--iterations", type=int, default=DEFAULTS["iterations"], help="number of training steps")
+    _add(tr, "--batch-size", type=int, default=DEFAULTS["batch_size"], help="slices per step and process")
+    _add(tr, "--lr-g", type=float, default=DEFAULTS["lr_g"], help="generator learning rate (Adam)")
+    _add(tr, "--lr-d1", type=float, default=DEFAULTS["lr_d1"], help="global critic D1 learning rate")
+    _add(tr, "--lr-d2", type=float, default=DEFAULTS["lr_d2"], help="local discriminator D2 learning rate")
+    _add(tr, "--lambda1", type=float, default=DEFAULTS["lambda1"], help="weight of the global adversarial term")
+    _add(tr, "--lambda2", type=float, default=DEFAULTS["lambda2"], help="weight of the local adversarial term")
+    _add(tr, "--beta", type=float, default=DEFAULTS["beta"], help="attention exponent in (1 - M)^beta")
+    _add(tr, "--p", type=int, default=DEFAULTS["p"], choices=(1, 2), help="reconstruction norm (1 = L1, 2 = L2)")
+    _add(tr, "--n-critic", type=int, default=DEFAULTS["n_critic"], help="D1 updates per step")
+    _add(tr, "--gp-every", type=int, default=DEFAULTS["gp_every"],
          help="lazy gradient penalty: compute it on every k-th D1 update, scaled by k (1 = every update)")
-    _add(tr, "--seed", type=int, default=0, help="random seed")
+    _add(tr, "--seed", type=int, default=DEFAULTS["seed"], help="random seed")
     _add(tr, "--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
-    _add(tr, "--d2-target", default="binary", choices=("binary", "error"),
+    _add(tr, "--d2-target", default=DEFAULTS["d2_target"], choices=D2_TARGETS,
          help="D2's labels for fake slices: binary (the paper: 0) or error (1 - local |error| / --error-tau)")
-    _add(tr, "--error-weight", type=float, default=0.1, help="weight of the expected-error head's Laplace likelihood")
-    _add(tr, "--error-tau", type=float, default=0.1, help="normalised error counted as fully fake (--d2-target error)")
+    _add(tr, "--error-weight", type=float, default=DEFAULTS["error_weight"],
+         help="weight of the expected-error head's Laplace likelihood")
+    _add(tr, "--error-tau", type=float, default=DEFAULTS["error_tau"],
+         help="normalised error counted as fully fake (--d2-target error)")
 
     da = p.add_argument_group("data preparation and sampling")
-    _add(da, "--spacing", default="", help="in-plane spacing in mm, 'x,y' or one number; default: the data's")
-    _add(da, "--target-kind", default="auto", choices=("auto", "mri", "ct"),
+    _add(da, "--spacing", default=DEFAULTS["spacing"],
+         help="in-plane spacing in mm, 'x,y' or one number; default: the data's")
+    _add(da, "--target-kind", default=DEFAULTS["target_kind"], choices=TARGET_KINDS,
          help="target intensity mapping: mri (robust percentile) or ct (HU clipped to [-1024, 3071]); "
               "auto = ct when --target is ct")
-    _add(da, "--tumour-fraction", type=float, default=0.5,
+    _add(da, "--tumour-fraction", type=float, default=DEFAULTS["tumour_fraction"],
          help="probability of drawing a slice among those with tumour (when label masks exist)")
     _add(da, "--no-flip", action="store_true", help="no random left-right flips")
-    _add(da, "--source-norm", default="p99.5", choices=tuple(SOURCE_NORMS),
+    _add(da, "--source-norm", default=DEFAULTS["source_norm"], choices=tuple(SOURCE_NORMS),
          help="source intensity normalisation: p99.5 (foreground 99.5th percentile), median, or peak (main "
               "histogram mode); median/peak resist bright fat in unstripped heads")
-    _add(da, "--context-slices", type=int, default=0,
+    _add(da, "--context-slices", type=int, default=DEFAULTS["context_slices"],
          help="adjacent slices on each side fed to the generator as channels (2.5-D); 0 = 2-D")
-    _add(da, "--augment", type=float, default=0.0,
+    _add(da, "--augment", type=float, default=DEFAULTS["augment"],
          help="strength 0..1 of the source's scanner/contrast augmentation (bias field, gamma, scale, blur, noise)")
-    _add(da, "--crop-size", type=int, default=0,
+    _add(da, "--crop-size", type=int, default=DEFAULTS["crop_size"],
          help="train on random square crops of this size centred in the foreground (0 = whole slices); "
               "a multiple of 2^depth, at least 32. Validation and inference always use whole slices")
 
     ar = p.add_argument_group("architecture")
-    _add(ar, "--base-width", type=int, default=8, help="generator width of the first level")
-    _add(ar, "--depth", type=int, default=4, help="generator down-samplings (slices padded to 2^depth)")
-    _add(ar, "--d2-base-width", type=int, default=16, help="local discriminator width")
+    _add(ar, "--base-width", type=int, default=DEFAULTS["base_width"], help="generator width of the first level")
+    _add(ar, "--depth", type=int, default=DEFAULTS["depth"], help="generator down-samplings (slices padded to 2^depth)")
+    _add(ar, "--d2-base-width", type=int, default=DEFAULTS["d2_base_width"], help="local discriminator width")
     _add(ar, "--no-error-head", action="store_true", help="no expected-error output (the trust map) on the generator")
-    _add(ar, "--d2-head", default="patch", choices=("patch", "pixel"),
+    _add(ar, "--d2-head", default=DEFAULTS["d2_head"], choices=D2_HEADS,
          help="patch: the paper's D2 (a logit per 8×8 cell); pixel: a U-Net D2 with a logit per pixel")
 
     mo = p.add_argument_group("monitoring")
-    _add(mo, "--val-every", type=int, default=1000, help="validate every N steps (0 = only at the end)")
-    _add(mo, "--best-metric", default="psnr_foreground",
+    _add(mo, "--val-every", type=int, default=DEFAULTS["val_every"],
+         help="validate every N steps (0 = only at the end)")
+    _add(mo, "--best-metric", default=DEFAULTS["best_metric"],
          help="metric that picks model-best: {psnr,mae,ssim}_{volume,foreground,tumour}")
-    _add(mo, "--log-every", type=int, default=10, help="write losses every N steps")
-    _add(mo, "--checkpoint-every", type=int, default=200, help="write checkpoint-last.pt every N steps")
+    _add(mo, "--log-every", type=int, default=DEFAULTS["log_every"], help="write losses every N steps")
+    _add(mo, "--checkpoint-every", type=int, default=DEFAULTS["checkpoint_every"],
+         help="write checkpoint-last.pt every N steps")
     return p
 
 
-def _config(args: argparse.Namespace, slicer: bool) -> Any:  # RunConfig, imported lazily (torch)
-    from .loop import RunConfig
-
-    val = [v.strip() for item in args.val_subjects for v in item.split(",") if v.strip()]
-    return RunConfig(
-        data=Path(args.data).expanduser(), source=args.source, target=args.target,
-        output=Path(args.output).expanduser(),
-        variant=args.variant, iterations=args.iterations, val_subjects=val, resume=args.resume,
-        overwrite=args.overwrite, device=args.device, batch_size=args.batch_size, lr_g=args.lr_g, lr_d1=args.lr_d1,
-        lr_d2=args.lr_d2, lambda1=args.lambda1, lambda2=args.lambda2, beta=args.beta, p=args.p,
-        n_critic=args.n_critic, gp_every=args.gp_every, val_every=args.val_every, best_metric=args.best_metric,
-        seed=args.seed,
-        spacing=args.spacing, target_kind=args.target_kind, base_width=args.base_width, depth=args.depth,
-        d2_base_width=args.d2_base_width, tumour_fraction=args.tumour_fraction, flip=not args.no_flip, amp=args.amp,
-        crop_size=args.crop_size, source_norm=args.source_norm, context_slices=args.context_slices,
-        augment=args.augment, error_head=not args.no_error_head, d2_head=args.d2_head, d2_target=args.d2_target,
-        error_weight=args.error_weight, error_tau=args.error_tau,
-        workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every, slicer=slicer,
-    )
+def _config(args: argparse.Namespace, slicer: bool) -> RunConfig:
+    values = {name: getattr(args, name) for name in DEFAULTS if hasattr(args, name)}
+    values.update({field: not getattr(args, flag) for flag, field in NEGATED.items()})
+    values["val_subjects"] = [v.strip() for item in args.val_subjects for v in item.split(",") if v.strip()]
+    return RunConfig(data=Path(args.data).expanduser(), source=args.source, target=args.target,
+                     output=Path(args.output).expanduser(), **values, slicer=slicer)
 
 
 def main(argv: Sequence[str] | None = None, slicer: bool = False) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.io import nifti_integrity_problem, nifti_non_finite_voxels
+from DualDSynthesisLib.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
 
 __all__ = [
     "CONTRAST_ALIASES",
@@ -47,27 +48,19 @@ __all__ = [
     "load_pair",
 ]
 
-CONTRAST_ALIASES: dict[str, tuple[str, ...]] = {
-    "t1": ("t1", "t1n"),
-    "t1c": ("t1c", "t1ce", "t1gd"),
-    "t2": ("t2", "t2w"),
-    "flair": ("flair", "t2f", "fla"),
-    "seg": ("seg", "seg_fusion", "label"),
-    "ct": ("ct",),
-}
 MIN_OVERLAP = 0.5  # fraction of the source's physical bounding box the target must cover
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SPLIT_FOLDERS = ("train", "training", "val", "validation", "test", "testing")
 # Trailing processing tags that say nothing about the contrast.
 _MODIFIERS = ("bet", "brain", "ss", "skullstripped", "stripped", "reg", "registered", "n4", "bc", "preproc")
-_ALIAS_TO_KEY = {alias: key for key, aliases in CONTRAST_ALIASES.items() for alias in aliases}
+_ALIAS_TO_KEY = contrast_aliases()  # the one vocabulary (DualDSynthesisLib.vocabulary)
 _NAME_RE = re.compile(
     r"^(?:(?P<prefix>.*?)[-_. ])??(?P<alias>{aliases})(?:[-_.](?:{mods}))*$".format(
         aliases="|".join(sorted(map(re.escape, _ALIAS_TO_KEY), key=len, reverse=True)),
         mods="|".join(_MODIFIERS),
     )
 )
-_LABEL_KEY = "seg"
+_LABEL_KEY = LABEL_CONTRAST
 
 
 class DiscoveryError(DualDError):
@@ -128,8 +121,7 @@ def contrast_of(filename: str) -> str | None:
 
 
 def _contrast_key(name: str, role: str) -> str:
-    key = name.strip().lower()
-    key = key if key in CONTRAST_ALIASES else _ALIAS_TO_KEY.get(key, "")
+    key = canonical_contrast(name) or ""
     known = ", ".join(CONTRAST_ALIASES)
     if not key:
         raise DiscoveryError(f"unknown {role} contrast {name!r}; known contrasts are {known}.")

@@ -31,7 +31,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,11 +44,11 @@ from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.figures import write_png
 from DualDSynthesisLib.fingerprint import fingerprint
 from DualDSynthesisLib.networks import ArchitectureConfig
-from DualDSynthesisLib.preprocess import PreprocessingSpec, source_mapping
-from DualDSynthesisLib.slicestack import channels
+from DualDSynthesisLib.preprocess import PreprocessingSpec
 
 from . import checkpoint as ckpt
 from .augment import SourceAugmentation
+from .config import RunConfig
 from .dataset import (
     PreparedSubject,
     SliceSampler,
@@ -67,100 +67,14 @@ from .errors import EXIT_NON_FINITE, TrainingError, TrainingStopped
 from .loss_window import LossWindow
 from .reporting import Progress, Reporter, sample_grid
 from .signals import StopSignals
-from .step import DualDTrainer, NonFiniteLossError, TrainingConfig
-from .validation import check_metric_name, is_better, jsonable_metrics, sample_captions, validate
+from .step import DualDTrainer, NonFiniteLossError
+from .validation import is_better, jsonable_metrics, sample_captions, validate
 
 PARAM_DIGEST_ENV = "DUALD_TRAIN_PARAM_DIGEST_DIR"  # tests: each rank writes a digest of its parameters
 _ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", "model-final.safetensors", "model-best.safetensors",
               "metrics.jsonl", "run.json")
 _ARTEFACT_DIRS = ("tensorboard", "samples")
 T = TypeVar("T")
-
-
-@dataclass
-class RunConfig:
-    data: Path
-    source: str
-    target: str
-    output: Path
-    variant: str = "dual_attention"
-    iterations: int = 20000
-    val_subjects: list[str] = field(default_factory=list)
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    batch_size: int = 8
-    lr_g: float = 2e-4
-    lr_d1: float = 1e-4
-    lr_d2: float = 2e-4
-    lambda1: float = 1e-3
-    lambda2: float = 1e-2
-    beta: float = 1.0
-    p: int = 1
-    n_critic: int = 1
-    gp_every: int = 1
-    val_every: int = 1000
-    best_metric: str = "psnr_foreground"
-    seed: int = 0
-    spacing: str = ""
-    target_kind: str = "auto"
-    base_width: int = 8
-    depth: int = 4
-    d2_base_width: int = 16
-    tumour_fraction: float = 0.5
-    flip: bool = True
-    crop_size: int = 0
-    source_norm: str = "p99.5"
-    context_slices: int = 0
-    augment: float = 0.0
-    error_head: bool = True
-    d2_head: str = "patch"
-    d2_target: str = "binary"
-    error_weight: float = 0.1
-    error_tau: float = 0.1
-    amp: bool = False
-    workers: int = 2
-    log_every: int = 10
-    checkpoint_every: int = 200
-    slicer: bool = False  # progress as Slicer <filter-progress> lines on stdout
-
-    def architecture(self) -> ArchitectureConfig:
-        return ArchitectureConfig(in_channels=channels(self.context_slices), g_base_width=self.base_width,
-                                  g_depth=self.depth, d2_base_width=self.d2_base_width, g_error_head=self.error_head,
-                                  d2_head=self.d2_head)
-
-    def training(self) -> TrainingConfig:
-        return TrainingConfig(variant=self.variant, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
-                              p=self.p, lr_g=self.lr_g, lr_d1=self.lr_d1, lr_d2=self.lr_d2, n_critic=self.n_critic,
-                              gp_every=self.gp_every,
-                              error_weight=self.error_weight, d2_target=self.d2_target, error_tau=self.error_tau)
-
-    def check(self) -> None:
-        for name in ("iterations", "batch_size", "log_every", "checkpoint_every", "workers"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.val_every < 0:
-            raise TrainingError(f"--val-every must be ≥ 0 (0 = only at the end), got {self.val_every}")
-        if self.target_kind not in ("auto", "mri", "ct"):
-            raise TrainingError(f"--target-kind must be auto, mri or ct, got {self.target_kind!r}")
-        if self.crop_size and (self.crop_size < 32 or self.crop_size % 2**self.depth):
-            raise TrainingError(
-                f"--crop-size must be 0 or a multiple of {2**self.depth} of at least 32, got {self.crop_size}"
-            )
-        try:
-            check_metric_name(self.best_metric)
-            self.training()
-            self.architecture()
-            parse_spacing(self.spacing)
-            source_mapping(self.source_norm)
-            SourceAugmentation(self.augment)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
-
-    def resolved_target_kind(self) -> str:
-        if self.target_kind != "auto":
-            return self.target_kind
-        return "ct" if self.target.strip().lower() == "ct" else "mri"
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -34,33 +34,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
-from enum import StrEnum
 from typing import Any
 
 import torch
 from DualDSynthesisLib import losses
-from DualDSynthesisLib.networks import ArchitectureConfig
+from DualDSynthesisLib.architecture import ArchitectureConfig
+from DualDSynthesisLib.vocabulary import D2_TARGETS, Variant
 from torch import nn
 
-
-class Variant(StrEnum):
-    UNET = "unet"  # reconstruction loss only
-    GLOBAL = "global"  # sGAN-1: + D1 (WGAN-GP)
-    LOCAL = "local"  # sGAN-2: + D2 (dense BCE)
-    DUAL = "dual"  # D1 + D2
-    DUAL_ATTENTION = "dual_attention"  # D1 + D2 + difficulty-aware attention (the full method)
-
-    @property
-    def uses_global(self) -> bool:
-        return self in (Variant.GLOBAL, Variant.DUAL, Variant.DUAL_ATTENTION)
-
-    @property
-    def uses_local(self) -> bool:
-        return self in (Variant.LOCAL, Variant.DUAL, Variant.DUAL_ATTENTION)
-
-    @property
-    def uses_attention(self) -> bool:
-        return self is Variant.DUAL_ATTENTION
+__all__ = ["D2_TARGETS", "DualDTrainer", "NonFiniteLossError", "TrainingConfig", "Variant"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -126,11 +108,13 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+        unknown = sorted(set(data) - known)
+        if unknown:  # the one policy for every config: refused, never silently dropped
+            raise ValueError(f"unknown training setting(s) {', '.join(unknown)}; this needs a newer DualD")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 GradSync = Callable[[nn.Module], None]
-D2_TARGETS = ("binary", "error")
 
 
 class DualDTrainer:

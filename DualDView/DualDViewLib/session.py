@@ -50,7 +50,9 @@ class _Finished:
     """An engine whose run is already done: hands a worker thread's result to ``logic.synthesize``."""
 
     result: Any
-    target_modality: str | None = None
+    target_modality: str = ""
+    metadata: Any = None  # the real engine's BundleMetadata (for the synthetic node's DICOM marking)
+    bundle_path: Path | None = None
 
     def run(self, image, progress=None, cancel=None):  # the SynthesisEngine protocol
         return self.result
@@ -174,12 +176,7 @@ class ViewerSession:
     ) -> Any:
         """Worker-thread part: the engine only (no MRML). Raises ``SynthesisCancelled`` on cancel."""
         cancel: CancelCallback = self._cancel.is_set
-        try:
-            result = engine.run(image, progress=progress, cancel=cancel)
-        except Exception as exc:
-            if type(exc).__name__ == "SynthesisCancelled":
-                raise SynthesisCancelled("synthesis cancelled") from exc
-            raise
+        result = engine.run(image, progress=progress, cancel=cancel)  # the contract's SynthesisCancelled propagates
         if cancel():
             raise SynthesisCancelled("synthesis cancelled")
         return result
@@ -190,7 +187,7 @@ class ViewerSession:
             raise SynthesisCancelled("synthesis cancelled")
         self.clear_outputs()
         qa_options = QAOptions(region_node=self.region_node, reference_node=self.reference_node)
-        finished = _Finished(result, getattr(engine, "target_modality", None))
+        finished = _Finished(result, engine.target_modality, engine.metadata, engine.bundle_path)
         self.outputs = self.logic.synthesize(
             self.source_node, finished, display_options=self.display, qa_options=qa_options
         )

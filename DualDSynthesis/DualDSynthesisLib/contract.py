@@ -1,0 +1,74 @@
+"""The synthesis engine's contract: what the Slicer logic, the web viewer and the CLI rely on.
+
+Torch-free (and SimpleITK only for type names), so the Slicer-core logic can catch the engine's errors
+and type its results without importing ``engine.py`` (which imports torch). ``engine.SynthesisEngine``
+implements :class:`SynthesisEngine`; test doubles implement it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .errors import DualDError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from .bundle import BundleMetadata
+
+__all__ = [
+    "CancelCallback",
+    "ProgressCallback",
+    "SynthesisCancelled",
+    "SynthesisEngine",
+    "SynthesisError",
+    "SynthesisResult",
+]
+
+ProgressCallback = Callable[[float, str], None]  # (fraction 0..1, message)
+CancelCallback = Callable[[], bool]  # True: stop at the next check
+
+
+class SynthesisError(DualDError):
+    """Bad input, bad model or bad device; the message is one sentence for the user."""
+
+
+class SynthesisCancelled(Exception):
+    """The caller's cancel flag was set; nothing was returned, written or added to a scene."""
+
+
+@dataclass
+class SynthesisResult:
+    synthetic: sitk.Image
+    heatmap: sitk.Image | None  # None when the bundle has no heatmap source or no heatmap was asked for
+    warnings: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    seconds: float = 0.0
+    target_modality: str = ""
+    heatmap_source: str | None = None  # "expected_error" or "d2" (see engine.SynthesisEngine.heatmap_sources)
+    heatmap_units: str = ""
+
+
+@runtime_checkable
+class SynthesisEngine(Protocol):
+    """Everything the Slicer logic uses of an engine.
+
+    ``metadata``/``bundle_path``: the model bundle's metadata and file, for the synthetic node's DICOM
+    marking; None for an engine that has no bundle (a test double), which then gets no marking."""
+
+    target_modality: str
+    metadata: BundleMetadata | None
+    bundle_path: Path | None
+
+    def run(
+        self,
+        image: sitk.Image,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> SynthesisResult:
+        """Synthesise ``image``; calls ``progress`` as work advances, checks ``cancel`` between steps and
+        raises :class:`SynthesisCancelled` when it is set, :class:`SynthesisError` for bad input."""
+        ...

@@ -1,0 +1,130 @@
+"""``RunConfig``: every option of a training run and its default, defined once and torch-free.
+
+``duald-train``'s argparse defaults are read from these fields (``cli.py``), so ``--help`` never imports
+torch and never repeats a number; the Slicer XML descriptor (``DualDTraining.xml``) is checked against
+them by ``Testing/test_training_cli.py``. The methods that build the torch-side objects
+(``training()``, ``check()``) import their modules only when called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from DualDSynthesisLib.architecture import ArchitectureConfig
+from DualDSynthesisLib.slicestack import channels
+from DualDSynthesisLib.vocabulary import canonical_contrast
+
+from .errors import TrainingError
+
+if TYPE_CHECKING:
+    from .step import TrainingConfig
+
+TARGET_KINDS = ("auto", "mri", "ct")  # --target-kind: which target intensity mapping (auto: ct when the target is ct)
+
+
+@dataclass
+class RunConfig:
+    data: Path
+    source: str
+    target: str
+    output: Path
+    variant: str = "dual_attention"
+    iterations: int = 20000
+    val_subjects: list[str] = field(default_factory=list)
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    batch_size: int = 8
+    lr_g: float = 2e-4
+    lr_d1: float = 1e-4
+    lr_d2: float = 2e-4
+    lambda1: float = 1e-3
+    lambda2: float = 1e-2
+    beta: float = 1.0
+    p: int = 1
+    n_critic: int = 1
+    val_every: int = 1000
+    best_metric: str = "psnr_foreground"
+    seed: int = 0
+    spacing: str = ""
+    target_kind: str = "auto"
+    base_width: int = 8
+    depth: int = 4
+    d2_base_width: int = 16
+    tumour_fraction: float = 0.5
+    flip: bool = True
+    crop_size: int = 0
+    source_norm: str = "p99.5"
+    context_slices: int = 0
+    augment: float = 0.0
+    error_head: bool = True
+    d2_head: str = "patch"
+    d2_target: str = "binary"
+    error_weight: float = 0.1
+    error_tau: float = 0.1
+    gp_every: int = 1
+    amp: bool = False
+    workers: int = 2
+    log_every: int = 10
+    checkpoint_every: int = 200
+    slicer: bool = False  # progress as Slicer <filter-progress> lines on stdout
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field that has a default → that default (the required ones are left out)."""
+        found: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                found[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                found[f.name] = f.default_factory()
+        return found
+
+    def architecture(self) -> ArchitectureConfig:
+        return ArchitectureConfig(in_channels=channels(self.context_slices), g_base_width=self.base_width,
+                                  g_depth=self.depth, d2_base_width=self.d2_base_width, g_error_head=self.error_head,
+                                  d2_head=self.d2_head)
+
+    def training(self) -> TrainingConfig:
+        from .step import TrainingConfig  # torch
+
+        return TrainingConfig(variant=self.variant, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
+                              p=self.p, lr_g=self.lr_g, lr_d1=self.lr_d1, lr_d2=self.lr_d2, n_critic=self.n_critic,
+                              error_weight=self.error_weight, d2_target=self.d2_target, error_tau=self.error_tau,
+                              gp_every=self.gp_every)
+
+    def check(self) -> None:
+        # torch-side validators, imported here so that building a RunConfig (and --help) stays torch-free
+        from DualDSynthesisLib.preprocess import source_mapping
+
+        from .augment import SourceAugmentation
+        from .dataset import parse_spacing
+        from .validation import check_metric_name
+
+        for name in ("iterations", "batch_size", "log_every", "checkpoint_every", "workers"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.val_every < 0:
+            raise TrainingError(f"--val-every must be ≥ 0 (0 = only at the end), got {self.val_every}")
+        if self.target_kind not in TARGET_KINDS:
+            raise TrainingError(f"--target-kind must be auto, mri or ct, got {self.target_kind!r}")
+        if self.crop_size and (self.crop_size < 32 or self.crop_size % 2**self.depth):
+            raise TrainingError(
+                f"--crop-size must be 0 or a multiple of {2**self.depth} of at least 32, got {self.crop_size}"
+            )
+        try:
+            check_metric_name(self.best_metric)
+            self.training()
+            self.architecture()
+            parse_spacing(self.spacing)
+            source_mapping(self.source_norm)
+            SourceAugmentation(self.augment)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+
+    def resolved_target_kind(self) -> str:
+        if self.target_kind != "auto":
+            return self.target_kind
+        return "ct" if canonical_contrast(self.target) == "ct" else "mri"
