@@ -121,7 +121,7 @@ def test_model_errors(model: Path, tmp_path: Path, capsys) -> None:
     unet = make_bundle(tmp_path / "unet.safetensors", with_d2=False)
     code, _out, err = _run(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--heatmap",
                            str(tmp_path / "h.nii.gz"), "--model", str(unet))
-    assert code == 2 and "no trained local discriminator" in err
+    assert code == 2 and "neither an expected-error head nor a trained local discriminator" in err
     code, _out, err = _run(capsys, str(tmp_path / "nothing*.nii"), "-o", str(tmp_path / "o"), "--model", str(model))
     assert code == 2 and "no volume matches" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors", "in.nii.gz", "unet.safetensors"]

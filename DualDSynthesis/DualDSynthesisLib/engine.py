@@ -54,6 +54,7 @@ from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory,
 from .dicom_export import DicomRequest, check_dicom_request, write_dicom
 from .errors import DualDError
 from .fingerprint import TrainingFingerprint, ood_warnings, volume_stats
+from .heatmap_file import HEATMAP_SOURCES
 from .losses import difficulty_from_logits, expected_error
 from .networks import ArchitectureConfig
 from .preprocess import PreprocessError, PreprocessingSpec, prepare_volume, restore_volume, validate_volume
@@ -72,7 +73,6 @@ __all__ = [
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
-HEATMAP_SOURCES = ("expected_error", "d2")
 _PREPARED = 0.1  # progress fraction at which preparation ends and the networks start
 _NETWORKS_DONE = 0.9
 _CROP_SAFE_NORMS = ("batch", "none")
@@ -543,7 +543,7 @@ def synthesize_file(
         if output is not None:
             outputs.write_image(result.synthetic, output)
         if heatmap_path is not None:
-            outputs.write_image(result.heatmap, Path(heatmap_path))
+            outputs.write_heatmap(result.heatmap, Path(heatmap_path), result.heatmap_units, result.heatmap_source)
         if png is not None:
             from .overview import overview_image
 

@@ -1,0 +1,72 @@
+"""``--heatmap-source``: the bundle's preferred map by default, the other on request, one line when it is missing;
+the written file says which map it holds and in what units."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from bundles import TINY, make_bundle
+from DualDSynthesisLib import cli
+from DualDSynthesisLib.heatmap_file import stored_units
+from test_engine import head
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle with G's expected-error head and a trained D2."""
+    return make_bundle(tmp_path_factory.mktemp("both") / "both.safetensors", replace(TINY, g_error_head=True))
+
+
+@pytest.fixture(scope="module")
+def d2_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("d2") / "d2.safetensors")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("in") / "sub_t1.nii.gz"
+    sitk.WriteImage(head(), str(path))
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = cli.main(["-q", "--device", "cpu", *argv])
+    return code, capsys.readouterr().err
+
+
+def _heat(capsys, model: Path, source: Path, out: Path, *extra: str) -> sitk.Image:
+    code, err = _run(capsys, str(source), "-o", str(out / "syn.nii.gz"), "--heatmap", str(out / "heat.nii.gz"),
+                     "--model", str(model), *extra)
+    assert code == 0, err
+    return sitk.ReadImage(str(out / "heat.nii.gz"))
+
+
+def test_default_is_expected_error_and_d2_on_request(both: Path, source: Path, tmp_path: Path, capsys) -> None:
+    default = _heat(capsys, both, source, tmp_path / "a")
+    assert stored_units(default) == "expected absolute error (t2 intensity units)"
+    d2 = _heat(capsys, both, source, tmp_path / "b", "--heatmap-source", "d2")
+    assert stored_units(d2) == "relative difficulty (1 - D2 confidence, 0-1)"
+    values = sitk.GetArrayViewFromImage(d2)
+    assert values.max() <= 1.0 and values.max() > 0
+    assert not np.allclose(sitk.GetArrayViewFromImage(default), values)  # two different maps
+
+
+def test_missing_map_is_one_line(d2_only: Path, source: Path, tmp_path: Path, capsys) -> None:
+    code, err = _run(capsys, str(source), "-o", str(tmp_path / "syn.nii.gz"), "--heatmap", str(tmp_path / "h.nii"),
+                     "--model", str(d2_only), "--heatmap-source", "expected_error")
+    assert code == cli.EXIT_BAD_INPUT
+    assert err.strip() == "duald-synthesize: error: this model has no expected_error map; it offers d2"
+    assert not list(tmp_path.iterdir())
+    assert stored_units(_heat(capsys, d2_only, source, tmp_path / "c")).startswith("relative difficulty")
+
+
+def test_help_names_both_maps_and_the_default(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--heatmap-source {expected_error,d2}" in text
+    assert "default: the model's first, expected_error when it has one" in text
