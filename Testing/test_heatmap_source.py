@@ -70,3 +70,15 @@ def test_help_names_both_maps_and_the_default(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "--heatmap-source {expected_error,d2}" in text
     assert "default: the model's first, expected_error when it has one" in text
+
+
+def test_dicom_parametric_map_names_the_map_and_its_units(both: Path, source: Path, tmp_path: Path, capsys) -> None:
+    import pydicom
+
+    code, err = _run(capsys, str(source), "--model", str(both), "--dicom-out", str(tmp_path / "dicom"))
+    assert code == 0, err
+    pm = pydicom.dcmread(tmp_path / "dicom" / "DIFFICULTY" / "PM00001.dcm")
+    assert pm.ContentDescription == "expected absolute error (t2 intensity units)"
+    assert pm.ContentLabel == "EXPECTED_ERROR"
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.LUTLabel == "EXPECTED ERROR" and mapping.DoubleFloatRealWorldValueLastValueMapped > 0

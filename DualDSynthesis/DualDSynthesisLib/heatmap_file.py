@@ -36,6 +36,9 @@ HEATMAP_SOURCES = ("expected_error", "d2")
 LEVELS = 255  # stored values 0..255 (uint8)
 WIDE_LEVELS = 65535  # uint16, for maps with extreme outliers (see stored_levels)
 MIN_BULK_LEVELS = 64  # levels uint8 must leave for the bulk of the map, else uint16
+# MRML node attributes the Slicer logic sets on a heatmap node (legend, DICOM export, saving in duald-view).
+UNITS_ATTRIBUTE = "DualD.HeatmapUnits"
+SOURCE_ATTRIBUTE = "DualD.HeatmapSource"
 UNITS_KEY = "DualD_heatmap_units"  # NRRD / MetaImage key (NIfTI: the header's descrip)
 SOURCE_KEY = "DualD_heatmap_source"
 _DESCRIP_CHARS = 79  # NIfTI-1 descrip is 80 bytes, NUL-terminated
