@@ -17,17 +17,15 @@ import vtk
 from vtk.util import numpy_support
 
 from .figures import inferno_rgb, write_png
-from .heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, ascii_text
+from .heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, ascii_text, display_max
 
 SLICE_VIEWS = ("Red", "Green", "Yellow")
 _DEFAULT_ORIENTATIONS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}
 INFERNO_NAMES = ("Inferno", "DualDInferno")  # Slicer's own table first, ours as the fallback
 FALLBACK_COLOR_NAME = "DualDInferno"
-# D2 difficulty is a probability: its display window is fixed so colours are comparable between cases.
-# An expected-error map is in target units with a few extreme voxels at edges: its window ends at the
-# 99th percentile of its non-zero values, so the brain's range spans the colour table.
+# D2 difficulty is a probability: its display window is fixed so colours are comparable between cases;
+# an expected-error map's window ends at heatmap_file.display_max.
 HEATMAP_WINDOW = (0.0, 1.0)
-EXPECTED_ERROR_PERCENTILE = 99.0
 D2_LEGEND_TITLE = "relative difficulty (1 - D2 confidence)"
 
 # matplotlib's inferno sampled at 33 evenly spaced points (linear interpolation between them stays
@@ -86,12 +84,11 @@ def heatmap_units(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> str:
 
 def heatmap_window(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> tuple[float, float]:
     """[0, 1] for a D2 map; [0, 99th percentile of the non-zero values] for an expected-error map."""
-    if heatmap_node.GetAttribute(SOURCE_ATTRIBUTE) != "expected_error" or heatmap_node.GetImageData() is None:
+    source = heatmap_node.GetAttribute(SOURCE_ATTRIBUTE)
+    if source != "expected_error" or heatmap_node.GetImageData() is None:
         return HEATMAP_WINDOW
     values = numpy_support.vtk_to_numpy(heatmap_node.GetImageData().GetPointData().GetScalars())
-    nonzero = values[values > 0]
-    high = float(np.percentile(nonzero, EXPECTED_ERROR_PERCENTILE)) if nonzero.size else 1.0
-    return 0.0, high if high > 0 else 1.0
+    return 0.0, display_max(values, source)
 
 
 def apply_heatmap_display(

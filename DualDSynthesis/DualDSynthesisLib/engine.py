@@ -547,7 +547,9 @@ def synthesize_file(
         if png is not None:
             from .overview import overview_image
 
-            outputs.write_image(overview_image(image, result.synthetic, result.heatmap), Path(png), (".png",))
+            figure = overview_image(image, result.synthetic, result.heatmap, result.heatmap_units,
+                                    result.heatmap_source)
+            outputs.write_image(figure, Path(png), (".png",))
         if dicom is not None:
             write_dicom(dicom, outputs, input, series_uid, result, engine)
         if cancel is not None and cancel():

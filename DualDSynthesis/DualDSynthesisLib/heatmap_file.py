@@ -35,6 +35,7 @@ import SimpleITK as sitk
 HEATMAP_SOURCES = ("expected_error", "d2")
 LEVELS = 255  # stored values 0..255 (uint8)
 WIDE_LEVELS = 65535  # uint16, for maps with extreme outliers (see stored_levels)
+EXPECTED_ERROR_PERCENTILE = 99.0  # display_max of an expected-error map
 MIN_BULK_LEVELS = 64  # levels uint8 must leave for the bulk of the map, else uint16
 # MRML node attributes the Slicer logic sets on a heatmap node (legend, DICOM export, saving in duald-view).
 UNITS_ATTRIBUTE = "DualD.HeatmapUnits"
@@ -89,6 +90,17 @@ def quantised(image: sitk.Image) -> tuple[sitk.Image, float, float]:
     out = sitk.GetImageFromArray(stored)
     out.CopyInformation(image)
     return out, slope, inter
+
+
+def display_max(values: np.ndarray, source: str | None) -> float:
+    """The upper end of a heatmap's colour scale: 1 for D2's difficulty (a probability, comparable
+    between cases); for an expected-error map, in target units with a few extreme voxels at edges, the
+    99th percentile of its non-zero values, so the brain's range spans the colours."""
+    if source != "expected_error":
+        return 1.0
+    nonzero = values[values > 0]
+    high = float(np.percentile(nonzero, EXPECTED_ERROR_PERCENTILE)) if nonzero.size else 1.0
+    return high if high > 0 else 1.0
 
 
 def is_nifti(path: Path) -> bool:
