@@ -65,3 +65,28 @@ def test_ct_target_gets_the_hu_quality_report(tmp_path: Path, capsys: pytest.Cap
     summary = json.loads(out.read_text(encoding="utf-8"))["summary"]
     assert {"body", "soft tissue", "bone"} <= set(summary) and "me" in summary["body"]
     assert f"MAE {summary['bone']['mae']['mean']:.1f} HU" in text
+
+
+def test_every_map_the_bundle_offers_is_scored_beside_the_edge_baseline(tmp_path: Path, capsys) -> None:
+    from dataclasses import replace
+
+    from bundles import TINY
+
+    data = write_subjects(tmp_path / "data", n=2, shape=(8, 36, 40))
+    model = make_bundle(tmp_path / "m.safetensors", replace(TINY, g_error_head=True))
+    out = tmp_path / "eval.json"
+    assert main(["--model", str(model), "--data", str(data), "--source", "t1", "--target", "t2", "--json", str(out),
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "Spearman with |error|" in text
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["heatmap_source"] == "expected_error" and report["maps"] == ["expected_error", "d2", "edge"]
+    assert report["heatmap_units"] == "expected absolute error (t2 intensity units)"
+    for name in report["maps"]:
+        scores = report["summary"][f"map {name}"]
+        assert 0.0 <= scores["auroc"]["mean"] <= 1.0 and -1.0 <= scores["spearman"]["mean"] <= 1.0
+        assert scores["auroc"]["n"] == 2
+        assert any(line.startswith(f"{name} ") for line in text.splitlines())
+    first = report["subjects"][0]
+    assert first["heatmap_auroc"] == first["maps"]["expected_error"]["auroc"]
+    assert first["maps"]["expected_error"] != first["maps"]["d2"]  # two different maps were scored

@@ -77,3 +77,28 @@ def test_ct_hu_report_splits_the_body_into_air_soft_tissue_and_bone(rng: np.rand
     assert res.regions["body"]["me"] == pytest.approx(expected_bias)
     report = hu_report(summarise([res]))
     assert f"ME (bias) {expected_bias:+.1f}" in report and "bone" in report and "MAE 300.0 HU, ME -300.0 HU" in report
+
+
+def test_every_map_and_the_edge_baseline_are_scored(rng: np.random.Generator) -> None:
+    source, real, _labels, head = _phantom(rng)
+    scale_real = MRI.target.scale_for(real, head)
+    synthetic = real / scale_real * MRI.target.reference_scale
+    synthetic *= 1 + 0.2 * rng.random(synthetic.shape).astype(np.float32)
+    err = np.abs(synthetic / MRI.target.reference_scale - real / scale_real)
+    maps = {"expected_error": err * 300.0, "d2": 1.0 - err / err.max(), "noise": rng.random(err.shape)}
+    res = evaluate_arrays("s", synthetic, real, source, MRI, (1.0, 1.0, 1.0), heatmap=maps["expected_error"],
+                          maps=maps)
+    assert list(res.maps) == ["expected_error", "d2", "noise", "edge"]
+    assert res.maps["expected_error"]["auroc"] == pytest.approx(1.0, abs=0.02)  # units do not matter: ranks
+    assert res.maps["expected_error"]["spearman"] == pytest.approx(1.0, abs=0.02)
+    assert res.maps["d2"]["auroc"] == pytest.approx(0.0, abs=0.02)  # the reversed map ranks them backwards
+    assert res.maps["d2"]["spearman"] == pytest.approx(-1.0, abs=0.02)
+    assert abs(res.maps["noise"]["auroc"] - 0.5) < 0.1
+    assert res.maps["edge"]["auroc"] == res.gradient_auroc
+    summary = summarise([res, res])
+    assert summary["map d2"]["spearman"]["n"] == 2
+    assert summary["map expected_error"]["auroc"]["mean"] == pytest.approx(res.maps["expected_error"]["auroc"])
+    text = format_table(summary)
+    assert "Spearman with |error|" in text
+    row = next(line for line in text.splitlines() if line.startswith("d2 "))
+    assert f"{res.maps['d2']['auroc']:.3f}" in row and f"{res.maps['d2']['spearman']:.3f}" in row

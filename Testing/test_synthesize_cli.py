@@ -44,7 +44,7 @@ def test_single_file_with_heatmap_and_png(model: Path, tmp_path: Path, capsys) -
         assert image.GetSize() == (48, 48, 6) and image.GetSpacing() == pytest.approx((0.9, 0.9, 5.5))
     figure = sitk.ReadImage(str(png))
     assert figure.GetNumberOfComponentsPerPixel() == 3 and figure.GetPixelID() == sitk.sitkVectorUInt8
-    assert figure.GetSize()[1] == 3 * 256 + 2 * 4  # three rows: axial, coronal, sagittal
+    assert figure.GetSize()[1] == 14 + 3 * 256 + 2 * 4  # a caption strip, then axial, coronal, sagittal rows
     assert sitk.GetArrayViewFromImage(figure).max() > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.nrrd", "overview.png", "sub01_t1.nii.gz",
                                                           "syn.nii.gz"]
@@ -121,7 +121,7 @@ def test_model_errors(model: Path, tmp_path: Path, capsys) -> None:
     unet = make_bundle(tmp_path / "unet.safetensors", with_d2=False)
     code, _out, err = _run(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--heatmap",
                            str(tmp_path / "h.nii.gz"), "--model", str(unet))
-    assert code == 2 and "no trained local discriminator" in err
+    assert code == 2 and "neither an expected-error head nor a trained local discriminator" in err
     code, _out, err = _run(capsys, str(tmp_path / "nothing*.nii"), "-o", str(tmp_path / "o"), "--model", str(model))
     assert code == 2 and "no volume matches" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors", "in.nii.gz", "unet.safetensors"]

@@ -160,8 +160,9 @@ def assert_overlay_follows_threshold(page) -> None:
     set_state(page, opacity=1.0)
     everywhere = overlay_mask(page, 0.0, plain)
     above_max = overlay_mask(page, 1.0, plain)
-    foreground_mean = float(state(page, "qa_items")[0]["mean_difficulty"])
-    partial = overlay_mask(page, foreground_mean, plain)
+    # The threshold is a fraction of the display window (D2: 0-1; expected error: 0 to its 99th percentile,
+    # display.heatmap_window), so half of it keeps part of the default model's map over the brain.
+    partial = overlay_mask(page, 0.5, plain)
     assert everywhere.mean() > 0.2, "threshold 0: the heatmap overlay should cover the volume"
     assert above_max.mean() < 0.002, "threshold 1: every heatmap value is hidden, so no overlay may remain"
     assert 0.01 < partial.sum() / everywhere.sum() < 0.99, "mid threshold: only part of the overlay stays"

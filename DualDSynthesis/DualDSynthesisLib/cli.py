@@ -1,7 +1,8 @@
-"""``duald-synthesize``: synthetic volume (and difficulty heatmap, overview PNG) from the command line.
+"""``duald-synthesize``: synthetic volume (and trust heatmap, overview PNG) from the command line.
 
-    duald-synthesize INPUT -o OUTPUT [--heatmap PATH] [--model BUNDLE] [--device auto|cpu|cuda|cuda:N|mps]
-                     [--batch-size N] [--mask PATH] [--png PATH] [--overwrite] [--source-modality NAME]
+    duald-synthesize INPUT -o OUTPUT [--heatmap PATH [--heatmap-source expected_error|d2]] [--model BUNDLE]
+                     [--device auto|cpu|cuda|cuda:N|mps] [--batch-size N] [--mask PATH] [--png PATH]
+                     [--overwrite] [--source-modality NAME]
                      [--dicom-out DIR [--patient-id ID] [--patient-name NAME]] [--series-uid UID]
 
 INPUT is a volume file, a DICOM series folder, a folder of volumes or a quoted glob. With a folder of
@@ -33,6 +34,7 @@ from .atomic import remove_stale_partials, stale_note
 from .console import safe_console
 from .dicom_export import DicomRequest
 from .errors import DualDError
+from .heatmap_file import HEATMAP_SOURCES
 from .resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 
 EXIT_BAD_INPUT = 2
@@ -88,7 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", metavar="INPUT", help="volume file, DICOM series folder, folder of volumes, or glob")
     p.add_argument("-o", "--output", help="output volume (a folder for several inputs)")
-    p.add_argument("--heatmap", help="difficulty heatmap output (1 − D2 confidence, in [0, 1])")
+    p.add_argument("--heatmap", help="heatmap output: where not to trust the synthetic image (see --heatmap-source)")
+    p.add_argument("--heatmap-source", choices=HEATMAP_SOURCES,
+                   help="expected_error: G's expected |error| in target units; d2: 1 − D2 confidence, relative 0–1; "
+                        "default: the model's first, expected_error when it has one (it ranks errors best)")
     p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name}")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
@@ -223,13 +228,14 @@ def _main(args: argparse.Namespace) -> int:
     from .engine import SynthesisCancelled, SynthesisEngine, SynthesisError, synthesize_file  # imports torch
 
     try:
-        engine = SynthesisEngine(model, device=args.device, batch_size=args.batch_size)
+        engine = SynthesisEngine(model, device=args.device, batch_size=args.batch_size,
+                                 heatmap_source=args.heatmap_source)
     except SynthesisError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc))  # e.g. "this model has no d2 map; it offers expected_error"
     if args.heatmap is not None and not engine.has_heatmap:
         return _fail(
-            f"the model {Path(model).name} ({engine.metadata.variant}) has no trained local discriminator, "
-            "so it cannot produce a difficulty heatmap; drop --heatmap"
+            f"the model {Path(model).name} ({engine.metadata.variant}) has neither an expected-error head nor a "
+            "trained local discriminator, so it cannot produce a heatmap; drop --heatmap"
         )
     folders = {Path(p).parent for job in jobs for p in (job["output"], job["heatmap_path"], job["png"]) if p}
     for folder in sorted(folders):

@@ -5,11 +5,13 @@ Layout of a ``--dicom-out`` folder (one series per subfolder, one file per slice
 - ``SYNTHETIC/``: the synthetic volume. CT Image Storage when the model's target is CT-valued (HU
   stored as int16 with RescaleSlope 1 / RescaleIntercept 0, so values are within ±0.5 HU of the
   float result), otherwise MR Image Storage: never a non-HU volume labelled CT.
-- ``DIFFICULTY/``: the difficulty heatmap as one Parametric Map instance (float32, [0, 1]) that
-  references the synthetic series. A parametric map is DICOM's object for a derived quantity on an
-  image grid: it keeps the geometry and frame of reference (so viewers overlay it on the sCT), and a
-  planning system cannot take it for a planning CT, which a second CT-like series with heatmap
-  values could be mistaken for. Subfolders let a planner import only ``SYNTHETIC/``.
+- ``DIFFICULTY/``: the heatmap as one Parametric Map instance (float32) that references the synthetic
+  series; its content description and real-world value mapping say which map it is and its units
+  (expected |error| in HU or intensity units, or relative difficulty in [0, 1] from D2). A parametric
+  map is DICOM's object for a derived quantity on an image grid: it keeps the geometry and frame of
+  reference (so viewers overlay it on the sCT), and a planning system cannot take it for a planning CT,
+  which a second CT-like series with heatmap values could be mistaken for. Subfolders let a planner
+  import only ``SYNTHETIC/``.
 
 Marking: ImageType DERIVED\\SECONDARY, SeriesDescription "SYNTHETIC CT <model>" (or "SYNTHETIC MR"),
 DerivationDescription naming the bundle file, its version and the engine, BurnedInAnnotation NO and
@@ -38,6 +40,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from . import io as vio
 from .errors import DualDError
+from .heatmap_file import ascii_text
 
 SYNTHETIC_FOLDER = "SYNTHETIC"
 HEATMAP_FOLDER = "DIFFICULTY"
@@ -238,16 +241,22 @@ def _mr_acquisition_placeholders(ds) -> None:
     ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""
 
 
-def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking):
-    """The difficulty heatmap as one Parametric Map instance referencing the synthetic series."""
+def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking, units: str = ""):
+    """The heatmap as one Parametric Map instance referencing the synthetic series. ``units``: the
+    result's ``heatmap_units`` (an expected-error map is in the target's units: HU for a CT target, else
+    relative intensity units); empty or a D2 map: relative difficulty in [0, 1]."""
     import highdicom as hd  # imported here: only the heatmap needs it (and it is slow to import)
 
     array = sitk.GetArrayFromImage(heatmap).astype(np.float32)
     if array.shape != (len(image_datasets), image_datasets[0].Rows, image_datasets[0].Columns):
         raise DicomExportError("the heatmap is not on the synthetic volume's grid")
+    expected = units.startswith("expected")
+    high = max(float(array.max()), 1e-6) if expected else 1.0
+    unit = codes.UCUM.HounsfieldUnit if expected and "HU" in units else codes.UCUM.NoUnits
+    description = ascii_text(units or "relative difficulty (1 - D2 confidence, 0-1)")[:64]  # LO: 64 chars
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="DIFFICULTY", lut_explanation="1 - local discriminator confidence",
-        unit=codes.UCUM.NoUnits, value_range=(0.0, 1.0), slope=1, intercept=0,
+        lut_label="EXPECTED ERROR" if expected else "DIFFICULTY", lut_explanation=description,
+        unit=unit, value_range=(0.0, high), slope=1, intercept=0,
     )
     pm = hd.pm.ParametricMap(
         source_images=image_datasets, pixel_array=array, series_instance_uid=generate_uid(), series_number=9002,
@@ -255,8 +264,8 @@ def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking
         manufacturer_model_name=image_datasets[0].ManufacturerModelName, software_versions=marking.engine,
         device_serial_number="none", contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
-        content_label="DIFFICULTY", content_description="difficulty heatmap (1 - D2 confidence)",
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=high / 2, window_width=high)],
+        content_label="EXPECTED_ERROR" if expected else "DIFFICULTY", content_description=description,
     )
     pm.SeriesDescription = marking.series_description(" DIFFICULTY")
     pm.DerivationDescription = marking.derivation
@@ -267,8 +276,9 @@ def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking
 
 
 def write_series(folder: Path, synthetic: sitk.Image, heatmap: sitk.Image | None, marking: DicomMarking,
-                 headers: list | None = None) -> dict[str, object]:
-    """Write the synthetic series (and the heatmap map) into ``folder`` (created; the caller stages it)."""
+                 headers: list | None = None, heatmap_units: str = "") -> dict[str, object]:
+    """Write the synthetic series (and the heatmap map, see :func:`heatmap_map` for ``heatmap_units``) into
+    ``folder`` (created; the caller stages it)."""
     datasets = image_series(synthetic, marking, headers)
     series = folder / SYNTHETIC_FOLDER
     series.mkdir(parents=True)
@@ -276,7 +286,7 @@ def write_series(folder: Path, synthetic: sitk.Image, heatmap: sitk.Image | None
         ds.save_as(series / f"{marking.kind}{k + 1:05d}.dcm", enforce_file_format=True)
     written: dict[str, object] = {"synthetic": series, "series_uid": datasets[0].SeriesInstanceUID}
     if heatmap is not None:
-        pm = heatmap_map(heatmap, datasets, marking)
+        pm = heatmap_map(heatmap, datasets, marking, heatmap_units)
         (folder / HEATMAP_FOLDER).mkdir()
         pm.save_as(folder / HEATMAP_FOLDER / "PM00001.dcm", enforce_file_format=True)
         written["heatmap"] = folder / HEATMAP_FOLDER
@@ -317,4 +327,5 @@ def write_dicom(request: DicomRequest, outputs: vio.AtomicOutputs, source: str |
     bundle = engine.bundle_path or Path(f"{engine.metadata.name}.safetensors")
     marking = marking_for(engine.metadata, bundle, ct_valued, request.patient_id, request.patient_name)
     staged = outputs.stage_folder(request.folder, EXPORT_ENTRIES)
-    return write_series(staged, result.synthetic, result.heatmap, marking, headers)
+    return write_series(staged, result.synthetic, result.heatmap, marking, headers,
+                        getattr(result, "heatmap_units", ""))

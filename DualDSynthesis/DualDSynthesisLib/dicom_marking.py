@@ -27,6 +27,7 @@ from . import io as vio
 from . import mrml_io
 from .contract import SynthesisEngine
 from .dicom_export import EXPORT_ENTRIES, DicomMarking, marking_for, write_series
+from .heatmap_file import UNITS_ATTRIBUTE
 
 MARKING_ATTRIBUTE = "DualD.DicomMarking"
 SOURCE_ATTRIBUTE = "DualD.SourceNodeID"
@@ -82,5 +83,6 @@ def export_node(node: Any, folder: str | Path, heatmap_node: Any = None) -> Path
     outputs = vio.AtomicOutputs(overwrite=False)
     with outputs.transaction():
         staged = outputs.stage_folder(target, EXPORT_ENTRIES)
-        write_series(staged, mrml_io.image_from_volume_node(node), heatmap, marking, _source_headers(node))
+        units = (heatmap_node.GetAttribute(UNITS_ATTRIBUTE) or "") if heatmap_node is not None else ""
+        write_series(staged, mrml_io.image_from_volume_node(node), heatmap, marking, _source_headers(node), units)
     return target

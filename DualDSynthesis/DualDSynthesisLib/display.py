@@ -1,4 +1,4 @@
-"""How the synthetic image and the D2 difficulty heatmap are shown: colour table, window, threshold,
+"""How the synthetic image and the heatmap are shown: colour table, window, threshold, colour legend,
 slice-view layers, and an offscreen render of a slice view to PNG.
 
 Slicer-core file: imports ``slicer``/``vtk``, never ``qt``. Rendering goes through
@@ -17,14 +17,16 @@ import vtk
 from vtk.util import numpy_support
 
 from .figures import inferno_rgb, write_png
+from .heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, ascii_text, display_max
 
 SLICE_VIEWS = ("Red", "Green", "Yellow")
 _DEFAULT_ORIENTATIONS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}
 INFERNO_NAMES = ("Inferno", "DualDInferno")  # Slicer's own table first, ours as the fallback
 FALLBACK_COLOR_NAME = "DualDInferno"
-# Heatmap values are D2 difficulty probabilities: the display window is fixed so colours are
-# comparable between cases.
+# D2 difficulty is a probability: its display window is fixed so colours are comparable between cases;
+# an expected-error map's window ends at heatmap_file.display_max.
 HEATMAP_WINDOW = (0.0, 1.0)
+D2_LEGEND_TITLE = "relative difficulty (1 - D2 confidence)"
 
 # matplotlib's inferno sampled at 33 evenly spaced points (linear interpolation between them stays
 # within 0.01 of the full 256-entry table); embedded so nothing beyond Slicer is needed.
@@ -75,33 +77,63 @@ def heatmap_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
     return scene.AddNode(node)
 
 
+def heatmap_units(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> str:
+    """What the node's values mean, as the logic recorded it (a D2 map when nothing was recorded)."""
+    return heatmap_node.GetAttribute(UNITS_ATTRIBUTE) or ""
+
+
+def heatmap_window(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> tuple[float, float]:
+    """[0, 1] for a D2 map; [0, 99th percentile of the non-zero values] for an expected-error map."""
+    source = heatmap_node.GetAttribute(SOURCE_ATTRIBUTE)
+    if source != "expected_error" or heatmap_node.GetImageData() is None:
+        return HEATMAP_WINDOW
+    values = numpy_support.vtk_to_numpy(heatmap_node.GetImageData().GetPointData().GetScalars())
+    return 0.0, display_max(values, source)
+
+
 def apply_heatmap_display(
     heatmap_node: slicer.vtkMRMLScalarVolumeNode, lower_threshold: float = 0.2
 ) -> slicer.vtkMRMLScalarVolumeDisplayNode:
-    """Inferno colours, window [0, 1], values below ``lower_threshold`` transparent."""
+    """Inferno colours over :func:`heatmap_window`, values below ``lower_threshold`` (a fraction of the
+    window) transparent, and a colour legend titled with the map's units."""
     scene = heatmap_node.GetScene()
     if heatmap_node.GetDisplayNode() is None:
         heatmap_node.CreateDefaultDisplayNodes()
     display = heatmap_node.GetDisplayNode()
+    low, high = heatmap_window(heatmap_node)
     was_modifying = display.StartModify()
     try:
         display.SetAndObserveColorNodeID(heatmap_color_node(scene).GetID())
         display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(*HEATMAP_WINDOW)
+        display.SetWindowLevelMinMax(low, high)
         display.AutoThresholdOff()
         display.ApplyThresholdOn()
-        # Upper bound far above any probability so only the lower threshold ever cuts.
-        display.SetThreshold(float(lower_threshold), 1.0e6)
+        # Upper bound far above any value so only the lower threshold ever cuts.
+        display.SetThreshold(float(lower_threshold) * high, 1.0e12)
         display.SetInterpolate(True)
     finally:
         display.EndModify(was_modifying)
+    add_heatmap_legend(heatmap_node)
     return display
 
 
+def add_heatmap_legend(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> slicer.vtkMRMLColorLegendDisplayNode:
+    """Slicer's colour legend for the heatmap (shown in the slice views), titled with its units."""
+    scene = heatmap_node.GetScene()
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):  # desktop Slicer's Colors module does it
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(heatmap_node)
+    legend.SetTitleText(ascii_text(heatmap_units(heatmap_node)) or D2_LEGEND_TITLE)
+    legend.SetLabelFormat("%.3g")
+    legend.SetVisibility(True)
+    return legend
+
+
 def set_heatmap_threshold(heatmap_node: slicer.vtkMRMLScalarVolumeNode, lower_threshold: float) -> None:
+    """``lower_threshold``: a fraction of the display window's upper end (the same 0–1 slider for every map)."""
     display = heatmap_node.GetDisplayNode()
     if display is not None:
-        display.SetLowerThreshold(float(lower_threshold))
+        display.SetLowerThreshold(float(lower_threshold) * display.GetWindowLevelMax())
 
 
 def _composite_nodes(scene: slicer.vtkMRMLScene, layouts: tuple[str, ...]) -> list:

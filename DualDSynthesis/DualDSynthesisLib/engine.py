@@ -54,6 +54,7 @@ from .device_prepare import prepare_volume_on_device
 from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
 from .dicom_export import DicomRequest, check_dicom_request, write_dicom
 from .fingerprint import TrainingFingerprint, ood_warnings, volume_stats
+from .heatmap_file import HEATMAP_SOURCES
 from .losses import difficulty_from_logits, expected_error
 from .preprocess import (
     PreparedVolume,
@@ -76,7 +77,6 @@ __all__ = [
     "synthesize_file",
 ]
 
-HEATMAP_SOURCES = ("expected_error", "d2")
 _PREPARED = 0.1  # progress fraction at which preparation ends and the networks start
 _NETWORKS_DONE = 0.9
 _CROP_SAFE_NORMS = ("batch", "none")
@@ -513,11 +513,13 @@ def synthesize_file(
         if output is not None:
             outputs.write_image(result.synthetic, output)
         if heatmap_path is not None:
-            outputs.write_image(result.heatmap, Path(heatmap_path))
+            outputs.write_heatmap(result.heatmap, Path(heatmap_path), result.heatmap_units, result.heatmap_source)
         if png is not None:
             from .overview import overview_image
 
-            outputs.write_image(overview_image(image, result.synthetic, result.heatmap), Path(png), (".png",))
+            figure = overview_image(image, result.synthetic, result.heatmap, result.heatmap_units,
+                                    result.heatmap_source)
+            outputs.write_image(figure, Path(png), (".png",))
         if dicom is not None:
             write_dicom(dicom, outputs, input, series_uid, result, engine)
         if cancel is not None and cancel():

@@ -3,6 +3,7 @@ training reports, the overview figure and the Slicer-side renders share one impl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,21 @@ def hot_rgb(x: np.ndarray) -> np.ndarray:
     """Black → red → yellow → white for values in [0, 1]: ``[..., 3]`` floats in [0, 1]."""
     x = np.clip(x, 0.0, 1.0)
     return np.stack([np.clip(3 * x, 0, 1), np.clip(3 * x - 1, 0, 1), np.clip(3 * x - 2, 0, 1)], axis=-1)
+
+
+def caption_strip(captions: Sequence[str], widths: Sequence[int], gap: int, total: int | None = None) -> np.ndarray:
+    """A dark 14-pixel strip, ``[14, total, 3]`` uint8, with each column's caption at its left edge (Pillow's
+    built-in bitmap font: no font file needed). ``total``: the strip's width (default: the columns')."""
+    from PIL import Image, ImageDraw
+
+    width = total if total is not None else sum(widths) + gap * (len(widths) - 1)
+    strip = Image.new("RGB", (width, 14), (40, 40, 40))
+    draw = ImageDraw.Draw(strip)
+    x = 0
+    for text, w in zip(captions, widths, strict=True):
+        draw.text((x + 2, 1), text, fill=(235, 235, 235))
+        x += w + gap
+    return np.asarray(strip, dtype=np.uint8)
 
 
 def write_png(pixels: np.ndarray, path: str | Path) -> Path:

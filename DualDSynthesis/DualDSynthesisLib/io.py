@@ -308,14 +308,23 @@ class AtomicOutputs:
             raise OutputExistsError(f"{path} is a folder, not a file name")
 
     def write_image(self, image: sitk.Image, path: Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> None:
+        compress = path.name.lower().endswith(".gz")
+        self._write(image, path, suffixes, lambda t: sitk.WriteImage(image, str(t), useCompression=compress))
+
+    def write_heatmap(self, image: sitk.Image, path: Path, units: str = "", source: str | None = None) -> None:
+        """A heatmap in 8 bits with its scale and units in the header where the format allows (see
+        ``heatmap_file``): every caller that writes a heatmap file goes through here."""
+        from .heatmap_file import write_heatmap_file
+
+        self._write(image, path, VOLUME_SUFFIXES, lambda t: write_heatmap_file(image, t, units, source))
+
+    def _write(self, image: sitk.Image, path: Path, suffixes: tuple[str, ...], write) -> None:
         self.check(path, suffixes)
         bad = non_finite_voxels(image)
         if bad:  # Slicer and ITK show NaN as 0: a silent "no difficulty anywhere" must never be written
             raise DualDError(f"{path.name} was not written: the result has {bad} NaN or infinite voxels "
                              "(the model or the input is broken)")
-        compress = path.name.lower().endswith(".gz")
-        tmp = write_temporary(path, lambda t: sitk.WriteImage(image, str(t), useCompression=compress),
-                              volume_problem(image))
+        tmp = write_temporary(path, write, volume_problem(image))
         self._pending.append((tmp, path))
 
     def check_folder(self, path: Path, ours: tuple[str, ...] = ()) -> None:

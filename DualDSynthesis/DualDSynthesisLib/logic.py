@@ -26,6 +26,7 @@ import slicer
 
 from . import dicom_marking, display, mrml_io, qa
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
+from .heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
 from .resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
 
 __all__ = [
@@ -67,10 +68,10 @@ class SynthesisOutputs:
     warnings: list[str] = field(default_factory=list)  # the engine's, for the status line
 
 
-def _default_engine_factory(bundle_path: Path, device: str) -> SynthesisEngine:
+def _default_engine_factory(bundle_path: Path, device: str, heatmap_source: str | None = None) -> SynthesisEngine:
     from .engine import SynthesisEngine as Engine  # imports torch: only when a model is really needed
 
-    return Engine(bundle_path, device=device)
+    return Engine(bundle_path, device=device, heatmap_source=heatmap_source)
 
 
 class DualDSynthesisLogic:
@@ -85,7 +86,7 @@ class DualDSynthesisLogic:
         self._scene = scene
         self.application_logic = application_logic
         self.engine_factory = engine_factory or _default_engine_factory
-        self._engine_cache: dict[tuple[str, str], SynthesisEngine] = {}
+        self._engine_cache: dict[tuple[str, str, str | None], SynthesisEngine] = {}
 
     @property
     def scene(self) -> slicer.vtkMRMLScene:
@@ -145,15 +146,18 @@ class DualDSynthesisLogic:
                 missing.append(requirement)
         return missing
 
-    def load_engine(self, bundle_path: str | Path, device: str = "auto") -> SynthesisEngine:
-        """The engine for a bundle on a device, cached so a second click does not reload weights."""
+    def load_engine(self, bundle_path: str | Path, device: str = "auto",
+                    heatmap_source: str | None = None) -> SynthesisEngine:
+        """The engine for a bundle on a device, cached so a second click does not reload weights.
+        ``heatmap_source``: "expected_error" or "d2"; None = the bundle's preferred (as ``--heatmap-source``)."""
         bundle_path = Path(bundle_path)
         if not bundle_path.is_file():
             raise ValueError(f"model bundle not found: {bundle_path}")
-        key = (str(bundle_path.resolve()), device)
+        key = (str(bundle_path.resolve()), device, heatmap_source)
         if key not in self._engine_cache:
             self._engine_cache.clear()  # one model in memory at a time
-            self._engine_cache[key] = self.engine_factory(bundle_path, device)
+            self._engine_cache[key] = (self.engine_factory(bundle_path, device) if heatmap_source is None
+                                       else self.engine_factory(bundle_path, device, heatmap_source))
         return self._engine_cache[key]
 
     # ---- synthesis ----
@@ -200,13 +204,16 @@ class DualDSynthesisLogic:
             or engine.target_modality or None
 
         report(_ENGINE_SHARE, "Computing region QA…" if qa_options else "Writing results…")
-        qa_inputs = self._qa_inputs(input_node, source, synthetic, heatmap, qa_options, modality)
+        heatmap_source = result.heatmap_source if heatmap is not None else None
+        qa_inputs = self._qa_inputs(input_node, source, synthetic, heatmap, qa_options, modality, heatmap_source)
 
         created: list[Any] = []
         try:
             outputs = self._write_outputs(
                 input_node, synthetic, heatmap, synthetic_node, heatmap_node, modality, created
             )
+            if outputs.heatmap_node is not None:
+                self._describe_heatmap(outputs.heatmap_node, result, input_node.GetName(), created)
             marking = dicom_marking.marking_from_engine(engine)
             if marking is not None:  # what "Export to DICOM" (and Slicer's DICOM export) reads from the node
                 dicom_marking.mark_node(outputs.synthetic_node, marking, input_node)
@@ -220,6 +227,7 @@ class DualDSynthesisLogic:
                     with_difficulty=heatmap is not None,
                     with_reference=reference is not None,
                     target_modality=modality,
+                    heatmap_source=heatmap_source,
                 )
                 created.append(outputs.qa_table_node)
                 if reference is not None:
@@ -253,6 +261,16 @@ class DualDSynthesisLogic:
         heatmap_node = self._fill_node(heatmap_node, heatmap, f"{input_node.GetName()} D2 difficulty", created)
         return SynthesisOutputs(synthetic_node=synthetic_node, heatmap_node=heatmap_node)
 
+    @staticmethod
+    def _describe_heatmap(node: Any, result: Any, input_name: str, created: list[Any]) -> None:
+        """Record which map the node holds and its units (legend, DICOM export, saving); a node this call
+        created is named after the map."""
+        source = result.heatmap_source or "d2"
+        node.SetAttribute(SOURCE_ATTRIBUTE, source)
+        node.SetAttribute(UNITS_ATTRIBUTE, result.heatmap_units or "")
+        if node in created:
+            node.SetName(f"{input_name} {'expected error' if source == 'expected_error' else 'D2 difficulty'}")
+
     def _fill_node(self, node: Any, image: sitk.Image, name: str, created: list[Any]) -> Any:
         """Write ``image`` into ``node``, or into a new node (recorded in ``created``) when none is given."""
         if node is None:
@@ -272,6 +290,7 @@ class DualDSynthesisLogic:
         heatmap: sitk.Image | None,
         options: QAOptions | None,
         modality: str | None,
+        heatmap_source: str | None = None,
     ) -> tuple[list[qa.RegionMetrics], sitk.Image | None] | None:
         """QA rows (pure numpy, before anything is written) and the reference on the source's grid."""
         if options is None:
@@ -297,6 +316,7 @@ class DualDSynthesisLogic:
             synthetic=sitk.GetArrayFromImage(synthetic) if reference is not None else None,
             reference=sitk.GetArrayFromImage(reference).astype(np.float32) if reference is not None else None,
             target_modality=modality,
+            heatmap_source=heatmap_source,
         )
         return rows, reference
 

@@ -1,4 +1,5 @@
-"""Overview figure: axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic.
+"""Overview figure: axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic, under a
+caption strip naming each column (the heatmap's with its units and the value at full colour).
 
 Composed with numpy and returned as a SimpleITK 2-D RGB image (uint8 vector pixels), which
 SimpleITK writes as PNG; no matplotlib, PIL or vtk needed. Radiological display: each slice is
@@ -12,10 +13,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .figures import hot_rgb
+from .figures import caption_strip, hot_rgb
+from .heatmap_file import ascii_text, display_max
 
 PANEL_HEIGHT = 256
 GAP = 4
+CAPTION_HEIGHT = 14  # figures.caption_strip
 MAX_SIDE = 2048  # the whole figure's width and height: a 1-slice or 2000×2000 input must not need gigabytes
 MAX_PANEL_WIDTH = (MAX_SIDE - 2 * GAP) // 3
 
@@ -64,8 +67,17 @@ def _planes(arr: np.ndarray, centre: tuple[int, int, int], spacing: tuple[float,
     ]
 
 
-def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Image | None) -> sitk.Image:
-    """The 3×3 overview as an RGB SimpleITK image (write it with ``sitk.WriteImage(img, "x.png")``)."""
+def heatmap_caption(units: str, source: str | None, high: float) -> str:
+    """The heatmap column's caption: what the colours mean and the value at full colour."""
+    what = ascii_text(units) if units else "relative difficulty (1 - D2 confidence)"
+    return f"heatmap: {what}, yellow = {high:.3g}" if source == "expected_error" else f"heatmap: {what}"
+
+
+def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Image | None,
+                   heatmap_units: str = "", heatmap_source: str | None = None) -> sitk.Image:
+    """The 3×3 overview as an RGB SimpleITK image (write it with ``sitk.WriteImage(img, "x.png")``).
+    ``heatmap_units``/``heatmap_source``: the result's; an expected-error map is shown from 0 to
+    ``heatmap_file.display_max`` (a D2 map from 0 to 1)."""
     arrays, keep = [], []  # keep: the images the array views point into must stay alive
     for image in (source, synthetic, heatmap):
         if image is None:
@@ -77,6 +89,7 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
     src, syn, heat = arrays
     centre = _centre(src)
     windows = (_window(src), _window(syn))
+    high = display_max(np.asarray(heat), heatmap_source) if heat is not None else 1.0
     rows = []
     for index, (plane, rs, cs) in enumerate(_planes(src, centre, spacing)):
         src_panel = _panel(plane, rs, cs)
@@ -85,15 +98,23 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
         syn_rgb = _gray(syn_panel, windows[1])
         if heat is not None:
             h = _panel(_planes(heat, centre, spacing)[index][0], rs, cs, width)
+            h = h / high
             alpha = (0.7 * np.clip(h, 0.0, 1.0))[..., None].astype(np.float32)
             over = (1 - alpha) * syn_rgb + alpha * hot_rgb(h).astype(np.float32)
         else:
             over = syn_rgb
         gap = np.zeros((PANEL_HEIGHT, GAP, 3), np.float32)
         rows.append(np.concatenate([_gray(src_panel, windows[0]), gap, syn_rgb, gap, over], axis=1))
+        if index == 0:
+            widths = [src_panel.shape[1], syn_rgb.shape[1], over.shape[1]]
     width = max(r.shape[1] for r in rows)
     canvas = np.zeros((len(rows) * (PANEL_HEIGHT + GAP) - GAP, width, 3), np.float32)
     for n, row in enumerate(rows):
         y = n * (PANEL_HEIGHT + GAP)
         canvas[y : y + PANEL_HEIGHT, : row.shape[1]] = row
-    return sitk.GetImageFromArray(np.round(canvas * 255).astype(np.uint8), isVector=True)
+    figure = np.round(canvas * 255).astype(np.uint8)
+    third = "synthetic (no heatmap)" if heat is None else heatmap_caption(heatmap_units, heatmap_source, high)
+    # The last caption may run past its panel, to the figure's right edge (the units are long, panels narrow).
+    widths[-1] = width - widths[0] - widths[1] - 2 * GAP
+    strip = caption_strip(["source", "synthetic", third], widths, GAP, width)
+    return sitk.GetImageFromArray(np.concatenate([strip, figure], axis=0), isVector=True)

@@ -1,4 +1,5 @@
-"""Tumour-region QA: difficulty statistics and (with a real target) image metrics per region.
+"""Tumour-region QA: heatmap statistics (expected MAE with an expected-error map, no reference needed) and
+(with a real target) image metrics per region.
 
 ``compute_qa`` is pure numpy (plus ``metrics``); ``write_qa_table`` and
 ``new_difference_node`` put the results into the MRML scene (slicer-core, never ``qt``).
@@ -29,8 +30,9 @@ DIFFICULTY_PERCENTILE = 95.0
 class RegionMetrics:
     name: str
     voxels: int
-    mean_difficulty: float = math.nan
+    mean_difficulty: float = math.nan  # the heatmap's mean / 95th percentile in the region, whatever the map
     p95_difficulty: float = math.nan
+    expected_mae: float = math.nan  # with an expected-error map: its mean, the MAE to expect (target units)
     psnr: float = math.nan
     mae: float = math.nan
     ssim: float = math.nan
@@ -89,8 +91,11 @@ def compute_region_metrics(
     synthetic: np.ndarray | None = None,
     reference: np.ndarray | None = None,
     data_range: float | None = None,
+    heatmap_source: str | None = None,
 ) -> list[RegionMetrics]:
-    """One ``RegionMetrics`` per region; image metrics only when both synthetic and reference are given."""
+    """One ``RegionMetrics`` per region; image metrics only when both synthetic and reference are given.
+    With ``heatmap_source`` "expected_error" the heatmap's mean is also the region's expected MAE: the
+    error G itself expects there, in target units, known without a reference image."""
     with_reference = synthetic is not None and reference is not None
     if with_reference:
         if synthetic.shape != reference.shape:
@@ -109,6 +114,8 @@ def compute_region_metrics(
                 values = heatmap[mask].astype(np.float64)
                 row.mean_difficulty = float(values.mean())
                 row.p95_difficulty = float(np.percentile(values, DIFFICULTY_PERCENTILE))
+                if heatmap_source == "expected_error":
+                    row.expected_mae = row.mean_difficulty
             if with_reference:
                 row.mae = metrics.mae(synthetic, reference, mask)
                 row.psnr = metrics.psnr(synthetic, reference, data_range, mask)  # inf when identical
@@ -125,10 +132,11 @@ def compute_qa(
     synthetic: np.ndarray | None = None,
     reference: np.ndarray | None = None,
     target_modality: str | None = None,
+    heatmap_source: str | None = None,
 ) -> list[RegionMetrics]:
-    """The QA rows. For a CT target the arrays are in HU: MAE is in HU, PSNR's peak is the
-    clipped HU range and a body row (reference HU > -500) is added. For MRI PSNR's peak is the
-    reference's value range.
+    """The QA rows (``heatmap_source``: see :func:`compute_region_metrics`). For a CT target the arrays
+    are in HU: MAE is in HU, PSNR's peak is the clipped HU range and a body row (reference HU > -500) is
+    added. For MRI PSNR's peak is the reference's value range.
     """
     body = None
     data_range = None
@@ -136,7 +144,7 @@ def compute_qa(
         body = reference > CT_BODY_THRESHOLD_HU
         data_range = CT_DATA_RANGE_HU
     regions = region_masks(foreground, labels, label_names, body)
-    return compute_region_metrics(regions, heatmap, synthetic, reference, data_range)
+    return compute_region_metrics(regions, heatmap, synthetic, reference, data_range, heatmap_source)
 
 
 def absolute_difference(synthetic: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -155,6 +163,8 @@ COLUMN_PSNR = "PSNR (dB)"
 COLUMN_MAE = "MAE"
 COLUMN_MAE_HU = "MAE (HU)"
 COLUMN_SSIM = "SSIM"
+COLUMN_EXPECTED_MAE = "Expected MAE"
+COLUMN_P95_EXPECTED = "P95 expected |error|"
 
 
 def write_qa_table(
@@ -164,12 +174,17 @@ def write_qa_table(
     with_difficulty: bool = True,
     with_reference: bool = False,
     target_modality: str | None = None,
+    heatmap_source: str | None = None,
 ):
-    """A new ``vtkMRMLTableNode`` with one row per region."""
+    """A new ``vtkMRMLTableNode`` with one row per region. With an expected-error heatmap the map's
+    columns are "Expected MAE" and its 95th percentile (in HU for a CT target), else D2's difficulty."""
     import vtk
 
     columns: list[tuple[str, str]] = [(COLUMN_NAME, "name"), (COLUMN_VOXELS, "voxels")]
-    if with_difficulty:
+    if with_difficulty and heatmap_source == "expected_error":
+        unit = " (HU)" if is_ct(target_modality) else ""
+        columns += [(COLUMN_EXPECTED_MAE + unit, "expected_mae"), (COLUMN_P95_EXPECTED + unit, "p95_difficulty")]
+    elif with_difficulty:
         columns += [(COLUMN_MEAN, "mean_difficulty"), (COLUMN_P95, "p95_difficulty")]
     if with_reference:
         mae_column = COLUMN_MAE_HU if is_ct(target_modality) else COLUMN_MAE

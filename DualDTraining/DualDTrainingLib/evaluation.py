@@ -11,9 +11,11 @@ i.e. from exactly what a user gets. Units:
   (bias) and the MAE in the air, soft-tissue and bone parts of the body (by the real CT's HU, see
   ``CT_TISSUE_HU``), so a planner sees where the sCT would shift dose.
 
-Heatmap AUROC: positives are the foreground voxels whose absolute error lies in the worst 10 % of
-the foreground; the score is the heatmap value. The baseline score is the gradient magnitude of the
-synthetic image, which already ranks errors well because errors gather at edges.
+Trust maps: for every map the bundle offers (G's expected error, D2's difficulty; see
+``SynthesisEngine.heatmap_sources``) and the edge baseline (gradient magnitude of the synthetic image,
+which already ranks errors well because errors gather at edges), :func:`map_scores` gives the AUROC for
+the foreground voxels whose absolute error lies in the worst 10 % of the foreground, and the Spearman
+correlation with |error| there. Both are rank statistics, so a map's units do not matter.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from DualDSynthesisLib.preprocess import CT_HU_RANGE, PreprocessingSpec, foregro
 from scipy import stats
 
 WORST_FRACTION = 0.10
+EDGE_MAP = "edge"  # the gradient-magnitude baseline's name among the scored maps
+MAP_PREFIX = "map "  # summary rows of the trust maps: "map expected_error", "map d2", "map edge"
 # Tissue classes of the body by the real CT's HU, [low, high). SynthRAD2023 (Thummerer et al., challenge
 # report arXiv:2403.08447) reports MAE, PSNR and SSIM in the body mask; it fixes no tissue split, so
 # these are our choice, the usual one in MR-only radiotherapy sCT papers: below -200 HU air (sinuses,
@@ -85,8 +89,9 @@ def gradient_magnitude(volume: np.ndarray, spacing_kji: tuple[float, float, floa
 class SubjectEvaluation:
     subject: str
     regions: dict[str, dict[str, float]] = field(default_factory=dict)  # region -> metric -> value
-    heatmap_auroc: float | None = None
+    heatmap_auroc: float | None = None  # the written heatmap's AUROC (the bundle's preferred map)
     gradient_auroc: float = float("nan")
+    maps: dict[str, dict[str, float]] = field(default_factory=dict)  # map -> {"auroc", "spearman"}, edge included
     warnings: list[str] = field(default_factory=list)
 
 
@@ -129,8 +134,11 @@ def evaluate_arrays(
     spacing_kji: tuple[float, float, float],
     heatmap: np.ndarray | None = None,
     labels: np.ndarray | None = None,
+    maps: dict[str, np.ndarray] | None = None,
 ) -> SubjectEvaluation:
-    """Metrics for one subject from arrays on one grid (``synthetic``/``real`` in target units)."""
+    """Metrics for one subject from arrays on one grid (``synthetic``/``real`` in target units).
+    ``heatmap``: the map a user gets (``--heatmap``); ``maps``: every map to score by name (the heatmap is
+    scored as "heatmap" when ``maps`` is not given); the edge baseline is always scored as "edge"."""
     result = SubjectEvaluation(subject)
     pred, ref, fg, data_range, fg_name = comparable(synthetic, real, source, spec)
     if not fg.any():
@@ -154,11 +162,14 @@ def evaluate_arrays(
                 result.regions[f"label {int(value)}"] = _region_metrics(pred, ref, mask, data_range, smap)
         else:
             result.warnings.append(f"subject {subject}: the label map is empty")
-    err = np.abs(pred - ref)[fg]
-    worst = err >= np.quantile(err, 1.0 - WORST_FRACTION)
-    result.gradient_auroc = auroc(gradient_magnitude(pred, spacing_kji)[fg], worst)
+    if maps is None:
+        maps = {} if heatmap is None else {"heatmap": heatmap}
+    scored = {**maps, EDGE_MAP: gradient_magnitude(pred, spacing_kji)}
+    result.maps = map_scores(scored, np.abs(pred - ref), fg)
+    result.gradient_auroc = result.maps[EDGE_MAP]["auroc"]
     if heatmap is not None:
-        result.heatmap_auroc = auroc(heatmap[fg], worst)
+        err = np.abs(pred - ref)[fg]
+        result.heatmap_auroc = auroc(heatmap[fg], err >= np.quantile(err, 1.0 - WORST_FRACTION))
     return result
 
 
@@ -170,6 +181,7 @@ def evaluate_images(
     spec: PreprocessingSpec,
     heatmap: sitk.Image | None = None,
     labels: sitk.Image | None = None,
+    maps: dict[str, sitk.Image] | None = None,
 ) -> SubjectEvaluation:
     """:func:`evaluate_arrays` for images on the source grid (as the engine returns them)."""
     arr = sitk.GetArrayViewFromImage
@@ -183,6 +195,7 @@ def evaluate_images(
         spacing,  # type: ignore[arg-type]
         None if heatmap is None else arr(heatmap),
         None if labels is None else np.rint(arr(labels)).astype(np.int32),
+        None if maps is None else {name: arr(image) for name, image in maps.items()},
     )
 
 
@@ -197,6 +210,9 @@ def summarise(results: list[SubjectEvaluation]) -> dict[str, dict[str, dict[str,
         if r.heatmap_auroc is not None:
             table.setdefault("heatmap", {}).setdefault("auroc", []).append(r.heatmap_auroc)
         table.setdefault("heatmap", {}).setdefault("gradient_baseline_auroc", []).append(r.gradient_auroc)
+        for name, scores in r.maps.items():
+            for metric, value in scores.items():
+                table.setdefault(MAP_PREFIX + name, {}).setdefault(metric, []).append(value)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for region, metrics in table.items():
         out[region] = {}
@@ -214,7 +230,7 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     """A plain-text table like the paper's Table 1: mean (std) per region."""
     lines = [f"{'region':<14}{'PSNR (dB)':>18}{'MAE':>20}{'ME (bias)':>20}{'SSIM':>18}{'n':>4}"]
     for region, metrics in summary.items():
-        if region == "heatmap":
+        if region == "heatmap" or region.startswith(MAP_PREFIX):
             continue
 
         def cell(name: str, fmt: str, metrics: dict = metrics) -> str:
@@ -224,11 +240,13 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
         n = metrics["psnr"]["n"]
         lines.append(f"{region:<14}{cell('psnr', '.2f'):>18}{cell('mae', '.4g'):>20}{cell('me', '.4g'):>20}"
                      f"{cell('ssim', '.4f'):>18}{n:>4}")
-    heat = summary.get("heatmap", {})
-    for name, label in (("auroc", "heatmap 1-M"), ("gradient_baseline_auroc", "|grad| baseline")):
-        if name in heat:
-            m = heat[name]
-            lines.append(f"AUROC worst-10% error, {label}: {m['mean']:.3f} ({m['std']:.3f}), n={m['n']}")
+    maps = [region for region in summary if region.startswith(MAP_PREFIX)]
+    if maps:
+        lines.append(f"{'trust map':<18}{'AUROC worst-10% error':>24}{'Spearman with |error|':>24}{'n':>4}")
+        for region in maps:
+            m = summary[region]
+            lines.append(f"{region[len(MAP_PREFIX):]:<18}{m['auroc']['mean']:>15.3f} ({m['auroc']['std']:.3f})"
+                         f"{m['spearman']['mean']:>15.3f} ({m['spearman']['std']:.3f}){m['auroc']['n']:>4}")
     return "\n".join(lines)
 
 

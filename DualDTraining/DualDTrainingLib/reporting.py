@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from DualDSynthesisLib.figures import hot_rgb
+from DualDSynthesisLib.figures import caption_strip, hot_rgb
 
 
 def _jsonable(value: Any) -> Any:
@@ -134,20 +134,6 @@ def _grey(x: np.ndarray) -> np.ndarray:
     return np.stack([g, g, g], axis=-1)
 
 
-def _caption_strip(captions: Sequence[str], widths: Sequence[int], gap: int) -> np.ndarray:
-    """A dark strip with each column's caption (Pillow's built-in bitmap font: no font file needed)."""
-    from PIL import Image, ImageDraw
-
-    total = sum(widths) + gap * (len(widths) - 1)
-    strip = Image.new("RGB", (total, 14), (40, 40, 40))
-    draw = ImageDraw.Draw(strip)
-    x = 0
-    for text, w in zip(captions, widths, strict=True):
-        draw.text((x + 2, 1), text, fill=(235, 235, 235))
-        x += w + gap
-    return np.asarray(strip, dtype=np.uint8)
-
-
 def sample_grid(rows: Sequence[tuple[np.ndarray, ...]], captions: Sequence[str] | None = None,
                 gap: int = 2) -> np.ndarray:
     """RGB uint8 [H, W, 3]: one row per slice; columns source | real | synthetic in grey, then each map
@@ -168,5 +154,5 @@ def sample_grid(rows: Sequence[tuple[np.ndarray, ...]], captions: Sequence[str] 
     if captions is not None:
         if len(captions) != len(rows[0]):
             raise ValueError(f"{len(captions)} captions for {len(rows[0])} columns")
-        out.insert(0, _caption_strip(captions, [c.shape[1] for c in rows[0]], gap))
+        out.insert(0, caption_strip(captions, [c.shape[1] for c in rows[0]], gap))
     return np.concatenate(out, axis=0)

@@ -22,6 +22,7 @@ from DualDSynthesisLib import io as vio
 from DualDSynthesisLib import mrml_io
 from DualDSynthesisLib.cli import naming_input
 from DualDSynthesisLib.errors import DualDError
+from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
 from DualDSynthesisLib.logic import (
     CancelCallback,
     DisplayOptions,
@@ -235,7 +236,9 @@ class ViewerSession:
             with outputs.transaction():
                 outputs.write_image(mrml_io.image_from_volume_node(self.outputs.synthetic_node), synthetic_path)
                 if heatmap_path is not None:
-                    outputs.write_image(mrml_io.image_from_volume_node(self.outputs.heatmap_node), heatmap_path)
+                    heat = self.outputs.heatmap_node
+                    outputs.write_heatmap(mrml_io.image_from_volume_node(heat), heatmap_path,
+                                          heat.GetAttribute(UNITS_ATTRIBUTE) or "", heat.GetAttribute(SOURCE_ATTRIBUTE))
                     written.append(heatmap_path)
         except FileExistsError as exc:
             raise ViewerError(str(exc).replace("pass --overwrite to replace it", "confirm Overwrite")) from None

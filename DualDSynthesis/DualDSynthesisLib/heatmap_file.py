@@ -1,0 +1,169 @@
+"""How a heatmap is stored on disk: 8 (or 16) bits per voxel where the format lets ITK read the scale back.
+
+A heatmap is a display aid, not a measurement: 256 levels over its range are finer than anything an
+inferno overlay shows, and the values come back within half a level (range / 510) of what the engine
+computed. What ``sitk.ReadImage`` (ITK, hence 3D Slicer) returns is the check, per format:
+
+- **NIfTI** (``.nii``, ``.nii.gz``): uint8 with the header's ``scl_slope``/``scl_inter`` so that
+  value = stored × slope + inter (inter is 0 for the engine's non-negative maps). ITK's NIfTI reader
+  applies them and returns float32; SimpleITK cannot set them when writing (it writes NaN, "no
+  scaling", whatever metadata the image carries), so the two header fields are patched after ITK wrote
+  the file. The units go into the header's ``descrip`` (ITK reads it back as the ``descrip`` key).
+  uint16 instead of uint8 only when a few extreme voxels would leave the bulk of the map fewer than
+  64 of the 256 levels (:func:`stored_levels`): the shipped T1→T2 expected-error head gives the MNI
+  demo a brain of ~540–1250 with a few voxels up to ~88 000, which uint8 would flatten into 2–4 levels.
+- **NRRD, MetaImage**: neither format has a scale ITK applies, so float32 is kept, but snapped to the
+  same levels (long runs of equal values compress far better) and compressed where the format embeds
+  its data (``.nrrd``, ``.mha``); the units are a key/value pair ITK reads back.
+
+NIfTI-1 has no float16, so an integer type + scale is the smallest NIfTI that round-trips. No torch or Slicer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+# The maps a bundle can offer, the preferred first (the engine's SynthesisEngine.heatmap_sources); defined
+# here, torch-free, so the command line can offer them before torch loads.
+HEATMAP_SOURCES = ("expected_error", "d2")
+LEVELS = 255  # stored values 0..255 (uint8)
+WIDE_LEVELS = 65535  # uint16, for maps with extreme outliers (see stored_levels)
+EXPECTED_ERROR_PERCENTILE = 99.0  # display_max of an expected-error map
+MIN_BULK_LEVELS = 64  # levels uint8 must leave for the bulk of the map, else uint16
+# MRML node attributes the Slicer logic sets on a heatmap node (legend, DICOM export, saving in duald-view).
+UNITS_ATTRIBUTE = "DualD.HeatmapUnits"
+SOURCE_ATTRIBUTE = "DualD.HeatmapSource"
+UNITS_KEY = "DualD_heatmap_units"  # NRRD / MetaImage key (NIfTI: the header's descrip)
+SOURCE_KEY = "DualD_heatmap_source"
+_DESCRIP_CHARS = 79  # NIfTI-1 descrip is 80 bytes, NUL-terminated
+# (scl_slope offset, scl_inter offset, struct format) by header size: NIfTI-1 floats, NIfTI-2 doubles.
+_SCALE_FIELDS = {348: (112, 116, "f"), 540: (176, 184, "d")}
+
+
+def ascii_text(text: str) -> str:
+    """``text`` for a file header that only holds ASCII (minus signs and dashes become '-')."""
+    text = text.replace("−", "-").replace("–", "-").replace("—", "-")
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def stored_levels(image: sitk.Image) -> int:
+    """255 (uint8) when 256 levels over the whole range still give the bulk of the map (up to its 99th
+    percentile of non-zero values, what the display window shows) at least 64 levels; 65535 (uint16)
+    when a few extreme voxels stretch the range so far that uint8 would flatten the rest into a handful
+    of levels (an expected-error head can put a few voxels 50× above the brain's typical value)."""
+    view = sitk.GetArrayViewFromImage(image)
+    low = min(0.0, float(view.min())) if view.size else 0.0
+    span = (float(view.max()) - low) if view.size else 0.0
+    nonzero = view[view != 0]
+    if span <= 0 or nonzero.size == 0:
+        return LEVELS
+    bulk = float(np.percentile(nonzero, 99.0)) - low
+    return LEVELS if span / LEVELS <= bulk / MIN_BULK_LEVELS else WIDE_LEVELS
+
+
+def quantisation(image: sitk.Image, levels: int = LEVELS) -> tuple[float, float]:
+    """(slope, intercept) with value = stored × slope + intercept, stored in 0..``levels``, covering the
+    image's range; both representable as float32 (the NIfTI-1 header's type)."""
+    view = sitk.GetArrayViewFromImage(image)
+    low = float(min(0.0, view.min())) if view.size else 0.0
+    high = float(view.max()) if view.size else 0.0
+    span = high - low
+    if span <= 0:
+        return 1.0, float(np.float32(low))
+    return float(np.float32(span / levels)), float(np.float32(low))
+
+
+def quantised(image: sitk.Image) -> tuple[sitk.Image, float, float]:
+    """The uint8 (or uint16, see :func:`stored_levels`) image of stored values, with its slope and intercept."""
+    levels = stored_levels(image)
+    slope, inter = quantisation(image, levels)
+    values = sitk.GetArrayViewFromImage(image).astype(np.float64)
+    dtype = np.uint8 if levels == LEVELS else np.uint16
+    stored = np.clip(np.rint((values - inter) / slope), 0, levels).astype(dtype)
+    out = sitk.GetImageFromArray(stored)
+    out.CopyInformation(image)
+    return out, slope, inter
+
+
+def display_max(values: np.ndarray, source: str | None) -> float:
+    """The upper end of a heatmap's colour scale: 1 for D2's difficulty (a probability, comparable
+    between cases); for an expected-error map, in target units with a few extreme voxels at edges, the
+    99th percentile of its non-zero values, so the brain's range spans the colours."""
+    if source != "expected_error":
+        return 1.0
+    nonzero = values[values > 0]
+    high = float(np.percentile(nonzero, EXPECTED_ERROR_PERCENTILE)) if nonzero.size else 1.0
+    return high if high > 0 else 1.0
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _set_nifti_scale(path: Path, slope: float, inter: float) -> None:
+    """Write ``scl_slope``/``scl_inter`` into an uncompressed NIfTI-1/2 file's header in place."""
+    with open(path, "r+b") as f:
+        head = f.read(4)
+        for endian in "<>":
+            fields = _SCALE_FIELDS.get(struct.unpack(endian + "i", head)[0])
+            if fields is not None:
+                break
+        else:
+            raise ValueError(f"{path.name} is not a NIfTI file (unknown header size)")
+        slope_at, inter_at, kind = fields
+        f.seek(slope_at)
+        f.write(struct.pack(endian + kind, slope))
+        f.seek(inter_at)
+        f.write(struct.pack(endian + kind, inter))
+
+
+def write_heatmap_file(image: sitk.Image, path: Path, units: str = "", source: str | None = None) -> None:
+    """Write ``image`` (a float heatmap) to ``path`` in the format its name asks for, as the module
+    docstring describes. ``path`` may be a temporary name; its suffix picks the format."""
+    name = path.name.lower()
+    if is_nifti(path):
+        stored, slope, inter = quantised(image)
+        if units:  # ITK writes this key into the header's descrip
+            stored.SetMetaData("ITK_FileNotes", ascii_text(units)[:_DESCRIP_CHARS])
+        if not name.endswith(".gz"):
+            sitk.WriteImage(stored, str(path), useCompression=False)
+            _set_nifti_scale(path, slope, inter)
+            return
+        # The gzip stream cannot be patched in place: write plain, patch, then compress into ``path``.
+        plain = path.with_name(path.name[: -len(".gz")])
+        try:
+            sitk.WriteImage(stored, str(plain), useCompression=False)
+            _set_nifti_scale(plain, slope, inter)
+            with open(plain, "rb") as src, gzip.open(path, "wb", compresslevel=6) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        finally:
+            if plain.exists():
+                os.unlink(plain)
+        return
+    levels = stored_levels(image)
+    slope, inter = quantisation(image, levels)
+    values = sitk.GetArrayViewFromImage(image).astype(np.float64)
+    snapped = (np.clip(np.rint((values - inter) / slope), 0, levels) * slope + inter).astype(np.float32)
+    out = sitk.GetImageFromArray(snapped)
+    out.CopyInformation(image)
+    if units:
+        out.SetMetaData(UNITS_KEY, ascii_text(units))
+    if source:
+        out.SetMetaData(SOURCE_KEY, source)
+    # Compression only where the data sits inside the one file (a detached header would get a second file).
+    sitk.WriteImage(out, str(path), useCompression=name.endswith((".nrrd", ".mha", ".gz")))
+
+
+def stored_units(image: sitk.Image) -> str:
+    """The units a heatmap file recorded (as ``sitk.ReadImage`` returns it), or ''."""
+    for key in (UNITS_KEY, "descrip"):
+        if image.HasMetaDataKey(key):
+            return image.GetMetaData(key).strip()
+    return ""
