@@ -170,6 +170,8 @@ def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str,
     maps = {"edge": gradient_magnitude(p, (float(subject.context.prepared.spacing[2]), 1.0, 1.0))}
     if err is not None:
         maps["expected_error"] = err[:, ys, xs]
+        # calibration: the map's mean against the real mean |error| (1 = right on average)
+        out["expected_error_ratio"] = float(err[:, ys, xs][fg].mean() / np.abs(p - t)[fg].mean())
     if has_d2:
         with torch.no_grad():
             heat = np.concatenate([difficulty(trainer.local, pred[k : k + 16], device)
