@@ -3,8 +3,8 @@ table's expected MAE per segment without a reference image, and the logic passin
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -35,8 +35,8 @@ class ExpectedErrorEngine(FakeEngine):
         result = super().run(image, progress, cancel)
         scaled = result.heatmap * 100.0
         scaled[0, 0, 0] = 5000.0  # a corner, outside the head
-        return SimpleNamespace(synthetic=result.synthetic, heatmap=scaled, heatmap_source="expected_error",
-                               heatmap_units=UNITS, target_modality="T2")
+        return dataclasses.replace(result, heatmap=scaled, heatmap_source="expected_error", heatmap_units=UNITS,
+                                   target_modality="T2")
 
 
 @pytest.fixture

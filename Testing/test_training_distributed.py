@@ -36,7 +36,7 @@ def test_torchrun_two_ranks_identical_replicas_and_loss_goes_down(tmp_path: Path
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "DualDTrainingLib.cli",
            "--data", str(data), "--source", "t1", "--target", "t2", "--variant", "dual_attention",
            "--iterations", "30", "--output", str(out), "--batch-size", "4", "--lr-g", "2e-3", "--val-every", "0",
-           "--log-every", "5", "--checkpoint-every", "10", "--device", "cpu", *TINY_ARCH_FLAGS]
+           "--log-every", "5", "--checkpoint-every", "10", "--device", "cpu", "--no-error-head", *TINY_ARCH_FLAGS]
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = sorted(digests.glob("params-rank*.txt"))
@@ -44,9 +44,9 @@ def test_torchrun_two_ranks_identical_replicas_and_loss_goes_down(tmp_path: Path
     assert ranks[0].read_text(encoding="utf-8") == ranks[1].read_text(encoding="utf-8")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     l1 = [r["l1"] for r in records if r["kind"] == "train"]
-    # the L1 falls by a quarter in 30 steps (the default expected-error head shares G's capacity, so a bit
-    # slower than the 0.7 the first plan's G reached); a run that does not learn stays near 1.0
-    assert len(l1) == 6 and l1[-1] < 0.75 * l1[0], l1
+    # the arithmetic of two ranks is what is tested here: the plain generator (no expected-error head,
+    # which is covered elsewhere) must learn as fast as one rank would
+    assert len(l1) == 6 and l1[-1] < 0.7 * l1[0], l1
     start = next(r for r in records if r.get("event") == "start")
     assert start["world_size"] == 2
     assert (out / "model-final.safetensors").is_file()

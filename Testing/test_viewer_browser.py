@@ -200,7 +200,7 @@ def test_bad_uploads_show_the_clis_error_and_the_server_keeps_running(server, br
     url, process = server
     page = open_page(browser, url)
     expected = {
-        "notes.txt": "notes.txt: notes.txt could not be read as an image",
+        "notes.txt": "notes.txt could not be read as an image",  # named once, as the CLI does
         "slice.nii.gz": "slice.nii.gz: the input volume is a 2-D image; a 3-D volume is needed",
         "series4d.nii.gz": "series4d.nii.gz: the input volume is a 4-D image; a 3-D volume is needed",
     }
