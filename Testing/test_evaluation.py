@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from DualDSynthesisLib.metrics import mae, psnr
 from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
-from DualDTrainingLib.evaluation import auroc, evaluate_arrays, format_table, hu_report, summarise
+from DualDSynthesisLib.scoring import auroc
+from DualDTrainingLib.evaluation import evaluate_arrays, format_table, hu_report, summarise
 from sklearn.metrics import roc_auc_score
 
 MRI = PreprocessingSpec(

@@ -25,7 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("errors", "vocabulary", "limits", "resources", "console"),
     "model core": ("architecture", "networks", "losses", "slicestack", "intensity", "metrics"),
     "imaging and model files": ("atomic", "preprocess", "io", "figures", "fingerprint", "bundle", "defaults",
-                                "devices", "device_prepare", "heatmap_file", "overview", "dicom_export"),
+                                "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
     "inference": ("contract", "engine"),
     "slicer-core": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
     "cli": ("cli", "demo"),
@@ -35,8 +35,8 @@ INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
 TORCH_FREE_SYNTHESIS = (*LAYERS["foundation"], "architecture", "slicestack", "intensity", "metrics", "atomic",
-                        "preprocess", "io", "figures", "fingerprint", "bundle", "defaults", "heatmap_file", "overview",
-                        "dicom_export",
+                        "preprocess", "io", "figures", "fingerprint", "bundle", "defaults", "heatmap_file", "scoring",
+                        "overview", "dicom_export",
                         "contract", *LAYERS["slicer-core"], "cli")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")

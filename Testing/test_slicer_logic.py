@@ -15,7 +15,9 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 vtk = pytest.importorskip("vtk")
 
+from bundles import spec as bundle_spec  # noqa: E402
 from DualDSynthesisLib import display, mrml_io, qa  # noqa: E402
+from DualDSynthesisLib.intensity import foreground_mask  # noqa: E402
 from DualDSynthesisLib.logic import (  # noqa: E402
     DisplayOptions,
     DualDSynthesisLogic,
@@ -25,6 +27,8 @@ from DualDSynthesisLib.logic import (  # noqa: E402
     SynthesisResult,
 )
 from DualDSynthesisLib.metrics import ssim  # noqa: E402
+from DualDSynthesisLib.preprocess import PreprocessingSpec  # noqa: E402
+from DualDTrainingLib.evaluation import evaluate_arrays  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 SHAPE = (10, 40, 48)  # k, j, i
@@ -40,7 +44,9 @@ class FakeEngine:
     metadata = None  # no bundle: the synthetic node gets no DICOM marking
     bundle_path = None
 
-    def __init__(self, with_heatmap: bool = True, cancel_error: type[Exception] | None = None) -> None:
+    def __init__(self, with_heatmap: bool = True, cancel_error: type[Exception] | None = None,
+                 spec: PreprocessingSpec | None = None) -> None:
+        self.spec = spec or bundle_spec()  # an MRI T1 → T2 bundle's preprocessing (reference scale 800)
         self.with_heatmap = with_heatmap
         self.cancel_error = cancel_error or SynthesisCancelled  # the contract's, as the real engine raises it
         self.progress_seen: list[tuple[float, str]] = []
@@ -290,21 +296,34 @@ def test_qa_table_matches_direct_numpy(loaded):
 
     table = out.qa_table_node
     assert _column(table, qa.COLUMN_NAME) == ["foreground", "tumour", "oedema"]
-    synthetic = FakeEngine.synthetic_array(source)
+    spec = FakeEngine().spec
+    raw_synthetic = FakeEngine.synthetic_array(source)
     heat = FakeEngine.heatmap_array(SHAPE)
-    data_range = float(reference.max() - reference.min())
-    masks = [qa.foreground_mask(source), labels == 1, labels == 2]
+    # duald-evaluate's units: the synthetic ÷ the bundle's reference scale, the real T2 ÷ its own 99.5th
+    # percentile in the source's foreground, both clipped to [0, 2]; PSNR over a data range of 1
+    fg = foreground_mask(source, "mri_percentile")
+    scale = float(np.percentile(reference[fg & (reference > 0)], 99.5))
+    synthetic = np.clip(raw_synthetic / spec.target.reference_scale, 0, 2)
+    normalised_reference = np.clip(reference / scale, 0, 2)
+    data_range = 1.0
+    masks = [fg, labels == 1, labels == 2]
     for row, mask in enumerate(masks):
-        diff = synthetic[mask].astype(np.float64) - reference[mask]
+        diff = synthetic[mask].astype(np.float64) - normalised_reference[mask]
         assert _column(table, qa.COLUMN_VOXELS)[row] == mask.sum()
         assert _column(table, qa.COLUMN_MEAN)[row] == pytest.approx(heat[mask].mean(), rel=1e-6)
         assert _column(table, qa.COLUMN_P95)[row] == pytest.approx(np.percentile(heat[mask], 95), rel=1e-6)
         assert _column(table, qa.COLUMN_MAE)[row] == pytest.approx(np.abs(diff).mean(), rel=1e-5)
         psnr = 10 * math.log10(data_range**2 / (diff**2).mean())
         assert _column(table, qa.COLUMN_PSNR)[row] == pytest.approx(psnr, rel=1e-5)
-        assert _column(table, qa.COLUMN_SSIM)[row] == pytest.approx(ssim(synthetic, reference, data_range, mask))
+        assert _column(table, qa.COLUMN_SSIM)[row] == pytest.approx(
+            ssim(synthetic, normalised_reference, data_range, mask), rel=1e-4)
+    # the same volumes give duald-evaluate's numbers (one definition of foreground, units and range)
+    evaluated = evaluate_arrays("s", raw_synthetic, reference, source, spec, (1.0, 1.0, 1.0), labels=labels)
+    assert _column(table, qa.COLUMN_PSNR)[0] == pytest.approx(evaluated.regions["foreground"]["psnr"], rel=1e-6)
+    assert _column(table, qa.COLUMN_PSNR)[1] == pytest.approx(evaluated.regions["label 1"]["psnr"], rel=1e-6)
+    assert _column(table, qa.COLUMN_SSIM)[0] == pytest.approx(evaluated.regions["foreground"]["ssim"], rel=1e-6)
     np.testing.assert_allclose(
-        mrml_io.array_from_volume_node(out.difference_node), np.abs(synthetic - reference), atol=1e-4
+        mrml_io.array_from_volume_node(out.difference_node), np.abs(raw_synthetic - reference), atol=1e-4
     )
 
 
@@ -321,7 +340,7 @@ def test_qa_for_ct_reports_hu_mae_in_body_and_labelmap_regions(loaded):
 
     out = logic.synthesize(
         node,
-        FakeEngine(),
+        FakeEngine(spec=bundle_spec("ct")),
         qa_options=QAOptions(region_node=labelmap, reference_node=reference_node, target_modality="CT"),
     )
     names = _column(out.qa_table_node, qa.COLUMN_NAME)

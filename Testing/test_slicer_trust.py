@@ -11,8 +11,10 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
+from bundles import spec as bundle_spec  # noqa: E402
 from DualDSynthesisLib import display, mrml_io, qa  # noqa: E402
 from DualDSynthesisLib.heatmap_file import EXPECTED_ERROR_PERCENTILE, SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE  # noqa: E402
+from DualDSynthesisLib.intensity import foreground_mask  # noqa: E402
 from DualDSynthesisLib.logic import DisplayOptions, DualDSynthesisLogic, QAOptions  # noqa: E402
 from test_slicer_logic import (  # noqa: E402
     SHAPE,
@@ -91,7 +93,7 @@ def test_qa_table_has_expected_mae_per_segment_without_reference(loaded) -> None
     assert _column(table, qa.COLUMN_NAME) == ["foreground", "tumour", "oedema"]
     assert table.GetTable().GetColumnByName(qa.COLUMN_MEAN) is None  # not "difficulty": these are T2 units
     heat = mrml_io.array_from_volume_node(out.heatmap_node)
-    masks = [qa.foreground_mask(source_array()), labels == 1, labels == 2]
+    masks = [foreground_mask(source_array(), "mri_percentile"), labels == 1, labels == 2]
     expected = [float(heat[m].mean()) for m in masks]
     assert _column(table, qa.COLUMN_EXPECTED_MAE) == pytest.approx(expected, rel=1e-6)
     assert expected[1] == pytest.approx(90.0, rel=1e-6)  # the tumour's expected error, by construction
@@ -101,9 +103,10 @@ def test_qa_table_has_expected_mae_per_segment_without_reference(loaded) -> None
 def test_qa_expected_mae_hand_values_and_ct_units() -> None:
     heat = np.array([[[1.0, 3.0], [10.0, 20.0]]])
     labels = np.array([[[1, 1], [2, 0]]])
-    rows = qa.compute_qa(np.ones(heat.shape, bool), heat, labels, {1: "a", 2: "b"}, heatmap_source="expected_error")
+    source = np.full(heat.shape, 100.0, np.float32)  # every voxel is foreground
+    rows = qa.compute_qa(source, bundle_spec(), heat, labels, {1: "a", 2: "b"}, heatmap_source="expected_error")
     assert [r.expected_mae for r in rows] == pytest.approx([8.5, 2.0, 10.0])
-    d2_rows = qa.compute_qa(np.ones(heat.shape, bool), heat / 20, labels, {1: "a", 2: "b"}, heatmap_source="d2")
+    d2_rows = qa.compute_qa(source, bundle_spec(), heat / 20, labels, {1: "a", 2: "b"}, heatmap_source="d2")
     assert all(np.isnan(r.expected_mae) for r in d2_rows)
     scene = slicer.vtkMRMLScene()
     table = qa.write_qa_table(scene, rows, target_modality="CT", heatmap_source="expected_error")

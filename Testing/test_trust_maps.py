@@ -16,7 +16,7 @@ from DualDSynthesisLib import losses
 from DualDSynthesisLib.engine import SynthesisEngine
 from DualDSynthesisLib.networks import ArchitectureConfig, LocalDiscriminator
 from DualDSynthesisLib.preprocess import foreground_mask
-from DualDTrainingLib.evaluation import auroc, map_scores, spearman
+from DualDSynthesisLib.scoring import auroc, map_scores, spearman
 from DualDTrainingLib.step import DualDTrainer, TrainingConfig
 
 

@@ -32,8 +32,8 @@ import SimpleITK as sitk
 from DualDSynthesisLib.engine import SynthesisEngine, SynthesisError
 from DualDSynthesisLib.figures import inferno_rgb, write_png
 from DualDSynthesisLib.preprocess import foreground_mask
+from DualDSynthesisLib.scoring import comparable
 from DualDTrainingLib.discovery import DiscoveryError, discover, load_pair
-from DualDTrainingLib.evaluation import comparable
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]

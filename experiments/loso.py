@@ -153,7 +153,7 @@ def _subject(loaded: Loaded, norm: str):
 def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str, Any]:
     import torch
     from DualDSynthesisLib import metrics
-    from DualDTrainingLib.evaluation import gradient_magnitude, map_scores
+    from DualDSynthesisLib.scoring import gradient_magnitude, map_scores
     from DualDTrainingLib.validation import difficulty, predict
 
     pred, err = predict(trainer.generator, subject.source, device, 16, trainer.amp, context)

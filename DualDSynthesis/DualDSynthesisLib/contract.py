@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from .bundle import BundleMetadata
+    from .preprocess import PreprocessingSpec
 
 __all__ = [
     "CancelCallback",
@@ -62,6 +63,7 @@ class SynthesisEngine(Protocol):
     target_modality: str
     metadata: BundleMetadata | None
     bundle_path: Path | None
+    spec: PreprocessingSpec  # the bundle's preprocessing: the QA table's units, data range and foreground
 
     def run(
         self,

@@ -27,6 +27,7 @@ import slicer
 from . import dicom_marking, display, mrml_io, qa
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
 from .heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
+from .preprocess import PreprocessingSpec
 from .resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
 
 __all__ = [
@@ -205,7 +206,7 @@ class DualDSynthesisLogic:
 
         report(_ENGINE_SHARE, "Computing region QA…" if qa_options else "Writing results…")
         heatmap_source = result.heatmap_source if heatmap is not None else None
-        qa_inputs = self._qa_inputs(input_node, source, synthetic, heatmap, qa_options, modality, heatmap_source)
+        qa_inputs = self._qa_inputs(input_node, source, synthetic, heatmap, qa_options, engine.spec, heatmap_source)
 
         created: list[Any] = []
         try:
@@ -289,7 +290,7 @@ class DualDSynthesisLogic:
         synthetic: sitk.Image,
         heatmap: sitk.Image | None,
         options: QAOptions | None,
-        modality: str | None,
+        spec: PreprocessingSpec,
         heatmap_source: str | None = None,
     ) -> tuple[list[qa.RegionMetrics], sitk.Image | None] | None:
         """QA rows (pure numpy, before anything is written) and the reference on the source's grid."""
@@ -309,13 +310,13 @@ class DualDSynthesisLogic:
             reference = mrml_io.resample_to_grid(mrml_io.image_from_volume_node(options.reference_node), source)
         source_array = sitk.GetArrayFromImage(source)
         rows = qa.compute_qa(
-            foreground=qa.foreground_mask(source_array),
+            source_array,
+            spec,
             heatmap=sitk.GetArrayFromImage(heatmap) if heatmap is not None else None,
             labels=labels,
             label_names=names,
             synthetic=sitk.GetArrayFromImage(synthetic) if reference is not None else None,
             reference=sitk.GetArrayFromImage(reference).astype(np.float32) if reference is not None else None,
-            target_modality=modality,
             heatmap_source=heatmap_source,
         )
         return rows, reference

@@ -17,12 +17,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import metrics
+from .intensity import foreground_mask
+from .preprocess import PreprocessingSpec
+from .scoring import comparable
 
 FOREGROUND_ROW = "foreground"
 BODY_ROW = "body (HU > -500)"
-CT_BODY_THRESHOLD_HU = -500.0
-# The HU range the CT intensity mapping clips to (see CONVENTIONS.md): PSNR's peak for CT.
-CT_DATA_RANGE_HU = 3071.0 - (-1024.0)
 DIFFICULTY_PERCENTILE = 95.0
 
 
@@ -40,18 +40,6 @@ class RegionMetrics:
 
 def is_ct(modality: str | None) -> bool:
     return bool(modality) and modality.strip().upper() == "CT"
-
-
-def foreground_mask(source: np.ndarray, fraction: float = 0.05) -> np.ndarray:
-    """Voxels brighter than ``fraction`` of the robust range above the background.
-
-    Robust percentiles (0.5/99.5) so a few hot voxels or a black border do not move the cut.
-    """
-    values = source.astype(np.float64, copy=False)
-    low, high = np.percentile(values, [0.5, 99.5])
-    if high <= low:
-        return np.zeros(source.shape, dtype=bool)
-    return values > low + fraction * (high - low)
 
 
 def region_masks(
@@ -125,24 +113,27 @@ def compute_region_metrics(
 
 
 def compute_qa(
-    foreground: np.ndarray,
+    source: np.ndarray,
+    spec: PreprocessingSpec,
     heatmap: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     label_names: dict[int, str] | None = None,
     synthetic: np.ndarray | None = None,
     reference: np.ndarray | None = None,
-    target_modality: str | None = None,
     heatmap_source: str | None = None,
 ) -> list[RegionMetrics]:
-    """The QA rows (``heatmap_source``: see :func:`compute_region_metrics`). For a CT target the arrays
-    are in HU: MAE is in HU, PSNR's peak is the clipped HU range and a body row (reference HU > -500) is
-    added. For MRI PSNR's peak is the reference's value range.
-    """
+    """The QA rows for ``source`` (raw, on the synthetic's grid) and the bundle's ``spec``. Foreground,
+    units and data range are those of ``duald-evaluate`` (``scoring.comparable``): the same volumes give
+    the same PSNR in both. MRI: the source's foreground, normalised units, data range 1; CT: HU, data
+    range 4095 HU and an extra body row (reference HU > -500). ``heatmap_source``: see
+    :func:`compute_region_metrics`."""
+    foreground = foreground_mask(source, spec.source.kind)
     body = None
     data_range = None
-    if reference is not None and is_ct(target_modality):
-        body = reference > CT_BODY_THRESHOLD_HU
-        data_range = CT_DATA_RANGE_HU
+    if reference is not None and synthetic is not None:
+        synthetic, reference, fg, data_range, _name = comparable(synthetic, reference, source, spec)
+        if spec.target.kind == "ct_hu":
+            body = fg
     regions = region_masks(foreground, labels, label_names, body)
     return compute_region_metrics(regions, heatmap, synthetic, reference, data_range, heatmap_source)
 

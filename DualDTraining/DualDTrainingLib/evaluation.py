@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 from DualDSynthesisLib.metrics import mae, masked_mean, mean_error, psnr, ssim_map
-from DualDSynthesisLib.preprocess import CT_HU_RANGE, PreprocessingSpec, foreground_mask
-from scipy import stats
+from DualDSynthesisLib.preprocess import CT_HU_RANGE, PreprocessingSpec
+from DualDSynthesisLib.scoring import WORST_FRACTION, auroc, comparable, gradient_magnitude, map_scores
 
-WORST_FRACTION = 0.10
 EDGE_MAP = "edge"  # the gradient-magnitude baseline's name among the scored maps
 MAP_PREFIX = "map "  # summary rows of the trust maps: "map expected_error", "map d2", "map edge"
 # Tissue classes of the body by the real CT's HU, [low, high). SynthRAD2023 (Thummerer et al., challenge
@@ -42,47 +41,6 @@ CT_TISSUE_HU = {
     "soft tissue": (-200.0, 200.0),
     "bone": (200.0, CT_HU_RANGE[1] + 1.0),
 }
-
-
-def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann–Whitney U statistic (ties get average ranks)."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    positives = np.asarray(positives, dtype=bool).ravel()
-    n_pos = int(positives.sum())
-    n_neg = positives.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = stats.rankdata(scores)
-    u = ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def spearman(scores: np.ndarray, values: np.ndarray, max_samples: int = 500_000) -> float:
-    """Spearman rank correlation (ties get average ranks); a fixed strided subsample above ``max_samples``."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if scores.size != values.size:
-        raise ValueError(f"{scores.size} scores for {values.size} values")
-    step = max(1, scores.size // max_samples)
-    a, b = stats.rankdata(scores[::step]), stats.rankdata(values[::step])
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def map_scores(maps: dict[str, np.ndarray], abs_error: np.ndarray, foreground: np.ndarray) -> dict[str, dict]:
-    """For each trust map: AUROC for the worst-10 % |error| voxels and Spearman correlation with |error|,
-    both inside ``foreground`` — how well the map says where not to trust the synthetic image."""
-    err = abs_error[foreground]
-    worst = err >= np.quantile(err, 1.0 - WORST_FRACTION)
-    return {name: {"auroc": auroc(m[foreground], worst), "spearman": spearman(m[foreground], err)}
-            for name, m in maps.items()}
-
-
-def gradient_magnitude(volume: np.ndarray, spacing_kji: tuple[float, float, float]) -> np.ndarray:
-    """|∇v| in intensity units per mm (central differences), the edge baseline for the heatmap."""
-    grads = np.gradient(volume.astype(np.float32), *spacing_kji)
-    return np.sqrt(sum(g * g for g in grads))
 
 
 @dataclass
@@ -106,23 +64,6 @@ def _region_metrics(
         "me": mean_error(pred, ref, mask),
         "ssim": masked_mean(smap, mask),
     }
-
-
-def comparable(
-    synthetic: np.ndarray, real: np.ndarray, source: np.ndarray, spec: PreprocessingSpec
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, str]:
-    """(synthetic, real, foreground, data range, foreground name) in the units metrics compare them in:
-    HU clipped to the CT range with the body as foreground, or the normalised MRI space with the
-    source's brain as foreground (see the module docstring)."""
-    mapping = spec.target
-    if mapping.kind == "ct_hu":
-        pred = np.clip(synthetic, *CT_HU_RANGE).astype(np.float32)
-        ref = np.clip(real, *CT_HU_RANGE).astype(np.float32)
-        return pred, ref, foreground_mask(ref, "ct_hu"), CT_HU_RANGE[1] - CT_HU_RANGE[0], "body"
-    fg = foreground_mask(source, spec.source.kind)  # the brain/head seen in the source
-    ref = mapping.forward(real, mapping.scale_for(real, fg & (real > 0)))
-    pred = mapping.forward(synthetic, mapping.output_scale())
-    return pred, ref, fg, 1.0, "foreground"
 
 
 def evaluate_arrays(

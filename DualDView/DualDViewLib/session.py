@@ -54,6 +54,7 @@ class _Finished:
     target_modality: str = ""
     metadata: Any = None  # the real engine's BundleMetadata (for the synthetic node's DICOM marking)
     bundle_path: Path | None = None
+    spec: Any = None  # the real engine's PreprocessingSpec (the QA table's units and foreground)
 
     def run(self, image, progress=None, cancel=None):  # the SynthesisEngine protocol
         return self.result
@@ -188,7 +189,7 @@ class ViewerSession:
             raise SynthesisCancelled("synthesis cancelled")
         self.clear_outputs()
         qa_options = QAOptions(region_node=self.region_node, reference_node=self.reference_node)
-        finished = _Finished(result, engine.target_modality, engine.metadata, engine.bundle_path)
+        finished = _Finished(result, engine.target_modality, engine.metadata, engine.bundle_path, engine.spec)
         self.outputs = self.logic.synthesize(
             self.source_node, finished, display_options=self.display, qa_options=qa_options
         )
