@@ -57,6 +57,7 @@ from .fingerprint import TrainingFingerprint, ood_warnings, volume_stats
 from .heatmap_file import HEATMAP_SOURCES
 from .losses import difficulty_from_logits, expected_error
 from .preprocess import (
+    Grid,
     PreparedVolume,
     PreprocessError,
     prepare_volume,
@@ -432,10 +433,7 @@ class SynthesisEngine:
         if mask.GetNumberOfComponentsPerPixel() != 1:
             raise SynthesisError("the mask must be a scalar label volume")
         binary = sitk.NotEqual(mask, 0)
-        same = binary.GetSize() == synthetic.GetSize() and np.allclose(
-            binary.GetSpacing() + binary.GetOrigin() + binary.GetDirection(),
-            synthetic.GetSpacing() + synthetic.GetOrigin() + synthetic.GetDirection(), atol=1e-4)
-        if same:
+        if Grid.from_image(binary).matches(synthetic):
             binary.CopyInformation(synthetic)
         else:
             binary = sitk.Resample(binary, synthetic, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)

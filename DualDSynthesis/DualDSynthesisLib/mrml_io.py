@@ -18,6 +18,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import DualDError
+from .preprocess import Grid
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -133,19 +134,9 @@ def new_volume_node_from_image(
     return node
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
-    """True when both images have the same size and (within ``tol``) the same geometry."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
-    )
-
-
 def resample_to_grid(image: sitk.Image, reference: sitk.Image, nearest: bool = False) -> sitk.Image:
     """``image`` on ``reference``'s grid (identity transform in physical space); unchanged if equal."""
-    if same_grid(image, reference):
+    if Grid.from_image(image).matches(reference):
         return image
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())

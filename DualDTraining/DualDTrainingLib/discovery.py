@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.io import nifti_integrity_problem, nifti_non_finite_voxels
+from DualDSynthesisLib.preprocess import Grid
 from DualDSynthesisLib.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
 
 __all__ = [
@@ -177,12 +178,11 @@ def _overlap_fraction(source: _Header, other: _Header) -> float:
 
 
 def _same_grid(a: _Header, b: _Header) -> bool:
-    return (
-        tuple(a.size) == tuple(b.size)
-        and np.allclose(a.spacing, b.spacing, rtol=1e-5, atol=0)
-        and np.allclose(a.origin, b.origin, rtol=0, atol=1e-3 * min(a.spacing))
-        and np.allclose(a.direction, b.direction, rtol=0, atol=1e-5)
-    )
+    """The one "same grid" rule (``preprocess.Grid.matches``) on two headers."""
+    def grid(h: _Header) -> Grid:
+        return Grid(tuple(h.size), tuple(h.spacing), tuple(h.origin), tuple(h.direction))
+
+    return len(a.size) == len(b.size) == 3 and grid(a).matches(grid(b))
 
 
 def _check_pair(pair: SubjectPair) -> tuple[str | None, list[str]]:
