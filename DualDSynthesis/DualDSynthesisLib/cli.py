@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import io as vio
 from .atomic import remove_stale_partials, stale_note
-from .console import safe_console
+from .console import HelpFormatter, safe_console
 from .dicom_export import DicomRequest
 from .errors import DualDError
 from .heatmap_file import HEATMAP_SOURCES
@@ -86,7 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Synthesise a target-modality volume (e.g. T2 from T1) with a DualD model bundle.",
-        epilog="The overview PNG has axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic.",
+        epilog="""The overview PNG has axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic.
+
+examples:
+  duald-synthesize t1.nii.gz -o t2_synthetic.nii.gz --heatmap expected_error.nii.gz --png overview.png
+  duald-synthesize "cohort/*.nii.gz" -o out/              # several inputs: the model is loaded once
+  duald-synthesize dicom_mr_folder/ --model mri_to_ct.safetensors --dicom-out sct_dicom/""",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("input", metavar="INPUT", help="volume file, DICOM series folder, folder of volumes, or glob")
     p.add_argument("-o", "--output", help="output volume (a folder for several inputs)")
@@ -95,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="expected_error: G's expected |error| in target units; d2: 1 − D2 confidence, relative 0–1; "
                         "default: the model's first, expected_error when it has one (it ranks errors best)")
     p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name}")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
     p.add_argument("--mask", type=Path, help="set the output to background outside this mask")
     p.add_argument("--png", help="write an overview figure (PNG)")

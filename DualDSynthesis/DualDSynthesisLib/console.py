@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The CLIs' --help: every option's default shown (not the empty ones: None, False, ""), descriptions
+    and examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, "", []) or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def safe_console() -> None:

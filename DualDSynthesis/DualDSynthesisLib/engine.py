@@ -498,7 +498,7 @@ def synthesize_file(
     report = progress or _noop_progress
     result = engine.run(
         image,
-        progress=lambda f, m: report(0.95 * f, m),
+        progress=lambda f, m: report(0.95 * f, m if f < 1.0 else "Synthesised"),  # one "Done", at the very end
         cancel=cancel,
         heatmap=heatmap_path is not None or png is not None or (dicom is not None and engine.has_heatmap),
         mask=mask_image,

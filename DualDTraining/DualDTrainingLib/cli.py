@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from DualDSynthesisLib.architecture import D2_HEADS
-from DualDSynthesisLib.console import safe_console
+from DualDSynthesisLib.console import HelpFormatter, safe_console
 from DualDSynthesisLib.errors import DualDError
 from DualDSynthesisLib.intensity import SOURCE_NORMS
 from DualDSynthesisLib.vocabulary import D2_TARGETS, VARIANTS, known_contrasts_text
@@ -53,6 +53,18 @@ from .config import TARGET_KINDS, RunConfig
 from .errors import EXIT_NON_FINITE, TrainingStopped
 
 PROG = "duald-train"
+EXAMPLES = """examples:
+  # a first look on a CPU (minutes): small generator, 500 steps
+  duald-train --data /data/brats --source t1 --target t2 --variant unet --iterations 500 --output runs/try
+
+  # the shipped default's recipe (docs/models.md) on a GPU
+  duald-train --data /data/brats --source t1 --target t2 --variant unet --base-width 16 --context-slices 1 \\
+      --augment 1 --crop-size 160 --batch-size 16 --iterations 20000 --amp --output runs/t1t2
+
+  # the paper's full method (dual discriminators + difficulty-aware attention)
+  duald-train --data /data/brats --source t1 --target t2 --variant dual_attention --output runs/paper
+
+The default --iterations (20000) is meant for a GPU: on a 2-core CPU it takes days."""
 DEFAULTS = RunConfig.defaults()  # every default comes from RunConfig (torch-free), never repeated here
 # Store-true flags that switch a RunConfig field off: --no-flip → flip=False.
 NEGATED = {"no_flip": "flip", "no_error_head": "error_head"}
@@ -73,7 +85,8 @@ def _add(group: argparse._ActionsContainer, flag: str, **kwargs: object) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train a DualD cross-modality synthesis model (T1 → T2, MRI → CT, ...) "
-                "and export it as a DualD model bundle.", allow_abbrev=False)
+                "and export it as a DualD model bundle.", allow_abbrev=False, formatter_class=HelpFormatter,
+                epilog=EXAMPLES)
     io = p.add_argument_group("data and output")
     _add(io, "--data", required=True, metavar="FOLDER_OR_CSV",
          help="a folder with one sub-folder per subject (BraTS-like names), or a CSV manifest with columns "

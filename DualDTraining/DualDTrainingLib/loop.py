@@ -407,8 +407,10 @@ class Run:
         t_window = time.time()
         last_validation: dict[str, Any] | None = None
         nets = trainer.networks()
-        if start >= cfg.iterations and self.has_validation:  # resumed a finished run: re-validate, re-export
-            last_validation = self.run_validation(start)
+        if start and start >= cfg.iterations:  # a finished run resumed: nothing to train, nothing to re-export
+            self.say(f"the checkpoint is already at step {start}, at or past --iterations {cfg.iterations}: "
+                     "nothing to do (raise --iterations to train further)")
+            return 0
         try:
             while trainer.step_count < cfg.iterations:
                 if ctx.any_flag(signals.received is not None):
@@ -450,8 +452,10 @@ class Run:
         where = "another rank" if peer else f"rank {ctx.rank}"
         value = "" if peer else f" ({exc.value})"
         step = exc.step if exc.step > 0 else trainer.step_count + 1  # a peer's failure: the step it stopped at
-        message = (f"loss term {exc.term} became non-finite{value} at step {step} on "
-                   f"{where}; stopped without saving, {ckpt.LAST} still holds the last good state")
+        kept = (f"{ckpt.LAST} still holds the last good state" if (self.cfg.output / ckpt.LAST).is_file()
+                else "no checkpoint had been written yet (lower the learning rate and start again)")
+        message = (f"loss term {exc.term} became non-finite{value} at step {step} on {where}; stopped without "
+                   f"saving, {kept}")
         if self.reporter is not None:
             self.reporter.log("event", step, {"event": "non_finite", "term": exc.term})
         return TrainingStopped(message, EXIT_NON_FINITE)
@@ -498,6 +502,7 @@ def run_training(cfg: RunConfig) -> int:
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
     run = Run(cfg, ctx)
+    existed, failed = cfg.output.exists(), False
     try:
         with StopSignals() as signals:
             try:
@@ -506,6 +511,22 @@ def run_training(cfg: RunConfig) -> int:
             except DiscoveryError as exc:
                 raise TrainingError(str(exc)) from None
             return run.train(signals)
+    except (TrainingError, TrainingStopped):
+        failed = True
+        raise
     finally:
         run.close()
         ctx.close()
+        if failed and not existed and ctx.is_main:  # a run that failed before writing anything leaves no folder
+            _remove_if_only_logs(cfg.output)
+
+
+def _remove_if_only_logs(output: Path) -> None:
+    """Remove ``output`` (which this run created) when it holds no checkpoint or bundle: only the run
+    record, the log, empty folders — what a run that failed early leaves."""
+    if not output.is_dir():
+        return
+    keep = ("checkpoint-", "model-")
+    if any(p.name.startswith(keep) for p in output.iterdir()):
+        return
+    shutil.rmtree(output, ignore_errors=True)
