@@ -44,7 +44,8 @@ def test_single_file_with_heatmap_and_png(model: Path, tmp_path: Path, capsys) -
         assert image.GetSize() == (48, 48, 6) and image.GetSpacing() == pytest.approx((0.9, 0.9, 5.5))
     figure = sitk.ReadImage(str(png))
     assert figure.GetNumberOfComponentsPerPixel() == 3 and figure.GetPixelID() == sitk.sitkVectorUInt8
-    assert figure.GetSize()[1] == 14 + 3 * 256 + 2 * 4  # a caption strip, then axial, coronal, sagittal rows
+    # a caption strip, the axial, coronal and sagittal rows, then the heatmap's colour bar
+    assert figure.GetSize()[1] == 14 + 3 * 256 + 2 * 4 + 24
     assert sitk.GetArrayViewFromImage(figure).max() > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.nrrd", "overview.png", "sub01_t1.nii.gz",
                                                           "syn.nii.gz"]

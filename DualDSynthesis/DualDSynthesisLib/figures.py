@@ -34,6 +34,25 @@ def inferno_rgb(n: int = 256) -> np.ndarray:
     return np.stack([np.interp(x, xp, _INFERNO_ANCHORS[:, c]) for c in range(3)], axis=1)
 
 
+def inferno_map(x: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] → inferno colours ``[..., 3]`` in [0, 1]: the colour map of the Slicer overlay, so the
+    overview PNG and the slice views read the same."""
+    lut = inferno_rgb(256).astype(np.float32)
+    return lut[np.clip(np.round(np.nan_to_num(x) * 255), 0, 255).astype(np.int64)]
+
+
+def label_pixels(pixels: np.ndarray, labels: Sequence[tuple[int, int, str]]) -> np.ndarray:
+    """``pixels`` (uint8 ``[rows, cols, 3]``) with each ``(x, y, text)`` written in light grey (Pillow's
+    built-in bitmap font)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    for x, y, text in labels:
+        draw.text((x, y), text, fill=(220, 220, 220))
+    return np.asarray(image, dtype=np.uint8)
+
+
 def hot_rgb(x: np.ndarray) -> np.ndarray:
     """Black → red → yellow → white for values in [0, 1]: ``[..., 3]`` floats in [0, 1]."""
     x = np.clip(x, 0.0, 1.0)

@@ -1,5 +1,6 @@
 """Overview figure: axial, coronal and sagittal rows of source | synthetic | heatmap over synthetic, under a
-caption strip naming each column (the heatmap's with its units and the value at full colour).
+caption strip naming each column (the heatmap's with its units and the value at full colour), orientation
+letters on the source panels, and the heatmap's colour bar (inferno, as the Slicer overlay) underneath.
 
 Composed with numpy and returned as a SimpleITK 2-D RGB image (uint8 vector pixels), which
 SimpleITK writes as PNG; no matplotlib, PIL or vtk needed. Radiological display: each slice is
@@ -13,11 +14,15 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .figures import caption_strip, hot_rgb
+from .figures import caption_strip, inferno_map, label_pixels
 from .heatmap_file import ascii_text, display_max
 
 PANEL_HEIGHT = 256
 GAP = 4
+COLOUR_BAR_HEIGHT = 24  # the heatmap's colour bar and its labels, under the panels
+# Orientation letters at each panel's edges (left, right, top, bottom), radiological display (see _planes).
+ORIENTATION = (("R", "L", "A", "P"), ("R", "L", "S", "I"), ("A", "P", "S", "I"))
+ROW_NAMES = ("axial", "coronal", "sagittal")
 CAPTION_HEIGHT = 14  # figures.caption_strip
 MAX_SIDE = 2048  # the whole figure's width and height: a 1-slice or 2000×2000 input must not need gigabytes
 MAX_PANEL_WIDTH = (MAX_SIDE - 2 * GAP) // 3
@@ -68,9 +73,10 @@ def _planes(arr: np.ndarray, centre: tuple[int, int, int], spacing: tuple[float,
 
 
 def heatmap_caption(units: str, source: str | None, high: float) -> str:
-    """The heatmap column's caption: what the colours mean and the value at full colour."""
+    """The heatmap column's caption: what the colours mean (the colour bar under the column gives the range:
+    0 to ``high``)."""
     what = ascii_text(units) if units else "relative difficulty (1 - D2 confidence)"
-    return f"heatmap: {what}, yellow = {high:.3g}" if source == "expected_error" else f"heatmap: {what}"
+    return f"heatmap: {what}"
 
 
 def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Image | None,
@@ -90,31 +96,40 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
     centre = _centre(src)
     windows = (_window(src), _window(syn))
     high = display_max(np.asarray(heat), heatmap_source) if heat is not None else 1.0
-    rows = []
+    panels = []  # per row: source, synthetic, overlay panels (RGB floats)
     for index, (plane, rs, cs) in enumerate(_planes(src, centre, spacing)):
         src_panel = _panel(plane, rs, cs)
         width = src_panel.shape[1]
-        syn_panel = _panel(_planes(syn, centre, spacing)[index][0], rs, cs, width)
-        syn_rgb = _gray(syn_panel, windows[1])
+        syn_rgb = _gray(_panel(_planes(syn, centre, spacing)[index][0], rs, cs, width), windows[1])
+        over = syn_rgb
         if heat is not None:
-            h = _panel(_planes(heat, centre, spacing)[index][0], rs, cs, width)
-            h = h / high
+            h = _panel(_planes(heat, centre, spacing)[index][0], rs, cs, width) / high
             alpha = (0.7 * np.clip(h, 0.0, 1.0))[..., None].astype(np.float32)
-            over = (1 - alpha) * syn_rgb + alpha * hot_rgb(h).astype(np.float32)
-        else:
-            over = syn_rgb
-        gap = np.zeros((PANEL_HEIGHT, GAP, 3), np.float32)
-        rows.append(np.concatenate([_gray(src_panel, windows[0]), gap, syn_rgb, gap, over], axis=1))
-        if index == 0:
-            widths = [src_panel.shape[1], syn_rgb.shape[1], over.shape[1]]
-    width = max(r.shape[1] for r in rows)
-    canvas = np.zeros((len(rows) * (PANEL_HEIGHT + GAP) - GAP, width, 3), np.float32)
-    for n, row in enumerate(rows):
+            over = (1 - alpha) * syn_rgb + alpha * inferno_map(h)
+        panels.append((_gray(src_panel, windows[0]), syn_rgb, over))
+    # Every panel centred in a cell as wide as the widest panel of its column, so the columns line up.
+    cell = max(p.shape[1] for row in panels for p in row)
+    width = 3 * cell + 2 * GAP
+    height = len(panels) * (PANEL_HEIGHT + GAP) - GAP
+    canvas = np.zeros((height + (COLOUR_BAR_HEIGHT if heat is not None else 0), width, 3), np.float32)
+    labels: list[tuple[int, int, str]] = []
+    for n, row in enumerate(panels):
         y = n * (PANEL_HEIGHT + GAP)
-        canvas[y : y + PANEL_HEIGHT, : row.shape[1]] = row
-    figure = np.round(canvas * 255).astype(np.uint8)
+        for c, panel in enumerate(row):
+            x = c * (cell + GAP) + (cell - panel.shape[1]) // 2
+            canvas[y : y + PANEL_HEIGHT, x : x + panel.shape[1]] = panel
+            if c == 0:  # orientation letters on the source panel, the row's plane in its corner
+                left, right, top, bottom = ORIENTATION[n]
+                mid_x, mid_y = x + panel.shape[1] // 2, y + PANEL_HEIGHT // 2
+                labels += [(x + 2, mid_y - 5, left), (x + panel.shape[1] - 9, mid_y - 5, right),
+                           (mid_x - 3, y + 2, top), (mid_x - 3, y + PANEL_HEIGHT - 13, bottom),
+                           (c * (cell + GAP) + 2, y + 2, ROW_NAMES[n])]
+    if heat is not None:  # colour bar under the heatmap column: 0 → the value at full colour
+        x0, bar = 2 * (cell + GAP) + 30, max(16, cell - 90)
+        canvas[height + 4 : height + 12, x0 : x0 + bar] = inferno_map(np.linspace(0, 1, bar))[None]
+        labels += [(x0 - 12, height + 2, "0"), (x0 + bar + 4, height + 2, f"{high:.3g}")]
+    figure = label_pixels(np.round(canvas * 255).astype(np.uint8), labels)
     third = "synthetic (no heatmap)" if heat is None else heatmap_caption(heatmap_units, heatmap_source, high)
-    # The last caption may run past its panel, to the figure's right edge (the units are long, panels narrow).
-    widths[-1] = width - widths[0] - widths[1] - 2 * GAP
-    strip = caption_strip(["source", "synthetic", third], widths, GAP, width)
+    # The last caption may run past its cell, to the figure's right edge (the units are long, cells narrow).
+    strip = caption_strip(["source", "synthetic", third], [cell, cell, cell], GAP, width)
     return sitk.GetImageFromArray(np.concatenate([strip, figure], axis=0), isVector=True)
