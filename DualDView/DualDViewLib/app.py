@@ -13,8 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from DualDSynthesisLib import display, qa
 from DualDSynthesisLib.defaults import DEFAULT_MODEL
 from DualDSynthesisLib.figures import inferno_rgb
+from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE
 from DualDSynthesisLib.logic import DualDSynthesisLogic, SynthesisCancelled
 from trame.app import get_server
 from trame.app.file_upload import ClientFile
@@ -29,10 +31,19 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from .session import BusyError, ViewerError, ViewerSession
 
 LAYOUT_ID = "DualD three views"
-_QA_COLUMNS = (
-    ("Region", "name"), ("Voxels", "voxels"), ("Mean difficulty", "mean_difficulty"),
-    ("P95 difficulty", "p95_difficulty"), ("PSNR (dB)", "psnr"), ("MAE", "mae"), ("SSIM", "ssim"),
-)
+_REFERENCE_COLUMNS = ((qa.COLUMN_PSNR, "psnr"), (qa.COLUMN_MAE, "mae"), (qa.COLUMN_SSIM, "ssim"))
+# The heatmap's two columns, named as in the Slicer QA table: G's expected error is in target units,
+# D2's difficulty is relative.
+_HEATMAP_COLUMNS = {
+    "expected_error": ((qa.COLUMN_EXPECTED_MAE, "expected_mae"), (qa.COLUMN_P95_EXPECTED, "p95_difficulty")),
+    "d2": ((qa.COLUMN_MEAN, "mean_difficulty"), (qa.COLUMN_P95, "p95_difficulty")),
+}
+D2_LEGEND = "relative difficulty (1 − D2 confidence)"
+
+
+def _qa_columns(source: str | None) -> tuple[tuple[str, str], ...]:
+    return ((qa.COLUMN_NAME, "name"), (qa.COLUMN_VOXELS, "voxels"), *_HEATMAP_COLUMNS[source or "d2"],
+            *_REFERENCE_COLUMNS)
 
 
 def _legend_gradient(steps: int = 11) -> str:
@@ -42,11 +53,11 @@ def _legend_gradient(steps: int = 11) -> str:
     return f"linear-gradient(to right, {stops})"
 
 
-def _qa_items(rows: list) -> list[dict[str, Any]]:
+def _qa_items(rows: list, source: str | None) -> list[dict[str, Any]]:
     items = []
     for row in rows:
         item: dict[str, Any] = {}
-        for _title, field in _QA_COLUMNS:
+        for _title, field in _qa_columns(source):
             value = getattr(row, field)
             item[field] = None if isinstance(value, float) and math.isnan(value) else (
                 round(value, 4) if isinstance(value, float) else value)
@@ -81,7 +92,8 @@ class DualDViewer:
             "models": [{"title": Path(m).name, "value": m} for m in self.models],
             "error": "", "status": "Load a source volume.", "progress": 0, "running": False,
             "has_source": False, "has_result": False, "opacity": 0.5, "threshold": 0.2, "background": "synthetic",
-            "qa_items": [], "qa_headers": [{"title": t, "key": k} for t, k in _QA_COLUMNS],
+            "qa_items": [], "qa_headers": [{"title": t, "key": k} for t, k in _qa_columns(None)],
+            "legend_title": D2_LEGEND, "legend_max": "1",
             "confirm_overwrite": False, "existing": "", "saved": "", "source_upload": None,
             "segmentation_upload": None, "reference_upload": None, "legend": _legend_gradient(),
         })
@@ -198,8 +210,13 @@ class DualDViewer:
             self.state.update({"error": f"unexpected error: {exc}".splitlines()[0], "status": "Synthesis failed."})
         else:
             warnings = "; ".join(outputs.warnings)
+            heat = outputs.heatmap_node
+            source = heat.GetAttribute(SOURCE_ATTRIBUTE) if heat is not None else None
             self.state.update({
-                "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows),
+                "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows, source),
+                "qa_headers": [{"title": t, "key": k} for t, k in _qa_columns(source)],
+                "legend_title": (display.heatmap_units(heat) or D2_LEGEND) if heat is not None else D2_LEGEND,
+                "legend_max": f"{display.heatmap_window(heat)[1]:.3g}" if heat is not None else "1",
                 "status": "Done." + (f" Warning: {warnings}" if warnings else ""),
             })
             self.session.set_threshold(self.state.threshold)
@@ -323,14 +340,14 @@ class DualDViewer:
         with v3.VRadioGroup(v_model=("background",), inline=True, hide_details=True, label="Background"):
             v3.VRadio(label="synthetic", value="synthetic")
             v3.VRadio(label="source", value="source")
-        html.Div("Difficulty (1 − D2 confidence)", classes="text-caption mt-2")
+        html.Div("{{ legend_title }}", classes="text-caption mt-2", id="legend-title")
         html.Div(style=("`height: 14px; background: ${legend}`",), id="legend")
         with html.Div(classes="d-flex text-caption"):
             html.Span("0")
             v3.VSpacer()
-            html.Span("hidden below {{ threshold }}")
+            html.Span("hidden below {{ threshold }} of the range")
             v3.VSpacer()
-            html.Span("1")
+            html.Span("{{ legend_max }}")
 
     def _qa_panel(self) -> None:
         html.Div("Region QA (per label; PSNR/MAE/SSIM need a reference)", classes="text-subtitle-2 pa-2")
