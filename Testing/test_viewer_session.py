@@ -9,8 +9,10 @@ import SimpleITK as sitk
 pytest.importorskip("trame_slicer", reason="the viewer extra (trame-slicer) is not installed")
 
 from _viewer_data import cli_error, labels_for, small_volume, write_bad_inputs
+from DualDSynthesisLib import display
 from DualDSynthesisLib.defaults import DEFAULT_MODEL
 from DualDSynthesisLib.display import create_headless_slicer
+from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
 from DualDSynthesisLib.logic import SynthesisCancelled
 from DualDViewLib import cli as view_cli
 from DualDViewLib.session import BusyError, ViewerError, ViewerSession
@@ -71,7 +73,13 @@ def test_synthesis_qa_and_save_without_overwriting(tmp_path, session, engine):
 
     # duald-view SOURCE --synthetic --heatmap: the saved files come back as the overlay, without a run.
     shown = session.load_result(written[0], written[1])
-    assert shown.heatmap_node.GetDisplayNode().GetLowerThreshold() == pytest.approx(session.display.lower_threshold)
+    # the file says what the map is: the default model's expected error, shown over its own range (not 0-1)
+    assert shown.heatmap_node.GetAttribute(SOURCE_ATTRIBUTE) == "expected_error"
+    assert "expected absolute error" in shown.heatmap_node.GetAttribute(UNITS_ATTRIBUTE)
+    top = display.heatmap_window(shown.heatmap_node)[1]
+    shown_display = shown.heatmap_node.GetDisplayNode()
+    assert top > 1.0 and shown_display.GetWindowLevelMax() == pytest.approx(top, rel=1e-3)
+    assert shown_display.GetLowerThreshold() == pytest.approx(session.display.lower_threshold * top, rel=1e-3)
     np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(written[1]))),
                                slicer_array(shown.heatmap_node), atol=1e-6)
 

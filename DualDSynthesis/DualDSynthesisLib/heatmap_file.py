@@ -167,3 +167,9 @@ def stored_units(image: sitk.Image) -> str:
         if image.HasMetaDataKey(key):
             return image.GetMetaData(key).strip()
     return ""
+
+
+def stored_source(image: sitk.Image) -> str:
+    """Which map a heatmap file holds, from its recorded units: "expected_error" (the engine writes
+    "expected absolute error (...)") or "d2" (anything else, including files of older versions)."""
+    return "expected_error" if stored_units(image).startswith("expected absolute error") else "d2"

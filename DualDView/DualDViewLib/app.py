@@ -143,8 +143,19 @@ class DualDViewer:
     def show_result(self, synthetic: Path, heatmap: Path | None) -> bool:
         ok = self._report(self.session.load_result, synthetic, heatmap, success=f"Showing {synthetic.name}.")
         if ok:
+            self.state.update(self._heatmap_state(self.session.outputs.heatmap_node))
             self._fit_views()
         return ok
+
+    @staticmethod
+    def _heatmap_state(heat: Any) -> dict[str, Any]:
+        """The page's legend (units, top of the display window) and QA columns for a heatmap node."""
+        source = heat.GetAttribute(SOURCE_ATTRIBUTE) if heat is not None else None
+        headers = [{"title": t, "key": k} for t, k in _qa_columns(source)]
+        if heat is None:
+            return {"legend_title": D2_LEGEND, "legend_max": "1", "qa_headers": headers}
+        return {"legend_title": display.heatmap_units(heat) or D2_LEGEND,
+                "legend_max": f"{display.heatmap_window(heat)[1]:.3g}", "qa_headers": headers}
 
     def load_path(self, kind: str) -> None:
         text = (self.state[f"{kind}_path"] or "").strip()
@@ -214,9 +225,7 @@ class DualDViewer:
             source = heat.GetAttribute(SOURCE_ATTRIBUTE) if heat is not None else None
             self.state.update({
                 "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows, source),
-                "qa_headers": [{"title": t, "key": k} for t, k in _qa_columns(source)],
-                "legend_title": (display.heatmap_units(heat) or D2_LEGEND) if heat is not None else D2_LEGEND,
-                "legend_max": f"{display.heatmap_window(heat)[1]:.3g}" if heat is not None else "1",
+                **self._heatmap_state(heat),
                 "status": "Done." + (f" Warning: {warnings}" if warnings else ""),
             })
             self.session.set_threshold(self.state.threshold)

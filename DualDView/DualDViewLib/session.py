@@ -22,7 +22,7 @@ from DualDSynthesisLib import io as vio
 from DualDSynthesisLib import mrml_io
 from DualDSynthesisLib.cli import naming_input
 from DualDSynthesisLib.errors import DualDError
-from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
+from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_source, stored_units
 from DualDSynthesisLib.logic import (
     CancelCallback,
     DisplayOptions,
@@ -142,8 +142,12 @@ class ViewerSession:
             if path is None:
                 nodes.append(None)
                 continue
-            image = mrml_io.resample_to_grid(read_source(path), source)
+            read = read_source(path)
+            image = mrml_io.resample_to_grid(read, source)
             nodes.append(mrml_io.new_volume_node_from_image(self.scene, image, vio.split_name(path)[0]))
+        if nodes[1] is not None:  # what the map is (expected error in units, or D2's 0-1), as the file says
+            nodes[1].SetAttribute(SOURCE_ATTRIBUTE, stored_source(read))
+            nodes[1].SetAttribute(UNITS_ATTRIBUTE, stored_units(read))
         self.outputs = SynthesisOutputs(synthetic_node=nodes[0], heatmap_node=nodes[1])
         self.logic.apply_display(self.source_node, self.outputs, self.display)
         return self.outputs
