@@ -161,8 +161,15 @@ def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str,
     p, t = pred[:, ys, xs], subject.target[:, ys, xs]
     fg = subject.foreground[:, ys, xs]
     smap = metrics.ssim_map(p, t, 1.0)
+    # psnr_constant: an image holding the real T2's own foreground mean everywhere (an oracle: it needs the
+    # answer) scores this; a model has to beat it to show it learned more than the intensity level
+    constant = np.full_like(t, float(t[fg].mean()))
     out: dict[str, Any] = {"foreground": {"psnr": metrics.psnr(p, t, 1.0, fg), "mae": metrics.mae(p, t, fg),
-                                          "ssim": metrics.masked_mean(smap, fg)}}
+                                          "ssim": metrics.masked_mean(smap, fg),
+                                          "psnr_constant": metrics.psnr(constant, t, 1.0, fg),
+                                          # the prediction rescaled by its own 99.5th percentile instead
+                                          "psnr_own_scale": metrics.psnr(
+                                              np.clip(p / np.percentile(p[fg], 99.5), 0, 2), t, 1.0, fg)}}
     if subject.tumour is not None and subject.tumour[:, ys, xs].any():
         m = subject.tumour[:, ys, xs]
         out["lesion"] = {"psnr": metrics.psnr(p, t, 1.0, m), "mae": metrics.mae(p, t, m),
