@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m DualDSynthesisLib.demo --output demo-output
+	$(PY) -m DualDSynthesisLib.cli.demo --output demo-output
 
 # The demo's outputs in the browser viewer (duald-view) over the demo's source, on http://127.0.0.1:8080/.
 view-demo: demo
-	$(VENV)/bin/duald-view "$$($(PY) -c 'from DualDSynthesisLib.demo import mni152_t1; print(mni152_t1())')" \
+	$(VENV)/bin/duald-view "$$($(PY) -c 'from DualDSynthesisLib.cli.demo import mni152_t1; print(mni152_t1())')" \
 		--synthetic demo-output/mni152_t1_synthetic.nii.gz --heatmap demo-output/mni152_t1_difficulty.nii.gz
 
 test: $(STAMP)

@@ -1,5 +1,5 @@
 """DualD Synthesis: T1 MRI → T2 MRI or CT, with the D2 difficulty heatmap overlaid. Thin GUI only:
-everything that is not Qt lives in ``DualDSynthesisLib`` (see ``DualDSynthesisLib/logic.py``)."""
+everything that is not Qt lives in ``DualDSynthesisLib`` (see ``DualDSynthesisLib/scene/logic.py``)."""
 
 import logging
 from pathlib import Path
@@ -7,7 +7,7 @@ from typing import Annotated, Union
 
 import slicer
 import vtk
-from DualDSynthesisLib.logic import (
+from DualDSynthesisLib.scene.logic import (
     DisplayOptions,
     DualDSynthesisLogic,
     QAOptions,
@@ -184,7 +184,7 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if path is None:
             return ""
         try:
-            from DualDSynthesisLib.bundle import read_metadata
+            from DualDSynthesisLib.imaging.bundle import read_metadata
 
             meta = read_metadata(path)
         except ImportError:

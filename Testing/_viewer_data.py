@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib import cli as synth_cli
+from DualDSynthesisLib.cli import synthesize as synth_cli
 
 
 def small_volume(shape=(12, 64, 64), lesion_value=900.0) -> sitk.Image:

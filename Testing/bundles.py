@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
-from DualDSynthesisLib.networks import ArchitectureConfig
-from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec, source_mapping
+from DualDSynthesisLib.imaging.bundle import BundleMetadata, save_bundle
+from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec, source_mapping
+from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 TINY = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
 T2_REFERENCE_SCALE = 800.0

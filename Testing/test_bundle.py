@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from bundles import make_bundle
-from DualDSynthesisLib.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
-from DualDSynthesisLib.networks import ArchitectureConfig
-from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
-from DualDSynthesisLib.resources import MODELS_DIR
+from DualDSynthesisLib.core.resources import MODELS_DIR
+from DualDSynthesisLib.imaging.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
+from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec
+from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 ARCH = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
 SPEC = PreprocessingSpec(source=IntensityMapping("mri_percentile"),

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from DualDSynthesisLib.device_prepare import percentile, prepare_volume_on_device
-from DualDSynthesisLib.intensity import _fill_holes_per_slice
-from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessError, PreprocessingSpec, prepare_volume
+from DualDSynthesisLib.imaging.device_prepare import percentile, prepare_volume_on_device
+from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessError, PreprocessingSpec, prepare_volume
+from DualDSynthesisLib.model.intensity import _fill_holes_per_slice
 from scipy import ndimage
 
 BRATS_T1 = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain-mri" / "BraTS-GLI-00001-000"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from DualDSynthesisLib.slicestack import slice_stack
+from DualDSynthesisLib.model.slicestack import slice_stack
 from DualDTrainingLib.dataset import PreparedSubject
 from DualDTrainingLib.device_sampler import FLOAT16_MAX_ERROR, DeviceSliceSampler
 

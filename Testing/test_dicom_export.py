@@ -17,9 +17,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from bundles import make_bundle
-from DualDSynthesisLib import cli, dicom_export
-from DualDSynthesisLib.demo import mni152_t1
-from DualDSynthesisLib.resources import MODELS_DIR
+from DualDSynthesisLib.cli import synthesize as cli
+from DualDSynthesisLib.cli.demo import mni152_t1
+from DualDSynthesisLib.core.resources import MODELS_DIR
+from DualDSynthesisLib.imaging import dicom_export
 from test_engine import head
 from test_synthesize_cli import _write_dicom_series
 

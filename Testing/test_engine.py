@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 from bundles import TINY, make_bundle
-from DualDSynthesisLib.engine import (
+from DualDSynthesisLib.imaging.preprocess import foreground_mask
+from DualDSynthesisLib.inference.engine import (
     SynthesisCancelled,
     SynthesisEngine,
     SynthesisError,
@@ -20,8 +21,7 @@ from DualDSynthesisLib.engine import (
     receptive_margin,
     synthesize_file,
 )
-from DualDSynthesisLib.networks import ArchitectureConfig
-from DualDSynthesisLib.preprocess import foreground_mask
+from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 
 def head(size=(48, 48, 6), spacing=(1.0, 1.0, 1.0), direction=None, origin=(0.0, 0.0, 0.0),

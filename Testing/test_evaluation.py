@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from DualDSynthesisLib.metrics import mae, psnr
-from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec
-from DualDSynthesisLib.scoring import auroc
+from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec
+from DualDSynthesisLib.imaging.scoring import auroc
+from DualDSynthesisLib.model.metrics import mae, psnr
 from DualDTrainingLib.evaluation import evaluate_arrays, format_table, hu_report, summarise
 from sklearn.metrics import roc_auc_score
 

@@ -12,11 +12,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 from bundles import make_bundle
-from DualDSynthesisLib import cli, io
-from DualDSynthesisLib import engine as engine_module
-from DualDSynthesisLib.bundle import METADATA_KEY, BundleError, load_bundle
-from DualDSynthesisLib.errors import DualDError
-from DualDSynthesisLib.resources import DEFAULT_MODEL
+from DualDSynthesisLib.cli import synthesize as cli
+from DualDSynthesisLib.core.errors import DualDError
+from DualDSynthesisLib.core.resources import DEFAULT_MODEL
+from DualDSynthesisLib.imaging import io
+from DualDSynthesisLib.imaging.bundle import METADATA_KEY, BundleError, load_bundle
+from DualDSynthesisLib.inference import engine as engine_module
 from safetensors.torch import load_file, save_file
 from test_engine import head
 
@@ -87,11 +88,11 @@ def test_itk_allocation_failure_is_one_line_per_input(model, tmp_path, capsys, m
 
 
 def test_every_user_error_class_derives_from_one_base() -> None:
-    from DualDSynthesisLib.bundle import BundleError
-    from DualDSynthesisLib.devices import DeviceError
-    from DualDSynthesisLib.engine import SynthesisError
-    from DualDSynthesisLib.io import VolumeReadError
-    from DualDSynthesisLib.preprocess import PreprocessError
+    from DualDSynthesisLib.imaging.bundle import BundleError
+    from DualDSynthesisLib.imaging.devices import DeviceError
+    from DualDSynthesisLib.imaging.io import VolumeReadError
+    from DualDSynthesisLib.imaging.preprocess import PreprocessError
+    from DualDSynthesisLib.inference.engine import SynthesisError
     from DualDTrainingLib.checkpoint import CheckpointError
     from DualDTrainingLib.discovery import DiscoveryError
     from DualDTrainingLib.errors import TrainingError
@@ -105,7 +106,7 @@ def test_every_user_error_class_derives_from_one_base() -> None:
 
 
 def test_the_panel_default_is_the_documented_t1_to_t2_model(tmp_path) -> None:
-    from DualDSynthesisLib.logic import DualDSynthesisLogic
+    from DualDSynthesisLib.scene.logic import DualDSynthesisLogic
 
     shipped = DualDSynthesisLogic.bundled_models()
     assert shipped and shipped[0] == DEFAULT_MODEL  # the combo box's fallback entry 0 and the self-test's pick

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 import torch
 from _training_data import TINY_ARCH_FLAGS, write_subjects
 from bundles import make_bundle
-from DualDSynthesisLib import cli as synth_cli
-from DualDSynthesisLib.engine import synthesize_file
+from DualDSynthesisLib.cli import synthesize as synth_cli
+from DualDSynthesisLib.inference.engine import synthesize_file
 from DualDTrainingLib import cli as train_cli
 from DualDTrainingLib import evaluate_cli
 from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError

@@ -19,10 +19,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 from bundles import make_bundle
-from DualDSynthesisLib import atomic, cli, io
-from DualDSynthesisLib.bundle import load_bundle, save_bundle
-from DualDSynthesisLib.errors import DualDError, OutputWriteError
-from DualDSynthesisLib.overview import MAX_SIDE, overview_image
+from DualDSynthesisLib.cli import synthesize as cli
+from DualDSynthesisLib.core.errors import DualDError, OutputWriteError
+from DualDSynthesisLib.imaging import atomic, io
+from DualDSynthesisLib.imaging.bundle import load_bundle, save_bundle
+from DualDSynthesisLib.imaging.overview import MAX_SIDE, overview_image
 from test_engine import head
 
 
@@ -113,7 +114,7 @@ def test_enospc_from_the_writer_says_disk_full(tmp_path, monkeypatch) -> None:
 
 
 def test_bundle_and_checkpoint_writes_are_verified(tmp_path, monkeypatch) -> None:
-    from DualDSynthesisLib import bundle as bundle_module
+    from DualDSynthesisLib.imaging import bundle as bundle_module
 
     src = make_bundle(tmp_path / "good.safetensors")
     loaded = load_bundle(src)
@@ -269,7 +270,7 @@ def test_sigterm_to_the_console_script_exits_143(model, source, tmp_path) -> Non
     big = tmp_path / "big_t1.nii.gz"
     sitk.WriteImage(head(size=(256, 256, 150)), str(big))
     out = tmp_path / "out"
-    proc = subprocess.Popen([PYTHON, "-m", "DualDSynthesisLib.cli", str(big), "-o", str(out / "s.nii.gz"),
+    proc = subprocess.Popen([PYTHON, "-m", "DualDSynthesisLib.cli.synthesize", str(big), "-o", str(out / "s.nii.gz"),
                              "--model", str(model), "--device", "cpu"], env=cli_env(), stderr=subprocess.PIPE,
                             encoding="utf-8")
     seen = ""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import SHARED_DATA
-from DualDSynthesisLib.fingerprint import (
+from DualDSynthesisLib.imaging.fingerprint import (
     FingerprintError,
     TrainingFingerprint,
     VolumeStats,
@@ -17,7 +17,7 @@ from DualDSynthesisLib.fingerprint import (
     ood_warnings,
     volume_stats,
 )
-from DualDSynthesisLib.preprocess import IntensityMapping, PreprocessingSpec, prepare_volume
+from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec, prepare_volume
 
 SPEC = PreprocessingSpec(
     source=IntensityMapping("mri_percentile"),

@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from bundles import TINY, make_bundle
-from DualDSynthesisLib.bundle import load_bundle
-from DualDSynthesisLib.engine import SynthesisEngine
-from DualDSynthesisLib.intensity import SOURCE_NORMS, IntensityMapping, histogram_peak, source_mapping
-from DualDSynthesisLib.preprocess import PreprocessError, PreprocessingSpec
+from DualDSynthesisLib.imaging.bundle import load_bundle
+from DualDSynthesisLib.imaging.preprocess import PreprocessError, PreprocessingSpec
+from DualDSynthesisLib.inference.engine import SynthesisEngine
+from DualDSynthesisLib.model.intensity import SOURCE_NORMS, IntensityMapping, histogram_peak, source_mapping
 from DualDTrainingLib.augment import SourceAugmentation
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler
 from DualDTrainingLib.folds import loso_folds, read_sources

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from DualDSynthesisLib import io as vio
-from DualDSynthesisLib.heatmap_file import LEVELS, WIDE_LEVELS, stored_levels, stored_units
+from DualDSynthesisLib.imaging import io as vio
+from DualDSynthesisLib.imaging.heatmap_file import LEVELS, WIDE_LEVELS, stored_levels, stored_units
 
 UNITS = "expected absolute error (t2 intensity units)"
 

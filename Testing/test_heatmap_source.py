@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from bundles import TINY, make_bundle
-from DualDSynthesisLib import cli
-from DualDSynthesisLib.heatmap_file import stored_units
+from DualDSynthesisLib.cli import synthesize as cli
+from DualDSynthesisLib.imaging.heatmap_file import stored_units
 from test_engine import head
 
 
@@ -85,7 +85,7 @@ def test_dicom_parametric_map_names_the_map_and_its_units(both: Path, source: Pa
 
 
 def test_overview_captions_the_heatmap_with_its_units(tmp_path: Path) -> None:
-    from DualDSynthesisLib.overview import CAPTION_HEIGHT, heatmap_caption, overview_image
+    from DualDSynthesisLib.imaging.overview import CAPTION_HEIGHT, heatmap_caption, overview_image
 
     image = sitk.Cast(head(spacing=(1.0, 1.0, 8.0)), sitk.sitkFloat32)  # 48 mm cube: three 256-wide panels
     heat = image * 0.5  # an expected-error map of ~50-450 units inside the head, 0 outside

@@ -19,32 +19,36 @@ SYNTHESIS = ROOT / "DualDSynthesis" / "DualDSynthesisLib"
 TRAINING = ROOT / "DualDTraining" / "DualDTrainingLib"
 VIEW = ROOT / "DualDView" / "DualDViewLib"
 
-# DualDSynthesisLib's layers, lowest first (docs/architecture.md). A module imports only from its own
-# layer or a lower one. A new module must be placed here, or test_every_module_has_a_layer fails.
+# DualDSynthesisLib's layers, lowest first (docs/architecture.md): each is a sub-package of that name. A
+# module imports only from its own layer or a lower one. A new module must be placed here and in its
+# layer's folder, or test_every_module_has_a_layer fails.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("errors", "vocabulary", "limits", "resources", "console"),
-    "model core": ("architecture", "networks", "losses", "slicestack", "intensity", "metrics"),
-    "imaging and model files": ("atomic", "preprocess", "io", "figures", "fingerprint", "bundle", "defaults",
-                                "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
+    "core": ("errors", "vocabulary", "limits", "resources", "console"),
+    "model": ("architecture", "networks", "losses", "slicestack", "intensity", "metrics"),
+    "imaging": ("atomic", "preprocess", "io", "figures", "fingerprint", "bundle", "defaults",
+                "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
     "inference": ("contract", "engine"),
-    "slicer-core": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
-    "cli": ("cli", "demo"),
+    "scene": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
+    "cli": ("synthesize", "demo"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
-TORCH_FREE_SYNTHESIS = (*LAYERS["foundation"], "architecture", "slicestack", "intensity", "metrics", "atomic",
+TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity", "metrics", "atomic",
                         "preprocess", "io", "figures", "fingerprint", "bundle", "defaults", "heatmap_file", "scoring",
                         "overview", "dicom_export",
-                        "contract", *LAYERS["slicer-core"], "cli")
+                        "contract", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 
 def _imports(path: Path, package: str) -> list[tuple[str, bool]]:
-    """(absolute module name, at module level) for every import of ``path`` outside ``if TYPE_CHECKING:``."""
+    """(absolute module name, at module level) for every import of ``path`` outside ``if TYPE_CHECKING:``.
+    ``package``: the top-level package; a file in a sub-package resolves its relative imports from there."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    root = {"DualDSynthesisLib": SYNTHESIS, "DualDTrainingLib": TRAINING, "DualDViewLib": VIEW}[package]
+    here = [package, *path.parent.relative_to(root).parts]
     found: list[tuple[str, bool]] = []
 
     def visit(node: ast.AST, top: bool) -> None:
@@ -53,16 +57,18 @@ def _imports(path: Path, package: str) -> list[tuple[str, bool]]:
         if isinstance(node, ast.Import):
             found.extend((alias.name, top) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: resolve against the package
-                base = package if node.module is None else f"{package}.{node.module}"
+            if node.level:  # relative: resolve against the file's own (sub-)package
+                parent = ".".join(here[: len(here) - node.level + 1])
                 if node.module is None:
-                    found.extend((f"{package}.{alias.name}", top) for alias in node.names)
+                    found.extend((f"{parent}.{alias.name}", top) for alias in node.names)
                 else:
-                    found.append((base, top))
+                    found.append((f"{parent}.{node.module}", top))
+                    if node.module in LAYERS:  # ``from ..model import metrics``: the names are modules
+                        found.extend((f"{parent}.{node.module}.{alias.name}", top) for alias in node.names)
             else:
                 found.append((node.module or "", top))
                 found.extend((f"{node.module}.{alias.name}", top) for alias in node.names
-                             if node.module in ("DualDSynthesisLib", "DualDTrainingLib", "slicer"))
+                             if node.module.split(".")[0] in ("DualDSynthesisLib", "DualDTrainingLib", "slicer"))
         nested = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         for child in ast.iter_child_nodes(node):
             visit(child, top and not nested and not isinstance(node, ast.ClassDef | ast.FunctionDef))
@@ -72,18 +78,30 @@ def _imports(path: Path, package: str) -> list[tuple[str, bool]]:
 
 
 def _modules(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.py") if p.stem != "__init__")
+    return sorted(p for p in folder.rglob("*.py") if p.stem != "__init__" and "__pycache__" not in p.parts)
 
 
 def _lib_module(name: str, package: str) -> str | None:
-    """``DualDSynthesisLib.engine`` → ``engine`` when ``name`` is a module of ``package``."""
+    """``DualDSynthesisLib.inference.engine`` → ``engine`` when ``name`` is a module of ``package``
+    (``DualDTrainingLib.step`` → ``step``); a bare sub-package name gives the sub-package."""
     parts = name.split(".")
-    return parts[1] if parts[0] == package and len(parts) > 1 else None
+    if parts[0] != package or len(parts) < 2:
+        return None
+    if parts[1] in LAYERS and package == "DualDSynthesisLib":  # a layer's sub-package: its module, if named
+        return parts[2] if len(parts) > 2 else None
+    return parts[1]
+
+
+def _path_of(folder: Path, module: str) -> Path:
+    return next(p for p in _modules(folder) if p.stem == module)
 
 
 def test_every_module_has_a_layer() -> None:
     missing = [p.stem for p in _modules(SYNTHESIS) if p.stem not in RANK]
     assert not missing, f"place these DualDSynthesisLib modules in a layer of test_layers.LAYERS: {missing}"
+    misplaced = [p.relative_to(SYNTHESIS).as_posix() for p in _modules(SYNTHESIS)
+                 if p.parent.name != list(LAYERS)[RANK[p.stem]]]
+    assert not misplaced, f"these modules are not in their layer's folder: {misplaced}"
 
 
 @pytest.mark.parametrize("path", _modules(SYNTHESIS), ids=lambda p: p.stem)
@@ -119,7 +137,7 @@ def test_viewer_never_imports_qt(path: Path) -> None:
                          [(SYNTHESIS, "DualDSynthesisLib", m) for m in TORCH_FREE_SYNTHESIS]
                          + [(TRAINING, "DualDTrainingLib", m) for m in TORCH_FREE_TRAINING])
 def test_torch_free_modules_import_no_torch_at_module_level(folder: Path, package: str, module: str) -> None:
-    top_level = {name for name, top in _imports(folder / f"{module}.py", package) if top}
+    top_level = {name for name, top in _imports(_path_of(folder, module), package) if top}
     assert not {n for n in top_level if n.split(".")[0] in ("torch", "safetensors")}, module
     # ... nor a module of ours that does (networks, losses, engine, devices, step, loop, ...)
     for name in top_level:
@@ -134,10 +152,12 @@ def test_the_torch_free_modules_really_run_without_torch() -> None:
 import sys
 sys.modules["torch"] = None  # any 'import torch' now raises ImportError
 from pathlib import Path
-from DualDSynthesisLib import contract, logic, vocabulary
-from DualDSynthesisLib.architecture import ArchitectureConfig
-from DualDSynthesisLib.bundle import read_metadata
-from DualDSynthesisLib.preprocess import PreprocessingSpec
+from DualDSynthesisLib.inference import contract
+from DualDSynthesisLib.scene import logic
+from DualDSynthesisLib.core import vocabulary
+from DualDSynthesisLib.model.architecture import ArchitectureConfig
+from DualDSynthesisLib.imaging.bundle import read_metadata
+from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec
 from DualDTrainingLib import cli
 from DualDTrainingLib.config import RunConfig
 models = sorted(Path(sys.argv[1]).glob("*.safetensors"))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from DualDSynthesisLib import losses
+from DualDSynthesisLib.model import losses
 from torch.nn import functional as F
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from DualDSynthesisLib.networks import ArchitectureConfig, GlobalCritic, LocalDiscriminator, UNetGenerator
+from DualDSynthesisLib.model.networks import ArchitectureConfig, GlobalCritic, LocalDiscriminator, UNetGenerator
 
 
 @pytest.fixture(autouse=True)

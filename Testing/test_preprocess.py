@@ -1,4 +1,4 @@
-"""Tests for DualDSynthesisLib.preprocess on small generated volumes (plus one shared-data check)."""
+"""Tests for DualDSynthesisLib.imaging.preprocess on small generated volumes (plus one shared-data check)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from DualDSynthesisLib.preprocess import (
+from DualDSynthesisLib.imaging.preprocess import (
     IntensityMapping,
     PreprocessError,
     PreprocessingSpec,

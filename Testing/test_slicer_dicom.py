@@ -13,10 +13,10 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from bundles import make_bundle  # noqa: E402
-from DualDSynthesisLib import display, mrml_io  # noqa: E402
-from DualDSynthesisLib.dicom_marking import MARKING_ATTRIBUTE  # noqa: E402
-from DualDSynthesisLib.engine import SynthesisEngine  # noqa: E402
-from DualDSynthesisLib.logic import DualDSynthesisLogic  # noqa: E402
+from DualDSynthesisLib.inference.engine import SynthesisEngine  # noqa: E402
+from DualDSynthesisLib.scene import display, mrml_io  # noqa: E402
+from DualDSynthesisLib.scene.dicom_marking import MARKING_ATTRIBUTE  # noqa: E402
+from DualDSynthesisLib.scene.logic import DualDSynthesisLogic  # noqa: E402
 from test_dicom_export import SOURCE_TAGS, _mr_series, assert_valid, read_series  # noqa: E402
 from test_engine import head  # noqa: E402
 

@@ -16,9 +16,11 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 vtk = pytest.importorskip("vtk")
 
 from bundles import spec as bundle_spec  # noqa: E402
-from DualDSynthesisLib import display, mrml_io, qa  # noqa: E402
-from DualDSynthesisLib.intensity import foreground_mask  # noqa: E402
-from DualDSynthesisLib.logic import (  # noqa: E402
+from DualDSynthesisLib.imaging.preprocess import Grid, PreprocessingSpec  # noqa: E402
+from DualDSynthesisLib.model.intensity import foreground_mask  # noqa: E402
+from DualDSynthesisLib.model.metrics import ssim  # noqa: E402
+from DualDSynthesisLib.scene import display, mrml_io, qa  # noqa: E402
+from DualDSynthesisLib.scene.logic import (  # noqa: E402
     DisplayOptions,
     DualDSynthesisLogic,
     QAOptions,
@@ -26,8 +28,6 @@ from DualDSynthesisLib.logic import (  # noqa: E402
     SynthesisEngine,
     SynthesisResult,
 )
-from DualDSynthesisLib.metrics import ssim  # noqa: E402
-from DualDSynthesisLib.preprocess import Grid, PreprocessingSpec  # noqa: E402
 from DualDTrainingLib.evaluation import evaluate_arrays  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
@@ -121,7 +121,7 @@ def node_ids(scene) -> set[str]:
 def test_engine_protocol_is_satisfied_by_fake_and_real_engine(tmp_path):
     assert isinstance(FakeEngine(), SynthesisEngine)
     assert not isinstance(SimpleNamespace(run=FakeEngine().run), SynthesisEngine)  # no target_modality/metadata
-    engine_module = pytest.importorskip("DualDSynthesisLib.engine")
+    engine_module = pytest.importorskip("DualDSynthesisLib.inference.engine")
     assert engine_module.SynthesisCancelled is SynthesisCancelled  # one class: the logic catches the engine's
     assert isinstance(engine_module.SynthesisEngine(_tiny_bundle(tmp_path), "cpu"), SynthesisEngine)
 
@@ -431,7 +431,7 @@ def _tiny_bundle(tmp_path):
         import bundles  # Testing/bundles.py: random-weight bundles
     except ImportError as exc:
         pytest.skip(f"tiny bundle helper unavailable: {exc}")
-    pytest.importorskip("DualDSynthesisLib.engine")
+    pytest.importorskip("DualDSynthesisLib.inference.engine")
     return bundles.make_bundle(tmp_path / "tiny.safetensors")
 
 

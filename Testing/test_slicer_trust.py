@@ -12,10 +12,10 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from bundles import spec as bundle_spec  # noqa: E402
-from DualDSynthesisLib import display, mrml_io, qa  # noqa: E402
-from DualDSynthesisLib.heatmap_file import EXPECTED_ERROR_PERCENTILE, SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE  # noqa: E402
-from DualDSynthesisLib.intensity import foreground_mask  # noqa: E402
-from DualDSynthesisLib.logic import DisplayOptions, DualDSynthesisLogic, QAOptions  # noqa: E402
+from DualDSynthesisLib.imaging.heatmap_file import EXPECTED_ERROR_PERCENTILE, SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE  # noqa: E402
+from DualDSynthesisLib.model.intensity import foreground_mask  # noqa: E402
+from DualDSynthesisLib.scene import display, mrml_io, qa  # noqa: E402
+from DualDSynthesisLib.scene.logic import DisplayOptions, DualDSynthesisLogic, QAOptions  # noqa: E402
 from test_slicer_logic import (  # noqa: E402
     SHAPE,
     TUMOUR,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from DualDSynthesisLib.slicestack import channels, slice_stack, stack_indices
+from DualDSynthesisLib.model.slicestack import channels, slice_stack, stack_indices
 
 
 def _volume(k: int = 5) -> np.ndarray:

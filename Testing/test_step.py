@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import toy_pair
-from DualDSynthesisLib import losses
-from DualDSynthesisLib.networks import ArchitectureConfig
+from DualDSynthesisLib.model import losses
+from DualDSynthesisLib.model.networks import ArchitectureConfig
 from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError, TrainingConfig, Variant
 
 ARCH = ArchitectureConfig(g_base_width=8, g_depth=2, d2_base_width=8)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from bundles import make_bundle
-from DualDSynthesisLib import cli
-from DualDSynthesisLib import engine as engine_module
+from DualDSynthesisLib.cli import synthesize as cli
+from DualDSynthesisLib.inference import engine as engine_module
 from test_engine import head
 
 

@@ -154,9 +154,9 @@ def test_xml_descriptor_matches_the_parser() -> None:
 
 def _xml_matches_run_config(root: ET.Element) -> None:
     """Every XML default equals RunConfig's (the one definition), every enumeration equals its vocabulary."""
-    from DualDSynthesisLib.architecture import D2_HEADS
-    from DualDSynthesisLib.intensity import SOURCE_NORMS
-    from DualDSynthesisLib.vocabulary import CONTRAST_ALIASES, D2_TARGETS, VARIANTS
+    from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, D2_TARGETS, VARIANTS
+    from DualDSynthesisLib.model.architecture import D2_HEADS
+    from DualDSynthesisLib.model.intensity import SOURCE_NORMS
     from DualDTrainingLib.config import TARGET_KINDS, RunConfig
 
     defaults = RunConfig.defaults()

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _training_data import ROOT, TINY_ARCH_FLAGS, cli_env, write_subjects
-from DualDSynthesisLib.networks import ArchitectureConfig
+from DualDSynthesisLib.model.networks import ArchitectureConfig
 from DualDTrainingLib.distributed import DistContext, PeerNonFiniteError, stop_together
 from DualDTrainingLib.loop import PARAM_DIGEST_ENV
 from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError, TrainingConfig

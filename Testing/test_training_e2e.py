@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from _training_data import TINY_ARCH_FLAGS, write_subjects
-from DualDSynthesisLib.bundle import load_bundle
+from DualDSynthesisLib.imaging.bundle import load_bundle
 from DualDTrainingLib import checkpoint as ckpt
 from DualDTrainingLib import cli, loop
 from DualDTrainingLib.step import DualDTrainer, NonFiniteLossError

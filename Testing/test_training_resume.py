@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from _training_data import PYTHON, TINY_ARCH_FLAGS, cli_env, write_subjects
-from DualDSynthesisLib.bundle import load_bundle
+from DualDSynthesisLib.imaging.bundle import load_bundle
 from DualDTrainingLib import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow

@@ -12,11 +12,11 @@ import SimpleITK as sitk
 import torch
 from bundles import TINY, make_bundle
 from conftest import toy_pair
-from DualDSynthesisLib import losses
-from DualDSynthesisLib.engine import SynthesisEngine
-from DualDSynthesisLib.networks import ArchitectureConfig, LocalDiscriminator
-from DualDSynthesisLib.preprocess import foreground_mask
-from DualDSynthesisLib.scoring import auroc, map_scores, spearman
+from DualDSynthesisLib.imaging.preprocess import foreground_mask
+from DualDSynthesisLib.imaging.scoring import auroc, map_scores, spearman
+from DualDSynthesisLib.inference.engine import SynthesisEngine
+from DualDSynthesisLib.model import losses
+from DualDSynthesisLib.model.networks import ArchitectureConfig, LocalDiscriminator
 from DualDTrainingLib.step import DualDTrainer, TrainingConfig
 
 

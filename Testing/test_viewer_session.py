@@ -9,17 +9,17 @@ import SimpleITK as sitk
 pytest.importorskip("trame_slicer", reason="the viewer extra (trame-slicer) is not installed")
 
 from _viewer_data import cli_error, labels_for, small_volume, write_bad_inputs
-from DualDSynthesisLib import display
-from DualDSynthesisLib.defaults import DEFAULT_MODEL
-from DualDSynthesisLib.display import create_headless_slicer
-from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
-from DualDSynthesisLib.logic import SynthesisCancelled
+from DualDSynthesisLib.imaging.defaults import DEFAULT_MODEL
+from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
+from DualDSynthesisLib.scene import display
+from DualDSynthesisLib.scene.display import create_headless_slicer
+from DualDSynthesisLib.scene.logic import SynthesisCancelled
 from DualDViewLib import cli as view_cli
 from DualDViewLib.session import BusyError, ViewerError, ViewerSession
 
 
 def slicer_array(node) -> np.ndarray:
-    from DualDSynthesisLib.mrml_io import array_from_volume_node
+    from DualDSynthesisLib.scene.mrml_io import array_from_volume_node
 
     return array_from_volume_node(node)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from DualDSynthesisLib.vocabulary import (
+from DualDSynthesisLib.core.vocabulary import (
     CONTRAST_ALIASES,
     VARIANTS,
     Variant,
@@ -68,7 +68,7 @@ def test_engine_and_discovery_use_the_vocabulary() -> None:
             if key != "seg":
                 assert discovery._contrast_key(alias.upper(), "source") == key
     assert discovery.contrast_of("sub-01_t1ce.nii.gz") != discovery.contrast_of("sub-01_t1.nii.gz")
-    engine = pytest.importorskip("DualDSynthesisLib.engine")
+    engine = pytest.importorskip("DualDSynthesisLib.inference.engine")
     assert engine.modality_warning is modality_warning
 
 
@@ -77,7 +77,7 @@ def test_variants() -> None:
     assert [v for v in Variant if v.uses_global] == [Variant.GLOBAL, Variant.DUAL, Variant.DUAL_ATTENTION]
     assert [v for v in Variant if v.uses_local] == [Variant.LOCAL, Variant.DUAL, Variant.DUAL_ATTENTION]
     assert [v for v in Variant if v.uses_attention] == [Variant.DUAL_ATTENTION]
-    from DualDSynthesisLib import bundle
+    from DualDSynthesisLib.imaging import bundle
     from DualDTrainingLib import cli, step
 
     assert step.Variant is Variant

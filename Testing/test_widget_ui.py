@@ -172,8 +172,10 @@ def test_module_file_is_thin_and_lib_is_qt_free(module_tree):
 
 def test_cmake_lists_every_lib_file_and_resource():
     text = CMAKE_FILE.read_text(encoding="utf-8").replace("${MODULE_NAME}", "DualDSynthesis")
-    for path in sorted((MODULE_DIR / "DualDSynthesisLib").glob("*.py")):
-        assert f"DualDSynthesisLib/{path.name}" in text, f"CMakeLists.txt misses {path.name}"
+    lib = MODULE_DIR / "DualDSynthesisLib"
+    for path in sorted(lib.rglob("*.py")):  # the layer sub-packages too
+        name = path.relative_to(lib).as_posix()
+        assert f"DualDSynthesisLib/{name}" in text, f"CMakeLists.txt misses {name}"
     assert "DualDSynthesis.py" in text
     for resource in re.findall(r"Resources/[\w/.\-]+", text):
         if "*" not in resource:

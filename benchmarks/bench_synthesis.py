@@ -115,7 +115,7 @@ def _timed(fn, device: torch.device, repeat: int) -> list[float]:
 
 def run_pix2pix(args: argparse.Namespace) -> dict:
     """unet_256 alone on ``args.slices`` random 256×256 slices, batch 8, inference mode (as the engine runs G)."""
-    from DualDSynthesisLib.devices import autocast, resolve_device
+    from DualDSynthesisLib.imaging.devices import autocast, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,8 +155,8 @@ def _phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float]):
 
 
 def _engine(model: Path | None, device: str, batch_size: int | None, channels_last: bool):
-    from DualDSynthesisLib.defaults import DEFAULT_ARCHITECTURE, DEFAULT_MODEL
-    from DualDSynthesisLib.engine import SynthesisEngine
+    from DualDSynthesisLib.imaging.defaults import DEFAULT_ARCHITECTURE, DEFAULT_MODEL
+    from DualDSynthesisLib.inference.engine import SynthesisEngine
 
     path = model or (DEFAULT_MODEL if DEFAULT_MODEL.exists() else None)
     label = str(path)
@@ -175,7 +175,7 @@ def _noop(*_args) -> None:
 def run_case(args: argparse.Namespace) -> dict:
     import numpy as np
     import SimpleITK as sitk
-    from DualDSynthesisLib.preprocess import prepare_volume
+    from DualDSynthesisLib.imaging.preprocess import prepare_volume
 
     if args.case == "pix2pix":
         return run_pix2pix(args)
@@ -210,7 +210,7 @@ def run_case(args: argparse.Namespace) -> dict:
         prep = _timed(lambda: prepare_volume(image, engine.spec, role="source"), torch.device("cpu"), args.repeat)
         out["prepare_host_s"] = round(min(prep), 4)
         if engine.device.type == "cuda":
-            from DualDSynthesisLib.device_prepare import prepare_volume_on_device
+            from DualDSynthesisLib.imaging.device_prepare import prepare_volume_on_device
 
             dev = _timed(lambda: prepare_volume_on_device(image, engine.spec, engine.device), engine.device,
                          args.repeat)

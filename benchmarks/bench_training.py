@@ -34,8 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "DualDSynthesis"), str(ROOT / "DualDTraining")]
 
-from DualDSynthesisLib.defaults import DEFAULT_ARCHITECTURE  # noqa: E402
-from DualDSynthesisLib.networks import ArchitectureConfig  # noqa: E402
+from DualDSynthesisLib.imaging.defaults import DEFAULT_ARCHITECTURE  # noqa: E402
+from DualDSynthesisLib.model.networks import ArchitectureConfig  # noqa: E402
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler  # noqa: E402
 from DualDTrainingLib.device_sampler import DeviceSliceSampler  # noqa: E402
 from DualDTrainingLib.step import DualDTrainer, TrainingConfig, Variant  # noqa: E402

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib import display, mrml_io
-from DualDSynthesisLib.defaults import DEFAULT_MODEL
-from DualDSynthesisLib.io import read_volume
-from DualDSynthesisLib.logic import DisplayOptions, DualDSynthesisLogic
+from DualDSynthesisLib.imaging.defaults import DEFAULT_MODEL
+from DualDSynthesisLib.imaging.io import read_volume
+from DualDSynthesisLib.scene import display, mrml_io
+from DualDSynthesisLib.scene.logic import DisplayOptions, DualDSynthesisLogic
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.engine import SynthesisEngine, SynthesisError
-from DualDSynthesisLib.figures import inferno_rgb, write_png
-from DualDSynthesisLib.preprocess import foreground_mask
-from DualDSynthesisLib.scoring import comparable
+from DualDSynthesisLib.imaging.figures import inferno_rgb, write_png
+from DualDSynthesisLib.imaging.preprocess import foreground_mask
+from DualDSynthesisLib.imaging.scoring import comparable
+from DualDSynthesisLib.inference.engine import SynthesisEngine, SynthesisError
 from DualDTrainingLib.discovery import DiscoveryError, discover, load_pair
 from scipy import ndimage
 

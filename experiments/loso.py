@@ -129,7 +129,7 @@ def load_prepared(path: str | Path, names: list[str] | None = None) -> dict[str,
 
 def _renormalise(source: np.ndarray, scale: float, norm: str) -> np.ndarray:
     """The stored p99.5-normalised source under another ``--source-norm`` (through raw units)."""
-    from DualDSynthesisLib.intensity import source_mapping
+    from DualDSynthesisLib.model.intensity import source_mapping
 
     if norm == "p99.5":
         return source
@@ -139,7 +139,7 @@ def _renormalise(source: np.ndarray, scale: float, norm: str) -> np.ndarray:
 
 
 def _subject(loaded: Loaded, norm: str):
-    from DualDSynthesisLib.preprocess import Grid, RestoreContext
+    from DualDSynthesisLib.imaging.preprocess import Grid, RestoreContext
     from DualDTrainingLib.dataset import PreparedSubject
 
     k, h, w = loaded.source.shape
@@ -152,8 +152,8 @@ def _subject(loaded: Loaded, norm: str):
 
 def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str, Any]:
     import torch
-    from DualDSynthesisLib import metrics
-    from DualDSynthesisLib.scoring import gradient_magnitude, map_scores
+    from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
+    from DualDSynthesisLib.model import metrics
     from DualDTrainingLib.validation import difficulty, predict
 
     pred, err = predict(trainer.generator, subject.source, device, 16, trainer.amp, context)
@@ -191,8 +191,8 @@ def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str,
 def _bundle(trainer, spec, job: dict, path: Path, half: bool, stats: list[dict]) -> None:
     import copy
 
-    from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
-    from DualDSynthesisLib.fingerprint import VolumeStats, fingerprint
+    from DualDSynthesisLib.imaging.bundle import BundleMetadata, save_bundle
+    from DualDSynthesisLib.imaging.fingerprint import VolumeStats, fingerprint
 
     v = trainer.config.variant
     g = copy.deepcopy(trainer.generator).eval()
@@ -214,8 +214,8 @@ def _bundle(trainer, spec, job: dict, path: Path, half: bool, stats: list[dict])
 
 def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     import torch
-    from DualDSynthesisLib.networks import ArchitectureConfig
-    from DualDSynthesisLib.slicestack import channels
+    from DualDSynthesisLib.model.networks import ArchitectureConfig
+    from DualDSynthesisLib.model.slicestack import channels
     from DualDTrainingLib.augment import SourceAugmentation
     from DualDTrainingLib.dataset import SliceSampler, base_spec, finish_spec
     from DualDTrainingLib.step import DualDTrainer, TrainingConfig
@@ -415,7 +415,7 @@ def baseline(args: argparse.Namespace) -> None:
     import types
 
     import torch
-    from DualDSynthesisLib.bundle import load_bundle
+    from DualDSynthesisLib.imaging.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     spec = bundle.metadata.preprocessing
@@ -435,7 +435,7 @@ def baseline(args: argparse.Namespace) -> None:
 
 
 def _source_norms() -> dict:
-    from DualDSynthesisLib.intensity import SOURCE_NORMS
+    from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 
     return SOURCE_NORMS
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.demo import mni152_t1
+from DualDSynthesisLib.cli.demo import mni152_t1
 
 DARK, MID, K = 900.0, 200.0, 10.0
 K_MAX = MID * (K + 1)

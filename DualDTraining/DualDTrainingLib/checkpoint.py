@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from DualDSynthesisLib.atomic import atomic_write, zip_problem
-from DualDSynthesisLib.errors import DualDError
+from DualDSynthesisLib.core.errors import DualDError
+from DualDSynthesisLib.imaging.atomic import atomic_write, zip_problem
 
 from .step import DualDTrainer
 

@@ -43,11 +43,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from DualDSynthesisLib.architecture import D2_HEADS
-from DualDSynthesisLib.console import HelpFormatter, safe_console
-from DualDSynthesisLib.errors import DualDError
-from DualDSynthesisLib.intensity import SOURCE_NORMS
-from DualDSynthesisLib.vocabulary import D2_TARGETS, VARIANTS, known_contrasts_text
+from DualDSynthesisLib.core.console import HelpFormatter, safe_console
+from DualDSynthesisLib.core.errors import DualDError
+from DualDSynthesisLib.core.vocabulary import D2_TARGETS, VARIANTS, known_contrasts_text
+from DualDSynthesisLib.model.architecture import D2_HEADS
+from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 
 from .config import TARGET_KINDS, RunConfig
 from .errors import EXIT_NON_FINITE, TrainingStopped

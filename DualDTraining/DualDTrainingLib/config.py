@@ -12,9 +12,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from DualDSynthesisLib.architecture import ArchitectureConfig
-from DualDSynthesisLib.slicestack import channels
-from DualDSynthesisLib.vocabulary import canonical_contrast
+from DualDSynthesisLib.core.vocabulary import canonical_contrast
+from DualDSynthesisLib.model.architecture import ArchitectureConfig
+from DualDSynthesisLib.model.slicestack import channels
 
 from .errors import TrainingError
 
@@ -97,7 +97,7 @@ class RunConfig:
 
     def check(self) -> None:
         # torch-side validators, imported here so that building a RunConfig (and --help) stays torch-free
-        from DualDSynthesisLib.preprocess import source_mapping
+        from DualDSynthesisLib.imaging.preprocess import source_mapping
 
         from .augment import SourceAugmentation
         from .dataset import parse_spacing

@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 import torch
-from DualDSynthesisLib.fingerprint import VolumeStats, volume_stats
-from DualDSynthesisLib.preprocess import (
+from DualDSynthesisLib.imaging.fingerprint import VolumeStats, volume_stats
+from DualDSynthesisLib.imaging.preprocess import (
     IntensityMapping,
     PreparedVolume,
     PreprocessingSpec,
@@ -37,7 +37,7 @@ from DualDSynthesisLib.preprocess import (
     prepare_volume,
     source_mapping,
 )
-from DualDSynthesisLib.slicestack import check_context, slice_stack
+from DualDSynthesisLib.model.slicestack import check_context, slice_stack
 
 from .discovery import SubjectPair, load_foreground, load_pair
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from DualDSynthesisLib.slicestack import check_context, stack_indices
+from DualDSynthesisLib.model.slicestack import check_context, stack_indices
 
 from .dataset import EMPTY_SLICE_WEIGHT, FOREGROUND_MIN_FRACTION, PreparedSubject, _boxes, _pad_to
 

@@ -29,10 +29,10 @@ from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.errors import DualDError
-from DualDSynthesisLib.io import nifti_integrity_problem, nifti_non_finite_voxels
-from DualDSynthesisLib.preprocess import Grid
-from DualDSynthesisLib.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
+from DualDSynthesisLib.core.errors import DualDError
+from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
+from DualDSynthesisLib.imaging.io import nifti_integrity_problem, nifti_non_finite_voxels
+from DualDSynthesisLib.imaging.preprocess import Grid
 
 __all__ = [
     "CONTRAST_ALIASES",
@@ -54,7 +54,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SPLIT_FOLDERS = ("train", "training", "val", "validation", "test", "testing")
 # Trailing processing tags that say nothing about the contrast.
 _MODIFIERS = ("bet", "brain", "ss", "skullstripped", "stripped", "reg", "registered", "n4", "bc", "preproc")
-_ALIAS_TO_KEY = contrast_aliases()  # the one vocabulary (DualDSynthesisLib.vocabulary)
+_ALIAS_TO_KEY = contrast_aliases()  # the one vocabulary (DualDSynthesisLib.core.vocabulary)
 _NAME_RE = re.compile(
     r"^(?:(?P<prefix>.*?)[-_. ])??(?P<alias>{aliases})(?:[-_.](?:{mods}))*$".format(
         aliases="|".join(sorted(map(re.escape, _ALIAS_TO_KEY), key=len, reverse=True)),

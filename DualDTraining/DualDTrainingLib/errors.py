@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from DualDSynthesisLib.errors import DualDError
+from DualDSynthesisLib.core.errors import DualDError
 
 EXIT_NON_FINITE = 3  # a loss became NaN/inf; the last checkpoint is untouched
 

@@ -27,11 +27,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from DualDSynthesisLib.atomic import atomic_write_json
-from DualDSynthesisLib.console import HelpFormatter, safe_console
-from DualDSynthesisLib.engine import SynthesisEngine
-from DualDSynthesisLib.errors import DualDError, OutputExistsError, OutputWriteError
-from DualDSynthesisLib.preprocess import validate_volume
+from DualDSynthesisLib.core.console import HelpFormatter, safe_console
+from DualDSynthesisLib.core.errors import DualDError, OutputExistsError, OutputWriteError
+from DualDSynthesisLib.imaging.atomic import atomic_write_json
+from DualDSynthesisLib.imaging.preprocess import validate_volume
+from DualDSynthesisLib.inference.engine import SynthesisEngine
 
 from .discovery import DiscoveryError, discover, load_pair
 from .evaluation import EDGE_MAP, SubjectEvaluation, evaluate_images, format_table, hu_report, summarise

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from DualDSynthesisLib.metrics import mae, masked_mean, mean_error, psnr, ssim_map
-from DualDSynthesisLib.preprocess import CT_HU_RANGE, PreprocessingSpec
-from DualDSynthesisLib.scoring import WORST_FRACTION, auroc, comparable, gradient_magnitude, map_scores
+from DualDSynthesisLib.imaging.preprocess import CT_HU_RANGE, PreprocessingSpec
+from DualDSynthesisLib.imaging.scoring import WORST_FRACTION, auroc, comparable, gradient_magnitude, map_scores
+from DualDSynthesisLib.model.metrics import mae, masked_mean, mean_error, psnr, ssim_map
 
 EDGE_MAP = "edge"  # the gradient-magnitude baseline's name among the scored maps
 MAP_PREFIX = "map "  # summary rows of the trust maps: "map expected_error", "map d2", "map edge"

@@ -38,13 +38,13 @@ from typing import Any, TypeVar
 import numpy as np
 import SimpleITK as sitk
 import torch
-from DualDSynthesisLib.atomic import remove_stale_partials
-from DualDSynthesisLib.bundle import BundleMetadata, save_bundle
-from DualDSynthesisLib.errors import DualDError
-from DualDSynthesisLib.figures import write_png
-from DualDSynthesisLib.fingerprint import fingerprint
-from DualDSynthesisLib.networks import ArchitectureConfig
-from DualDSynthesisLib.preprocess import PreprocessingSpec
+from DualDSynthesisLib.core.errors import DualDError
+from DualDSynthesisLib.imaging.atomic import remove_stale_partials
+from DualDSynthesisLib.imaging.bundle import BundleMetadata, save_bundle
+from DualDSynthesisLib.imaging.figures import write_png
+from DualDSynthesisLib.imaging.fingerprint import fingerprint
+from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec
+from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 from . import checkpoint as ckpt
 from .augment import SourceAugmentation

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from DualDSynthesisLib.figures import caption_strip, hot_rgb
+from DualDSynthesisLib.imaging.figures import caption_strip, hot_rgb
 
 
 def _jsonable(value: Any) -> Any:

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-from DualDSynthesisLib import losses
-from DualDSynthesisLib.architecture import ArchitectureConfig
-from DualDSynthesisLib.vocabulary import D2_TARGETS, Variant
+from DualDSynthesisLib.core.vocabulary import D2_TARGETS, Variant
+from DualDSynthesisLib.model import losses
+from DualDSynthesisLib.model.architecture import ArchitectureConfig
 from torch import nn
 
 __all__ = ["D2_TARGETS", "DualDTrainer", "NonFiniteLossError", "TrainingConfig", "Variant"]

@@ -1,6 +1,6 @@
 """Validation on held-out subjects: the generator over every slice, metrics in normalised units.
 
-Metrics come from :mod:`DualDSynthesisLib.metrics` (PSNR, MAE, SSIM from scikit-image) and are
+Metrics come from :mod:`DualDSynthesisLib.model.metrics` (PSNR, MAE, SSIM from scikit-image) and are
 computed on the prepared volume with the slice padding cropped away, in the *normalised* intensity
 space the networks see: PSNR uses ``data_range = 1.0`` (the normalised foreground range: MRI is
 scaled so the foreground's 99.5th percentile is 1, CT maps [-1024, 3071] HU to [0, 1]); MAE is in
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from DualDSynthesisLib import metrics
-from DualDSynthesisLib.losses import difficulty_from_logits, expected_error
-from DualDSynthesisLib.slicestack import slice_stack
+from DualDSynthesisLib.model import metrics
+from DualDSynthesisLib.model.losses import difficulty_from_logits, expected_error
+from DualDSynthesisLib.model.slicestack import slice_stack
 
 from .dataset import PreparedSubject
 

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from DualDSynthesisLib import display, qa
-from DualDSynthesisLib.defaults import DEFAULT_MODEL
-from DualDSynthesisLib.figures import inferno_rgb
-from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE
-from DualDSynthesisLib.logic import DualDSynthesisLogic, SynthesisCancelled
+from DualDSynthesisLib.imaging.defaults import DEFAULT_MODEL
+from DualDSynthesisLib.imaging.figures import inferno_rgb
+from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE
+from DualDSynthesisLib.scene import display, qa
+from DualDSynthesisLib.scene.logic import DualDSynthesisLogic, SynthesisCancelled
 from trame.app import get_server
 from trame.app.file_upload import ClientFile
 from trame.ui.vuetify3 import SinglePageLayout

@@ -15,7 +15,7 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from DualDSynthesisLib.console import safe_console
+from DualDSynthesisLib.core.console import safe_console
 
 PROG = "duald-view"
 EXIT_BAD_INPUT = 2

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
-from DualDSynthesisLib import io as vio
-from DualDSynthesisLib import mrml_io
-from DualDSynthesisLib.cli import naming_input
-from DualDSynthesisLib.errors import DualDError
-from DualDSynthesisLib.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_source, stored_units
-from DualDSynthesisLib.logic import (
+from DualDSynthesisLib.cli.synthesize import naming_input
+from DualDSynthesisLib.core.errors import DualDError
+from DualDSynthesisLib.imaging import io as vio
+from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_source, stored_units
+from DualDSynthesisLib.imaging.preprocess import PreprocessError, validate_volume
+from DualDSynthesisLib.scene import mrml_io
+from DualDSynthesisLib.scene.logic import (
     CancelCallback,
     DisplayOptions,
     DualDSynthesisLogic,
@@ -32,7 +33,6 @@ from DualDSynthesisLib.logic import (
     SynthesisCancelled,
     SynthesisOutputs,
 )
-from DualDSynthesisLib.preprocess import PreprocessError, validate_volume
 
 SYNTHETIC_SUFFIX = "_synthetic.nii.gz"
 HEATMAP_SUFFIX = "_difficulty.nii.gz"

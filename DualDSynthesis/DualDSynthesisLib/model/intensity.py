@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
-from .errors import DualDError
+from ..core.errors import DualDError
 
 CT_HU_RANGE = (-1024.0, 3071.0)
 CT_BODY_THRESHOLD_HU = -500.0

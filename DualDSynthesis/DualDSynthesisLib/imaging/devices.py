@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from .errors import DualDError
+from ..core.errors import DualDError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .errors import DualDError
+from ..core.errors import DualDError
 from .preprocess import PreparedVolume
 
 QUANTILES: tuple[float, ...] = (0.25, 0.50, 0.75, 0.90, 0.95)

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .architecture import ArchitectureConfig
+from ..core.errors import DualDError, OutputExistsError
+from ..core.vocabulary import VARIANTS
+from ..model.architecture import ArchitectureConfig
 from .atomic import atomic_write, safetensors_problem
-from .errors import DualDError, OutputExistsError
 from .preprocess import PreprocessError, PreprocessingSpec
-from .vocabulary import VARIANTS
 
 if TYPE_CHECKING:  # torch is imported only where weights are saved or loaded
     import torch
 
-    from .networks import LocalDiscriminator, UNetGenerator
+    from ..model.networks import LocalDiscriminator, UNetGenerator
 
 # Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
 # mri_peak mapping, and the training-data fingerprint; a version-1 bundle is a version-2 bundle with

@@ -29,13 +29,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import io as vio
-from .atomic import remove_stale_partials, stale_note
-from .console import HelpFormatter, safe_console
-from .dicom_export import DicomRequest
-from .errors import DualDError
-from .heatmap_file import HEATMAP_SOURCES
-from .resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
+from ..core.console import HelpFormatter, safe_console
+from ..core.errors import DualDError
+from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
+from ..imaging import io as vio
+from ..imaging.atomic import remove_stale_partials, stale_note
+from ..imaging.dicom_export import DicomRequest
+from ..imaging.heatmap_file import HEATMAP_SOURCES
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -231,7 +231,7 @@ def _main(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(str(exc))
 
-    from .engine import SynthesisCancelled, SynthesisEngine, SynthesisError, synthesize_file  # imports torch
+    from ..inference.engine import SynthesisCancelled, SynthesisEngine, SynthesisError, synthesize_file  # imports torch
 
     try:
         engine = SynthesisEngine(model, device=args.device, batch_size=args.batch_size,

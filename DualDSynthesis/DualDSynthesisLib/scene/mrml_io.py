@@ -17,8 +17,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .errors import DualDError
-from .preprocess import Grid
+from ..core.errors import DualDError
+from ..imaging.preprocess import Grid
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 

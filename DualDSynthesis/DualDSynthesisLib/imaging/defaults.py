@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .architecture import ArchitectureConfig
-from .resources import DEFAULT_MODEL, MODELS_DIR
+from ..core.resources import DEFAULT_MODEL, MODELS_DIR
+from ..model.architecture import ArchitectureConfig
 
 __all__ = ["DEFAULT_ARCHITECTURE", "DEFAULT_MODEL", "MODELS_DIR"]
 

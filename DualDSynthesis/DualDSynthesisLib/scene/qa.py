@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from . import metrics
-from .intensity import foreground_mask
-from .preprocess import PreprocessingSpec
-from .scoring import comparable
+from ..imaging.preprocess import PreprocessingSpec
+from ..imaging.scoring import comparable
+from ..model import metrics
+from ..model.intensity import foreground_mask
 
 FOREGROUND_ROW = "foreground"
 BODY_ROW = "body (HU > -500)"

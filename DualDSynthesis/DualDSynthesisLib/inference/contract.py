@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .errors import DualDError
+from ..core.errors import DualDError
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-    from .bundle import BundleMetadata
-    from .preprocess import PreprocessingSpec
+    from ..imaging.bundle import BundleMetadata
+    from ..imaging.preprocess import PreprocessingSpec
 
 __all__ = [
     "CancelCallback",

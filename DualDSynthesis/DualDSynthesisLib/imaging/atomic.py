@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OutputWriteError
+from ..core.errors import OutputWriteError
 
 Verifier = Callable[[Path], "str | None"]  # the problem with a written file, or None when it is complete
 _MB = 1024 * 1024

@@ -11,7 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from . import cli
+from . import synthesize as cli
 
 MNI152_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
@@ -28,7 +28,7 @@ def mni152_t1() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m DualDSynthesisLib.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m DualDSynthesisLib.cli.demo", description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("demo-output"), help="folder for the results")
     parser.add_argument("--model", help="model bundle (default: the bundled T1→T2 model)")
     parser.add_argument("--device", default="auto")

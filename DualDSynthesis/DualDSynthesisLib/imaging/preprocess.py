@@ -23,7 +23,8 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
-from .intensity import (
+from ..core.limits import slice_size_problem, spacing_problem
+from ..model.intensity import (
     CT_BODY_THRESHOLD_HU,
     CT_HU_RANGE,
     SOURCE_NORMS,
@@ -32,8 +33,7 @@ from .intensity import (
     foreground_mask,
     source_mapping,
 )
-from .limits import slice_size_problem, spacing_problem
-from .slicestack import check_context
+from ..model.slicestack import check_context
 
 __all__ = [  # the intensity names are re-exported: callers prepare volumes through this module
     "CT_BODY_THRESHOLD_HU", "CT_HU_RANGE", "SOURCE_NORMS", "Grid", "IntensityMapping", "PreparedVolume",

@@ -38,8 +38,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from ..core.errors import DualDError
 from . import io as vio
-from .errors import DualDError
 from .heatmap_file import ascii_text
 
 SYNTHETIC_FOLDER = "SYNTHETIC"

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .intensity import (
+from ..model.intensity import (
     _ROBUST_MAX_SAMPLES,
     CT_BODY_THRESHOLD_HU,
     CT_HU_RANGE,

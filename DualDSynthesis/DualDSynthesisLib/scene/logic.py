@@ -24,11 +24,11 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from ..core.resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
+from ..imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
+from ..imaging.preprocess import PreprocessingSpec
+from ..inference.contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
 from . import dicom_marking, display, mrml_io, qa
-from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
-from .heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
-from .preprocess import PreprocessingSpec
-from .resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
 
 __all__ = [
     "CancelCallback", "DisplayOptions", "DualDSynthesisLogic", "ProgressCallback", "QAOptions", "SynthesisCancelled",
@@ -70,7 +70,7 @@ class SynthesisOutputs:
 
 
 def _default_engine_factory(bundle_path: Path, device: str, heatmap_source: str | None = None) -> SynthesisEngine:
-    from .engine import SynthesisEngine as Engine  # imports torch: only when a model is really needed
+    from ..inference.engine import SynthesisEngine as Engine  # imports torch: only when a model is really needed
 
     return Engine(bundle_path, device=device, heatmap_source=heatmap_source)
 

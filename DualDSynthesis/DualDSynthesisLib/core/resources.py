@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RESOURCES_DIR = Path(__file__).resolve().parents[1] / "Resources"
+RESOURCES_DIR = Path(__file__).resolve().parents[2] / "Resources"
 MODELS_DIR = RESOURCES_DIR / "Models"
 DEFAULT_MODEL = MODELS_DIR / "t1_to_t2.safetensors"

@@ -45,18 +45,23 @@ import SimpleITK as sitk
 import torch
 from torch.nn.utils import fuse_conv_bn_eval
 
-from . import io as vio
-from .architecture import ArchitectureConfig
-from .bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
-from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
-from .defaults import DEFAULT_MODEL
-from .device_prepare import prepare_volume_on_device
-from .devices import DeviceError, auto_batch_size, autocast, free_cached_memory, is_out_of_memory, resolve_device
-from .dicom_export import DicomRequest, check_dicom_request, write_dicom
-from .fingerprint import TrainingFingerprint, ood_warnings, volume_stats
-from .heatmap_file import HEATMAP_SOURCES
-from .losses import difficulty_from_logits, expected_error
-from .preprocess import (
+from ..core.vocabulary import modality_warning
+from ..imaging import io as vio
+from ..imaging.bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
+from ..imaging.defaults import DEFAULT_MODEL
+from ..imaging.device_prepare import prepare_volume_on_device
+from ..imaging.devices import (
+    DeviceError,
+    auto_batch_size,
+    autocast,
+    free_cached_memory,
+    is_out_of_memory,
+    resolve_device,
+)
+from ..imaging.dicom_export import DicomRequest, check_dicom_request, write_dicom
+from ..imaging.fingerprint import TrainingFingerprint, ood_warnings, volume_stats
+from ..imaging.heatmap_file import HEATMAP_SOURCES
+from ..imaging.preprocess import (
     Grid,
     PreparedVolume,
     PreprocessError,
@@ -64,8 +69,10 @@ from .preprocess import (
     restore_volume,
     validate_volume,
 )
-from .slicestack import slice_stack
-from .vocabulary import modality_warning
+from ..model.architecture import ArchitectureConfig
+from ..model.losses import difficulty_from_logits, expected_error
+from ..model.slicestack import slice_stack
+from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -513,7 +520,7 @@ def synthesize_file(
         if heatmap_path is not None:
             outputs.write_heatmap(result.heatmap, Path(heatmap_path), result.heatmap_units, result.heatmap_source)
         if png is not None:
-            from .overview import overview_image
+            from ..imaging.overview import overview_image
 
             figure = overview_image(image, result.synthetic, result.heatmap, result.heatmap_units,
                                     result.heatmap_source)

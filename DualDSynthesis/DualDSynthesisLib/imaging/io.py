@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.errors import DualDError, OutputExistsError
 from .atomic import Verifier, commit, png_problem, write_temporary
-from .errors import DualDError, OutputExistsError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_MODALITY_TAG = "0008|0060"

@@ -23,11 +23,11 @@ from typing import Any
 import pydicom
 import slicer
 
-from . import io as vio
+from ..imaging import io as vio
+from ..imaging.dicom_export import EXPORT_ENTRIES, DicomMarking, marking_for, write_series
+from ..imaging.heatmap_file import UNITS_ATTRIBUTE
+from ..inference.contract import SynthesisEngine
 from . import mrml_io
-from .contract import SynthesisEngine
-from .dicom_export import EXPORT_ENTRIES, DicomMarking, marking_for, write_series
-from .heatmap_file import UNITS_ATTRIBUTE
 
 MARKING_ATTRIBUTE = "DualD.DicomMarking"
 SOURCE_ATTRIBUTE = "DualD.SourceNodeID"

@@ -16,8 +16,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .figures import inferno_rgb, write_png
-from .heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, ascii_text, display_max
+from ..imaging.figures import inferno_rgb, write_png
+from ..imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, ascii_text, display_max
 
 SLICE_VIEWS = ("Red", "Green", "Yellow")
 _DEFAULT_ORIENTATIONS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .intensity import CT_HU_RANGE, foreground_mask
+from ..model.intensity import CT_HU_RANGE, foreground_mask
 from .preprocess import PreprocessingSpec
 
 WORST_FRACTION = 0.10

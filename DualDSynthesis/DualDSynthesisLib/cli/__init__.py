@@ -1,0 +1,1 @@
+"""Command lines: duald-synthesize and the demo."""

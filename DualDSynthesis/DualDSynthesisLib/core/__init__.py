@@ -1,0 +1,1 @@
+"""Foundation: user errors, the vocabulary (variants, contrasts), limits, resource paths, console."""

@@ -1,0 +1,1 @@
+"""Imaging and model files: preprocessing, volume/heatmap/DICOM I/O, atomic writes, bundles, scoring."""

@@ -1,0 +1,1 @@
+"""Inference: the engine and its torch-free contract."""

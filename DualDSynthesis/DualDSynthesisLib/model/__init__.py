@@ -1,0 +1,1 @@
+"""Model core: architecture facts, networks, losses, slice stacks, intensity mappings, metrics."""
