@@ -18,7 +18,6 @@ from DualDSynthesisLib.inference.engine import (
     SynthesisEngine,
     SynthesisError,
     modality_warning,
-    receptive_margin,
     synthesize_file,
 )
 from DualDSynthesisLib.model.networks import ArchitectureConfig
@@ -130,7 +129,7 @@ def test_receptive_margin_covers_the_generator() -> None:
     x = torch.randn(1, 1, 256, 256, requires_grad=True)
     g(x)[0, 0, 128, 128].backward()
     rows = torch.nonzero(x.grad[0, 0].abs().sum(1)).flatten()
-    assert receptive_margin(arch, with_d2=False) >= max(128 - int(rows.min()), int(rows.max()) - 128)
+    assert arch.receptive_margin(with_d2=False) >= max(128 - int(rows.min()), int(rows.max()) - 128)
 
 
 def test_cancel_at_half_stops_within_one_batch(engine: SynthesisEngine, tmp_path: Path) -> None:

@@ -31,13 +31,19 @@ def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return source, real, labels, head
 
 
-def test_perfect_synthesis_and_a_perfect_heatmap(rng: np.random.Generator) -> None:
+def _noisy_synthesis(rng: np.random.Generator) -> tuple:
+    """(source, real, labels, head, the real image's scale, synthetic, |error| in normalised units): a synthetic
+    image equal to the real one once both are normalised, up to random errors of up to 20 %."""
     source, real, labels, head = _phantom(rng)
     scale_real = MRI.target.scale_for(real, head)
-    # a synthetic image equal to the real one once both are normalised, up to random errors
     synthetic = real / scale_real * MRI.target.reference_scale
     synthetic *= 1 + 0.2 * rng.random(synthetic.shape).astype(np.float32)
     err = np.abs(synthetic / MRI.target.reference_scale - real / scale_real)
+    return source, real, labels, head, scale_real, synthetic, err
+
+
+def test_perfect_synthesis_and_a_perfect_heatmap(rng: np.random.Generator) -> None:
+    source, real, labels, head, scale_real, synthetic, err = _noisy_synthesis(rng)
     res = evaluate_arrays("s", synthetic, real, source, MRI, (1.0, 1.0, 1.0), heatmap=err / err.max(), labels=labels)
     fg = res.regions["foreground"]
     ref_n, pred_n = np.clip(real / scale_real, 0, 2), np.clip(synthetic / 200.0, 0, 2)
@@ -81,11 +87,7 @@ def test_ct_hu_report_splits_the_body_into_air_soft_tissue_and_bone(rng: np.rand
 
 
 def test_every_map_and_the_edge_baseline_are_scored(rng: np.random.Generator) -> None:
-    source, real, _labels, head = _phantom(rng)
-    scale_real = MRI.target.scale_for(real, head)
-    synthetic = real / scale_real * MRI.target.reference_scale
-    synthetic *= 1 + 0.2 * rng.random(synthetic.shape).astype(np.float32)
-    err = np.abs(synthetic / MRI.target.reference_scale - real / scale_real)
+    source, real, _labels, _head, _scale, synthetic, err = _noisy_synthesis(rng)
     maps = {"expected_error": err * 300.0, "d2": 1.0 - err / err.max(), "noise": rng.random(err.shape)}
     res = evaluate_arrays("s", synthetic, real, source, MRI, (1.0, 1.0, 1.0), heatmap=maps["expected_error"],
                           maps=maps)

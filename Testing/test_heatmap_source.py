@@ -90,8 +90,8 @@ def test_overview_captions_the_heatmap_with_its_units(tmp_path: Path) -> None:
     image = sitk.Cast(head(spacing=(1.0, 1.0, 8.0)), sitk.sitkFloat32)  # 48 mm cube: three 256-wide panels
     heat = image * 0.5  # an expected-error map of ~50-450 units inside the head, 0 outside
     units = "expected absolute error (t2 intensity units)"
-    assert heatmap_caption(units, "expected_error", 400.0) == "heatmap: expected absolute error (t2 intensity units)"
-    assert heatmap_caption("", "d2", 1.0) == "heatmap: relative difficulty (1 - D2 confidence)"
+    assert heatmap_caption(units) == "heatmap: expected absolute error (t2 intensity units)"
+    assert heatmap_caption("") == "heatmap: relative difficulty (1 - D2 confidence)"
     figure = sitk.GetArrayFromImage(overview_image(image, image, heat, units, "expected_error"))
     strip, panels = figure[:CAPTION_HEIGHT], figure[CAPTION_HEIGHT:]
     assert figure.shape[1] == 3 * 256 + 2 * 4

@@ -416,10 +416,11 @@ def baseline(args: argparse.Namespace) -> None:
 
     import torch
     from DualDSynthesisLib.imaging.bundle import load_bundle
+    from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 
     bundle = load_bundle(args.bundle)
     spec = bundle.metadata.preprocessing
-    norm = next((k for k, m in _source_norms().items() if m == spec.source), "p99.5")
+    norm = next((k for k, m in SOURCE_NORMS.items() if m == spec.source), "p99.5")
     context = spec.context_slices
     trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
     data = load_prepared(args.prepared)
@@ -432,12 +433,6 @@ def baseline(args: argparse.Namespace) -> None:
         print(f"{name}: {out['per_subject'][name]['foreground']['psnr']:.2f} dB ({time.time() - t0:.0f} s)",
               file=sys.stderr)
     Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
-
-
-def _source_norms() -> dict:
-    from DualDSynthesisLib.model.intensity import SOURCE_NORMS
-
-    return SOURCE_NORMS
 
 
 def job_main(args: argparse.Namespace) -> None:

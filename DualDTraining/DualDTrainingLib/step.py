@@ -273,13 +273,7 @@ class DualDTrainer:
         self._update(g, self.generator, self.opt_g)
         with torch.no_grad():
             out["l1"] = (fake - target).abs().mean()
-        out.update(g=g, g_reconstruction=rec)
-        if nll is not None:
-            out["g_error_nll"] = nll
-        if adv1 is not None:
-            out["g_adv_global"] = adv1
-        if adv2 is not None:
-            out["g_adv_local"] = adv2
+        out.update({term.lower(): value for term, value in terms.items()})  # the checked terms, logged
         self.step_count += 1
         return {k: t.detach() for k, t in out.items()}
 

@@ -72,7 +72,7 @@ def _planes(arr: np.ndarray, centre: tuple[int, int, int], spacing: tuple[float,
     ]
 
 
-def heatmap_caption(units: str, source: str | None, high: float) -> str:
+def heatmap_caption(units: str) -> str:
     """The heatmap column's caption: what the colours mean (the colour bar under the column gives the range:
     0 to ``high``)."""
     what = ascii_text(units) if units else "relative difficulty (1 - D2 confidence)"
@@ -129,7 +129,7 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
         canvas[height + 4 : height + 12, x0 : x0 + bar] = inferno_map(np.linspace(0, 1, bar))[None]
         labels += [(x0 - 12, height + 2, "0"), (x0 + bar + 4, height + 2, f"{high:.3g}")]
     figure = label_pixels(np.round(canvas * 255).astype(np.uint8), labels)
-    third = "synthetic (no heatmap)" if heat is None else heatmap_caption(heatmap_units, heatmap_source, high)
+    third = "synthetic (no heatmap)" if heat is None else heatmap_caption(heatmap_units)
     # The last caption may run past its cell, to the figure's right edge (the units are long, cells narrow).
     strip = caption_strip(["source", "synthetic", third], [cell, cell, cell], GAP, width)
     return sitk.GetImageFromArray(np.concatenate([strip, figure], axis=0), isVector=True)

@@ -69,7 +69,6 @@ from ..imaging.preprocess import (
     restore_volume,
     validate_volume,
 )
-from ..model.architecture import ArchitectureConfig
 from ..model.losses import difficulty_from_logits, expected_error
 from ..model.slicestack import slice_stack
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
@@ -81,7 +80,6 @@ __all__ = [
     "SynthesisError",
     "SynthesisResult",
     "modality_warning",
-    "receptive_margin",
     "synthesize_file",
 ]
 
@@ -91,11 +89,6 @@ _CROP_SAFE_NORMS = ("batch", "none")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def receptive_margin(arch: ArchitectureConfig, with_d2: bool = True) -> int:
-    """Pixels around a point that can influence G's output there (and D2's heatmap, with ``with_d2``)."""
-    return arch.receptive_margin(with_d2)
 
 
 def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
@@ -266,7 +259,7 @@ class SynthesisEngine:
         key = (str(self.device), heatmap)
         if key not in self._blank:
             step = math.lcm(self.spec.size_multiple, self._d2_stride)
-            size = step * math.ceil((2 * receptive_margin(self.arch, heatmap == "d2") + step) / step)
+            size = step * math.ceil((2 * self.arch.receptive_margin(heatmap == "d2") + step) / step)
             channels = 2 * self.spec.context_slices + 1
             syn, heat = self._infer(np.zeros((1, channels, size, size), np.float32), heatmap)
             c = size // 2
@@ -281,7 +274,7 @@ class SynthesisEngine:
         rows = np.flatnonzero(foreground.any(axis=(0, 2)))
         cols = np.flatnonzero(foreground.any(axis=(0, 1)))
         step = math.lcm(self.spec.size_multiple, self._d2_stride)
-        margin = receptive_margin(self.arch, heatmap == "d2")
+        margin = self.arch.receptive_margin(heatmap == "d2")
         smallest = max(self.spec.min_size, 16, self.arch.size_multiple)
 
         def span(lo: int, hi: int, n: int) -> tuple[int, int]:
