@@ -43,6 +43,10 @@ def test_end_to_end_produces_loadable_bundles(data: Path, tmp_path: Path) -> Non
     assert {"psnr_foreground", "mae_volume", "ssim_volume"} <= set(meta.metrics["metrics"])
     assert meta.metrics["data_range"] == 1.0
     assert best.metadata.metrics["step"] in (2, 4)
+    # the expected-error map is calibrated on the validation subject, with the ratio validation measured
+    ratio = meta.metrics["per_subject"]["TCGA-DU-7001"]["expected_error_ratio"]
+    assert meta.error_calibration.held_out_ratios == {"TCGA-DU-7001": pytest.approx(ratio)}
+    assert meta.error_calibration.scale == pytest.approx(1.0 / ratio)
     spec = meta.preprocessing
     assert spec.target.kind == "mri_percentile" and spec.target.reference_scale > 0
     assert spec.spacing == (1.0, 1.0) and spec.size_multiple % 4 == 0

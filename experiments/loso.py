@@ -11,6 +11,8 @@ Three steps, so the GPU part needs no NIfTI reading and no ../shared data on the
    all subjects with that recipe and the variant stage B ranks first. Every job writes a JSON record;
    ``results.json`` gathers them.
 3. ``table`` prints the LOSO tables (per fold and mean ± std over folds) from ``results.json``.
+   ``confirm`` re-runs chosen recipes at one budget (``--steps`` repeats a GPU budget on the CPU);
+   ``calibrate`` gives the recipe's final model the expected-error factor its folds measured.
 
 Metrics (held-out subjects, on the prepared 1 mm grid, unpadded region): PSNR (data range 1), MAE
 and SSIM in the normalised T2 space, over the foreground (source ∪ target: the brain, or the head for
@@ -152,6 +154,7 @@ def _subject(loaded: Loaded, norm: str):
 
 def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str, Any]:
     import torch
+    from DualDSynthesisLib.imaging.calibration import error_ratio
     from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
     from DualDSynthesisLib.model import metrics
     from DualDTrainingLib.validation import difficulty, predict
@@ -177,8 +180,8 @@ def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str,
     maps = {"edge": gradient_magnitude(p, (float(subject.context.prepared.spacing[2]), 1.0, 1.0))}
     if err is not None:
         maps["expected_error"] = err[:, ys, xs]
-        # calibration: the map's mean against the real mean |error| (1 = right on average)
-        out["expected_error_ratio"] = float(err[:, ys, xs][fg].mean() / np.abs(p - t)[fg].mean())
+        # calibration evidence: the map's mean against the real mean |error| (1 = right on average)
+        out["expected_error_ratio"] = error_ratio(err[:, ys, xs], np.abs(p - t), fg)
     if has_d2:
         with torch.no_grad():
             heat = np.concatenate([difficulty(trainer.local, pred[k : k + 16], device)
@@ -398,10 +401,11 @@ def confirm(args: argparse.Namespace) -> None:
     jobs = []
     for recipe in args.recipes.split(","):
         extra = {"variant": args.variant, "name": f"{recipe}-{args.variant}"}
-        jobs += _jobs("D", recipe, folds, args.seconds, 10**9, args, extra)
+        steps = args.steps or 10**9
+        jobs += _jobs("D", recipe, folds, args.seconds, steps, args, extra)
         for job in jobs[-len(folds):]:
             job["bundle"] = f"bundles/{job['id']}.safetensors"
-        final = _jobs("D", recipe, folds[:1], args.seconds, 10**9, args, extra)[0]
+        final = _jobs("D", recipe, folds[:1], args.seconds, steps, args, extra)[0]
         final.update(id=f"D-{recipe}-final".replace("+", "_").replace(".", "_"), fold="all", train=sorted(sources),
                      test=[], bundle=f"final-{recipe}.safetensors".replace("+", "_"), half=False)
         jobs.append(final)
@@ -433,6 +437,38 @@ def baseline(args: argparse.Namespace) -> None:
         print(f"{name}: {out['per_subject'][name]['foreground']['psnr']:.2f} dB ({time.time() - t0:.0f} s)",
               file=sys.stderr)
     Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    """The expected-error calibration of a final model from its recipe's LOSO folds: each held-out subject's
+    map-to-real MAE ratio (``expected_error_ratio``) is evidence the final model never trained on. Prints a
+    leave-one-fold-out check (the factor from the other folds applied to each fold) and writes a copy of
+    ``--bundle`` carrying the factor from all folds; the weights are untouched."""
+    import dataclasses
+
+    from DualDSynthesisLib.imaging.bundle import load_bundle, save_bundle
+    from DualDSynthesisLib.imaging.calibration import ErrorCalibration
+
+    results = [r for r in json.loads(Path(args.results).read_text(encoding="utf-8"))
+               if not r.get("failed") and r.get("fold") != "all" and r.get("recipe") == args.recipe]
+    by_fold = {r["fold"]: {n: s["expected_error_ratio"] for n, s in r["per_subject"].items()
+                           if "expected_error_ratio" in s} for r in results}
+    if not by_fold:
+        raise SystemExit(f"no fold of recipe {args.recipe!r} with expected_error_ratio in {args.results}")
+    print("fold | ratio before | factor from the other folds | ratio after", file=sys.stderr)
+    for fold, ratios in sorted(by_fold.items()):
+        others = {n: v for f, rs in by_fold.items() if f != fold for n, v in rs.items()}
+        factor = ErrorCalibration.from_ratios(others, "other folds").scale
+        print(f"{fold} | {', '.join(f'{v:.2f}' for v in ratios.values())} | ×{factor:.3f} | "
+              f"{', '.join(f'{v * factor:.2f}' for v in ratios.values())}", file=sys.stderr)
+    everything = {n: v for rs in by_fold.values() for n, v in rs.items()}
+    calibration = ErrorCalibration.from_ratios(
+        everything, f"held out in the {len(by_fold)} leave-one-source-out folds of recipe {args.recipe} "
+                    f"({Path(args.results).name})")
+    bundle = load_bundle(args.bundle)
+    meta = dataclasses.replace(bundle.metadata, error_calibration=calibration)
+    save_bundle(args.out, bundle.generator, bundle.local_discriminator, meta)
+    print(calibration.describe(), file=sys.stderr)
 
 
 def job_main(args: argparse.Namespace) -> None:
@@ -518,6 +554,8 @@ def main() -> None:
     d.add_argument("--recipes", required=True)
     d.add_argument("--variant", default="unet")
     d.add_argument("--seconds", type=float, default=200.0)
+    d.add_argument("--steps", type=int, default=0, help="stop each job at this many steps (a CPU re-run of a GPU "
+                   "budget); 0: only --seconds limits it")
     d.add_argument("--parallel", type=int, default=12)
     d.add_argument("--batch", type=int, default=16)
     d.add_argument("--seed", type=int, default=0)
@@ -526,11 +564,16 @@ def main() -> None:
     c.add_argument("bundle")
     c.add_argument("--prepared", required=True)
     c.add_argument("--out", required=True)
+    k = sub.add_parser("calibrate")
+    k.add_argument("results", help="a confirm run's results.json (fold jobs with expected_error_ratio)")
+    k.add_argument("--recipe", required=True)
+    k.add_argument("--bundle", required=True, help="the recipe's final model")
+    k.add_argument("--out", required=True, help="the calibrated copy (never overwrites)")
     t = sub.add_parser("table")
     t.add_argument("results")
     args = p.parse_args()
     {"prepare": prepare, "run": run, "job": job_main, "table": table, "baseline": baseline,
-     "confirm": confirm}[args.command](args)
+     "confirm": confirm, "calibrate": calibrate}[args.command](args)
 
 
 if __name__ == "__main__":

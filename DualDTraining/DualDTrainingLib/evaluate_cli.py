@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> dict:
         print(
             f"{pair.subject}: PSNR {fg['psnr']:.2f} dB, MAE {fg['mae']:.4g}, SSIM {fg['ssim']:.4f} (foreground); "
             "AUROC worst-10% error " + ", ".join(f"{name} {s['auroc']:.3f}" for name, s in res.maps.items())
+            + "".join(f"; expected / real MAE {s['mae_ratio']:.2f}" for s in res.maps.values() if "mae_ratio" in s)
             + f"; {time.perf_counter() - t0:.1f} s",
             flush=True,
         )

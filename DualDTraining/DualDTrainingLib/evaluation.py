@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
+from DualDSynthesisLib.imaging.calibration import error_ratio
 from DualDSynthesisLib.imaging.preprocess import CT_HU_RANGE, PreprocessingSpec
 from DualDSynthesisLib.imaging.scoring import WORST_FRACTION, auroc, comparable, gradient_magnitude, map_scores
 from DualDSynthesisLib.model.metrics import mae, masked_mean, mean_error, psnr, ssim_map
@@ -108,6 +109,11 @@ def evaluate_arrays(
     scored = {**maps, EDGE_MAP: gradient_magnitude(pred, spacing_kji)}
     result.maps = map_scores(scored, np.abs(pred - ref), fg)
     result.gradient_auroc = result.maps[EDGE_MAP]["auroc"]
+    if "expected_error" in maps:  # are its values right, not only its ranking: expected / real MAE (1 = honest)
+        expected = maps["expected_error"]
+        if spec.target.kind != "ct_hu":  # target units → the normalised units pred and ref are compared in
+            expected = expected / np.float32(spec.target.output_scale())
+        result.maps["expected_error"]["mae_ratio"] = error_ratio(expected, np.abs(pred - ref), fg)
     if heatmap is not None:
         err = np.abs(pred - ref)[fg]
         result.heatmap_auroc = auroc(heatmap[fg], err >= np.quantile(err, 1.0 - WORST_FRACTION))
@@ -183,11 +189,14 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
                      f"{cell('ssim', '.4f'):>18}{n:>4}")
     maps = [region for region in summary if region.startswith(MAP_PREFIX)]
     if maps:
-        lines.append(f"{'trust map':<18}{'AUROC worst-10% error':>24}{'Spearman with |error|':>24}{'n':>4}")
+        lines.append(f"{'trust map':<18}{'AUROC worst-10% error':>24}{'Spearman with |error|':>24}{'n':>4}"
+                     f"{'expected / real MAE':>24}")
         for region in maps:
             m = summary[region]
+            ratio = m.get("mae_ratio")
             lines.append(f"{region[len(MAP_PREFIX):]:<18}{m['auroc']['mean']:>15.3f} ({m['auroc']['std']:.3f})"
-                         f"{m['spearman']['mean']:>15.3f} ({m['spearman']['std']:.3f}){m['auroc']['n']:>4}")
+                         f"{m['spearman']['mean']:>15.3f} ({m['spearman']['std']:.3f}){m['auroc']['n']:>4}"
+                         + ("" if ratio is None else f"{ratio['mean']:>15.3f} ({ratio['std']:.3f})"))
     return "\n".join(lines)
 
 

@@ -68,7 +68,7 @@ from .loss_window import LossWindow
 from .reporting import Progress, Reporter, sample_grid
 from .signals import StopSignals
 from .step import DualDTrainer, NonFiniteLossError
-from .validation import is_better, jsonable_metrics, sample_captions, validate
+from .validation import held_out_calibration, is_better, jsonable_metrics, sample_captions, validate
 
 PARAM_DIGEST_ENV = "DUALD_TRAIN_PARAM_DIGEST_DIR"  # tests: each rank writes a digest of its parameters
 _ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", "model-final.safetensors", "model-best.safetensors",
@@ -353,7 +353,7 @@ class Run:
             architecture=self.arch.to_dict(), variant=v.value, source_modality=cfg.source,
             target_modality=cfg.target, preprocessing=self.spec.to_dict(), has_local_discriminator=v.uses_local,
             provenance=provenance, metrics=validation or {}, name=f"DualD {cfg.source}→{cfg.target} ({v.value})",
-            fingerprint=self.fingerprint,
+            fingerprint=self.fingerprint, error_calibration=held_out_calibration(validation),
             description=f"Trained with duald-train on {len(self.train_names)} subject(s) for "
                         f"{self.trainer.step_count} iterations.",
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from DualDSynthesisLib.imaging.calibration import ErrorCalibration, error_ratio
 from DualDSynthesisLib.model import metrics
 from DualDSynthesisLib.model.losses import difficulty_from_logits, expected_error
 from DualDSynthesisLib.model.slicestack import slice_stack
@@ -81,8 +82,10 @@ def difficulty(local: torch.nn.Module, synthetic: np.ndarray, device: torch.devi
     return heat[:, 0].cpu().numpy()
 
 
-def subject_metrics(pred: np.ndarray, subject: PreparedSubject) -> dict[str, float]:
-    """PSNR/MAE/SSIM of ``pred`` against the subject's target, cropped to the unpadded slice region."""
+def subject_metrics(pred: np.ndarray, subject: PreparedSubject, err: np.ndarray | None = None) -> dict[str, float]:
+    """PSNR/MAE/SSIM of ``pred`` against the subject's target, cropped to the unpadded slice region; with G's
+    expected error ``err``, also its ``expected_error_ratio`` (mean map / mean |error| in the foreground: the
+    evidence the bundle's calibration is computed from)."""
     ys, xs = subject.crop
     p = pred[:, ys, xs]
     t = subject.target[:, ys, xs]
@@ -101,6 +104,8 @@ def subject_metrics(pred: np.ndarray, subject: PreparedSubject) -> dict[str, flo
         out[f"psnr_{region}"] = metrics.psnr(p, t, DATA_RANGE, mask)
         out[f"mae_{region}"] = metrics.mae(p, t, mask)
         out[f"ssim_{region}"] = metrics.masked_mean(smap, mask)
+    if err is not None and regions["foreground"].any():
+        out["expected_error_ratio"] = error_ratio(err[:, ys, xs], np.abs(p - t), regions["foreground"])
     return out
 
 
@@ -150,7 +155,7 @@ def validate(
     rows: list[tuple[np.ndarray, ...]] = []
     for i, subject in enumerate(subjects):
         pred, err = predict(generator, subject.source, device, batch_size, amp, context)
-        per_subject[subject.name] = subject_metrics(pred, subject)
+        per_subject[subject.name] = subject_metrics(pred, subject, err)
         if i == 0:
             ks = sample_slices(subject)
             ys, xs = subject.crop
@@ -166,6 +171,18 @@ def validate(
             rows = [(subject.source[k][ys, xs], subject.target[k][ys, xs], fake[j][ys, xs],
                      *(m[j][ys, xs] for m in maps)) for j, k in enumerate(ks)]
     return average(per_subject), per_subject, rows
+
+
+def held_out_calibration(validation: dict[str, Any] | None) -> ErrorCalibration:
+    """The expected-error calibration a validation result (``loop``'s record: per-subject metrics) supports:
+    from its subjects' ``expected_error_ratio``; uncalibrated without validation or without the head."""
+    per_subject = (validation or {}).get("per_subject", {})
+    ratios = {name: m["expected_error_ratio"] for name, m in per_subject.items()
+              if isinstance(m.get("expected_error_ratio"), float) and math.isfinite(m["expected_error_ratio"])
+              and m["expected_error_ratio"] > 0}
+    if not ratios:
+        return ErrorCalibration()
+    return ErrorCalibration.from_ratios(ratios, f"duald-train validation subjects at step {validation['step']}")
 
 
 def is_better(value: float | None, best: float | None, name: str) -> bool:

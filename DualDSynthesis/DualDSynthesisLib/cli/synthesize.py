@@ -252,6 +252,8 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_file, cancelled_type) -> int:
+    if args.heatmap is not None and engine.heatmap_source == "expected_error" and not args.quiet:
+        print(f"{PROG}: {engine.error_calibration.describe()}", file=sys.stderr)  # what the heatmap's values mean
     failures = 0
     for n, job in enumerate(jobs, 1):
         name = job["input"].name

@@ -23,6 +23,7 @@ from ..core.errors import DualDError, OutputExistsError
 from ..core.vocabulary import VARIANTS
 from ..model.architecture import ArchitectureConfig
 from .atomic import atomic_write, safetensors_problem
+from .calibration import CalibrationError, ErrorCalibration
 from .preprocess import PreprocessError, PreprocessingSpec
 
 if TYPE_CHECKING:  # torch is imported only where weights are saved or loaded
@@ -32,9 +33,9 @@ if TYPE_CHECKING:  # torch is imported only where weights are saved or loaded
 
 # Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
 # mri_peak mapping, and the training-data fingerprint; a version-1 bundle is a version-2 bundle with
-# their defaults, so both load.
-FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+# their defaults, so both load. Version 3 added ``error_calibration`` (absent = uncalibrated).
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 METADATA_KEY = "duald"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -61,6 +62,8 @@ class BundleMetadata:
     format_version: int = FORMAT_VERSION
     # The training sources' statistics (fingerprint.TrainingFingerprint.to_dict()); {} = not recorded.
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # The factor the expected-error map is multiplied by, and its held-out evidence (calibration.py).
+    error_calibration: ErrorCalibration = field(default_factory=ErrorCalibration)
 
     def __post_init__(self) -> None:
         # An edited bundle whose JSON still parses must get a sentence too, not a traceback later.
@@ -81,6 +84,11 @@ class BundleMetadata:
                 self.preprocessing = PreprocessingSpec.from_dict(self.preprocessing)
             except (PreprocessError, TypeError, ValueError) as exc:
                 raise BundleError(f"the bundle's preprocessing is invalid: {str(exc).rstrip('.')}") from None
+        if not isinstance(self.error_calibration, ErrorCalibration):
+            try:
+                self.error_calibration = ErrorCalibration.from_dict(self.error_calibration)
+            except CalibrationError as exc:
+                raise BundleError(str(exc)) from None
         if not isinstance(self.has_local_discriminator, bool):
             raise BundleError("the bundle's has_local_discriminator must be true or false")
         if self.variant not in VARIANTS:
@@ -90,6 +98,7 @@ class BundleMetadata:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["architecture"] = self.architecture.to_dict()
         data["preprocessing"] = self.preprocessing.to_dict()
+        data["error_calibration"] = self.error_calibration.to_dict()
         return data
 
     def to_json(self) -> str:

@@ -48,6 +48,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 from ..core.vocabulary import modality_warning
 from ..imaging import io as vio
 from ..imaging.bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
+from ..imaging.calibration import ErrorCalibration
 from ..imaging.defaults import DEFAULT_MODEL
 from ..imaging.device_prepare import prepare_volume_on_device
 from ..imaging.devices import (
@@ -247,8 +248,13 @@ class SynthesisEngine:
 
     @property
     def _error_units(self) -> float:
-        """Target units per normalised unit (the expected-error head works in normalised units)."""
-        return self.spec.target.units_per_normalised(self.output_scale)
+        """Target units per normalised unit (the expected-error head works in normalised units), times the
+        bundle's held-out calibration factor (``calibration.py``; 1.0 when uncalibrated)."""
+        return self.spec.target.units_per_normalised(self.output_scale) * self.error_calibration.scale
+
+    @property
+    def error_calibration(self) -> ErrorCalibration:
+        return self.bundle.metadata.error_calibration
 
     @property
     def _d2_stride(self) -> int:
