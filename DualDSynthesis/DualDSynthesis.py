@@ -191,8 +191,7 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return _("Model details need PyTorch.")
         except ValueError as exc:
             return str(exc)
-        heatmap = _("with difficulty heatmap") if meta.has_local_discriminator else _("no heatmap")
-        return f"{meta.name}: {meta.source_modality} → {meta.target_modality} ({meta.variant}, {heatmap})"
+        return meta.summary()
 
     def onDeviceChanged(self, *_args) -> None:
         if self._parameterNode:

@@ -97,10 +97,23 @@ def test_duald_evaluate_reports_expected_over_real_mae(factor: float) -> None:
     source = np.where(head, 100 + 20 * np.sin(xx / 3.0), 0).astype(np.float32)
     real = np.where(head, 300 + 50 * np.cos(yy / 4.0), 0).astype(np.float32)
     synthetic = np.where(head, real * 0.6 + rng.normal(0, 20, real.shape), 0).astype(np.float32)
-    pred, ref, fg, _, _ = comparable(synthetic, real, source, spec)
+    pred, ref, *_ = comparable(synthetic, real, source, spec)
     honest = np.abs(pred - ref) * 200.0  # the true |error| in target units: expected = real everywhere
     res = evaluate_arrays("s", synthetic, real, source, spec, (1.0, 1.0, 1.0),
                           maps={"expected_error": factor * honest})
     assert res.maps["expected_error"]["mae_ratio"] == pytest.approx(factor, rel=1e-4)
     assert "mae_ratio" not in res.maps["edge"]
     assert f"{factor:.3f}" in format_table(summarise([res])).splitlines()[-2]  # the expected_error row
+
+
+def test_model_summary_names_the_heatmaps_and_the_calibration(tmp_path: Path) -> None:
+    arch = dataclasses.replace(TINY, g_error_head=True)
+    error_only = read_metadata(make_bundle(tmp_path / "e.safetensors", arch, with_d2=False))
+    assert error_only.heatmap_sources == ("expected_error",)
+    assert "(unet, expected-error heatmap); expected error uncalibrated" in error_only.summary()
+    both = read_metadata(make_bundle(tmp_path / "b.safetensors", arch))
+    assert "expected-error heatmap and D2 difficulty heatmap" in both.summary()
+    d2_only = read_metadata(make_bundle(tmp_path / "d.safetensors"))
+    assert d2_only.heatmap_sources == ("d2",) and "calibrat" not in d2_only.summary()
+    calibrated = dataclasses.replace(error_only, error_calibration=ErrorCalibration(0.5, "folds", {"a": 2.0}))
+    assert "calibrated ×0.5 on 1 held-out subject(s) (folds)" in calibrated.summary()

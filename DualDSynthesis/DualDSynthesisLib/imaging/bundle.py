@@ -94,6 +94,22 @@ class BundleMetadata:
         if self.variant not in VARIANTS:
             raise BundleError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
 
+    @property
+    def heatmap_sources(self) -> tuple[str, ...]:
+        """The trust maps this model can produce, the preferred first: G's expected-error head ranks the
+        errors best where both exist (docs/generalisation.md), D2's difficulty map otherwise."""
+        return tuple(name for name, present in (("expected_error", self.architecture.g_error_head),
+                                                ("d2", self.has_local_discriminator)) if present)
+
+    def summary(self) -> str:
+        """One line for the Slicer panel and logs (needs no torch)."""
+        maps = {"expected_error": "expected-error heatmap", "d2": "D2 difficulty heatmap"}
+        heat = " and ".join(maps[m] for m in self.heatmap_sources) or "no heatmap"
+        line = f"{self.name}: {self.source_modality} → {self.target_modality} ({self.variant}, {heat})"
+        if "expected_error" in self.heatmap_sources:
+            line += f"; {self.error_calibration.describe()}"
+        return line
+
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["architecture"] = self.architecture.to_dict()

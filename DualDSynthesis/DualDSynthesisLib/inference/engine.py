@@ -199,14 +199,8 @@ class SynthesisEngine:
 
     @property
     def heatmap_sources(self) -> tuple[str, ...]:
-        """The maps this bundle can produce, the preferred first: G's expected-error head ranks the
-        errors best where both exist (docs/generalisation.md), D2's difficulty map otherwise."""
-        found = []
-        if self.arch.g_error_head:
-            found.append("expected_error")
-        if self.bundle.local_discriminator is not None:
-            found.append("d2")
-        return tuple(found)
+        """The maps this bundle can produce, the preferred first (``BundleMetadata.heatmap_sources``)."""
+        return self.bundle.metadata.heatmap_sources
 
     @property
     def has_heatmap(self) -> bool:
