@@ -245,12 +245,12 @@ class Run:
         if not all(ctx.gather_objects(bool(subjects))):
             raise TrainingError("no training subject could be prepared (see the rejected lines above)")
         train = [p for p in train if p.subject not in dict(dropped)]
-        scales = [s for per_rank in ctx.gather_objects([s.target_scale for s in subjects]) for s in per_rank]
+        fitted = [p for per_rank in ctx.gather_objects([s.target_params for s in subjects]) for p in per_rank]
         stats = [s for per_rank in ctx.gather_objects([s.source_stats for s in subjects]) for s in per_rank]
         self.fingerprint = fingerprint([s for s in stats[: len(train)] if s is not None]).to_dict() if stats else {}
         if shard_slices:
-            scales = scales[: len(train)]  # every rank prepared all subjects: count each once
-        self.spec = spec if self.state is not None else finish_spec(spec, scales)
+            fitted = fitted[: len(train)]  # every rank prepared all subjects: count each once
+        self.spec = spec if self.state is not None else finish_spec(spec, fitted)
         self.val_subjects = []
         if ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
             self.val_subjects, val_dropped = prepare_each(val, self.spec, cfg.workers)
