@@ -125,7 +125,7 @@ def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubje
         tumour = prepare_on_grid(mask_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
     if fg_img is not None:
         foreground |= prepare_on_grid(fg_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
-    stats = volume_stats(src)  # before the foreground is merged with the target's: as the engine sees it
+    stats = volume_stats(src, spec.source)  # before the foreground is merged with the target's: as the engine sees it
     return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.params, tgt.params,
                            src.context, stats)
 

@@ -343,7 +343,7 @@ class SynthesisEngine:
         if self.fingerprint is not None:  # warn, and still synthesise: the user decides
             host = prepared if isinstance(prepared.slices, np.ndarray) else PreparedVolume(
                 prepared.slices.cpu().numpy(), prepared.foreground, prepared.params, context)  # host statistics
-            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, volume_stats(host)))
+            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, volume_stats(host, self.spec.source)))
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:

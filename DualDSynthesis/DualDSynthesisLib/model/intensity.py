@@ -96,6 +96,7 @@ class _ScaleMapping(_MriForeground, FourKeyMapping):
     """normalised = raw / scale clipped to ``clip`` (background, ≤ 0, lands at 0)."""
 
     params_type: ClassVar[type[IntensityParams]] = ScaleParams
+    proportional: ClassVar[bool] = True
 
     def _fit(self, arr: Any, values: Any, ops: ArrayOps) -> ScaleParams:
         scale = self._scale(values, ops)

@@ -190,6 +190,7 @@ class IntensityMapping(ABC):
     data_range: ClassVar[float] = 1.0  # the normalised range metrics use (PSNR, SSIM)
     background_value: ClassVar[float] = 0.0  # raw value of empty space (resampling outside a volume)
     zero_outside_foreground: ClassVar[bool] = True  # prepared volumes are exactly 0 outside the foreground
+    proportional: ClassVar[bool] = False  # normalised = raw × a per-volume constant (inside the clip)
 
     # --- foreground and fit
 
