@@ -368,7 +368,8 @@ class Run:
             t0 = time.time()
             local = self.trainer.local if self.trainer.config.variant.uses_local else None
             mean, per_subject, rows = validate(self.trainer.generator, local, self.val_subjects, self.ctx.device,
-                                               self.cfg.batch_size, self.cfg.amp, self.spec.context_slices)
+                                               self.cfg.batch_size, self.cfg.amp, self.spec.context_slices,
+                                               self.spec.target.data_range)
             self.reporter.log("validation", step, {**mean, "per_subject": per_subject,
                                                    "seconds": round(time.time() - t0, 2)})
             if rows:
@@ -381,7 +382,8 @@ class Run:
             self.say(f"step {step}: validation {shown}")
             result = {"step": step, "metrics": jsonable_metrics(mean),
                       "per_subject": {k: jsonable_metrics(m) for k, m in per_subject.items()},
-                      "data_range": 1.0, "units": "normalised intensities (see DualDTrainingLib.validation)",
+                      "data_range": self.spec.target.data_range,
+                      "units": "normalised intensities (see DualDTrainingLib.validation)",
                       "best_metric": metric}
             if is_better(mean.get(metric), None if self.best is None else self.best["value"], metric):
                 self.best = {"metric": metric, "value": mean[metric], "step": step}
