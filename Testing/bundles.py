@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 from DualDSynthesisLib.imaging.bundle import BundleMetadata, save_bundle
-from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec, source_mapping
+from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec, source_mapping
+from DualDSynthesisLib.model.intensity import HounsfieldWindow, PercentileScale
 from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 TINY = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
@@ -15,8 +16,8 @@ T2_REFERENCE_SCALE = 800.0
 
 def spec(target: str = "t2", spacing: tuple[float, float] | None = (1.0, 1.0), size_multiple: int = 16,
          min_size: int = 32, source_norm: str = "p99.5", context_slices: int = 0) -> PreprocessingSpec:
-    target_map = (IntensityMapping("ct_hu") if target == "ct"
-                  else IntensityMapping("mri_percentile", reference_scale=T2_REFERENCE_SCALE))
+    target_map = (HounsfieldWindow() if target == "ct"
+                  else PercentileScale(reference_scale=T2_REFERENCE_SCALE))
     return PreprocessingSpec(source=source_mapping(source_norm), target=target_map, spacing=spacing,
                              size_multiple=size_multiple, min_size=min_size, context_slices=context_slices)
 

@@ -11,12 +11,13 @@ import torch
 from bundles import make_bundle
 from DualDSynthesisLib.core.resources import MODELS_DIR
 from DualDSynthesisLib.imaging.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
-from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec
+from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec
+from DualDSynthesisLib.model.intensity import PercentileScale
 from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 ARCH = ArchitectureConfig(g_base_width=4, g_depth=2, d2_base_width=4)
-SPEC = PreprocessingSpec(source=IntensityMapping("mri_percentile"),
-                         target=IntensityMapping("mri_percentile", reference_scale=500.0))
+SPEC = PreprocessingSpec(source=PercentileScale(),
+                         target=PercentileScale(reference_scale=500.0))
 
 
 def _metadata(has_local: bool = True, **kw) -> BundleMetadata:

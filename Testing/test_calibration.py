@@ -85,13 +85,13 @@ def test_bundle_with_a_broken_calibration_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("factor", [1.0, 3.0])
 def test_duald_evaluate_reports_expected_over_real_mae(factor: float) -> None:
-    from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec
+    from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec
+    from DualDSynthesisLib.model.intensity import PercentileScale
     from DualDSynthesisLib.imaging.scoring import comparable
     from DualDTrainingLib.evaluation import evaluate_arrays, format_table, summarise
 
     rng = np.random.default_rng(0)
-    spec = PreprocessingSpec(source=IntensityMapping("mri_percentile"),
-                             target=IntensityMapping("mri_percentile", reference_scale=200.0))
+    spec = PreprocessingSpec(source=PercentileScale(), target=PercentileScale(reference_scale=200.0))
     _, yy, xx = np.mgrid[0:6, 0:24, 0:24]
     head = ((yy - 12) ** 2 + (xx - 12) ** 2) < 9**2
     source = np.where(head, 100 + 20 * np.sin(xx / 3.0), 0).astype(np.float32)

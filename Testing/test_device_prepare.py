@@ -9,14 +9,20 @@ import pytest
 import SimpleITK as sitk
 import torch
 from DualDSynthesisLib.imaging.device_prepare import percentile, prepare_volume_on_device
-from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessError, PreprocessingSpec, prepare_volume
-from DualDSynthesisLib.model.intensity import _fill_holes_per_slice
+from DualDSynthesisLib.imaging.preprocess import PreprocessError, PreprocessingSpec, prepare_volume
+from DualDSynthesisLib.model.intensity import (
+    SOURCE_NORMS,
+    HounsfieldWindow,
+    PercentileScale,
+    ScaleParams,
+    _fill_holes_per_slice,
+)
 from scipy import ndimage
 
 BRATS_T1 = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brain-mri" / "BraTS-GLI-00001-000"
             / "BraTS-GLI-00001-000-t1n.nii.gz")
-MRI = IntensityMapping("mri_percentile", reference_scale=500.0)
-CT = IntensityMapping("ct_hu")
+MRI = PercentileScale(reference_scale=500.0)
+CT = HounsfieldWindow()
 
 
 def _head(size=(44, 40, 7), dtype=np.int16, ct: bool = False, seed: int = 0) -> sitk.Image:
@@ -34,19 +40,22 @@ def _head(size=(44, 40, 7), dtype=np.int16, ct: bool = False, seed: int = 0) -> 
     return img
 
 
-@pytest.mark.parametrize("case", ["mri", "mri_float32_resampled", "ct", "mri_given_scale"])
+@pytest.mark.parametrize("case", ["mri", "mri_float32_resampled", "ct", "mri_given_scale", "peak", "zscore"])
 def test_device_path_equals_the_host_path(case: str) -> None:
     ct = case == "ct"
     image = _head(dtype=np.float32 if "float32" in case else np.int16, ct=ct)
     spacing = (1.0, 1.0) if "resampled" in case else None
-    spec = PreprocessingSpec(source=CT if ct else MRI, target=MRI, spacing=spacing)
-    scale = 400.0 if case == "mri_given_scale" else None
-    host = prepare_volume(image, spec, "source", scale=scale)
-    dev = prepare_volume_on_device(image, spec, "cpu", "source", scale=scale)
+    source = CT if ct else SOURCE_NORMS.get(case, MRI)
+    spec = PreprocessingSpec(source=source, target=MRI, spacing=spacing)
+    params = ScaleParams(400.0) if case == "mri_given_scale" else None
+    host = prepare_volume(image, spec, "source", params=params)
+    dev = prepare_volume_on_device(image, spec, "cpu", "source", params=params)
     assert dev.context == host.context
     assert np.array_equal(dev.foreground, host.foreground)
     assert host.foreground.sum() > 0
-    assert dev.scale == pytest.approx(host.scale, rel=1e-6)
+    assert type(dev.params) is type(host.params)
+    for name, value in vars(host.params).items():
+        assert getattr(dev.params, name) == pytest.approx(value, rel=1e-6)
     assert dev.slices.dtype == torch.float32 and dev.slices.shape == host.slices.shape
     np.testing.assert_allclose(dev.slices.numpy(), host.slices, rtol=1e-6, atol=1e-7)
 

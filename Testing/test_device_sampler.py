@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from DualDSynthesisLib.model.intensity import ScaleParams
 from DualDSynthesisLib.model.slicestack import slice_stack
 from DualDTrainingLib.dataset import PreparedSubject
 from DualDTrainingLib.device_sampler import FLOAT16_MAX_ERROR, DeviceSliceSampler
@@ -19,7 +20,7 @@ def _subject(name: str, k: int, h: int = 48, w: int = 40, tumour: bool = True, v
     if tumour:
         mask = np.zeros_like(fg)
         mask[k // 2, 20:24, 20:24] = True
-    return PreparedSubject(name, src, tgt, fg, mask, 1.0, 1.0, context=None)  # type: ignore[arg-type]
+    return PreparedSubject(name, src, tgt, fg, mask, ScaleParams(1.0), ScaleParams(1.0), context=None)  # type: ignore[arg-type]
 
 
 def test_shapes_for_context_0_and_1_and_channels_follow_slice_stack() -> None:

@@ -2,14 +2,15 @@
 
 import numpy as np
 import pytest
-from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec
+from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec
 from DualDSynthesisLib.imaging.scoring import auroc
+from DualDSynthesisLib.model.intensity import HounsfieldWindow, PercentileScale
 from DualDSynthesisLib.model.metrics import mae, psnr
 from DualDTrainingLib.evaluation import evaluate_arrays, format_table, hu_report, summarise
 from sklearn.metrics import roc_auc_score
 
 MRI = PreprocessingSpec(
-    source=IntensityMapping("mri_percentile"), target=IntensityMapping("mri_percentile", reference_scale=200.0)
+    source=PercentileScale(), target=PercentileScale(reference_scale=200.0)
 )
 
 
@@ -35,7 +36,7 @@ def _noisy_synthesis(rng: np.random.Generator) -> tuple:
     """(source, real, labels, head, the real image's scale, synthetic, |error| in normalised units): a synthetic
     image equal to the real one once both are normalised, up to random errors of up to 20 %."""
     source, real, labels, head = _phantom(rng)
-    scale_real = MRI.target.scale_for(real, head)
+    scale_real = MRI.target.fit(real, head).scale
     synthetic = real / scale_real * MRI.target.reference_scale
     synthetic *= 1 + 0.2 * rng.random(synthetic.shape).astype(np.float32)
     err = np.abs(synthetic / MRI.target.reference_scale - real / scale_real)
@@ -57,7 +58,7 @@ def test_perfect_synthesis_and_a_perfect_heatmap(rng: np.random.Generator) -> No
 
 
 def test_ct_metrics_are_in_hounsfield_units(rng: np.random.Generator) -> None:
-    spec = PreprocessingSpec(source=IntensityMapping("mri_percentile"), target=IntensityMapping("ct_hu"))
+    spec = PreprocessingSpec(source=PercentileScale(), target=HounsfieldWindow())
     source, _, _, head = _phantom(rng)
     real = np.where(head, 40.0, -1000.0).astype(np.float32)
     synthetic = real + np.where(head, 10.0, 0.0)
@@ -67,7 +68,7 @@ def test_ct_metrics_are_in_hounsfield_units(rng: np.random.Generator) -> None:
 
 
 def test_ct_hu_report_splits_the_body_into_air_soft_tissue_and_bone(rng: np.random.Generator) -> None:
-    spec = PreprocessingSpec(source=IntensityMapping("mri_percentile"), target=IntensityMapping("ct_hu"))
+    spec = PreprocessingSpec(source=PercentileScale(), target=HounsfieldWindow())
     source, _, _, head = _phantom(rng)
     real = np.where(head, 40.0, -1000.0).astype(np.float32)
     real[:, 14:18, 14:18] = -800.0  # a sinus: air enclosed by the body

@@ -17,11 +17,12 @@ from DualDSynthesisLib.imaging.fingerprint import (
     ood_warnings,
     volume_stats,
 )
-from DualDSynthesisLib.imaging.preprocess import IntensityMapping, PreprocessingSpec, prepare_volume
+from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec, prepare_volume
+from DualDSynthesisLib.model.intensity import PercentileScale, ZScore
 
 SPEC = PreprocessingSpec(
-    source=IntensityMapping("mri_percentile"),
-    target=IntensityMapping("mri_percentile"),
+    source=PercentileScale(),
+    target=PercentileScale(),
     spacing=(1.0, 1.0),
     size_multiple=16,
 )
@@ -96,12 +97,13 @@ def test_unseen_skull_kind_warns(toy_fp):
     assert "trained only on skull-stripped brains" in warnings[0]
 
 
-def test_quantiles_do_not_depend_on_the_source_mapping():
-    # A median-scaled bundle must get the same fingerprint values as a p99.5 one (see volume_stats).
-    median_spec = dataclasses.replace(SPEC, source=IntensityMapping("mri_percentile", 50.0, (0.0, 4.0)))
+@pytest.mark.parametrize("source", [PercentileScale(50.0, (0.0, 4.0)), ZScore()], ids=["median", "zscore"])
+def test_quantiles_do_not_depend_on_the_source_mapping(source):
+    # A median-scaled or z-scored bundle must get the same fingerprint values as a p99.5 one (see volume_stats).
+    spec = dataclasses.replace(SPEC, source=source)
     image = phantom(3, t2=True)
     a = stats_of(image)
-    b = volume_stats(prepare_volume(image, median_spec, "source"))
+    b = volume_stats(prepare_volume(image, spec, "source"), spec.source)
     assert b.quantiles == pytest.approx(a.quantiles, abs=1e-4)
     assert b.bright_core == pytest.approx(a.bright_core, abs=1e-3)
 

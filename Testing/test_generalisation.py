@@ -13,7 +13,14 @@ from bundles import TINY, make_bundle
 from DualDSynthesisLib.imaging.bundle import load_bundle
 from DualDSynthesisLib.imaging.preprocess import PreprocessError, PreprocessingSpec
 from DualDSynthesisLib.inference.engine import SynthesisEngine
-from DualDSynthesisLib.model.intensity import SOURCE_NORMS, IntensityMapping, histogram_peak, source_mapping
+from DualDSynthesisLib.model.intensity import (
+    SOURCE_NORMS,
+    IntensityMapping,
+    PercentileScale,
+    ScaleParams,
+    histogram_peak,
+    source_mapping,
+)
 from DualDTrainingLib.augment import SourceAugmentation
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler
 from DualDTrainingLib.folds import loso_folds, read_sources
@@ -80,7 +87,7 @@ def test_peak_scale_is_the_main_mode_and_ignores_a_bright_rim() -> None:
     fat = rng.normal(1500.0, 50.0, 8_000)  # a bright rim that moves the 99.5th percentile
     values = np.concatenate([tissue, fat]).astype(np.float32)
     assert abs(histogram_peak(values) - 500.0) < 25.0
-    assert IntensityMapping("mri_percentile", 99.5).scale_for(values, np.ones(values.shape, bool)) > 1400
+    assert PercentileScale(99.5).fit(values, np.ones(values.shape, bool)).scale > 1400
 
 
 def test_unknown_source_normalisation_and_unknown_keys_are_refused() -> None:
@@ -88,7 +95,7 @@ def test_unknown_source_normalisation_and_unknown_keys_are_refused() -> None:
         source_mapping("zscore-typo")
     with pytest.raises(PreprocessError, match="unknown setting"):
         IntensityMapping.from_dict({"kind": "mri_percentile", "window": 3})
-    spec = PreprocessingSpec(SOURCE_NORMS["p99.5"], IntensityMapping("mri_percentile")).to_dict()
+    spec = PreprocessingSpec(SOURCE_NORMS["p99.5"], PercentileScale()).to_dict()
     with pytest.raises(PreprocessError, match=r"unknown setting.*slice_thickness"):
         PreprocessingSpec.from_dict({**spec, "slice_thickness": 3})
 
@@ -99,7 +106,7 @@ def test_unknown_source_normalisation_and_unknown_keys_are_refused() -> None:
 def _subject(name: str, k: int, value: float) -> PreparedSubject:
     fg = np.ones((k, 32, 32), bool)
     src = np.full((k, 32, 32), value, np.float32) + np.arange(k, dtype=np.float32)[:, None, None] / 1000
-    return PreparedSubject(name, src, src.copy(), fg, None, 1.0, 1.0, context=None)  # type: ignore[arg-type]
+    return PreparedSubject(name, src, src.copy(), fg, None, ScaleParams(1.0), ScaleParams(1.0), context=None)  # type: ignore[arg-type]
 
 
 def test_each_subject_is_drawn_equally_often_whatever_its_slice_count() -> None:

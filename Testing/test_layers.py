@@ -24,7 +24,7 @@ VIEW = ROOT / "DualDView" / "DualDViewLib"
 # layer's folder, or test_every_module_has_a_layer fails.
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "limits", "resources", "console"),
-    "model": ("architecture", "networks", "losses", "slicestack", "intensity", "metrics"),
+    "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity", "metrics"),
     "imaging": ("atomic", "preprocess", "io", "figures", "fingerprint", "bundle", "defaults",
                 "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
     "inference": ("contract", "engine"),
@@ -35,9 +35,9 @@ RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module 
 INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
-TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity", "metrics", "atomic",
-                        "preprocess", "io", "figures", "fingerprint", "bundle", "defaults", "heatmap_file", "scoring",
-                        "overview", "dicom_export",
+TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity", "metrics",
+                        "atomic", "preprocess", "io", "figures", "fingerprint", "bundle", "defaults", "heatmap_file",
+                        "scoring", "overview", "dicom_export",
                         "contract", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")

@@ -19,11 +19,12 @@ from DualDSynthesisLib.imaging.preprocess import (
     restore_volume,
     validate_volume,
 )
+from DualDSynthesisLib.model.intensity import HounsfieldWindow, HUWindow, PercentileScale, ScaleParams
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-MRI = IntensityMapping("mri_percentile", reference_scale=500.0)
-CT = IntensityMapping("ct_hu")
+MRI = PercentileScale(reference_scale=500.0)
+CT = HounsfieldWindow()
 
 
 def _spec(**kw) -> PreprocessingSpec:
@@ -70,20 +71,24 @@ def test_mri_forward_inverse_round_trip():
     arr = rng.uniform(0, 1000, size=(4, 8, 8)).astype(np.float32)
     arr[:, :2] = 0
     fg = foreground_mask(arr, "mri_percentile")
-    scale = MRI.scale_for(arr, fg)
-    assert scale == pytest.approx(np.percentile(arr[fg], 99.5))
-    norm = MRI.forward(arr, scale)
+    params = MRI.fit(arr, fg)
+    assert isinstance(params, ScaleParams) and params.scale == pytest.approx(np.percentile(arr[fg], 99.5))
+    norm = MRI.forward(arr, params)
     assert norm.dtype == np.float32 and norm[:, :2].max() == 0
-    np.testing.assert_allclose(MRI.inverse(norm, scale), arr, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(MRI.inverse(norm, params), arr, rtol=1e-5, atol=1e-3)
+    with pytest.raises(PreprocessError, match="needs ScaleParams parameters, got float"):
+        MRI.forward(arr, 400.0)  # type: ignore[arg-type]
 
 
 def test_ct_forward_inverse_round_trip():
     hu = np.linspace(-1024, 3071, 4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
-    norm = CT.forward(hu, CT.scale_for(hu, None))
+    window = CT.fit(hu)
+    assert window == HUWindow(-1024.0, 3071.0) and CT.units_per_normalised(window) == 4095.0
+    norm = CT.forward(hu, window)
     assert norm.min() == 0.0 and norm.max() == pytest.approx(1.0)
-    np.testing.assert_allclose(CT.inverse(norm, 1.0), hu, atol=0.05)
+    np.testing.assert_allclose(CT.inverse(norm, window), hu, atol=0.05)
     # out-of-range HU are clipped, air is background (0)
-    assert CT.forward(np.array([[[-3000.0, 5000.0]]]), 1.0).tolist() == [[[0.0, 1.0]]]
+    assert CT.forward(np.array([[[-3000.0, 5000.0]]]), window).tolist() == [[[0.0, 1.0]]]
 
 
 def test_foreground_mask_rules():
@@ -110,6 +115,9 @@ def test_spec_dict_round_trip_and_validation():
         PreprocessingSpec.from_dict({"source": MRI.to_dict()})
     with pytest.raises(PreprocessError, match="unknown intensity kind"):
         IntensityMapping.from_dict({"kind": "pet"})
+    # the kinds bundles already hold keep their four keys, value for value
+    assert CT.to_dict() == {"kind": "ct_hu", "percentile": 99.5, "clip": [0.0, 2.0], "reference_scale": None}
+    assert MRI.to_dict() == {"kind": "mri_percentile", "percentile": 99.5, "clip": [0.0, 2.0], "reference_scale": 500.0}
     with pytest.raises(PreprocessError, match="size_multiple"):
         PreprocessingSpec.from_dict(spec.to_dict() | {"size_multiple": 0})
 
@@ -142,7 +150,7 @@ def test_prepare_restore_round_trip(case):
     restored = restore_volume(pv.slices, pv.context)
     _assert_same_geometry(restored, img)
     raw = sitk.GetArrayFromImage(img).astype(np.float32)
-    back = MRI.inverse(sitk.GetArrayFromImage(restored), pv.scale)
+    back = MRI.inverse(sitk.GetArrayFromImage(restored), pv.params)
     inside = raw > 0
     if spacing is None:  # no interpolation anywhere: exact up to float32 rounding
         np.testing.assert_allclose(back[inside], raw[inside], rtol=1e-5)
@@ -171,7 +179,7 @@ def test_lps_and_ras_array_order_give_identical_slices():
     a, b = prepare_volume(lps, _spec()), prepare_volume(ras, _spec())
     np.testing.assert_array_equal(a.slices, b.slices)
     np.testing.assert_array_equal(a.foreground, b.foreground)
-    assert a.scale == b.scale
+    assert a.params == b.params
     assert a.context.prepared.matches(b.context.prepared)
     _assert_same_geometry(restore_volume(b.slices, b.context), ras)
 
@@ -194,10 +202,10 @@ def test_prepare_on_grid_matches_reference_grid():
     )
     on = prepare_on_grid(tgt, ref, spec, role="target")
     assert on.slices.shape == ref.slices.shape and on.context is ref.context
-    assert on.scale == 1.0 and on.slices.min() >= 0.0 and on.slices.max() <= 1.0
+    assert on.params == HUWindow() and on.slices.min() >= 0.0 and on.slices.max() <= 1.0
     labels = sitk.Cast(src > 600, sitk.sitkUInt8)
     mask = prepare_on_grid(labels, ref, spec, role="mask", interpolator=sitk.sitkNearestNeighbor)
-    assert set(np.unique(mask.slices)) <= {0.0, 1.0} and mask.slices.any()
+    assert set(np.unique(mask.slices)) <= {0.0, 1.0} and mask.slices.any() and mask.params is None
     empty = prepare_on_grid(labels * 0, ref, spec, role="mask", interpolator=sitk.sitkNearestNeighbor)
     assert not empty.slices.any()  # an empty label map is allowed
 
@@ -244,5 +252,5 @@ def test_real_volume_round_trip_geometry():
     restored = restore_volume(pv.slices, pv.context)
     _assert_same_geometry(restored, img)
     raw = sitk.GetArrayFromImage(img).astype(np.float32)
-    fg = raw > 0.05 * pv.scale
-    np.testing.assert_allclose(MRI.inverse(sitk.GetArrayFromImage(restored), pv.scale)[fg], raw[fg], rtol=1e-5)
+    fg = raw > 0.05 * pv.params.scale
+    np.testing.assert_allclose(MRI.inverse(sitk.GetArrayFromImage(restored), pv.params)[fg], raw[fg], rtol=1e-5)

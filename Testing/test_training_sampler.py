@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from DualDSynthesisLib.model.intensity import ScaleParams
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler
 
 
@@ -12,7 +13,7 @@ def _subject(k: int = 6, h: int = 96, w: int = 80) -> PreparedSubject:
     tumour[2, 60:66, 50:56] = True
     src = fg.astype(np.float32)
     tgt = np.where(tumour, 2.0, src).astype(np.float32)
-    return PreparedSubject("s", src, tgt, fg, tumour, 1.0, 1.0, context=None)  # type: ignore[arg-type]
+    return PreparedSubject("s", src, tgt, fg, tumour, ScaleParams(1.0), ScaleParams(1.0), context=None)  # type: ignore[arg-type]
 
 
 def test_crops_have_the_size_and_lie_on_the_foreground() -> None:

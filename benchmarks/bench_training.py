@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "DualDSynthesis"), str(ROOT / "DualDTraining")]
 
 from DualDSynthesisLib.imaging.defaults import DEFAULT_ARCHITECTURE  # noqa: E402
+from DualDSynthesisLib.model.intensity import ScaleParams  # noqa: E402
 from DualDSynthesisLib.model.networks import ArchitectureConfig  # noqa: E402
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler  # noqa: E402
 from DualDTrainingLib.device_sampler import DeviceSliceSampler  # noqa: E402
@@ -80,7 +81,8 @@ def synthetic_subjects(n: int, k: int, h: int, w: int, seed: int = 0) -> list[Pr
     for i in range(n):
         src = (rng.random((k, h, w), dtype=np.float32) * fg).astype(np.float32)
         tgt = (rng.random((k, h, w), dtype=np.float32) * fg).astype(np.float32)
-        out.append(PreparedSubject(f"synthetic{i}", src, tgt, fg, tumour, 1.0, 1.0, context=None))  # type: ignore[arg-type]
+        unit = ScaleParams(1.0)
+        out.append(PreparedSubject(f"synthetic{i}", src, tgt, fg, tumour, unit, unit, context=None))  # type: ignore[arg-type]
     return out
 
 

@@ -84,7 +84,7 @@ def prepare(args: argparse.Namespace) -> None:
             arrays[f"{s.name}/tumour"] = np.packbits(s.tumour)
         meta["subjects"][s.name] = {
             "source": sources[s.name], "shape": list(s.source.shape), "crop": list(s.context.crop),
-            "source_scale": s.source_scale, "target_scale": s.target_scale,
+            "source_scale": s.source_params.scale, "target_scale": s.target_params.scale,
             "slice_spacing": s.context.prepared.spacing[2], "tumour": s.tumour is not None,
             "stats": dataclasses.asdict(s.source_stats),
         }
@@ -129,27 +129,31 @@ def load_prepared(path: str | Path, names: list[str] | None = None) -> dict[str,
 # ----------------------------------------------------------------------------- one job
 
 
-def _renormalise(source: np.ndarray, scale: float, norm: str) -> np.ndarray:
-    """The stored p99.5-normalised source under another ``--source-norm`` (through raw units)."""
-    from DualDSynthesisLib.model.intensity import source_mapping
+def _renormalise(source: np.ndarray, scale: float, norm: str):
+    """The stored p99.5-normalised source under another ``--source-norm`` (through raw units), and the
+    source mapping's parameters for it."""
+    from DualDSynthesisLib.model.intensity import ScaleParams, source_mapping
 
     if norm == "p99.5":
-        return source
+        return source, ScaleParams(scale)
     mapping = source_mapping(norm)
     raw = source * np.float32(scale)
-    return mapping.forward(raw, mapping.scale_for(raw, None))
+    params = mapping.fit(raw)
+    return mapping.forward(raw, params), params
 
 
 def _subject(loaded: Loaded, norm: str):
     from DualDSynthesisLib.imaging.preprocess import Grid, RestoreContext
+    from DualDSynthesisLib.model.intensity import ScaleParams
     from DualDTrainingLib.dataset import PreparedSubject
 
     k, h, w = loaded.source.shape
     grid = Grid((w, h, k), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     context = RestoreContext(grid, "LPS", "float", grid, grid, (False,) * 3, (0, 1, 2),
                              tuple(loaded.info["crop"]), (k, h, w))
-    return PreparedSubject(loaded.name, _renormalise(loaded.source, loaded.info["source_scale"], norm),
-                           loaded.target, loaded.foreground, loaded.tumour, 1.0, loaded.info["target_scale"], context)
+    source, source_params = _renormalise(loaded.source, loaded.info["source_scale"], norm)
+    return PreparedSubject(loaded.name, source, loaded.target, loaded.foreground, loaded.tumour, source_params,
+                           ScaleParams(loaded.info["target_scale"]), context)
 
 
 def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str, Any]:
@@ -230,7 +234,7 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     train = [_subject(data[n], r["source_norm"]) for n in job["train"]]
     test = [_subject(data[n], r["source_norm"]) for n in job["test"]]
     spec = finish_spec(base_spec("mri", (1.0, 1.0), 16, source_norm=r["source_norm"],
-                                 context_slices=r["context"]), [s.target_scale for s in train])
+                                 context_slices=r["context"]), [s.target_params for s in train])
     arch = ArchitectureConfig(in_channels=channels(r["context"]), g_base_width=r["width"], g_depth=4,
                               d2_base_width=r.get("d2_width", 32), g_error_head=True,
                               d2_head=job.get("d2_head", "patch"))

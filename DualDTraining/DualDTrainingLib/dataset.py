@@ -29,7 +29,7 @@ import SimpleITK as sitk
 import torch
 from DualDSynthesisLib.imaging.fingerprint import VolumeStats, volume_stats
 from DualDSynthesisLib.imaging.preprocess import (
-    IntensityMapping,
+    IntensityParams,
     PreparedVolume,
     PreprocessingSpec,
     RestoreContext,
@@ -37,6 +37,7 @@ from DualDSynthesisLib.imaging.preprocess import (
     prepare_volume,
     source_mapping,
 )
+from DualDSynthesisLib.model.intensity import HounsfieldWindow, PercentileScale
 from DualDSynthesisLib.model.slicestack import check_context, slice_stack
 
 from .discovery import SubjectPair, load_foreground, load_pair
@@ -54,8 +55,8 @@ class PreparedSubject:
     target: np.ndarray         # float32 [K, H, W], normalised
     foreground: np.ndarray     # bool [K, H, W]: source ∪ target foreground (∪ the given foreground mask)
     tumour: np.ndarray | None  # bool [K, H, W] (label > 0) or None without a mask
-    source_scale: float
-    target_scale: float
+    source_params: IntensityParams  # the intensity mappings' fitted parameters (e.g. ScaleParams)
+    target_params: IntensityParams
     context: RestoreContext
     source_stats: VolumeStats | None = None  # for the bundle's training-data fingerprint
 
@@ -95,19 +96,16 @@ def parse_spacing(text: str | None) -> tuple[float, float] | None:
 
 def base_spec(target_kind: Literal["mri", "ct"], spacing: tuple[float, float] | None, size_multiple: int,
               min_size: int = 32, source_norm: str = "p99.5", context_slices: int = 0) -> PreprocessingSpec:
-    """Spec before the target's ``reference_scale`` is known (set by :func:`finish_spec`)."""
-    target = IntensityMapping("ct_hu") if target_kind == "ct" else IntensityMapping("mri_percentile")
+    """Spec before the target's reference parameters are known (set by :func:`finish_spec`)."""
+    target = HounsfieldWindow() if target_kind == "ct" else PercentileScale()
     return PreprocessingSpec(source=source_mapping(source_norm), target=target, spacing=spacing,
                              size_multiple=size_multiple, min_size=min_size, context_slices=context_slices)
 
 
-def finish_spec(spec: PreprocessingSpec, target_scales: Sequence[float]) -> PreprocessingSpec:
-    """MRI target: ``reference_scale`` = median of the training targets' scales (raw units at inference)."""
-    if spec.target.kind != "mri_percentile":
-        return spec
-    ref = float(np.median(np.asarray(target_scales, dtype=np.float64)))
-    target = IntensityMapping(spec.target.kind, spec.target.percentile, spec.target.clip, ref)
-    return dataclasses.replace(spec, target=target)
+def finish_spec(spec: PreprocessingSpec, target_params: Sequence[IntensityParams]) -> PreprocessingSpec:
+    """The target mapping with its reference parameters (raw units at inference): for an MRI target the
+    median of the training targets' (``reference_scale``); a CT target needs none."""
+    return dataclasses.replace(spec, target=spec.target.with_reference(target_params))
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -127,8 +125,8 @@ def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubje
         tumour = prepare_on_grid(mask_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
     if fg_img is not None:
         foreground |= prepare_on_grid(fg_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
-    stats = volume_stats(src)  # before the foreground is merged with the target's: as the engine sees it
-    return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.scale, tgt.scale,
+    stats = volume_stats(src, spec.source)  # before the foreground is merged with the target's: as the engine sees it
+    return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.params, tgt.params,
                            src.context, stats)
 
 

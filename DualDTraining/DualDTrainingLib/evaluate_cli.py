@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
         "variant": engine.metadata.variant,
         "source_modality": engine.source_modality,
         "target_modality": engine.target_modality,
-        "target_units": "HU" if engine.spec.target.kind == "ct_hu" else "normalised (robust 99.5th percentile = 1)",
+        "target_units": engine.spec.target.description,  # HU, or what one normalised MRI unit is
         "heatmap_source": engine.heatmap_source,  # what --heatmap writes: the bundle's preferred map
         "heatmap_units": engine.heatmap_units if engine.heatmap_source else "",
         "maps": [*engine.heatmap_sources, EDGE_MAP],  # scored in summary["map <name>"] and subjects[].maps

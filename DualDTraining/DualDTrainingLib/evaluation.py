@@ -111,8 +111,8 @@ def evaluate_arrays(
     result.gradient_auroc = result.maps[EDGE_MAP]["auroc"]
     if "expected_error" in maps:  # are its values right, not only its ranking: expected / real MAE (1 = honest)
         expected = maps["expected_error"]
-        if spec.target.kind != "ct_hu":  # target units → the normalised units pred and ref are compared in
-            expected = expected / np.float32(spec.target.output_scale())
+        if not spec.target.absolute_units:  # target units → the normalised units pred and ref are compared in
+            expected = expected / np.float32(spec.target.units_per_normalised(spec.target.reference_params))
         result.maps["expected_error"]["mae_ratio"] = error_ratio(expected, np.abs(pred - ref), fg)
     if heatmap is not None:
         err = np.abs(pred - ref)[fg]

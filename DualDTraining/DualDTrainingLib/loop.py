@@ -245,12 +245,12 @@ class Run:
         if not all(ctx.gather_objects(bool(subjects))):
             raise TrainingError("no training subject could be prepared (see the rejected lines above)")
         train = [p for p in train if p.subject not in dict(dropped)]
-        scales = [s for per_rank in ctx.gather_objects([s.target_scale for s in subjects]) for s in per_rank]
+        fitted = [p for per_rank in ctx.gather_objects([s.target_params for s in subjects]) for p in per_rank]
         stats = [s for per_rank in ctx.gather_objects([s.source_stats for s in subjects]) for s in per_rank]
         self.fingerprint = fingerprint([s for s in stats[: len(train)] if s is not None]).to_dict() if stats else {}
         if shard_slices:
-            scales = scales[: len(train)]  # every rank prepared all subjects: count each once
-        self.spec = spec if self.state is not None else finish_spec(spec, scales)
+            fitted = fitted[: len(train)]  # every rank prepared all subjects: count each once
+        self.spec = spec if self.state is not None else finish_spec(spec, fitted)
         self.val_subjects = []
         if ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
             self.val_subjects, val_dropped = prepare_each(val, self.spec, cfg.workers)
@@ -368,7 +368,8 @@ class Run:
             t0 = time.time()
             local = self.trainer.local if self.trainer.config.variant.uses_local else None
             mean, per_subject, rows = validate(self.trainer.generator, local, self.val_subjects, self.ctx.device,
-                                               self.cfg.batch_size, self.cfg.amp, self.spec.context_slices)
+                                               self.cfg.batch_size, self.cfg.amp, self.spec.context_slices,
+                                               self.spec.target.data_range)
             self.reporter.log("validation", step, {**mean, "per_subject": per_subject,
                                                    "seconds": round(time.time() - t0, 2)})
             if rows:
@@ -381,7 +382,8 @@ class Run:
             self.say(f"step {step}: validation {shown}")
             result = {"step": step, "metrics": jsonable_metrics(mean),
                       "per_subject": {k: jsonable_metrics(m) for k, m in per_subject.items()},
-                      "data_range": 1.0, "units": "normalised intensities (see DualDTrainingLib.validation)",
+                      "data_range": self.spec.target.data_range,
+                      "units": "normalised intensities (see DualDTrainingLib.validation)",
                       "best_metric": metric}
             if is_better(mean.get(metric), None if self.best is None else self.best["value"], metric):
                 self.best = {"metric": metric, "value": mean[metric], "step": step}

@@ -2,12 +2,12 @@
 
 Metrics come from :mod:`DualDSynthesisLib.model.metrics` (PSNR, MAE, SSIM from scikit-image) and are
 computed on the prepared volume with the slice padding cropped away, in the *normalised* intensity
-space the networks see: PSNR uses ``data_range = 1.0`` (the normalised foreground range: MRI is
-scaled so the foreground's 99.5th percentile is 1, CT maps [-1024, 3071] HU to [0, 1]); MAE is in
-the same normalised units (×4095 gives HU for CT). Each metric is reported over the whole volume
-(``_volume``), the foreground (``_foreground``: source ∪ target foreground) and, when the subject has
-a label mask, inside the tumour (``_tumour``: label > 0). Masked SSIM averages the full SSIM map
-inside the mask (one map per volume, shared by the regions).
+space the networks see: PSNR uses the target mapping's ``data_range`` (``IntensityMapping.data_range``,
+1.0 for every mapping: MRI is scaled so e.g. the foreground's 99.5th percentile is 1, CT maps
+[-1024, 3071] HU to [0, 1]); MAE is in the same normalised units (×4095 gives HU for CT). Each metric
+is reported over the whole volume (``_volume``), the foreground (``_foreground``: source ∪ target
+foreground) and, when the subject has a label mask, inside the tumour (``_tumour``: label > 0). Masked
+SSIM averages the full SSIM map inside the mask (one map per volume, shared by the regions).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from DualDSynthesisLib.model.slicestack import slice_stack
 
 from .dataset import PreparedSubject
 
-DATA_RANGE = 1.0
 METRICS = ("psnr", "mae", "ssim")
 REGIONS = ("volume", "foreground", "tumour")
 
@@ -82,18 +81,19 @@ def difficulty(local: torch.nn.Module, synthetic: np.ndarray, device: torch.devi
     return heat[:, 0].cpu().numpy()
 
 
-def subject_metrics(pred: np.ndarray, subject: PreparedSubject, err: np.ndarray | None = None) -> dict[str, float]:
-    """PSNR/MAE/SSIM of ``pred`` against the subject's target, cropped to the unpadded slice region; with G's
-    expected error ``err``, also its ``expected_error_ratio`` (mean map / mean |error| in the foreground: the
-    evidence the bundle's calibration is computed from)."""
+def subject_metrics(pred: np.ndarray, subject: PreparedSubject, data_range: float = 1.0,
+                    err: np.ndarray | None = None) -> dict[str, float]:
+    """PSNR/MAE/SSIM of ``pred`` against the subject's target, cropped to the unpadded slice region;
+    ``data_range``: the target mapping's. With G's expected error ``err``, also its ``expected_error_ratio``
+    (mean map / mean |error| in the foreground: the evidence the bundle's calibration is computed from)."""
     ys, xs = subject.crop
     p = pred[:, ys, xs]
     t = subject.target[:, ys, xs]
     out = {
-        "psnr_volume": metrics.psnr(p, t, DATA_RANGE),
+        "psnr_volume": metrics.psnr(p, t, data_range),
         "mae_volume": metrics.mae(p, t),
     }
-    smap = metrics.ssim_map(p, t, DATA_RANGE)  # once; averaged inside each region
+    smap = metrics.ssim_map(p, t, data_range)  # once; averaged inside each region
     out["ssim_volume"] = metrics.masked_mean(smap)
     regions = {"foreground": subject.foreground[:, ys, xs]}
     if subject.tumour is not None:
@@ -101,7 +101,7 @@ def subject_metrics(pred: np.ndarray, subject: PreparedSubject, err: np.ndarray 
     for region, mask in regions.items():
         if not mask.any():
             continue
-        out[f"psnr_{region}"] = metrics.psnr(p, t, DATA_RANGE, mask)
+        out[f"psnr_{region}"] = metrics.psnr(p, t, data_range, mask)
         out[f"mae_{region}"] = metrics.mae(p, t, mask)
         out[f"ssim_{region}"] = metrics.masked_mean(smap, mask)
     if err is not None and regions["foreground"].any():
@@ -149,13 +149,14 @@ def validate(
     batch_size: int,
     amp: bool = False,
     context: int = 0,
+    data_range: float = 1.0,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[tuple[np.ndarray, ...]]]:
     """(mean metrics, per-subject metrics, sample rows source|real|synthetic|heatmap of the first subject)."""
     per_subject: dict[str, dict[str, float]] = {}
     rows: list[tuple[np.ndarray, ...]] = []
     for i, subject in enumerate(subjects):
         pred, err = predict(generator, subject.source, device, batch_size, amp, context)
-        per_subject[subject.name] = subject_metrics(pred, subject, err)
+        per_subject[subject.name] = subject_metrics(pred, subject, data_range, err)
         if i == 0:
             ks = sample_slices(subject)
             ys, xs = subject.crop

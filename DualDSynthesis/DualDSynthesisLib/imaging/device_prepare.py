@@ -13,9 +13,10 @@ the foreground threshold, the scale's percentile, the intensity mapping and the 
 per-plane hole filling goes back to the host (a boolean mask, scipy's labelling), since a connected-
 component labelling has no torch kernel. The slices stay on the device for the networks.
 
-The arithmetic is :class:`preprocess.IntensityMapping`'s, step for step, in float32 (the percentiles
-by numpy's linear interpolation), so the result equals ``prepare_volume``'s within float rounding; the
-tests force this path on the CPU and compare.
+The foreground threshold, the fit and the mapping are the mapping class's own methods
+(``model.intensity``), run on tensors with :data:`TORCH_OPS` for the reductions numpy and torch spell
+differently (the percentile by numpy's linear interpolation, in float64), so the result equals
+``prepare_volume``'s within float rounding; the tests force this path on the CPU and compare.
 """
 
 from __future__ import annotations
@@ -27,16 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..model.intensity import (
-    _ROBUST_MAX_SAMPLES,
-    CT_BODY_THRESHOLD_HU,
-    CT_HU_RANGE,
-    MRI_FOREGROUND_FRACTION,
-    IntensityMapping,
-    PreprocessError,
-    _fill_holes_per_slice,
-    histogram_peak,
-)
+from ..model.intensity import ArrayOps, IntensityParams, PreprocessError
 from .preprocess import PreprocessingSpec, RestoreContext, prepare_geometry
 
 
@@ -46,7 +38,7 @@ class DevicePreparedVolume:
 
     slices: torch.Tensor  # float32 [K, H, W], normalised, padded
     foreground: np.ndarray  # bool [K, H, W] on the host (the engine's crop box and slice skipping read it)
-    scale: float
+    params: IntensityParams
     context: RestoreContext
 
 
@@ -72,35 +64,26 @@ def _to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:
     return pinned.to(device, non_blocking=True) if device.type == "cuda" else pinned
 
 
-def foreground(arr: torch.Tensor, kind: str) -> np.ndarray:
-    """:func:`preprocess.foreground_mask` with the thresholding on ``arr``'s device (host bool mask out)."""
-    if kind == "ct_hu":
-        fg = arr > CT_BODY_THRESHOLD_HU
-    elif kind in ("mri_percentile", "mri_peak"):
-        flat = arr.reshape(-1)
-        sample = flat[:: max(1, flat.numel() // _ROBUST_MAX_SAMPLES)]
-        positive = sample[sample > 0]
-        if positive.numel() == 0:
-            return np.zeros(tuple(arr.shape), dtype=bool)
-        fg = arr > MRI_FOREGROUND_FRACTION * percentile(positive, 99.0)
-    else:
-        raise PreprocessError(f"unknown intensity kind {kind!r}.")
-    return _fill_holes_per_slice(fg.cpu().numpy())
+class TorchOps(ArrayOps):
+    """:class:`intensity.ArrayOps` for tensors, on their device."""
+
+    def percentile(self, values: torch.Tensor, q: float) -> float:
+        return percentile(values, q)
+
+    def mean_std(self, values: torch.Tensor) -> tuple[float, float]:
+        v = values.double()
+        return float(v.mean()), float(v.std(correction=0))
+
+    def to_host(self, x: torch.Tensor) -> np.ndarray:
+        return x.cpu().numpy()
 
 
-def forward(mapping: IntensityMapping, arr: torch.Tensor, scale: float) -> torch.Tensor:
-    """:meth:`IntensityMapping.forward` on a float32 tensor (same float32 operations, same order)."""
-    if mapping.kind == "ct_hu":
-        out = arr.clamp(*CT_HU_RANGE) - np.float32(CT_HU_RANGE[0])
-        return out * np.float32(1.0 / (CT_HU_RANGE[1] - CT_HU_RANGE[0]))
-    if not (np.isfinite(scale) and scale > 0):
-        raise PreprocessError(f"the intensity scale must be a positive finite number, got {scale}.")
-    return (arr * np.float32(1.0 / scale)).clamp(*mapping.clip)
+TORCH_OPS = TorchOps()
 
 
 def prepare_volume_on_device(image: sitk.Image, spec: PreprocessingSpec, device: torch.device | str,
                              role: Literal["source", "target"] = "source",
-                             scale: float | None = None) -> DevicePreparedVolume:
+                             params: IntensityParams | None = None) -> DevicePreparedVolume:
     """:func:`preprocess.prepare_volume` (sources and targets; masks stay on the host path) with the
     voxel work on ``device``; raises :class:`PreprocessError` as it does."""
     device = torch.device(device)
@@ -111,27 +94,16 @@ def prepare_volume_on_device(image: sitk.Image, spec: PreprocessingSpec, device:
     raw = _to_device(sitk.GetArrayViewFromImage(on_grid), device)  # [K, H, W] in the image's pixel type
     arr = raw.float()  # float32, as sitk.Cast gives (every ITK pixel type converts exactly or rounds alike)
     del raw
-    fg_host = foreground(arr, mapping.kind)
+    fg_host = mapping.foreground(arr, TORCH_OPS)  # the threshold on the device, the hole filling on the host
     fg = _to_device(fg_host, device)
-    if scale is None:
-        if mapping.kind == "ct_hu":
-            scale = 1.0
-        else:
-            values = arr[fg]
-            if values.numel() == 0:
-                raise PreprocessError("the volume has no foreground voxels, so its intensity scale cannot be set.")
-            if mapping.kind == "mri_peak":  # a histogram on the host: 1-D, cheap next to the volume's copy
-                scale = histogram_peak(values.cpu().numpy())
-            else:
-                scale = percentile(values, mapping.percentile)
-            if not (np.isfinite(scale) and scale > 0):
-                raise PreprocessError(f"the volume's intensity scale is {scale}, not a positive number.")
-    inner = forward(mapping, arr, float(scale))
-    if mapping.kind != "ct_hu":
+    if params is None:
+        params = mapping.fit(arr, fg, TORCH_OPS)
+    inner = mapping.forward(arr, params)
+    if mapping.zero_outside_foreground:
         inner = inner.masked_fill(~fg, 0.0)
     y0, y1, x0, x1 = context.crop
     slices = torch.zeros(context.padded_shape, dtype=torch.float32, device=device)
     slices[:, y0:y1, x0:x1] = inner
     foreground_padded = np.zeros(context.padded_shape, dtype=bool)
     foreground_padded[:, y0:y1, x0:x1] = fg_host
-    return DevicePreparedVolume(slices, foreground_padded, float(scale), context)
+    return DevicePreparedVolume(slices, foreground_padded, params, context)

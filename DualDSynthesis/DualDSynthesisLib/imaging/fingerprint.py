@@ -58,7 +58,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.errors import DualDError
-from .preprocess import PreparedVolume
+from .preprocess import IntensityMapping, PreparedVolume
 
 QUANTILES: tuple[float, ...] = (0.25, 0.50, 0.75, 0.90, 0.95)
 REFERENCE_PERCENTILE = 99.5  # quantiles are relative to this percentile of the foreground (see volume_stats)
@@ -113,18 +113,22 @@ def _bright_core(slices: np.ndarray, foreground: np.ndarray, values: np.ndarray,
     return float(ndimage.binary_erosion(bright, structure=_disk(radius)).sum() / n)
 
 
-def volume_stats(prepared: PreparedVolume) -> VolumeStats:
-    """Statistics of a volume from ``preprocess.prepare_volume(image, spec, "source")``."""
+def volume_stats(prepared: PreparedVolume, mapping: IntensityMapping | None = None) -> VolumeStats:
+    """Statistics of a volume from ``preprocess.prepare_volume(image, spec, "source")``; ``mapping``:
+    ``spec.source``, needed when it is not proportional (e.g. a z-score)."""
     fg = prepared.foreground
-    values = prepared.slices[fg]
+    normalised = values = prepared.slices[fg]
+    if mapping is not None and not mapping.proportional:  # back to raw units: see the quantiles below
+        values = mapping.inverse(normalised, prepared.params)
     if values.size == 0:
         raise FingerprintError("the volume has no foreground voxels, so it cannot be compared with the training data.")
     ctx = prepared.context
     canonical, grid = ctx.canonical, ctx.prepared
     # Quantiles are taken after dividing by the foreground's own 99.5th percentile, whatever the bundle's
-    # source mapping: every MRI mapping is one linear scale per volume, so this gives the same view for
-    # p99.5, median and peak bundles (under median/peak the FLAIRs of BraTS and TCGA fell inside the T1
-    # range; their bright lesion tail only shows relative to the top of the histogram).
+    # source mapping: p99.5, median and peak are one linear scale per volume (and a z-score is taken back
+    # to raw units above), so this gives the same view for every source mapping (under median/peak the
+    # FLAIRs of BraTS and TCGA fell inside the T1 range; their bright lesion tail only shows relative to the
+    # top of the histogram).
     top = float(np.percentile(values, REFERENCE_PERCENTILE))
     if not (math.isfinite(top) and top > 0):
         raise FingerprintError(f"the volume's foreground has a {REFERENCE_PERCENTILE}th percentile of {top}, not > 0.")
@@ -137,7 +141,7 @@ def volume_stats(prepared: PreparedVolume) -> VolumeStats:
         foreground_fraction=float(values.size) / float(np.prod(grid.size)),
         foreground_ml=foreground_ml,
         skull=foreground_ml > SKULL_ML,
-        bright_core=_bright_core(prepared.slices, fg, values, (grid.spacing[0], grid.spacing[1])),
+        bright_core=_bright_core(prepared.slices, fg, normalised, (grid.spacing[0], grid.spacing[1])),
     )
 
 

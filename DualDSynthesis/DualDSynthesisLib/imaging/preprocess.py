@@ -29,6 +29,7 @@ from ..model.intensity import (
     CT_HU_RANGE,
     SOURCE_NORMS,
     IntensityMapping,
+    IntensityParams,
     PreprocessError,
     foreground_mask,
     source_mapping,
@@ -36,8 +37,8 @@ from ..model.intensity import (
 from ..model.slicestack import check_context
 
 __all__ = [  # the intensity names are re-exported: callers prepare volumes through this module
-    "CT_BODY_THRESHOLD_HU", "CT_HU_RANGE", "SOURCE_NORMS", "Grid", "IntensityMapping", "PreparedVolume",
-    "PreprocessError", "PreprocessingSpec", "RestoreContext", "foreground_mask", "prepare_on_grid",
+    "CT_BODY_THRESHOLD_HU", "CT_HU_RANGE", "SOURCE_NORMS", "Grid", "IntensityMapping", "IntensityParams",
+    "PreparedVolume", "PreprocessError", "PreprocessingSpec", "RestoreContext", "foreground_mask", "prepare_on_grid",
     "prepare_volume", "restore_volume", "source_mapping", "validate_volume",
 ]
 
@@ -214,7 +215,7 @@ class RestoreContext:
 class PreparedVolume:
     slices: np.ndarray  # float32 [K, H, W], normalised, canonical orientation, padded
     foreground: np.ndarray  # bool [K, H, W], False in the padding
-    scale: float  # intensity scale used (1.0 for CT and label masks)
+    params: IntensityParams | None  # the intensity mapping's parameters used (None for label masks)
     context: RestoreContext
 
 
@@ -330,7 +331,7 @@ def validate_volume(
 
 
 def _finish(
-    image: sitk.Image, context: RestoreContext, mapping: IntensityMapping | None, scale: float | None
+    image: sitk.Image, context: RestoreContext, mapping: IntensityMapping | None, params: IntensityParams | None
 ) -> PreparedVolume:
     """Intensity mapping, foreground and padding of a float32 image on the prepared grid."""
     arr = sitk.GetArrayViewFromImage(image)  # [K, H, W] view, no copy
@@ -339,17 +340,17 @@ def _finish(
     inner = slices[:, y0:y1, x0:x1]
     if mapping is None:  # label mask: values kept as they are
         fg = arr != 0
-        used_scale = 1.0
+        params = None
         inner[...] = arr
     else:
-        fg = foreground_mask(arr, mapping.kind)
-        used_scale = mapping.scale_for(arr, fg) if scale is None else float(scale)
-        mapping.forward(arr, used_scale, out=inner)
-        if mapping.kind == "mri_percentile":
+        fg = mapping.foreground(arr)
+        params = mapping.fit(arr, fg) if params is None else params
+        mapping.forward(arr, params, out=inner)
+        if mapping.zero_outside_foreground:
             inner[~fg] = 0.0  # background exactly 0, as in the convention
     foreground = np.zeros(context.padded_shape, dtype=bool)
     foreground[:, y0:y1, x0:x1] = fg
-    return PreparedVolume(slices=slices, foreground=foreground, scale=used_scale, context=context)
+    return PreparedVolume(slices=slices, foreground=foreground, params=params, context=context)
 
 
 def _to_prepared_grid(canonical: sitk.Image, context: RestoreContext, interpolator: int, default: float,
@@ -386,12 +387,12 @@ def prepare_geometry(image: sitk.Image, spec: PreprocessingSpec, role: Literal["
 
 
 def prepare_volume(image: sitk.Image, spec: PreprocessingSpec, role: Literal["source", "target", "mask"] = "source",
-                   scale: float | None = None) -> PreparedVolume:
+                   params: IntensityParams | None = None) -> PreparedVolume:
     """Reorient, resample in-plane, normalise and pad ``image`` as ``spec`` says (see the module doc).
 
-    ``scale`` overrides the per-volume intensity scale; role 'mask' keeps the values (labels)."""
+    ``params`` overrides the volume's fitted intensity parameters; role 'mask' keeps the values (labels)."""
     resampled, context = prepare_geometry(image, spec, role)
-    return _finish(resampled, context, spec.mapping(role), scale)
+    return _finish(resampled, context, spec.mapping(role), params)
 
 
 def prepare_on_grid(
@@ -400,7 +401,7 @@ def prepare_on_grid(
     spec: PreprocessingSpec,
     role: Literal["source", "target", "mask"] = "target",
     interpolator: int = sitk.sitkLinear,
-    scale: float | None = None,
+    params: IntensityParams | None = None,
 ) -> PreparedVolume:
     """Bring a second volume (the target, or a label mask with ``sitk.sitkNearestNeighbor``) onto
     exactly the prepared grid of ``reference``; its context is the reference's, so restoring gives the
@@ -419,7 +420,7 @@ def prepare_on_grid(
         del canonical
     else:
         on_grid = context.prepared.resample(image, interpolator, default)
-    return _finish(on_grid, context, mapping, scale)
+    return _finish(on_grid, context, mapping, params)
 
 
 def restore_volume(

@@ -2,12 +2,12 @@
 for the Slicer QA table (``qa``), ``duald-evaluate`` and the LOSO experiments (torch-free).
 
 Units come from the bundle's target intensity mapping:
-- MRI targets: both volumes in the normalised space (the real one with its own robust scale, the
-  synthetic one with the bundle's reference scale), so PSNR uses a data range of 1.0 and MAE is a
-  fraction of the foreground's 99.5th percentile; the foreground is the source's (the engine's
-  ``intensity.foreground_mask``).
-- CT targets: Hounsfield units clipped to [-1024, 3071]; MAE in HU, PSNR and SSIM with a data range of
-  4095 HU (the SynthRAD convention); the foreground is the body (HU > -500).
+- MRI targets (no absolute unit): both volumes in the normalised space (the real one with its own
+  fitted parameters, e.g. its robust scale, the synthetic one with the bundle's reference parameters),
+  so PSNR uses the mapping's ``data_range`` (1.0) and MAE is a fraction of e.g. the foreground's 99.5th
+  percentile; the foreground is the source's (the engine's, ``IntensityMapping.foreground``).
+- CT targets (absolute units): Hounsfield units clipped to [-1024, 3071]; MAE in HU, PSNR and SSIM with
+  a data range of 4095 HU (the SynthRAD convention); the foreground is the body (HU > -500).
 
 Trust maps: AUROC for finding the worst-10 % |error| voxels of the foreground, and Spearman correlation
 with |error|; the edge baseline is the gradient magnitude of the synthetic image.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.intensity import CT_HU_RANGE, foreground_mask
 from .preprocess import PreprocessingSpec
 
 WORST_FRACTION = 0.10
@@ -30,14 +29,18 @@ def comparable(
     HU clipped to the CT range with the body as foreground, or the normalised MRI space with the
     source's brain as foreground (see the module docstring)."""
     mapping = spec.target
-    if mapping.kind == "ct_hu":
-        pred = np.clip(synthetic, *CT_HU_RANGE).astype(np.float32)
-        ref = np.clip(real, *CT_HU_RANGE).astype(np.float32)
-        return pred, ref, foreground_mask(ref, "ct_hu"), CT_HU_RANGE[1] - CT_HU_RANGE[0], "body"
-    fg = foreground_mask(source, spec.source.kind)  # the brain/head seen in the source
-    ref = mapping.forward(real, mapping.scale_for(real, fg & (real > 0)))
-    pred = mapping.forward(synthetic, mapping.output_scale())
-    return pred, ref, fg, 1.0, "foreground"
+    if mapping.absolute_units:  # CT: the raw units mean the same in every scan, so compare in them
+        params = mapping.reference_params
+        units = mapping.units_per_normalised(params)
+        lo = mapping.inverse(np.float32(0.0), params)  # the normalised range [0, data_range] in raw units
+        hi = lo + mapping.data_range * units
+        pred = np.clip(synthetic, lo, hi).astype(np.float32)
+        ref = np.clip(real, lo, hi).astype(np.float32)
+        return pred, ref, mapping.foreground(ref), mapping.data_range * units, "body"
+    fg = spec.source.foreground(source)  # the brain/head seen in the source
+    ref = mapping.forward(real, mapping.fit(real, fg & (real > 0)))
+    pred = mapping.forward(synthetic, mapping.reference_params)
+    return pred, ref, fg, mapping.data_range, "foreground"
 
 
 

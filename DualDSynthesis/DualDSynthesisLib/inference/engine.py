@@ -8,11 +8,11 @@ Pipeline (one call of :meth:`SynthesisEngine.run`):
 2. G, then D2 on G's output, slice by slice in batches under ``torch.inference_mode`` (bf16/fp16
    autocast on CUDA). The heatmap is ``1 − sigmoid(D2(G(x)))`` brought to the slice grid with
    ``losses.confidence_to_grid``: the shipped D2 itself, never an approximation.
-3. Back to target units with the target mapping's ``inverse`` (Hounsfield units for CT; for MRI the
-   normalised value times the bundle's ``reference_scale``, the median intensity scale of the
-   training targets, since an MRI has no absolute unit), then ``preprocess.restore_volume`` undoes
-   padding, resampling and reorientation: both outputs have exactly the input's size, spacing,
-   origin and direction (float32).
+3. Back to target units with the target mapping's ``inverse`` and the bundle's reference parameters
+   (Hounsfield units for CT; for MRI e.g. the normalised value times ``reference_scale``, the median
+   intensity scale of the training targets, since an MRI has no absolute unit), then
+   ``preprocess.restore_volume`` undoes padding, resampling and reorientation: both outputs have exactly
+   the input's size, spacing, origin and direction (float32).
 
 Speed without changing what the networks compute where it matters:
 
@@ -150,7 +150,7 @@ class SynthesisEngine:
         try:
             self.arch = meta.architecture
             self.spec = meta.preprocessing
-            self.output_scale = self.spec.target.output_scale()
+            self.output_params = self.spec.target.reference_params
             self.fingerprint = TrainingFingerprint.from_dict(meta.fingerprint) if meta.fingerprint else None
         except (PreprocessError, TypeError, ValueError) as exc:
             raise SynthesisError(f"the model bundle's metadata is unusable: {exc}") from None
@@ -210,7 +210,8 @@ class SynthesisEngine:
     def heatmap_units(self) -> str:
         """What the heatmap's values mean, for legends and file headers."""
         if self.heatmap_source == "expected_error":
-            unit = "HU" if self.spec.target.kind == "ct_hu" else f"{self.target_modality} intensity units"
+            target = self.spec.target
+            unit = target.units if target.absolute_units else f"{self.target_modality} {target.units}"
             return f"expected absolute error ({unit})"
         return "relative difficulty (1 − D2 confidence, 0–1)"
 
@@ -244,7 +245,7 @@ class SynthesisEngine:
     def _error_units(self) -> float:
         """Target units per normalised unit (the expected-error head works in normalised units), times the
         bundle's held-out calibration factor (``calibration.py``; 1.0 when uncalibrated)."""
-        return self.spec.target.units_per_normalised(self.output_scale) * self.error_calibration.scale
+        return self.spec.target.units_per_normalised(self.output_params) * self.error_calibration.scale
 
     @property
     def error_calibration(self) -> ErrorCalibration:
@@ -341,8 +342,8 @@ class SynthesisEngine:
         context = prepared.context
         if self.fingerprint is not None:  # warn, and still synthesise: the user decides
             host = prepared if isinstance(prepared.slices, np.ndarray) else PreparedVolume(
-                prepared.slices.cpu().numpy(), prepared.foreground, prepared.scale, context)  # host statistics
-            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, volume_stats(host)))
+                prepared.slices.cpu().numpy(), prepared.foreground, prepared.params, context)  # host statistics
+            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, volume_stats(host, self.spec.source)))
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:
@@ -357,7 +358,7 @@ class SynthesisEngine:
         check_cancel()
         report(_NETWORKS_DONE, "Restoring the input's geometry")
         target = self.spec.target
-        fill_syn = float(target.inverse(np.float32(self._blank_response(source)[0]), self.output_scale))
+        fill_syn = float(target.inverse(np.float32(self._blank_response(source)[0]), self.output_params))
         synthetic = restore_volume(syn, context, sitk.sitkLinear, fill_syn)
         del syn
         heat_image = None
@@ -393,7 +394,7 @@ class SynthesisEngine:
         g0, h0 = self._blank_response(heatmap)
         target = self.spec.target
         syn = np.empty((k, h, w), np.float32)
-        syn.fill(target.inverse(np.float32(g0), self.output_scale))
+        syn.fill(target.inverse(np.float32(g0), self.output_params))
         diff = np.full((k, h, w), h0, np.float32) if heatmap else None
         batch = self._batch_size_for((y1 - y0) * (x1 - x0))
         done = 0
@@ -416,7 +417,7 @@ class SynthesisEngine:
                     warnings.append(f"{self.device} ran out of memory even one slice at a time; continuing on the CPU")
                     self._move_to(torch.device("cpu"))
                 continue
-            syn[idx, y0:y1, x0:x1] = target.inverse(out, self.output_scale)
+            syn[idx, y0:y1, x0:x1] = target.inverse(out, self.output_params)
             if diff is not None:
                 diff[idx, y0:y1, x0:x1] = difficulty
             done += idx.size

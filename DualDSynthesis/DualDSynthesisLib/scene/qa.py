@@ -19,7 +19,6 @@ import SimpleITK as sitk
 from ..imaging.preprocess import PreprocessingSpec
 from ..imaging.scoring import comparable
 from ..model import metrics
-from ..model.intensity import foreground_mask
 
 FOREGROUND_ROW = "foreground"
 BODY_ROW = "body (HU > -500)"
@@ -127,12 +126,12 @@ def compute_qa(
     the same PSNR in both. MRI: the source's foreground, normalised units, data range 1; CT: HU, data
     range 4095 HU and an extra body row (reference HU > -500). ``heatmap_source``: see
     :func:`compute_region_metrics`."""
-    foreground = foreground_mask(source, spec.source.kind)
+    foreground = spec.source.foreground(source)
     body = None
     data_range = None
     if reference is not None and synthetic is not None:
         synthetic, reference, fg, data_range, _name = comparable(synthetic, reference, source, spec)
-        if spec.target.kind == "ct_hu":
+        if spec.target.absolute_units:  # CT: the body
             body = fg
     regions = region_masks(foreground, labels, label_names, body)
     return compute_region_metrics(regions, heatmap, synthetic, reference, data_range, heatmap_source)

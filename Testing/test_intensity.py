@@ -1,0 +1,129 @@
+"""The intensity mappings' registry and the z-score scheme (model.intensity), on numpy and on torch."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from DualDSynthesisLib.imaging.device_prepare import TORCH_OPS
+from DualDSynthesisLib.model.intensity import (
+    SOURCE_NORMS,
+    HounsfieldWindow,
+    IntensityMapping,
+    PeakScale,
+    PercentileScale,
+    PreprocessError,
+    ScaleParams,
+    ZScore,
+    ZScoreParams,
+    foreground_mask,
+    mapping_class,
+    source_mapping,
+)
+
+ALL = [PercentileScale(99.5, (0.0, 2.0), 812.5), PeakScale(50.0, (0.0, 3.0)), HounsfieldWindow(),
+       ZScore(), ZScore(4.0, (0.0, 2.5), ZScoreParams(250.0, 110.0, 20.0))]
+
+
+def _toy() -> np.ndarray:
+    """Zeros around a 2×4×4 block holding 100, 200, 300 and 400 (8 voxels each)."""
+    arr = np.zeros((4, 8, 8), np.float32)
+    arr[1:3, 2:6, 2:6] = np.array([100.0, 200.0, 300.0, 400.0], np.float32)[None, :, None]
+    return arr
+
+
+@pytest.mark.parametrize("mapping", ALL, ids=lambda m: m.kind)
+def test_every_kind_round_trips_through_json(mapping: IntensityMapping) -> None:
+    d = json.loads(json.dumps(mapping.to_dict()))
+    assert d["kind"] == mapping.kind and mapping_class(mapping.kind) is type(mapping)
+    assert IntensityMapping.from_dict(d) == mapping
+
+
+def test_unknown_kinds_settings_and_parameters_are_refused_in_one_sentence() -> None:
+    with pytest.raises(PreprocessError, match=r"^unknown intensity kind 'pet'; expected one of .*mri_zscore"):
+        IntensityMapping.from_dict({"kind": "pet"})
+    with pytest.raises(PreprocessError, match=r"unknown setting\(s\) percentile;"):
+        IntensityMapping.from_dict({"kind": "mri_zscore", "percentile": 99.5})
+    with pytest.raises(PreprocessError, match="mean, std and threshold"):
+        IntensityMapping.from_dict({"kind": "mri_zscore", "reference": {"mean": 1.0, "std": 2.0}})
+    with pytest.raises(PreprocessError, match="standard deviation must be a positive finite number"):
+        ZScoreParams(1.0, 0.0, 0.0)
+    with pytest.raises(PreprocessError, match="must start at 0"):
+        ZScore(clip=(0.5, 3.0))
+    with pytest.raises(PreprocessError, match="needs ZScoreParams parameters, got ScaleParams"):
+        ZScore().forward(_toy(), ScaleParams(3.0))
+    with pytest.raises(PreprocessError, match="no reference"):
+        ZScore().reference_params  # noqa: B018
+
+
+def test_zscore_by_hand_on_a_toy_volume() -> None:
+    arr = _toy()
+    z = source_mapping("zscore")
+    assert z == ZScore(3.0, (0.0, 3.0))
+    fg = z.foreground(arr)
+    assert fg.sum() == 32 and np.array_equal(fg, foreground_mask(arr, "mri_zscore"))
+    p = z.fit(arr, fg)
+    std = math.sqrt(((150**2) + (50**2)) / 2)  # population std of 100, 200, 300, 400
+    # threshold: 5 % of the 99th percentile of the positive voxels (400)
+    assert (p.mean, p.std, p.threshold) == pytest.approx((250.0, std, 20.0))
+    out = z.forward(arr, p)
+    assert out.dtype == np.float32
+    for raw in (100.0, 200.0, 300.0, 400.0):
+        assert out[arr == raw] == pytest.approx(1 + (raw - 250.0) / (3 * std), abs=1e-6)
+    assert np.all(out[arr == 0] == 0.0)  # background exactly 0 (an affine map alone gives 1 − 250/(3·std) > 0)
+    assert 1 - 250.0 / (3 * std) > 0.2
+    assert z.units_per_normalised(p) == pytest.approx(3 * std)
+    np.testing.assert_allclose(z.inverse(out, p), arr, rtol=1e-6, atol=1e-4)  # foreground back, background 0
+
+
+def test_zscore_clips_and_keeps_the_background_at_zero_through_the_inverse() -> None:
+    z, p = ZScore(), ZScoreParams(500.0, 100.0, 40.0)
+    raw = np.array([0.0, 30.0, 50.0, 500.0, 800.0, 1400.0, 5000.0], np.float32)
+    out = z.forward(raw, p)
+    # 30 ≤ threshold; 50 < mean − 3 std; 1400 > mean + 6 std
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 3.0], atol=1e-6)
+    back = z.inverse(np.float32(2.0), p)  # a scalar, as the engine's blank response
+    assert float(back) == pytest.approx(800.0) and float(z.inverse(np.float32(-0.3), p)) == 0.0
+    np.testing.assert_allclose(z.inverse(out, p), [0, 0, 0, 500, 800, 1100, 1100], atol=1e-3)  # 3 = mean + 6 std
+
+
+def test_zscore_reference_is_the_median_of_the_training_targets() -> None:
+    fitted = [ZScoreParams(100.0, 10.0, 5.0), ZScoreParams(300.0, 30.0, 15.0), ZScoreParams(200.0, 50.0, 9.0)]
+    ref = ZScore().with_reference(fitted)
+    assert ref.reference_params == ZScoreParams(200.0, 30.0, 9.0)
+    scales = [ScaleParams(4.0), ScaleParams(1.0), ScaleParams(2.0)]
+    assert PercentileScale().with_reference(scales).reference_scale == 2.0
+    assert HounsfieldWindow().with_reference([]) == HounsfieldWindow()
+
+
+@pytest.mark.parametrize("mapping", [m for m in ALL if m.kind != "ct_hu"] + [HounsfieldWindow()],
+                         ids=lambda m: m.kind)
+def test_the_same_methods_run_on_tensors(mapping: IntensityMapping) -> None:
+    """One definition for both backends: foreground, fit and forward on a tensor equal numpy's."""
+    rng = np.random.default_rng(0)
+    arr = _toy() * rng.uniform(0.9, 1.1, _toy().shape).astype(np.float32)
+    if mapping.kind == "ct_hu":
+        arr = arr * 4 - 1000
+    t = torch.from_numpy(arr.copy())
+    fg = mapping.foreground(arr)
+    assert np.array_equal(mapping.foreground(t, TORCH_OPS), fg)
+    p_np, p_t = mapping.fit(arr, fg), mapping.fit(t, torch.from_numpy(fg), TORCH_OPS)
+    for name, value in vars(p_np).items():
+        assert getattr(p_t, name) == pytest.approx(value, rel=1e-6)
+    out = mapping.forward(t, p_np)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), mapping.forward(arr, p_np), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mapping.inverse(out, p_np).numpy(), mapping.inverse(out.numpy(), p_np), rtol=1e-6)
+
+
+def test_source_norm_names_keep_their_mappings() -> None:
+    assert list(SOURCE_NORMS) == ["p99.5", "median", "peak", "zscore"]
+    assert SOURCE_NORMS["p99.5"].to_dict() == {"kind": "mri_percentile", "percentile": 99.5, "clip": [0.0, 2.0],
+                                               "reference_scale": None}
+    assert SOURCE_NORMS["median"].to_dict() == {"kind": "mri_percentile", "percentile": 50.0, "clip": [0.0, 4.0],
+                                                "reference_scale": None}
+    assert SOURCE_NORMS["peak"].to_dict() == {"kind": "mri_peak", "percentile": 50.0, "clip": [0.0, 3.0],
+                                              "reference_scale": None}

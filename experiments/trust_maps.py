@@ -1,0 +1,107 @@
+"""Which trust map finds the errors on unseen sources: candidate maps scored on LOSO fold bundles.
+
+For each fold bundle of a ``loso.py confirm`` run (``results.json`` names its held-out subjects), the
+generator is run over its held-out subjects (prepared arrays, as in ``loso.py``) and each candidate map
+is scored with the product's own :func:`scoring.map_scores` (AUROC for the worst-10 % |error| voxels of
+the foreground, Spearman with |error|). Candidates: G's expected error, the edge baseline, and
+combinations of the two that a heatmap could ship. Prints the fold means (each fold = mean of its
+held-out subjects) and writes the per-subject numbers to ``--out``.
+
+    python experiments/trust_maps.py /work/runs/cpu-d --prepared .loso/loso.npz --out maps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.stats import rankdata
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loso  # the experiment's own loaders (after the path insert)
+
+
+def _ranks(a: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Ranks in [0, 1] inside the foreground (0 outside): a unit-free version of a map."""
+    out = np.zeros(a.shape, np.float32)
+    out[fg] = rankdata(a[fg]) / fg.sum()
+    return out
+
+
+def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(a, (0, sigma, sigma))  # in-plane: slices can be 3-4 mm apart
+
+
+CANDIDATES: dict[str, Callable[[dict], np.ndarray]] = {
+    "expected_error": lambda m: m["err"],
+    "edge": lambda m: m["edge"],
+    "expected_error smoothed 2 px": lambda m: _smooth(m["err"], 2),
+    "edge smoothed 1 px": lambda m: _smooth(m["edge"], 1),
+    "edge smoothed 2 px": lambda m: _smooth(m["edge"], 2),
+    "edge smoothed 3 px": lambda m: _smooth(m["edge"], 3),
+    "edge smoothed 5 px": lambda m: _smooth(m["edge"], 5),
+    "expected_error × edge^0.5": lambda m: m["err"] * np.sqrt(m["edge"]),
+    "expected_error × edge smoothed 2 px": lambda m: m["err"] * _smooth(m["edge"], 2),
+    "expected_error^0.5 × edge smoothed 2 px": lambda m: np.sqrt(m["err"]) * _smooth(m["edge"], 2),
+    "rank mean(expected_error, edge smoothed 2 px)": lambda m: _ranks(m["err"], m["fg"])
+    + _ranks(_smooth(m["edge"], 2), m["fg"]),
+    "source edge smoothed 2 px": lambda m: _smooth(m["src_edge"], 2),
+}
+
+
+def score_run(run: Path, prepared: str) -> dict:
+    import torch
+    from DualDSynthesisLib.imaging.bundle import load_bundle
+    from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
+    from DualDTrainingLib.validation import predict
+
+    torch.set_num_threads(2)
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    out: dict = {}
+    for job in results:
+        if job.get("failed") or not job.get("test") or not job.get("bundle"):
+            continue
+        bundle = load_bundle(run / job["bundle"])
+        context = bundle.metadata.preprocessing.context_slices
+        data = loso.load_prepared(prepared, list(job["test"]))
+        for name in job["test"]:
+            subject = loso._subject(data[name], job["recipe_settings"]["source_norm"])
+            pred, err = predict(bundle.generator, subject.source, torch.device("cpu"), 16, False, context)
+            ys, xs = subject.crop
+            p, t, e = pred[:, ys, xs], subject.target[:, ys, xs], err[:, ys, xs]
+            fg = subject.foreground[:, ys, xs]
+            spacing = (float(subject.context.prepared.spacing[2]), 1.0, 1.0)
+            m = {"err": e, "edge": gradient_magnitude(p, spacing), "fg": fg,
+                 "src_edge": gradient_magnitude(subject.source[:, ys, xs], spacing)}
+            maps = {k: f(m) for k, f in CANDIDATES.items()}
+            out[name] = {"fold": job["fold"], "maps": map_scores(maps, np.abs(p - t), fg)}
+            print(name, {k: round(v["auroc"], 3) for k, v in out[name]["maps"].items()}, file=sys.stderr)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a loso.py confirm output folder (results.json, bundles/)")
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args()
+    per_subject = score_run(args.run, args.prepared)
+    args.out.write_text(json.dumps(per_subject, indent=1), encoding="utf-8")
+    folds = sorted({s["fold"] for s in per_subject.values()})
+    print("| map | AUROC worst-10 % (fold mean ± std) | Spearman | " + " | ".join(folds) + " |")
+    print("|---" * (3 + len(folds)) + "|")
+    for name in CANDIDATES:
+        by_fold = {f: [s["maps"][name] for s in per_subject.values() if s["fold"] == f] for f in folds}
+        auc = [float(np.mean([v["auroc"] for v in vs])) for vs in by_fold.values()]
+        rho = [float(np.mean([v["spearman"] for v in vs])) for vs in by_fold.values()]
+        print(f"| {name} | {np.mean(auc):.3f} ± {np.std(auc):.3f} | {np.mean(rho):.3f} ± {np.std(rho):.3f} | "
+              + " | ".join(f"{a:.3f}" for a in auc) + " |")
+
+
+if __name__ == "__main__":
+    main()
