@@ -86,8 +86,8 @@ def test_bundle_with_a_broken_calibration_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("factor", [1.0, 3.0])
 def test_duald_evaluate_reports_expected_over_real_mae(factor: float) -> None:
     from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec
-    from DualDSynthesisLib.model.intensity import PercentileScale
     from DualDSynthesisLib.imaging.scoring import comparable
+    from DualDSynthesisLib.model.intensity import PercentileScale
     from DualDTrainingLib.evaluation import evaluate_arrays, format_table, summarise
 
     rng = np.random.default_rng(0)

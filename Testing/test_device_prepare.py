@@ -40,7 +40,7 @@ def _head(size=(44, 40, 7), dtype=np.int16, ct: bool = False, seed: int = 0) -> 
     return img
 
 
-@pytest.mark.parametrize("case", ["mri", "mri_float32_resampled", "ct", "mri_given_scale", "peak", "zscore"])
+@pytest.mark.parametrize("case", ["mri", "mri_float32_resampled", "ct", "mri_given_scale", "peak", "zscore", "rank"])
 def test_device_path_equals_the_host_path(case: str) -> None:
     ct = case == "ct"
     image = _head(dtype=np.float32 if "float32" in case else np.int16, ct=ct)

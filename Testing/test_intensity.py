@@ -11,6 +11,7 @@ import torch
 from DualDSynthesisLib.imaging.device_prepare import TORCH_OPS
 from DualDSynthesisLib.model.intensity import (
     SOURCE_NORMS,
+    ForegroundRank,
     HounsfieldWindow,
     IntensityMapping,
     PeakScale,
@@ -25,7 +26,7 @@ from DualDSynthesisLib.model.intensity import (
 )
 
 ALL = [PercentileScale(99.5, (0.0, 2.0), 812.5), PeakScale(50.0, (0.0, 3.0)), HounsfieldWindow(),
-       ZScore(), ZScore(4.0, (0.0, 2.5), ZScoreParams(250.0, 110.0, 20.0))]
+       ZScore(), ZScore(4.0, (0.0, 2.5), ZScoreParams(250.0, 110.0, 20.0)), ForegroundRank(), ForegroundRank(5, 0.2)]
 
 
 def _toy() -> np.ndarray:
@@ -120,10 +121,53 @@ def test_the_same_methods_run_on_tensors(mapping: IntensityMapping) -> None:
 
 
 def test_source_norm_names_keep_their_mappings() -> None:
-    assert list(SOURCE_NORMS) == ["p99.5", "median", "peak", "zscore"]
+    assert list(SOURCE_NORMS) == ["p99.5", "median", "peak", "zscore", "rank"]
     assert SOURCE_NORMS["p99.5"].to_dict() == {"kind": "mri_percentile", "percentile": 99.5, "clip": [0.0, 2.0],
                                                "reference_scale": None}
     assert SOURCE_NORMS["median"].to_dict() == {"kind": "mri_percentile", "percentile": 50.0, "clip": [0.0, 4.0],
                                                 "reference_scale": None}
     assert SOURCE_NORMS["peak"].to_dict() == {"kind": "mri_peak", "percentile": 50.0, "clip": [0.0, 3.0],
                                               "reference_scale": None}
+
+
+def test_rank_by_hand_on_a_toy_volume() -> None:
+    """Five landmarks (0/25/50/75/100th percentiles of 8×100, 8×200, 8×300, 8×400: 100, 175, 250, 325, 400)
+    map to 0.1, 0.325, 0.55, 0.775, 1; values between them linearly; background exactly 0."""
+    m = ForegroundRank(points=5)
+    arr = _toy()
+    params = m.fit(arr)
+    np.testing.assert_allclose(params.landmarks, [100, 175, 250, 325, 400], atol=1e-2)
+    y = m.forward(arr, params)
+    block = y[1, 2:6, 2]
+    np.testing.assert_allclose(block, [0.1, 0.325 + 25 / 75 * 0.225, 0.55 + 50 / 75 * 0.225, 1.0], atol=1e-5)
+    assert (y[arr == 0] == 0).all()
+    np.testing.assert_allclose(m.inverse(y, params)[arr > 0], arr[arr > 0], rtol=1e-4)
+    assert (m.inverse(y, params)[arr == 0] == 0).all()
+
+
+def test_rank_is_nearly_blind_to_a_monotone_contrast_change() -> None:
+    rng = np.random.default_rng(0)
+    arr = np.zeros((6, 40, 40), np.float32)
+    arr[:, 8:32, 8:32] = rng.gamma(4.0, 100.0, (6, 24, 24))
+    m = ForegroundRank()
+    y = m.forward(arr, m.fit(arr))
+    for other in (arr**0.5 * 30.0, arr**2 / 500.0, arr * 7.0):  # another scanner's gamma, contrast, gain
+        z = m.forward(other, m.fit(other))
+        fg = (y > 0) & (z > 0)
+        # not exactly 0: the foreground threshold (5 % of the robust maximum) is not monotone-invariant
+        assert np.abs(z[fg] - y[fg]).mean() < 0.03
+    scaled = PercentileScale(99.5)
+    assert np.abs(scaled.forward(arr**2 / 500.0, scaled.fit(arr**2 / 500.0))[fg]
+                  - scaled.forward(arr, scaled.fit(arr))[fg]).mean() > 0.1  # a scale mapping is not
+
+
+def test_rank_is_a_source_normalisation_only() -> None:
+    m = ForegroundRank()
+    with pytest.raises(PreprocessError, match="source normalisation"):
+        m.reference_params  # noqa: B018
+    with pytest.raises(PreprocessError, match="source normalisation"):
+        m.with_reference([m.fit(_toy())])
+    with pytest.raises(PreprocessError, match="strictly increasing"):
+        IntensityMapping.from_dict({"kind": "mri_rank"}).forward(_toy(), type(m.fit(_toy()))((1.0, 1.0), 0.0))
+    with pytest.raises(PreprocessError, match="unknown setting"):
+        IntensityMapping.from_dict({"kind": "mri_rank", "percentile": 3})

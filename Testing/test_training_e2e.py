@@ -166,16 +166,18 @@ def test_ct_target_uses_hu_mapping(tmp_path: Path) -> None:
     assert spec.target.kind == "ct_hu" and spec.target.reference_scale is None
 
 
-def test_zscore_source_norm_end_to_end(data: Path, tmp_path: Path) -> None:
-    """--source-norm zscore: recorded in the bundle, applied again at synthesis, no input fingerprint warning."""
+@pytest.mark.parametrize("norm", ["zscore", "rank"])
+def test_source_norm_end_to_end(norm: str, data: Path, tmp_path: Path) -> None:
+    """--source-norm zscore/rank: recorded in the bundle, applied again at synthesis, no input fingerprint
+    warning."""
     from DualDSynthesisLib.inference.engine import SynthesisEngine
-    from DualDSynthesisLib.model.intensity import ZScore
+    from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 
-    out = tmp_path / "zscore"
-    assert cli.main(_args(data, out, "--source-norm", "zscore", variant="unet", iterations=2)) == 0
+    out = tmp_path / norm
+    assert cli.main(_args(data, out, "--source-norm", norm, variant="unet", iterations=2)) == 0
     path = out / "model-final.safetensors"
     meta = load_bundle(path).metadata
-    assert meta.preprocessing.source == ZScore() and meta.fingerprint
+    assert meta.preprocessing.source == SOURCE_NORMS[norm] and meta.fingerprint
     assert meta.preprocessing.target.kind == "mri_percentile" and meta.preprocessing.target.reference_scale > 0
     t1 = next(data.rglob("*-t1n.nii.gz"))
     result = SynthesisEngine(path, "cpu").run(sitk.ReadImage(str(t1)))

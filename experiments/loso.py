@@ -276,6 +276,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "median+aug": {"source_norm": "median", "augment": 1.0, "context": 0, "width": 16, "crop": 160},
     "peak+aug": {"source_norm": "peak", "augment": 1.0, "context": 0, "width": 16, "crop": 160},
     "aug+2.5d": {"source_norm": "p99.5", "augment": 1.0, "context": 1, "width": 16, "crop": 160},
+    "rank+aug+2.5d": {"source_norm": "rank", "augment": 1.0, "context": 1, "width": 16, "crop": 160},
 }
 ABLATION = [  # (name, variant, D2 head, D2 labels)
     ("unet", "unet", "patch", "binary"),

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(da, "--no-flip", action="store_true", help="no random left-right flips")
     _add(da, "--source-norm", default=DEFAULTS["source_norm"], choices=tuple(SOURCE_NORMS),
          help="source intensity normalisation: p99.5 (foreground 99.5th percentile), median, peak (main "
-              "histogram mode) or zscore (1 + z/3 over the foreground); median/peak/zscore resist bright fat "
+              "histogram mode), zscore (1 + z/3 over the foreground) or rank (histogram equalisation in the "
+              "foreground: blind to monotone contrast changes); median/peak/zscore/rank resist bright fat "
               "in unstripped heads")
     _add(da, "--context-slices", type=int, default=DEFAULTS["context_slices"],
          help="adjacent slices on each side fed to the generator as channels (2.5-D); 0 = 2-D")
