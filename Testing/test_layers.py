@@ -36,8 +36,8 @@ INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
 TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity", "metrics",
-                        "atomic", "preprocess", "io", "figures", "fingerprint", "calibration", "bundle", "defaults", "heatmap_file",
-                        "scoring", "overview", "dicom_export",
+                        "atomic", "preprocess", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
+                        "heatmap_file", "scoring", "overview", "dicom_export",
                         "contract", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")

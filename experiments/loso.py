@@ -471,7 +471,10 @@ def calibrate(args: argparse.Namespace) -> None:
         everything, f"held out in the {len(by_fold)} leave-one-source-out folds of recipe {args.recipe} "
                     f"({Path(args.results).name})")
     bundle = load_bundle(args.bundle)
-    meta = dataclasses.replace(bundle.metadata, error_calibration=calibration)
+    meta = dataclasses.replace(bundle.metadata, error_calibration=calibration,
+                               name=args.name or bundle.metadata.name,
+                               description=args.description or bundle.metadata.description,
+                               provenance={**bundle.metadata.provenance, **json.loads(args.provenance)})
     save_bundle(args.out, bundle.generator, bundle.local_discriminator, meta)
     print(calibration.describe(), file=sys.stderr)
 
@@ -574,6 +577,9 @@ def main() -> None:
     k.add_argument("--recipe", required=True)
     k.add_argument("--bundle", required=True, help="the recipe's final model")
     k.add_argument("--out", required=True, help="the calibrated copy (never overwrites)")
+    k.add_argument("--name", default="", help="a new model name (e.g. for the shipped default)")
+    k.add_argument("--description", default="")
+    k.add_argument("--provenance", default="{}", help="JSON object of provenance entries to add")
     t = sub.add_parser("table")
     t.add_argument("results")
     args = p.parse_args()

@@ -74,8 +74,8 @@ class ErrorCalibration:
     def describe(self) -> str:
         """One sentence for logs and model cards."""
         if not self.calibrated:
-            return ("expected error uncalibrated: the values are the model's own estimate from its training "
-                    "data (usually too low on other scanners); use the map's ranking, not its numbers")
+            return ("expected error uncalibrated: its values were never checked on held-out scans; use the "
+                    "map's ranking, not its numbers")
         spread = sorted(r * self.scale for r in self.held_out_ratios.values())
         return (f"expected error calibrated ×{self.scale:.3g} on {len(spread)} held-out subject(s) "
                 f"({self.evidence}); after it, their map-to-real MAE ratio spans {spread[0]:.2f}–{spread[-1]:.2f}")
