@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from bundles import TINY, make_bundle
-from DualDSynthesisLib.imaging.bundle import BundleError, BundleMetadata, load_bundle, read_metadata, save_bundle
+from DualDSynthesisLib.imaging.bundle import (
+    FORMAT_VERSION,
+    BundleError,
+    BundleMetadata,
+    load_bundle,
+    read_metadata,
+    save_bundle,
+)
 from DualDSynthesisLib.imaging.calibration import CalibrationError, ErrorCalibration, error_ratio
 from DualDSynthesisLib.inference.engine import SynthesisEngine
 from DualDTrainingLib.validation import held_out_calibration
@@ -63,6 +70,7 @@ def test_engine_multiplies_the_map_by_the_bundle_factor(tmp_path: Path) -> None:
     meta = dataclasses.replace(plain.metadata, error_calibration=cal)
     path = save_bundle(tmp_path / "calibrated.safetensors", plain.generator, None, meta)
     assert read_metadata(path).error_calibration == cal  # round trip through the header
+    assert read_metadata(path).format_version == FORMAT_VERSION  # written by this code: its format
     vol = np.zeros((3, 48, 48), np.float32)
     vol[:, 10:38, 12:36] = np.linspace(100, 400, 24, dtype=np.float32)
     heat = {name: sitk.GetArrayFromImage(SynthesisEngine(p, "cpu").run_array(vol).heatmap)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,6 +192,8 @@ def save_bundle(
     if local_discriminator is not None:
         tensors.update({f"local_discriminator.{k}": v for k, v in local_discriminator.state_dict().items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # what this code writes is this code's format, also when it re-saves metadata read from an older bundle
+    metadata = replace(metadata, format_version=FORMAT_VERSION)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: metadata.to_json()}),
                  safetensors_problem)
     return path
