@@ -164,7 +164,9 @@ def assert_overlay_follows_threshold(page) -> None:
     # display.heatmap_window), so half of it keeps part of the default model's map over the brain.
     partial = overlay_mask(page, 0.5, plain)
     assert everywhere.mean() > 0.2, "threshold 0: the heatmap overlay should cover the volume"
-    assert above_max.mean() < 0.002, "threshold 1: every heatmap value is hidden, so no overlay may remain"
+    # threshold 1 hides everything below the window's top; an expected-error map's top is its 99th percentile,
+    # so its brightest 1 % of voxels stay (a D2 map's top is 1: nothing stays)
+    assert above_max.sum() <= 0.05 * everywhere.sum(), "threshold 1: (almost) every heatmap value must be hidden"
     assert 0.01 < partial.sum() / everywhere.sum() < 0.99, "mid threshold: only part of the overlay stays"
     assert (partial & ~everywhere).sum() <= 0.01 * partial.sum(), "the overlay appears where it was not before"
     set_state(page, opacity=0.5, threshold=0.2)
