@@ -59,7 +59,7 @@ EXAMPLES = """examples:
 
   # the shipped default's recipe (docs/models.md) on a GPU
   duald-train --data /data/brats --source t1 --target t2 --variant unet --base-width 16 --context-slices 1 \\
-      --augment 1 --crop-size 160 --batch-size 16 --iterations 20000 --amp --output runs/t1t2
+      --source-norm rank --augment 1 --crop-size 160 --batch-size 16 --iterations 20000 --amp --output runs/t1t2
 
   # the paper's full method (dual discriminators + difficulty-aware attention)
   duald-train --data /data/brats --source t1 --target t2 --variant dual_attention --output runs/paper
