@@ -13,7 +13,7 @@ bone. See ``evaluation.py`` for the units.
 
 Which map ``duald-synthesize --heatmap`` writes: the bundle's first (``SynthesisEngine.heatmap_sources``),
 i.e. the expected error whenever the bundle has that head, because it validated best: on the
-leave-one-source-out folds it scored AUROC 0.71 against 0.69 for the edge baseline and 0.51–0.66 for
+leave-one-source-out folds it scored AUROC 0.78 against 0.69 for the edge baseline and 0.51–0.66 for
 D2's map. ``--heatmap-source`` picks the other; this report shows both so a user can check on their data.
 """
 
