@@ -53,7 +53,9 @@ def test_end_to_end_produces_loadable_bundles(data: Path, tmp_path: Path) -> Non
     # the generator runs on a prepared slice size
     with torch.no_grad():
         # two outputs: the synthetic slice and the expected-error map (on by default)
-        assert final.generator(torch.zeros(1, 1, 48, 48)).shape == (1, 2, 48, 48)
+        channels = meta.architecture.in_channels  # 3 with the default 2.5-D context (one slice each side)
+        assert channels == 2 * spec.context_slices + 1 == 3
+        assert final.generator(torch.zeros(1, channels, 48, 48)).shape == (1, 2, 48, 48)
 
     records = _records(out)
     kinds = [r["kind"] for r in records]

@@ -56,9 +56,9 @@ class RunConfig:
     tumour_fraction: float = 0.5
     flip: bool = True
     crop_size: int = 0
-    source_norm: str = "p99.5"
-    context_slices: int = 0
-    augment: float = 0.0
+    source_norm: str = "rank"
+    context_slices: int = 1
+    augment: float = 1.0
     error_head: bool = True
     d2_head: str = "patch"
     d2_target: str = "binary"

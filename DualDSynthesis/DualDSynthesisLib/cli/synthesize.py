@@ -34,8 +34,8 @@ from ..core.errors import DualDError
 from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 from ..imaging import io as vio
 from ..imaging.atomic import remove_stale_partials, stale_note
+from ..imaging.bundle import HEATMAP_SOURCES
 from ..imaging.dicom_export import DicomRequest
-from ..imaging.heatmap_file import HEATMAP_SOURCES
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130

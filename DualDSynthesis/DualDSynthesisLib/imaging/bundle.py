@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,16 @@ FORMAT_VERSION = 3
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 METADATA_KEY = "duald"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+# The trust maps a bundle can offer, the preferred first, and when a bundle offers each: one table, torch-free,
+# so the command line and the Slicer panel know them before torch loads. A new map source is a row here, its
+# function in losses.py and its branch in the engine (docs/architecture.md).
+_OFFERED: dict[str, Callable[[BundleMetadata], bool]] = {
+    "expected_error": lambda meta: meta.architecture.g_error_head,  # G's second output ranks errors best
+    "d2": lambda meta: meta.has_local_discriminator,
+}
+HEATMAP_SOURCES = tuple(_OFFERED)
 
 
 class BundleError(DualDError):
@@ -98,8 +109,7 @@ class BundleMetadata:
     def heatmap_sources(self) -> tuple[str, ...]:
         """The trust maps this model can produce, the preferred first: G's expected-error head ranks the
         errors best where both exist (docs/generalisation.md), D2's difficulty map otherwise."""
-        return tuple(name for name, present in (("expected_error", self.architecture.g_error_head),
-                                                ("d2", self.has_local_discriminator)) if present)
+        return tuple(name for name, offered in _OFFERED.items() if offered(self))
 
     def summary(self) -> str:
         """One line for the Slicer panel and logs (needs no torch)."""

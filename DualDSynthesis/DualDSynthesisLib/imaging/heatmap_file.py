@@ -30,9 +30,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-# The maps a bundle can offer, the preferred first (the engine's SynthesisEngine.heatmap_sources); defined
-# here, torch-free, so the command line can offer them before torch loads.
-HEATMAP_SOURCES = ("expected_error", "d2")
 LEVELS = 255  # stored values 0..255 (uint8)
 WIDE_LEVELS = 65535  # uint16, for maps with extreme outliers (see stored_levels)
 EXPECTED_ERROR_PERCENTILE = 99.0  # display_max of an expected-error map

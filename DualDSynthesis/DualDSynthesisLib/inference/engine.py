@@ -47,7 +47,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from ..core.vocabulary import modality_warning
 from ..imaging import io as vio
-from ..imaging.bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
+from ..imaging.bundle import HEATMAP_SOURCES, BundleError, BundleMetadata, ModelBundle, load_bundle
 from ..imaging.calibration import ErrorCalibration
 from ..imaging.defaults import DEFAULT_MODEL
 from ..imaging.device_prepare import prepare_volume_on_device
@@ -61,7 +61,6 @@ from ..imaging.devices import (
 )
 from ..imaging.dicom_export import DicomRequest, check_dicom_request, write_dicom
 from ..imaging.fingerprint import TrainingFingerprint, ood_warnings, volume_stats
-from ..imaging.heatmap_file import HEATMAP_SOURCES
 from ..imaging.preprocess import (
     Grid,
     PreparedVolume,
