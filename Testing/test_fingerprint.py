@@ -61,7 +61,7 @@ def phantom(seed: int, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), t2
 
 
 def stats_of(image: sitk.Image) -> VolumeStats:
-    return volume_stats(prepare_volume(image, SPEC, "source"))
+    return volume_stats(prepare_volume(image, SPEC, "source"), SPEC.source)
 
 
 @pytest.fixture(scope="module")

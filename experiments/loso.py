@@ -156,17 +156,38 @@ def _subject(loaded: Loaded, norm: str):
                            ScaleParams(loaded.info["target_scale"]), context)
 
 
+@dataclass
+class HeldOut:
+    """G over one held-out subject, cropped to its unpadded region (``pred``: the whole slices, for D2)."""
+
+    pred: np.ndarray
+    synthetic: np.ndarray
+    target: np.ndarray
+    expected_error: np.ndarray | None
+    foreground: np.ndarray
+    spacing_kji: tuple[float, float, float]
+
+
+def held_out(generator, subject, context: int, device, amp: bool = False) -> HeldOut:
+    """The arrays every held-out score starts from (here and in ``trust_maps.py``)."""
+    from DualDTrainingLib.validation import predict
+
+    pred, err = predict(generator, subject.source, device, 16, amp, context)
+    ys, xs = subject.crop
+    return HeldOut(pred, pred[:, ys, xs], subject.target[:, ys, xs], None if err is None else err[:, ys, xs],
+                   subject.foreground[:, ys, xs], (float(subject.context.prepared.spacing[2]), 1.0, 1.0))
+
+
 def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str, Any]:
     import torch
     from DualDSynthesisLib.imaging.calibration import error_ratio
     from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
     from DualDSynthesisLib.model import metrics
-    from DualDTrainingLib.validation import difficulty, predict
+    from DualDTrainingLib.validation import difficulty
 
-    pred, err = predict(trainer.generator, subject.source, device, 16, trainer.amp, context)
+    h = held_out(trainer.generator, subject, context, device, trainer.amp)
+    pred, p, t, fg = h.pred, h.synthetic, h.target, h.foreground
     ys, xs = subject.crop
-    p, t = pred[:, ys, xs], subject.target[:, ys, xs]
-    fg = subject.foreground[:, ys, xs]
     smap = metrics.ssim_map(p, t, 1.0)
     # psnr_constant: an image holding the real T2's own foreground mean everywhere (an oracle: it needs the
     # answer) scores this; a model has to beat it to show it learned more than the intensity level
@@ -181,11 +202,11 @@ def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str,
         m = subject.tumour[:, ys, xs]
         out["lesion"] = {"psnr": metrics.psnr(p, t, 1.0, m), "mae": metrics.mae(p, t, m),
                          "ssim": metrics.masked_mean(smap, m)}
-    maps = {"edge": gradient_magnitude(p, (float(subject.context.prepared.spacing[2]), 1.0, 1.0))}
-    if err is not None:
-        maps["expected_error"] = err[:, ys, xs]
+    maps = {"edge": gradient_magnitude(p, h.spacing_kji)}
+    if h.expected_error is not None:
+        maps["expected_error"] = h.expected_error
         # calibration evidence: the map's mean against the real mean |error| (1 = right on average)
-        out["expected_error_ratio"] = error_ratio(err[:, ys, xs], np.abs(p - t), fg)
+        out["expected_error_ratio"] = error_ratio(h.expected_error, np.abs(p - t), fg)
     if has_d2:
         with torch.no_grad():
             heat = np.concatenate([difficulty(trainer.local, pred[k : k + 16], device)
@@ -449,8 +470,6 @@ def calibrate(args: argparse.Namespace) -> None:
     map-to-real MAE ratio (``expected_error_ratio``) is evidence the final model never trained on. Prints a
     leave-one-fold-out check (the factor from the other folds applied to each fold) and writes a copy of
     ``--bundle`` carrying the factor from all folds; the weights are untouched."""
-    import dataclasses
-
     from DualDSynthesisLib.imaging.bundle import load_bundle, save_bundle
     from DualDSynthesisLib.imaging.calibration import ErrorCalibration
 

@@ -58,7 +58,6 @@ def score_run(run: Path, prepared: str) -> dict:
     import torch
     from DualDSynthesisLib.imaging.bundle import load_bundle
     from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
-    from DualDTrainingLib.validation import predict
 
     torch.set_num_threads(2)
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
@@ -71,15 +70,12 @@ def score_run(run: Path, prepared: str) -> dict:
         data = loso.load_prepared(prepared, list(job["test"]))
         for name in job["test"]:
             subject = loso._subject(data[name], job["recipe_settings"]["source_norm"])
-            pred, err = predict(bundle.generator, subject.source, torch.device("cpu"), 16, False, context)
+            h = loso.held_out(bundle.generator, subject, context, torch.device("cpu"))
             ys, xs = subject.crop
-            p, t, e = pred[:, ys, xs], subject.target[:, ys, xs], err[:, ys, xs]
-            fg = subject.foreground[:, ys, xs]
-            spacing = (float(subject.context.prepared.spacing[2]), 1.0, 1.0)
-            m = {"err": e, "edge": gradient_magnitude(p, spacing), "fg": fg,
-                 "src_edge": gradient_magnitude(subject.source[:, ys, xs], spacing)}
+            m = {"err": h.expected_error, "edge": gradient_magnitude(h.synthetic, h.spacing_kji), "fg": h.foreground,
+                 "src_edge": gradient_magnitude(subject.source[:, ys, xs], h.spacing_kji)}
             maps = {k: f(m) for k, f in CANDIDATES.items()}
-            out[name] = {"fold": job["fold"], "maps": map_scores(maps, np.abs(p - t), fg)}
+            out[name] = {"fold": job["fold"], "maps": map_scores(maps, np.abs(h.synthetic - h.target), h.foreground)}
             print(name, {k: round(v["auroc"], 3) for k, v in out[name]["maps"].items()}, file=sys.stderr)
     return out
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from DualDSynthesisLib.imaging.calibration import ErrorCalibration, error_ratio
+from DualDSynthesisLib.imaging.calibration import CalibrationError, ErrorCalibration, error_ratio
 from DualDSynthesisLib.model import metrics
 from DualDSynthesisLib.model.losses import difficulty_from_logits, expected_error
 from DualDSynthesisLib.model.slicestack import slice_stack
@@ -178,12 +178,15 @@ def held_out_calibration(validation: dict[str, Any] | None) -> ErrorCalibration:
     """The expected-error calibration a validation result (``loop``'s record: per-subject metrics) supports:
     from its subjects' ``expected_error_ratio``; uncalibrated without validation or without the head."""
     per_subject = (validation or {}).get("per_subject", {})
+    # a NaN ratio was written as the string "nan" (jsonable_metrics); from_ratios leaves out the others
     ratios = {name: m["expected_error_ratio"] for name, m in per_subject.items()
-              if isinstance(m.get("expected_error_ratio"), float) and math.isfinite(m["expected_error_ratio"])
-              and m["expected_error_ratio"] > 0}
-    if not ratios:
+              if isinstance(m.get("expected_error_ratio"), float)}
+    if not ratios:  # no validation, or a generator without the head
         return ErrorCalibration()
-    return ErrorCalibration.from_ratios(ratios, f"duald-train validation subjects at step {validation['step']}")
+    try:
+        return ErrorCalibration.from_ratios(ratios, f"duald-train validation subjects at step {validation['step']}")
+    except CalibrationError:  # only perfect predictions (NaN ratios): nothing to calibrate on
+        return ErrorCalibration()
 
 
 def is_better(value: float | None, best: float | None, name: str) -> bool:

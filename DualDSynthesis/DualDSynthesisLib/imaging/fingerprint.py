@@ -113,12 +113,12 @@ def _bright_core(slices: np.ndarray, foreground: np.ndarray, values: np.ndarray,
     return float(ndimage.binary_erosion(bright, structure=_disk(radius)).sum() / n)
 
 
-def volume_stats(prepared: PreparedVolume, mapping: IntensityMapping | None = None) -> VolumeStats:
-    """Statistics of a volume from ``preprocess.prepare_volume(image, spec, "source")``; ``mapping``:
-    ``spec.source``, needed when it is not proportional (e.g. a z-score)."""
+def volume_stats(prepared: PreparedVolume, mapping: IntensityMapping) -> VolumeStats:
+    """Statistics of a volume from ``preprocess.prepare_volume(image, spec, "source")``; ``mapping`` is that
+    ``spec.source`` (a mapping that is not proportional, e.g. a z-score or rank, is undone first)."""
     fg = prepared.foreground
     normalised = values = prepared.slices[fg]
-    if mapping is not None and not mapping.proportional:  # back to raw units: see the quantiles below
+    if not mapping.proportional:  # back to raw units: see the quantiles below
         values = mapping.inverse(normalised, prepared.params)
     if values.size == 0:
         raise FingerprintError("the volume has no foreground voxels, so it cannot be compared with the training data.")
