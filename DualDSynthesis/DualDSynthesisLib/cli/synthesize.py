@@ -2,7 +2,7 @@
 
     duald-synthesize INPUT -o OUTPUT [--heatmap PATH [--heatmap-source expected_error|d2]] [--model BUNDLE]
                      [--device auto|cpu|cuda|cuda:N|mps] [--batch-size N] [--mask PATH] [--png PATH]
-                     [--overwrite] [--source-modality NAME]
+                     [--skull auto|keep|strip] [--overwrite] [--source-modality NAME]
                      [--dicom-out DIR [--patient-id ID] [--patient-name NAME]] [--series-uid UID]
 
 INPUT is a volume file, a DICOM series folder, a folder of volumes or a quoted glob. With a folder of
@@ -34,6 +34,7 @@ from ..core.errors import DualDError
 from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 from ..imaging import io as vio
 from ..imaging.atomic import remove_stale_partials, stale_note
+from ..imaging.brainmask import SKULL_HANDLING
 from ..imaging.bundle import HEATMAP_SOURCES
 from ..imaging.dicom_export import DicomRequest
 
@@ -103,7 +104,12 @@ examples:
     p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name}")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
-    p.add_argument("--mask", type=Path, help="set the output to background outside this mask")
+    p.add_argument("--mask", type=Path, help="set the output to background outside this mask (with --skull strip: "
+                                              "the brain mask)")
+    p.add_argument("--skull", choices=SKULL_HANDLING, default="auto",
+                   help="a whole head: strip = synthesise inside the brain only (--mask, else a BET brain mask); "
+                        "keep = synthesise the whole input; auto = strip only for a model that saw skull-stripped "
+                        "brains only (MRI models; a CT model keeps the skull)")
     p.add_argument("--png", help="write an overview figure (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--source-modality", help="what INPUT is (e.g. t1); warns when the model expects another")
@@ -261,7 +267,8 @@ def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_fil
         bar = _Progress(label, args.quiet)
         try:
             result = synthesize_file(**job, engine=engine, overwrite=args.overwrite, progress=bar,
-                                     source_modality=args.source_modality, series_uid=args.series_uid)
+                                     source_modality=args.source_modality, series_uid=args.series_uid,
+                                     skull=args.skull)
         except (KeyboardInterrupt, cancelled_type) as exc:
             bar.close()
             what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "cancelled"
@@ -277,6 +284,8 @@ def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_fil
             print(f"{PROG}: error: {_per_input_message(name, exc)}", file=sys.stderr)
             continue
         bar.close()
+        for note in result.notes:
+            print(f"{PROG}: note: {name}: {note}", file=sys.stderr)
         for warning in result.warnings:
             print(f"{PROG}: warning: {name}: {warning}", file=sys.stderr)
         written = [str(p) for p in (job["output"], job["heatmap_path"], job["png"]) if p is not None]

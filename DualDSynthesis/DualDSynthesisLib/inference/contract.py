@@ -51,6 +51,7 @@ class SynthesisResult:
     target_modality: str = ""
     heatmap_source: str | None = None  # "expected_error" or "d2" (see engine.SynthesisEngine.heatmap_sources)
     heatmap_units: str = ""
+    notes: list[str] = field(default_factory=list)  # what was done that the user should know (not a problem)
 
 
 @runtime_checkable

@@ -47,6 +47,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from ..core.vocabulary import modality_warning
 from ..imaging import io as vio
+from ..imaging.brainmask import SKULL_HANDLING, BrainMaskError, estimate_brain_mask, strip
 from ..imaging.bundle import HEATMAP_SOURCES, BundleError, BundleMetadata, ModelBundle, load_bundle
 from ..imaging.calibration import ErrorCalibration
 from ..imaging.defaults import DEFAULT_MODEL
@@ -60,7 +61,7 @@ from ..imaging.devices import (
     resolve_device,
 )
 from ..imaging.dicom_export import DicomRequest, check_dicom_request, write_dicom
-from ..imaging.fingerprint import TrainingFingerprint, ood_warnings, volume_stats
+from ..imaging.fingerprint import TrainingFingerprint, VolumeStats, ood_warnings, volume_stats
 from ..imaging.preprocess import (
     Grid,
     PreparedVolume,
@@ -304,14 +305,24 @@ class SynthesisEngine:
         *,
         mask: sitk.Image | None = None,
         source_modality: str | None = None,
+        skull: str = "auto",
     ) -> SynthesisResult:
         """Synthesise ``image``. ``progress(fraction, message)`` is called as work advances; ``cancel()``
         is checked between batches and raises :class:`SynthesisCancelled`. ``mask``: outputs are set to
         the target's background (0, or -1024 HU for CT) and difficulty 0 outside it. ``source_modality``:
-        what the caller knows the input is (a DICOM modality tag on the image is used otherwise)."""
+        what the caller knows the input is (a DICOM modality tag on the image is used otherwise).
+        ``skull`` (:data:`brainmask.SKULL_HANDLING`): "strip" synthesises inside the brain only (``mask`` is
+        the brain when given, else it is estimated), "auto" strips a whole head a stripped-only model gets.
+        ``image`` itself is never modified."""
         start = time.perf_counter()
         report = progress or _noop_progress
         warnings: list[str] = []
+        notes: list[str] = []
+        if skull not in SKULL_HANDLING:
+            raise SynthesisError(f"unknown skull handling {skull!r}; choose one of {', '.join(SKULL_HANDLING)}")
+        if skull == "strip" and not self.strips_skulls:
+            raise SynthesisError("skull stripping is for brain MRI models; this model's images are in absolute "
+                                 "units (CT), which need the skull and the whole body")
 
         def check_cancel() -> None:
             if cancel is not None and cancel():
@@ -332,17 +343,30 @@ class SynthesisEngine:
         report(0.0, "Preparing the volume")
         try:
             validate_volume(image, "the input volume", spec=self.spec)
-            if self.device_preprocessing:  # the slices stay on the device for the networks
-                prepared = prepare_volume_on_device(image, self.spec, self.device, role="source")
-            else:
-                prepared = prepare_volume(image, self.spec, role="source")
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
+        if mask is not None:
+            self._check_mask(mask)
+        prepared = self._prepare(image)
+        stats = self._stats(prepared)
+        if skull == "strip" or (skull == "auto" and self._should_strip(stats)):
+            report(0.02, "Extracting the brain")
+            given = mask is not None
+            try:
+                brain = mask if given else estimate_brain_mask(image)
+                image = strip(image, brain)  # a stripped copy: the caller's image stays as it was
+            except BrainMaskError as exc:
+                raise SynthesisError(str(exc)) from None
+            mask = brain
+            ml = float(sitk.GetArrayViewFromImage(sitk.NotEqual(brain, 0)).sum()) * math.prod(brain.GetSpacing()) / 1e3
+            why = "" if skull == "strip" else "the input is a whole head and the model saw skull-stripped brains only: "
+            notes.append(f"{why}synthesised inside the brain only ({'the given' if given else 'a BET'} brain mask, "
+                         f"{ml:.0f} mL); outside it the outputs are background")
+            prepared = self._prepare(image)
+            stats = self._stats(prepared)
         context = prepared.context
-        if self.fingerprint is not None:  # warn, and still synthesise: the user decides
-            host = prepared if isinstance(prepared.slices, np.ndarray) else PreparedVolume(
-                prepared.slices.cpu().numpy(), prepared.foreground, prepared.params, context)  # host statistics
-            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, volume_stats(host, self.spec.source)))
+        if stats is not None:  # warn, and still synthesise: the user decides
+            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, stats))
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:
@@ -376,7 +400,33 @@ class SynthesisEngine:
         return SynthesisResult(synthetic, heat_image, warnings, str(self.device),
                                time.perf_counter() - start, self.target_modality,
                                source if heat_image is not None else None,
-                               self.heatmap_units if heat_image is not None else "")
+                               self.heatmap_units if heat_image is not None else "", notes)
+
+    def _prepare(self, image: sitk.Image) -> PreparedVolume:
+        try:
+            if self.device_preprocessing:  # the slices stay on the device for the networks
+                return prepare_volume_on_device(image, self.spec, self.device, role="source")
+            return prepare_volume(image, self.spec, role="source")
+        except PreprocessError as exc:
+            raise SynthesisError(str(exc).rstrip(".")) from None
+
+    def _stats(self, prepared: PreparedVolume) -> VolumeStats | None:
+        """The input's statistics for the out-of-distribution check (None: the bundle has no fingerprint)."""
+        if self.fingerprint is None:
+            return None
+        host = prepared if isinstance(prepared.slices, np.ndarray) else PreparedVolume(
+            prepared.slices.cpu().numpy(), prepared.foreground, prepared.params, prepared.context)
+        return volume_stats(host, self.spec.source)
+
+    @property
+    def strips_skulls(self) -> bool:
+        """Whether skull stripping applies: brain MRI in and out (not CT, whose HU need the skull and body)."""
+        return not (self.spec.source.absolute_units or self.spec.target.absolute_units)
+
+    def _should_strip(self, stats: VolumeStats | None) -> bool:
+        """``skull="auto"``: a whole head given to a model that saw skull-stripped brains only."""
+        return (self.strips_skulls and stats is not None and stats.skull
+                and "head" not in self.fingerprint.skull_kinds)
 
     def run_array(self, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
                   direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), **kwargs) -> SynthesisResult:
@@ -425,13 +475,16 @@ class SynthesisEngine:
         return syn, diff
 
     @staticmethod
-    def _apply_mask(mask, synthetic, heat_image, background):
+    def _check_mask(mask: sitk.Image) -> None:
         try:
             validate_volume(mask, "the mask", allow_constant=True)
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
         if mask.GetNumberOfComponentsPerPixel() != 1:
             raise SynthesisError("the mask must be a scalar label volume")
+
+    @staticmethod
+    def _apply_mask(mask, synthetic, heat_image, background):
         binary = sitk.NotEqual(mask, 0)
         if Grid.from_image(binary).matches(synthetic):
             binary.CopyInformation(synthetic)
@@ -465,6 +518,7 @@ def synthesize_file(
     source_modality: str | None = None,
     dicom: DicomRequest | None = None,
     series_uid: str | None = None,
+    skull: str = "auto",
 ) -> SynthesisResult:
     """Read ``input`` (file or DICOM folder; ``series_uid`` picks one of several series), synthesise,
     write ``output`` (and the heatmap, the overview PNG, a DICOM export folder). Every file is written
@@ -503,6 +557,7 @@ def synthesize_file(
         heatmap=heatmap_path is not None or png is not None or (dicom is not None and engine.has_heatmap),
         mask=mask_image,
         source_modality=source_modality,
+        skull=skull,
     )
     if cancel is not None and cancel():
         raise SynthesisCancelled("synthesis cancelled")

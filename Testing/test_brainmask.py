@@ -1,0 +1,153 @@
+"""Brain extraction and skull stripping (``--skull``): BET on a phantom head, the strip copy, the engine's modes."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from bundles import make_bundle
+from DualDSynthesisLib.imaging.brainmask import BrainMaskError, estimate_brain_mask, strip
+from DualDSynthesisLib.imaging.fingerprint import fingerprint, volume_stats
+from DualDSynthesisLib.inference.engine import SynthesisEngine, SynthesisError
+from test_engine import head
+
+SPACING = 1.5
+
+
+def phantom_head() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """A T1-like head at 1.5 mm: a textured brain ellipsoid (~1,300 mL), a dark CSF and bone layer, then a
+    bright scalp (fat) shell. Returns the image, the true brain and the scalp, as [k, j, i] masks."""
+    n = (100, 128, 128)
+    z, y, x = np.meshgrid(*[(np.arange(s) - s / 2 + 0.5) * SPACING for s in n], indexing="ij")
+    r = np.sqrt((x / 65) ** 2 + (y / 80) ** 2 + (z / 58) ** 2)  # 1 at the brain's surface
+    brain = r < 1.0
+    scalp = (r >= 1.17) & (r < 1.27)
+    rng = np.random.default_rng(0)
+    arr = np.zeros(n, np.float32)
+    arr[brain] = 420 + 80 * np.sin(x[brain] / 6) * np.cos(y[brain] / 7) + rng.normal(0, 15, brain.sum())
+    arr[(r >= 1.0) & (r < 1.17)] = 40  # CSF and bone: dark on T1
+    arr[scalp] = 750
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((SPACING,) * 3)
+    return image, brain, scalp
+
+
+@pytest.fixture(scope="module")
+def bet_result():
+    image, brain, scalp = phantom_head()
+    return image, brain, scalp, estimate_brain_mask(image)
+
+
+def test_bet_finds_the_brain_not_the_scalp(bet_result) -> None:
+    image, brain, scalp, mask = bet_result
+    assert mask.GetSize() == image.GetSize() and mask.GetPixelID() == sitk.sitkUInt8
+    m = sitk.GetArrayFromImage(mask) > 0
+    dice = 2 * (m & brain).sum() / (m.sum() + brain.sum())
+    assert dice > 0.9, dice
+    assert (m & scalp).sum() / scalp.sum() < 0.02
+
+
+def test_bet_on_an_anisotropic_grid(bet_result) -> None:
+    """The clinical case that made the package fail: 4 mm slices. The mask comes back on the input's grid."""
+    image, brain = bet_result[:2]
+    thick = sitk.Resample(image, [128, 128, 38], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                          (SPACING, SPACING, 4.0), image.GetDirection(), 0.0)
+    mask = estimate_brain_mask(thick)
+    assert mask.GetSize() == thick.GetSize() and mask.GetSpacing() == thick.GetSpacing()
+    truth = sitk.GetImageFromArray(brain.astype(np.uint8))
+    truth.CopyInformation(image)
+    truth = sitk.Resample(truth, thick, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    a, b = sitk.GetArrayViewFromImage(mask) > 0, sitk.GetArrayViewFromImage(truth) > 0
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.85
+
+
+def test_implausible_brain_volume_is_refused(bet_result) -> None:
+    image = bet_result[0]
+    with pytest.raises(BrainMaskError, match="not a plausible brain"):
+        estimate_brain_mask(image, plausible_ml=(1.0, 10.0))
+
+
+def test_missing_package_names_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "brainextractor", None)
+    with pytest.raises(BrainMaskError, match="pip install brainextractor"):
+        estimate_brain_mask(head())
+
+
+def test_strip_is_a_copy_and_resamples_the_mask() -> None:
+    image = head(size=(32, 32, 4))
+    before = sitk.GetArrayFromImage(image).copy()
+    coarse = sitk.Image([16, 16, 4], sitk.sitkUInt8)
+    coarse.SetSpacing((2.0, 2.0, 1.0))
+    coarse[4:12, 4:12, :] = 1  # voxels 8..23 of the 1 mm grid
+    out = sitk.GetArrayFromImage(strip(image, coarse))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), before)
+    inside = np.zeros(before.shape, bool)
+    inside[:, 8:24, 8:24] = True
+    assert (out[~inside] == 0).all() and np.array_equal(out[inside], before[inside])
+    with pytest.raises(BrainMaskError, match="does not cover"):
+        strip(image, sitk.Image([16, 16, 4], sitk.sitkUInt8))
+
+
+# ----------------------------------------------------------------------------- the engine's modes
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> SynthesisEngine:
+    path = make_bundle(tmp_path_factory.mktemp("b") / "t.safetensors")
+    return SynthesisEngine(path, device="cpu", batch_size=4)
+
+
+def big_head() -> sitk.Image:
+    """A 'whole head' by the fingerprint's rule (foreground over 2,000 mL) and a brain mask inside it."""
+    return head(size=(48, 48, 16), spacing=(6.0, 6.0, 6.0), radius=0.8)
+
+
+def _brain_of(image: sitk.Image) -> sitk.Image:
+    mask = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    mask[14:34, 14:34, 2:10] = 1
+    return mask
+
+
+def test_strip_with_a_given_brain_mask(engine: SynthesisEngine) -> None:
+    image = big_head()
+    before = sitk.GetArrayFromImage(image).copy()
+    brain = _brain_of(image)
+    result = engine.run(image, mask=brain, skull="strip")
+    inside = sitk.GetArrayViewFromImage(brain) > 0
+    syn, heat = sitk.GetArrayViewFromImage(result.synthetic), sitk.GetArrayViewFromImage(result.heatmap)
+    assert (syn[~inside] == 0).all() and (heat[~inside] == 0).all() and syn[inside].max() > 0
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), before)  # the caller's volume is untouched
+    assert any("inside the brain only (the given brain mask" in n for n in result.notes)
+    # what the networks saw is the stripped head: the same as synthesising a pre-stripped copy with "keep"
+    kept = engine.run(strip(image, brain), mask=brain, skull="keep")
+    np.testing.assert_allclose(syn, sitk.GetArrayViewFromImage(kept.synthetic), atol=1e-5)
+    assert not kept.notes
+
+
+def test_auto_strips_only_for_a_stripped_only_model(engine: SynthesisEngine, monkeypatch) -> None:
+    image, brain = big_head(), _brain_of(big_head())
+
+    def stats(x: sitk.Image):
+        return volume_stats(engine._prepare(x), engine.spec.source)
+
+    stripped_stats, head_stats = stats(head()), stats(image)
+    assert not stripped_stats.skull and head_stats.skull
+    monkeypatch.setattr(engine, "fingerprint", fingerprint([stripped_stats]))
+    auto = engine.run(image, mask=brain, skull="auto")
+    assert any(n.startswith("the input is a whole head") for n in auto.notes)
+    assert not engine.run(head(), skull="auto").notes  # a stripped brain is left as it is
+    monkeypatch.setattr(engine, "fingerprint", fingerprint([stripped_stats, head_stats]))
+    assert not engine.run(image, mask=brain, skull="auto").notes  # the model saw whole heads: keep
+
+
+def test_skull_handling_errors(engine: SynthesisEngine, tmp_path) -> None:
+    with pytest.raises(SynthesisError, match="unknown skull handling 'off'"):
+        engine.run(head(), skull="off")
+    ct = SynthesisEngine(make_bundle(tmp_path / "ct.safetensors", target="ct"), device="cpu")
+    with pytest.raises(SynthesisError, match="skull stripping is for brain MRI models"):
+        ct.run(head(), skull="strip")
+    with pytest.raises(SynthesisError, match="the brain mask does not cover"):
+        engine.run(head(), mask=sitk.Image(head().GetSize(), sitk.sitkUInt8), skull="strip")
