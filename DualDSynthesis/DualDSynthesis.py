@@ -20,7 +20,7 @@ from slicer import (
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
@@ -51,6 +51,7 @@ class DualDSynthesisParameterNode:
     bundledModel: str = ""
     bundlePath: Path
     device: str = "auto"
+    skullHandling: Annotated[str, Choice(["auto", "keep", "strip"])] = "auto"  # imaging.brainmask.SKULL_HANDLING
     syntheticVolume: vtkMRMLScalarVolumeNode
     heatmapVolume: vtkMRMLScalarVolumeNode
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
@@ -257,6 +258,7 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             heatmap_node=p.heatmapVolume,
             progress=self._onProgress,
             cancel=lambda: self._cancelRequested,
+            skull=p.skullHandling,
             display_options=DisplayOptions(
                 opacity=p.heatmapOpacity,
                 lower_threshold=p.lowerThreshold,
@@ -272,9 +274,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(outputs.qa_table_node.GetID())
             slicer.app.applicationLogic().PropagateTableSelection()
         notes = [] if outputs.heatmap_node else [_("this model has no difficulty heatmap")]
-        notes += outputs.warnings
         done = _("Done: {name}").format(name=outputs.synthetic_node.GetName())
-        self.ui.statusLabel.text = "\n".join([done, *notes])
+        self.ui.statusLabel.text = "\n".join([done, *notes, *outputs.notes, *outputs.warnings])
 
     def _onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = round(100 * fraction)

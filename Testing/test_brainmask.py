@@ -151,3 +151,17 @@ def test_skull_handling_errors(engine: SynthesisEngine, tmp_path) -> None:
         ct.run(head(), skull="strip")
     with pytest.raises(SynthesisError, match="the brain mask does not cover"):
         engine.run(head(), mask=sitk.Image(head().GetSize(), sitk.sitkUInt8), skull="strip")
+
+
+def test_bet_on_a_raw_clinical_head(shared_data) -> None:
+    """Ljubljana-long-p01: a whole head and neck, 0.72 × 0.72 × 4 mm. The mask is a brain's size, lies inside
+    the head, and leaves out the scalp fat (the brightest T1 voxels of the head)."""
+    image = sitk.ReadImage(str(shared_data / "brain-mri" / "Ljubljana-long-p01" / "Ljubljana-long-p01_t1.nii.gz"))
+    mask = sitk.GetArrayFromImage(estimate_brain_mask(image)) > 0
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    ml = mask.sum() * np.prod(image.GetSpacing()) / 1000
+    assert 1000 < ml < 1800, ml
+    head_voxels = arr > np.percentile(arr[arr > 0], 20)
+    assert (mask & ~head_voxels).sum() < 0.1 * mask.sum()
+    fat = arr >= np.percentile(arr[head_voxels], 98)
+    assert (mask & fat).sum() < 0.1 * fat.sum()

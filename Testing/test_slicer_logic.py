@@ -62,8 +62,9 @@ class FakeEngine:
         heat[TUMOUR] = 0.9
         return heat
 
-    def run(self, image, progress=None, cancel=None):
+    def run(self, image, progress=None, cancel=None, skull="auto"):
         self.calls += 1
+        self.skull = skull
         for step in range(4):
             if progress is not None:
                 progress(step / 4, f"step {step + 1}/4")
@@ -79,7 +80,7 @@ class FakeEngine:
             heatmap.CopyInformation(image)
             # The real engine works in canonical orientation; the logic must map back exactly.
             heatmap = sitk.DICOMOrient(heatmap, "RAS")
-        return SynthesisResult(synthetic, heatmap)
+        return SynthesisResult(synthetic, heatmap, notes=[f"skull handling: {skull}"])
 
 
 def source_array() -> np.ndarray:
@@ -167,6 +168,15 @@ def test_synthesize_creates_two_nodes_with_source_geometry_and_leaves_input_unto
     assert out.synthetic_node.GetName() == "T1 synthetic T2"
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and all(0 <= f <= 1 for f in fractions)
+
+
+def test_skull_handling_reaches_the_engine_and_its_notes_the_panel(app):
+    node = mrml_io.new_volume_node_from_image(app.scene, source_image(), "T1")
+    logic = DualDSynthesisLogic(scene=app.scene, application_logic=app.application_logic)
+    engine = FakeEngine()
+    assert logic.synthesize(node, engine).notes == ["skull handling: auto"] and engine.skull == "auto"
+    assert logic.synthesize(node, engine, skull="strip").notes == ["skull handling: strip"]
+    assert engine.skull == "strip"
 
 
 def test_existing_output_nodes_are_overwritten_and_input_cannot_be_output(loaded):

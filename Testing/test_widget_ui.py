@@ -28,6 +28,7 @@ COMPATIBLE = {
     "QCheckBox": re.compile(r"bool"),
     "ctkPathLineEdit": re.compile(r"(pathlib\.)?Path"),
     "QLineEdit": re.compile(r"str"),
+    "QComboBox": re.compile(r"Annotated\[str, Choice\(.*\)\]"),
 }
 
 

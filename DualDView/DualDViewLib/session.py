@@ -56,7 +56,7 @@ class _Finished:
     bundle_path: Path | None = None
     spec: Any = None  # the real engine's PreprocessingSpec (the QA table's units and foreground)
 
-    def run(self, image, progress=None, cancel=None):  # the SynthesisEngine protocol
+    def run(self, image, progress=None, cancel=None, skull="auto"):  # the SynthesisEngine protocol
         return self.result
 
 

@@ -71,7 +71,9 @@ class SynthesisEngine(Protocol):
         image: sitk.Image,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
+        skull: str = "auto",
     ) -> SynthesisResult:
-        """Synthesise ``image``; calls ``progress`` as work advances, checks ``cancel`` between steps and
+        """Synthesise ``image`` (``skull``: whole-head handling, ``brainmask.SKULL_HANDLING``); calls
+        ``progress`` as work advances, checks ``cancel`` between steps and
         raises :class:`SynthesisCancelled` when it is set, :class:`SynthesisError` for bad input."""
         ...

@@ -67,6 +67,7 @@ class SynthesisOutputs:
     difference_node: Any = None
     qa_rows: list[qa.RegionMetrics] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # the engine's, for the status line
+    notes: list[str] = field(default_factory=list)  # what the engine did that the user should know (skull)
 
 
 def _default_engine_factory(bundle_path: Path, device: str, heatmap_source: str | None = None) -> SynthesisEngine:
@@ -174,6 +175,7 @@ class DualDSynthesisLogic:
         cancel: CancelCallback | None = None,
         display_options: DisplayOptions | None = None,
         qa_options: QAOptions | None = None,
+        skull: str = "auto",
     ) -> SynthesisOutputs:
         """Run ``engine`` on ``input_node`` and put the results in the scene.
 
@@ -193,7 +195,8 @@ class DualDSynthesisLogic:
             report(_ENGINE_SHARE * min(max(float(fraction), 0.0), 1.0), message)
 
         report(0.0, "Synthesizing…")
-        result = engine.run(source, progress=engine_progress, cancel=cancel)  # SynthesisCancelled propagates
+        # SynthesisCancelled propagates
+        result = engine.run(source, progress=engine_progress, cancel=cancel, skull=skull)
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
 
@@ -242,6 +245,7 @@ class DualDSynthesisLogic:
             self._remove_nodes(created)
             raise
         outputs.warnings = [str(w) for w in result.warnings]
+        outputs.notes = [str(n) for n in result.notes]
         report(1.0, "Done")
         return outputs
 
