@@ -40,6 +40,7 @@ def brain_mask(loaded: loso.Loaded) -> np.ndarray:
 
 def _scores(pred: np.ndarray, target: np.ndarray, region: np.ndarray, err: np.ndarray | None,
             spacing_kji: tuple[float, float, float]) -> dict:
+    from DualDSynthesisLib.imaging.calibration import error_ratio
     from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
     from DualDSynthesisLib.model import metrics
 
@@ -50,6 +51,7 @@ def _scores(pred: np.ndarray, target: np.ndarray, region: np.ndarray, err: np.nd
     maps = {"edge": gradient_magnitude(pred, spacing_kji)}
     if err is not None:
         maps["expected_error"] = err
+        out["expected_error_ratio"] = error_ratio(err, np.abs(pred - target), region)  # the fold model's, uncalibrated
     out["maps"] = map_scores(maps, np.abs(pred - target), region)
     return out
 
@@ -108,14 +110,15 @@ def main() -> None:
     args = p.parse_args()
     per_subject = score_run(args.run, args.prepared)
     args.out.write_text(json.dumps(per_subject, indent=1), encoding="utf-8")
-    print("| subject | input | region | PSNR | constant-oracle PSNR | MAE | SSIM | AUROC expected error | AUROC edge |")
-    print("|---" * 9 + "|")
+    print("| subject | input | region | PSNR | constant-oracle PSNR | MAE | SSIM | AUROC expected error | AUROC edge "
+          "| expected / real MAE |")
+    print("|---" * 10 + "|")
     for name, s in per_subject.items():
         for mode, region in (("keep", "head"), ("keep", "brain"), ("strip", "brain")):
             r = s[mode][region]
             print(f"| {name} | {mode} | {region} | {r['psnr']:.2f} | {r['psnr_constant']:.2f} | {r['mae']:.4f} | "
                   f"{r['ssim']:.3f} | {r['maps'].get('expected_error', {}).get('auroc', float('nan')):.3f} | "
-                  f"{r['maps']['edge']['auroc']:.3f} |")
+                  f"{r['maps']['edge']['auroc']:.3f} | {r.get('expected_error_ratio', float('nan')):.2f} |")
 
 
 if __name__ == "__main__":

@@ -114,10 +114,12 @@ def run(args: argparse.Namespace) -> dict:
         try:
             source, target, labels = load_pair(pair)
             validate_volume(target, f"target file {pair.target.name}")  # e.g. constant: say so, by name
-            out = engine.run(source, source_modality=args.source)
+            # skull="keep": the scores cover the source's whole foreground, so a stripped prediction would count
+            # its background outside the brain as error (experiments/skull_handling.py scores the brain region)
+            out = engine.run(source, source_modality=args.source, skull="keep")
             maps = {} if out.heatmap is None else {engine.heatmap_source: out.heatmap}
             for name, other in others.items():
-                maps[name] = other.run(source, source_modality=args.source).heatmap
+                maps[name] = other.run(source, source_modality=args.source, skull="keep").heatmap
             res = evaluate_images(pair.subject, out.synthetic, target, source, engine.spec, out.heatmap, labels,
                                   maps)
         except DualDError as exc:  # one bad subject (e.g. a constant target) must not lose the others
