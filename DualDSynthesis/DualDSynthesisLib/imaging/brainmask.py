@@ -78,14 +78,20 @@ def estimate_brain_mask(image: sitk.Image, plausible_ml: tuple[float, float] = P
     return mask
 
 
-def strip(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
-    """A copy of ``image`` with every voxel outside ``brain`` (nonzero = brain; any grid: resampled by
-    nearest neighbour) set to 0, the background of every MRI intensity mapping. ``image`` is untouched."""
-    binary = sitk.Cast(sitk.NotEqual(brain, 0), sitk.sitkUInt8)
+def mask_on_grid(mask: sitk.Image, image: sitk.Image, what: str = "the mask") -> sitk.Image:
+    """``mask`` (nonzero = inside; any grid: resampled by nearest neighbour) as UInt8 0/1 on ``image``'s grid;
+    :class:`BrainMaskError` naming ``what`` when it covers no voxel of ``image``."""
+    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
     if Grid.from_image(binary).matches(image):
         binary.CopyInformation(image)
     else:
         binary = sitk.Resample(binary, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     if not sitk.GetArrayViewFromImage(binary).any():
-        raise BrainMaskError("the brain mask does not cover any voxel of the input volume")
-    return sitk.Mask(image, binary, outsideValue=0.0)
+        raise BrainMaskError(f"{what} does not cover any voxel of the input volume")
+    return binary
+
+
+def strip(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
+    """A copy of ``image`` with every voxel outside ``brain`` set to 0, the background of every MRI intensity
+    mapping. ``image`` is untouched."""
+    return sitk.Mask(image, mask_on_grid(brain, image, "the brain mask"), outsideValue=0.0)

@@ -47,7 +47,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from ..core.vocabulary import modality_warning
 from ..imaging import io as vio
-from ..imaging.brainmask import SKULL_HANDLING, BrainMaskError, estimate_brain_mask, strip
+from ..imaging.brainmask import SKULL_HANDLING, BrainMaskError, estimate_brain_mask, mask_on_grid, strip
 from ..imaging.bundle import HEATMAP_SOURCES, BundleError, BundleMetadata, ModelBundle, load_bundle
 from ..imaging.calibration import ErrorCalibration
 from ..imaging.defaults import DEFAULT_MODEL
@@ -63,7 +63,6 @@ from ..imaging.devices import (
 from ..imaging.dicom_export import DicomRequest, check_dicom_request, write_dicom
 from ..imaging.fingerprint import TrainingFingerprint, VolumeStats, ood_warnings, volume_stats
 from ..imaging.preprocess import (
-    Grid,
     PreparedVolume,
     PreprocessError,
     prepare_volume,
@@ -485,13 +484,10 @@ class SynthesisEngine:
 
     @staticmethod
     def _apply_mask(mask, synthetic, heat_image, background):
-        binary = sitk.NotEqual(mask, 0)
-        if Grid.from_image(binary).matches(synthetic):
-            binary.CopyInformation(synthetic)
-        else:
-            binary = sitk.Resample(binary, synthetic, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        if not sitk.GetArrayViewFromImage(binary).any():
-            raise SynthesisError("the mask does not cover any voxel of the input volume")
+        try:
+            binary = mask_on_grid(mask, synthetic)
+        except BrainMaskError as exc:
+            raise SynthesisError(str(exc)) from None
         synthetic = sitk.Mask(synthetic, binary, outsideValue=float(background))
         if heat_image is not None:
             heat_image = sitk.Mask(heat_image, binary, outsideValue=0.0)
