@@ -16,7 +16,6 @@ prepared T1, the source zeroed outside it and normalised again, exactly what the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loso  # the experiment's own loaders (after the path insert)
+from fold_runs import fold_jobs, rescoring_parser
 
 
 def brain_mask(loaded: loso.Loaded) -> np.ndarray:
@@ -83,11 +83,8 @@ def score_run(run: Path, prepared: str) -> dict:
     from DualDSynthesisLib.imaging.bundle import load_bundle
 
     torch.set_num_threads(1)
-    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     out: dict = {}
-    for job in results:
-        if job.get("failed") or not job.get("test") or not job.get("bundle"):
-            continue
+    for job in fold_jobs(run).values():
         data = loso.load_prepared(prepared, list(job["test"]))
         heads = [n for n in job["test"] if data[n].info["stats"]["skull"]]
         if not heads:
@@ -103,11 +100,7 @@ def score_run(run: Path, prepared: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a loso.py confirm output folder (results.json, bundles/)")
-    p.add_argument("--prepared", required=True)
-    p.add_argument("--out", required=True, type=Path)
-    args = p.parse_args()
+    args = rescoring_parser(__doc__).parse_args()
     per_subject = score_run(args.run, args.prepared)
     args.out.write_text(json.dumps(per_subject, indent=1), encoding="utf-8")
     print("| subject | input | region | PSNR | constant-oracle PSNR | MAE | SSIM | AUROC expected error | AUROC edge "

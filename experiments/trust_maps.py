@@ -18,7 +18,6 @@ spread of the K predictions is scored alone and combined with the expected error
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loso  # the experiment's own loaders (after the path insert)
+from fold_runs import fold_jobs, rescoring_parser
 
 
 def _ranks(a: np.ndarray, fg: np.ndarray) -> np.ndarray:
@@ -109,11 +109,8 @@ def score_run(run: Path, prepared: str, passes: int = 0, strength: float = 1.0, 
 
     torch.set_num_threads(threads)
     candidates = CANDIDATES | (TTA_CANDIDATES if passes else {})
-    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     out: dict = {}
-    for job in results:
-        if job.get("failed") or not job.get("test") or not job.get("bundle"):
-            continue
+    for job in fold_jobs(run).values():
         bundle = load_bundle(run / job["bundle"])
         context = bundle.metadata.preprocessing.context_slices
         data = loso.load_prepared(prepared, list(job["test"]))
@@ -135,10 +132,7 @@ def score_run(run: Path, prepared: str, passes: int = 0, strength: float = 1.0, 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a loso.py confirm output folder (results.json, bundles/)")
-    p.add_argument("--prepared", required=True)
-    p.add_argument("--out", required=True, type=Path)
+    p = rescoring_parser(__doc__)
     p.add_argument("--tta", type=int, default=0, metavar="K", help="test-time augmentation passes (0: none)")
     p.add_argument("--tta-strength", type=float, default=1.0, help="SourceAugmentation strength of the passes")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
