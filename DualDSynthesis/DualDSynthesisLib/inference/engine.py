@@ -356,6 +356,7 @@ class SynthesisEngine:
                 image = strip(image, brain)  # a stripped copy: the caller's image stays as it was
             except BrainMaskError as exc:
                 raise SynthesisError(str(exc)) from None
+            check_cancel()  # brain extraction takes 10-20 s: honour a cancel before preparing again
             mask = brain
             ml = float(sitk.GetArrayViewFromImage(sitk.NotEqual(brain, 0)).sum()) * math.prod(brain.GetSpacing()) / 1e3
             why = "" if skull == "strip" else "the input is a whole head and the model saw skull-stripped brains only: "
