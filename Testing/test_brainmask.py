@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from bundles import make_bundle
 from DualDSynthesisLib.imaging.brainmask import BrainMaskError, estimate_brain_mask, strip
 from DualDSynthesisLib.imaging.fingerprint import fingerprint, volume_stats
-from DualDSynthesisLib.inference.engine import SynthesisEngine, SynthesisError
+from DualDSynthesisLib.inference.engine import SynthesisCancelled, SynthesisEngine, SynthesisError
 from test_engine import head
 
 SPACING = 1.5
@@ -165,3 +165,16 @@ def test_bet_on_a_raw_clinical_head(shared_data) -> None:
     assert (mask & ~head_voxels).sum() < 0.1 * mask.sum()
     fat = arr >= np.percentile(arr[head_voxels], 98)
     assert (mask & fat).sum() < 0.1 * fat.sum()
+
+
+def test_cancel_right_after_stripping(engine: SynthesisEngine) -> None:
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) >= 2  # the first check passes; the one after brain extraction stops the run
+
+    image = big_head()
+    with pytest.raises(SynthesisCancelled):
+        engine.run(image, mask=_brain_of(image), skull="strip", cancel=cancel)
+    assert len(calls) == 2
