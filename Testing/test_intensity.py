@@ -171,3 +171,37 @@ def test_rank_is_a_source_normalisation_only() -> None:
         IntensityMapping.from_dict({"kind": "mri_rank"}).forward(_toy(), type(m.fit(_toy()))((1.0, 1.0), 0.0))
     with pytest.raises(PreprocessError, match="unknown setting"):
         IntensityMapping.from_dict({"kind": "mri_rank", "percentile": 3})
+
+
+def test_normalised_output_is_what_the_written_volume_holds() -> None:
+    """Validation and LOSO score a prediction as the product writes it: the target mapping's inverse clips a
+    linear output's overshoot (−31 on an unseen site once), so scores see the clipped values."""
+    m = PercentileScale(99.5, (0.0, 2.0), 812.5)
+    got = m.normalised_output(np.array([-31.0, -0.1, 0.0, 0.5, 1.5, 2.0, 7.0], np.float32), ScaleParams(300.0))
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.0, 0.5, 1.5, 2.0, 2.0], rtol=1e-6)
+    hu = HounsfieldWindow()
+    got = hu.normalised_output(np.array([-0.4, 0.25, 1.3], np.float32), hu.reference_params)
+    np.testing.assert_allclose(got, [0.0, 0.25, 1.0], rtol=1e-6)
+
+
+def test_validation_scores_the_clipped_prediction() -> None:
+    from DualDSynthesisLib.imaging.preprocess import Grid, RestoreContext
+    from DualDTrainingLib.dataset import PreparedSubject
+    from DualDTrainingLib.validation import validate
+
+    class Overshoot(torch.nn.Module):  # a generator whose linear output lies far below the valid range
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x[:, :1], -30.0)
+
+    k, h, w = 4, 16, 16
+    target = np.zeros((k, h, w), np.float32)
+    target[:, 4:12, 4:12] = 0.5
+    grid = Grid((w, h, k), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    subject = PreparedSubject("toy", target.copy(), target, target > 0, None, ScaleParams(100.0),
+                              ScaleParams(300.0), RestoreContext(grid, "LPS", "float", grid, grid, (False,) * 3,
+                                                                 (0, 1, 2), (0, h, 0, w), (k, h, w)))
+    mapping = PercentileScale(99.5, (0.0, 2.0), 300.0)
+    raw = validate(Overshoot(), None, [subject], torch.device("cpu"), 2)[0]
+    clipped = validate(Overshoot(), None, [subject], torch.device("cpu"), 2, target=mapping)[0]
+    assert raw["mae_foreground"] == pytest.approx(30.5)
+    assert clipped["mae_foreground"] == pytest.approx(0.5)  # the written volume holds 0 there, not −30

@@ -40,7 +40,7 @@ def score(runs: list[Path], prepared: str) -> dict:
         for name in test:
             subject = loso._subject(data[name], jobs[0][fold]["recipe_settings"]["source_norm"])
             held = [loso.held_out(b.generator, subject, b.metadata.preprocessing.context_slices,
-                                  torch.device("cpu")) for b in bundles]
+                                  torch.device("cpu"), b.metadata.preprocessing.target) for b in bundles]
             t, fg = held[0].target, held[0].foreground
             preds = np.stack([h.synthetic for h in held])
             mean = preds.mean(axis=0)

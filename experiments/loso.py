@@ -168,24 +168,26 @@ class HeldOut:
     spacing_kji: tuple[float, float, float]
 
 
-def held_out(generator, subject, context: int, device, amp: bool = False) -> HeldOut:
-    """The arrays every held-out score starts from (here and in ``trust_maps.py``)."""
+def held_out(generator, subject, context: int, device, target, amp: bool = False) -> HeldOut:
+    """The arrays every held-out score starts from (here and in the re-scoring scripts). ``target``: the
+    target mapping; G's prediction is clipped by it as the product's written volume is."""
     from DualDTrainingLib.validation import predict
 
     pred, err = predict(generator, subject.source, device, 16, amp, context)
+    pred = target.normalised_output(pred, subject.target_params)
     ys, xs = subject.crop
     return HeldOut(pred, pred[:, ys, xs], subject.target[:, ys, xs], None if err is None else err[:, ys, xs],
                    subject.foreground[:, ys, xs], (float(subject.context.prepared.spacing[2]), 1.0, 1.0))
 
 
-def _evaluate(trainer, subject, context: int, device, has_d2: bool) -> dict[str, Any]:
+def _evaluate(trainer, subject, context: int, device, has_d2: bool, target) -> dict[str, Any]:
     import torch
     from DualDSynthesisLib.imaging.calibration import error_ratio
     from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
     from DualDSynthesisLib.model import metrics
     from DualDTrainingLib.validation import difficulty
 
-    h = held_out(trainer.generator, subject, context, device, trainer.amp)
+    h = held_out(trainer.generator, subject, context, device, target, trainer.amp)
     pred, p, t, fg = h.pred, h.synthetic, h.target, h.foreground
     ys, xs = subject.crop
     smap = metrics.ssim_map(p, t, 1.0)
@@ -278,7 +280,7 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
               "final_l1": float(torch.stack(losses[-50:]).mean()) if losses else None,
               "reference_scale": spec.target.reference_scale, "per_subject": {}}
     for s in test:
-        result["per_subject"][s.name] = _evaluate(trainer, s, r["context"], device, cfg.variant.uses_local)
+        result["per_subject"][s.name] = _evaluate(trainer, s, r["context"], device, cfg.variant.uses_local, spec.target)
     if job.get("bundle"):
         _bundle(trainer, spec, job, out / job["bundle"], job.get("half", True),
                 [data[n].info["stats"] for n in job["train"]])
@@ -458,10 +460,34 @@ def baseline(args: argparse.Namespace) -> None:
     for name, loaded in data.items():
         t0 = time.time()
         out["per_subject"][name] = _evaluate(trainer, _subject(loaded, norm), context, torch.device("cpu"),
-                                             bundle.local_discriminator is not None)
+                                             bundle.local_discriminator is not None, spec.target)
         out["per_subject"][name]["source"] = loaded.info["source"]
         print(f"{name}: {out['per_subject'][name]['foreground']['psnr']:.2f} dB ({time.time() - t0:.0f} s)",
               file=sys.stderr)
+    Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
+
+
+def rescore(args: argparse.Namespace) -> None:
+    """The fold jobs of a finished run scored again from their fold bundles with today's evaluation (no
+    training): a results file ``table`` and ``calibrate`` read like the run's own."""
+    import types
+
+    import torch
+    from DualDSynthesisLib.imaging.bundle import load_bundle
+    from fold_runs import fold_jobs
+
+    torch.set_num_threads(2)
+    out = []
+    for job in fold_jobs(Path(args.run)).values():
+        bundle = load_bundle(Path(args.run) / job["bundle"])
+        spec = bundle.metadata.preprocessing
+        trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
+        data = load_prepared(args.prepared, list(job["test"]))
+        per_subject = {name: _evaluate(trainer, _subject(data[name], job["recipe_settings"]["source_norm"]),
+                                       spec.context_slices, torch.device("cpu"), bundle.local_discriminator is not None,
+                                       spec.target) for name in job["test"]}
+        out.append({**job, "per_subject": per_subject, "rescored": True})
+        print(job["fold"], {n: round(s["foreground"]["psnr"], 2) for n, s in per_subject.items()}, file=sys.stderr)
     Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
 
 
@@ -599,11 +625,15 @@ def main() -> None:
     k.add_argument("--name", default="", help="a new model name (e.g. for the shipped default)")
     k.add_argument("--description", default="")
     k.add_argument("--provenance", default="{}", help="JSON object of provenance entries to add")
+    r = sub.add_parser("rescore", help="score a run's fold bundles again (no training)")
+    r.add_argument("run")
+    r.add_argument("--prepared", required=True)
+    r.add_argument("--out", required=True)
     t = sub.add_parser("table")
     t.add_argument("results")
     args = p.parse_args()
     {"prepare": prepare, "run": run, "job": job_main, "table": table, "baseline": baseline,
-     "confirm": confirm, "calibrate": calibrate}[args.command](args)
+     "confirm": confirm, "calibrate": calibrate, "rescore": rescore}[args.command](args)
 
 
 if __name__ == "__main__":

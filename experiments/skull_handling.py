@@ -56,16 +56,18 @@ def _scores(pred: np.ndarray, target: np.ndarray, region: np.ndarray, err: np.nd
     return out
 
 
-def score_subject(generator, loaded: loso.Loaded, norm: str, context: int) -> dict:
+def score_subject(bundle, loaded: loso.Loaded, norm: str) -> dict:
     import torch
 
+    generator, spec = bundle.generator, bundle.metadata.preprocessing
+    context, target = spec.context_slices, spec.target
     brain = brain_mask(loaded)
     cpu = torch.device("cpu")
-    keep = loso.held_out(generator, loso._subject(loaded, norm), context, cpu)
+    keep = loso.held_out(generator, loso._subject(loaded, norm), context, cpu, target)
     stripped = dataclasses.replace(loaded, source=np.where(brain, loaded.source, 0).astype(np.float32),
                                    foreground=loaded.foreground & brain)
     subject = loso._subject(stripped, norm)
-    strip = loso.held_out(generator, subject, context, cpu)
+    strip = loso.held_out(generator, subject, context, cpu, target)
     ys, xs = subject.crop
     raw = loaded.target * np.float32(loaded.info["target_scale"])
     in_brain = brain[:, ys, xs]
@@ -92,8 +94,7 @@ def score_run(run: Path, prepared: str) -> dict:
         bundle = load_bundle(run / job["bundle"])
         for name in heads:
             out[name] = {"fold": job["fold"], "bundle": job["bundle"],
-                         **score_subject(bundle.generator, data[name], job["recipe_settings"]["source_norm"],
-                                         bundle.metadata.preprocessing.context_slices)}
+                         **score_subject(bundle, data[name], job["recipe_settings"]["source_norm"])}
             print(name, json.dumps({k: round(v["brain"]["psnr"], 2) for k, v in out[name].items()
                                     if isinstance(v, dict) and "brain" in v}), file=sys.stderr)
     return out

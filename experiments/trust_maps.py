@@ -87,11 +87,11 @@ def _augmented(generator, strength: float, seed: int):
     return Augmented()
 
 
-def tta_maps(generator, subject, context: int, h, passes: int, strength: float) -> dict[str, np.ndarray]:
+def tta_maps(generator, subject, context: int, target, h, passes: int, strength: float) -> dict[str, np.ndarray]:
     """The spread of ``passes`` augmented predictions (cropped like ``h``, the unaugmented :class:`HeldOut`)."""
     import torch
 
-    runs = [loso.held_out(_augmented(generator, strength, i), subject, context, torch.device("cpu"))
+    runs = [loso.held_out(_augmented(generator, strength, i), subject, context, torch.device("cpu"), target)
             for i in range(passes)]
     preds = np.stack([r.synthetic for r in runs])
     out = {"tta_std": preds.std(0), "tta_mad": np.abs(preds - h.synthetic).mean(0)}
@@ -116,13 +116,14 @@ def score_run(run: Path, prepared: str, passes: int = 0, strength: float = 1.0, 
         data = loso.load_prepared(prepared, list(job["test"]))
         for name in job["test"]:
             subject = loso._subject(data[name], job["recipe_settings"]["source_norm"])
-            h = loso.held_out(bundle.generator, subject, context, torch.device("cpu"))
+            target = bundle.metadata.preprocessing.target
+            h = loso.held_out(bundle.generator, subject, context, torch.device("cpu"), target)
             ys, xs = subject.crop
             m = {"err": h.expected_error, "edge": gradient_magnitude(h.synthetic, h.spacing_kji), "fg": h.foreground,
                  "src_edge": gradient_magnitude(subject.source[:, ys, xs], h.spacing_kji)}
             start = time.perf_counter()
             if passes:
-                m |= tta_maps(bundle.generator, subject, context, h, passes, strength)
+                m |= tta_maps(bundle.generator, subject, context, target, h, passes, strength)
             seconds = time.perf_counter() - start
             maps = {k: f(m) for k, f in candidates.items()}
             out[name] = {"fold": job["fold"], "maps": map_scores(maps, np.abs(h.synthetic - h.target), h.foreground),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from DualDSynthesisLib.imaging.calibration import CalibrationError, ErrorCalibration, error_ratio
 from DualDSynthesisLib.model import metrics
+from DualDSynthesisLib.model.intensity_base import IntensityMapping
 from DualDSynthesisLib.model.losses import difficulty_from_logits, expected_error
 from DualDSynthesisLib.model.slicestack import slice_stack
 
@@ -150,12 +151,16 @@ def validate(
     amp: bool = False,
     context: int = 0,
     data_range: float = 1.0,
+    target: IntensityMapping | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[tuple[np.ndarray, ...]]]:
-    """(mean metrics, per-subject metrics, sample rows source|real|synthetic|heatmap of the first subject)."""
+    """(mean metrics, per-subject metrics, sample rows source|real|synthetic|heatmap of the first subject).
+    ``target``: the target mapping; the prediction is scored as the product writes it (clipped by its inverse)."""
     per_subject: dict[str, dict[str, float]] = {}
     rows: list[tuple[np.ndarray, ...]] = []
     for i, subject in enumerate(subjects):
         pred, err = predict(generator, subject.source, device, batch_size, amp, context)
+        if target is not None:
+            pred = target.normalised_output(pred, subject.target_params)
         per_subject[subject.name] = subject_metrics(pred, subject, data_range, err)
         if i == 0:
             ks = sample_slices(subject)

@@ -235,6 +235,12 @@ class IntensityMapping(ABC):
         """Normalised → raw float32; values are first clipped to the normalised range the training
         targets had, since the generator's linear output may overshoot it."""
 
+    def normalised_output(self, arr: Any, params: IntensityParams) -> Any:
+        """A generator's normalised prediction as the product outputs it (``inverse``, which clips to the
+        training targets' range), back in normalised units: what validation and LOSO scores must see, since a
+        linear output can overshoot far (−30 on an unseen site) where the written volume cannot."""
+        return self.forward(self.inverse(arr, params), params)
+
     @abstractmethod
     def units_per_normalised(self, params: IntensityParams) -> float:
         """Raw units per normalised unit, for differences (errors)."""
