@@ -12,7 +12,8 @@ Three steps, so the GPU part needs no NIfTI reading and no ../shared data on the
    ``results.json`` gathers them.
 3. ``table`` prints the LOSO tables (per fold and mean ± std over folds) from ``results.json``.
    ``confirm`` re-runs chosen recipes at one budget (``--steps`` repeats a GPU budget on the CPU);
-   ``calibrate`` gives the recipe's final model the expected-error factor its folds measured.
+   ``calibrate`` gives the recipe's final model the expected-error factor its folds measured; ``rescore``
+   scores a finished run's fold bundles again with today's evaluation (no training).
 
 Metrics (held-out subjects, on the prepared 1 mm grid, unpadded region): PSNR (data range 1), MAE
 and SSIM in the normalised T2 space, over the foreground (source ∪ target: the brain, or the head for
