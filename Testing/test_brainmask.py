@@ -178,3 +178,24 @@ def test_cancel_right_after_stripping(engine: SynthesisEngine) -> None:
     with pytest.raises(SynthesisCancelled):
         engine.run(image, mask=_brain_of(image), skull="strip", cancel=cancel)
     assert len(calls) == 2
+
+
+def test_a_failed_extraction_keeps_the_head_in_auto_and_stops_strip(engine: SynthesisEngine, monkeypatch) -> None:
+    from DualDSynthesisLib.inference import engine as engine_module
+
+    def fail(_image):
+        raise BrainMaskError("brain extraction found 90 mL, not a plausible brain (600–2500 mL)")
+
+    monkeypatch.setattr(engine_module, "estimate_brain_mask", fail)
+    image = big_head()
+    stats = volume_stats(engine._prepare(head()), engine.spec.source)
+    monkeypatch.setattr(engine, "fingerprint", fingerprint([stats]))  # a stripped-only model
+    auto = engine.run(image, skull="auto")
+    assert not auto.notes
+    assert any(w.startswith("the whole head was synthesised as it is, because brain extraction found 90 mL")
+               for w in auto.warnings)
+    kept = engine.run(image, skull="keep")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(auto.synthetic),
+                                  sitk.GetArrayViewFromImage(kept.synthetic))
+    with pytest.raises(SynthesisError, match="not a plausible brain"):
+        engine.run(image, skull="strip")

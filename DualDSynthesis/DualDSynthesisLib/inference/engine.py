@@ -348,16 +348,22 @@ class SynthesisEngine:
             self._check_mask(mask)
         prepared = self._prepare(image)
         stats = self._stats(prepared)
+        brain = None
         if skull == "strip" or (skull == "auto" and self._should_strip(stats)):
             report(0.02, "Extracting the brain")
             given = mask is not None
             try:
                 brain = mask if given else estimate_brain_mask(image)
-                image = strip(image, brain)  # a stripped copy: the caller's image stays as it was
+                stripped = strip(image, brain)  # a stripped copy: the caller's image stays as it was
             except BrainMaskError as exc:
-                raise SynthesisError(str(exc)) from None
+                if skull == "strip":
+                    raise SynthesisError(str(exc)) from None
+                # auto: the user did not ask for stripping, so a failed extraction keeps the head and says so
+                warnings.append(f"the whole head was synthesised as it is, because {exc}")
+                brain = None
             check_cancel()  # brain extraction takes 10-20 s: honour a cancel before preparing again
-            mask = brain
+        if brain is not None:
+            image, mask = stripped, brain
             ml = float(sitk.GetArrayViewFromImage(sitk.NotEqual(brain, 0)).sum()) * math.prod(brain.GetSpacing()) / 1e3
             why = "" if skull == "strip" else "the input is a whole head and the model saw skull-stripped brains only: "
             notes.append(f"{why}synthesised inside the brain only ({'the given' if given else 'a BET'} brain mask, "
