@@ -7,17 +7,14 @@ from typing import Annotated, Union
 
 import slicer
 import vtk
+from DualDSynthesisLib.imaging.brainmask import SKULL_HANDLING
 from DualDSynthesisLib.scene.logic import (
     DisplayOptions,
     DualDSynthesisLogic,
     QAOptions,
     SynthesisCancelled,
 )
-from slicer import (
-    vtkMRMLLabelMapVolumeNode,
-    vtkMRMLScalarVolumeNode,
-    vtkMRMLSegmentationNode,
-)
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -51,7 +48,7 @@ class DualDSynthesisParameterNode:
     bundledModel: str = ""
     bundlePath: Path
     device: str = "auto"
-    skullHandling: Annotated[str, Choice(["auto", "keep", "strip"])] = "auto"  # imaging.brainmask.SKULL_HANDLING
+    skullHandling: Annotated[str, Choice(list(SKULL_HANDLING))] = "auto"
     syntheticVolume: vtkMRMLScalarVolumeNode
     heatmapVolume: vtkMRMLScalarVolumeNode
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

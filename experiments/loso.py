@@ -439,26 +439,31 @@ def confirm(args: argparse.Namespace) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
 
 
-def baseline(args: argparse.Namespace) -> None:
-    """Score an existing bundle (e.g. the previously shipped model) on every prepared subject, with the
-    same evaluation as the LOSO jobs, so the new folds can be compared with it subject by subject."""
+def _evaluate_bundle(bundle, loaded: Loaded, norm: str) -> dict[str, Any]:
+    """:func:`_evaluate` of a saved bundle on one prepared subject (CPU): the scores a job gives its trainer."""
     import types
 
     import torch
+
+    spec = bundle.metadata.preprocessing
+    trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
+    return _evaluate(trainer, _subject(loaded, norm), spec.context_slices, torch.device("cpu"),
+                     bundle.local_discriminator is not None, spec.target)
+
+
+def baseline(args: argparse.Namespace) -> None:
+    """Score an existing bundle (e.g. the previously shipped model) on every prepared subject, with the
+    same evaluation as the LOSO jobs, so the new folds can be compared with it subject by subject."""
     from DualDSynthesisLib.imaging.bundle import load_bundle
     from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 
     bundle = load_bundle(args.bundle)
-    spec = bundle.metadata.preprocessing
-    norm = next((k for k, m in SOURCE_NORMS.items() if m == spec.source), "p99.5")
-    context = spec.context_slices
-    trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
+    norm = next((k for k, m in SOURCE_NORMS.items() if m == bundle.metadata.preprocessing.source), "p99.5")
     data = load_prepared(args.prepared)
     out = {"bundle": str(args.bundle), "per_subject": {}}
     for name, loaded in data.items():
         t0 = time.time()
-        out["per_subject"][name] = _evaluate(trainer, _subject(loaded, norm), context, torch.device("cpu"),
-                                             bundle.local_discriminator is not None, spec.target)
+        out["per_subject"][name] = _evaluate_bundle(bundle, loaded, norm)
         out["per_subject"][name]["source"] = loaded.info["source"]
         print(f"{name}: {out['per_subject'][name]['foreground']['psnr']:.2f} dB ({time.time() - t0:.0f} s)",
               file=sys.stderr)
@@ -468,8 +473,6 @@ def baseline(args: argparse.Namespace) -> None:
 def rescore(args: argparse.Namespace) -> None:
     """The fold jobs of a finished run scored again from their fold bundles with today's evaluation (no
     training): a results file ``table`` and ``calibrate`` read like the run's own."""
-    import types
-
     import torch
     from DualDSynthesisLib.imaging.bundle import load_bundle
     from fold_runs import fold_jobs
@@ -478,12 +481,9 @@ def rescore(args: argparse.Namespace) -> None:
     out = []
     for job in fold_jobs(Path(args.run)).values():
         bundle = load_bundle(Path(args.run) / job["bundle"])
-        spec = bundle.metadata.preprocessing
-        trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
         data = load_prepared(args.prepared, list(job["test"]))
-        per_subject = {name: _evaluate(trainer, _subject(data[name], job["recipe_settings"]["source_norm"]),
-                                       spec.context_slices, torch.device("cpu"), bundle.local_discriminator is not None,
-                                       spec.target) for name in job["test"]}
+        per_subject = {name: _evaluate_bundle(bundle, data[name], job["recipe_settings"]["source_norm"])
+                       for name in job["test"]}
         out.append({**job, "per_subject": per_subject, "rescored": True})
         print(job["fold"], {n: round(s["foreground"]["psnr"], 2) for n, s in per_subject.items()}, file=sys.stderr)
     Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")

@@ -369,7 +369,7 @@ class Run:
             local = self.trainer.local if self.trainer.config.variant.uses_local else None
             mean, per_subject, rows = validate(self.trainer.generator, local, self.val_subjects, self.ctx.device,
                                                self.cfg.batch_size, self.cfg.amp, self.spec.context_slices,
-                                               self.spec.target.data_range, self.spec.target)
+                                               self.spec.target)
             self.reporter.log("validation", step, {**mean, "per_subject": per_subject,
                                                    "seconds": round(time.time() - t0, 2)})
             if rows:

@@ -150,11 +150,12 @@ def validate(
     batch_size: int,
     amp: bool = False,
     context: int = 0,
-    data_range: float = 1.0,
     target: IntensityMapping | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[tuple[np.ndarray, ...]]]:
     """(mean metrics, per-subject metrics, sample rows source|real|synthetic|heatmap of the first subject).
-    ``target``: the target mapping; the prediction is scored as the product writes it (clipped by its inverse)."""
+    ``target``: the target mapping: the prediction is scored as the product writes it (clipped by its inverse),
+    over its data range (1.0 without one)."""
+    data_range = 1.0 if target is None else target.data_range
     per_subject: dict[str, dict[str, float]] = {}
     rows: list[tuple[np.ndarray, ...]] = []
     for i, subject in enumerate(subjects):

@@ -70,12 +70,17 @@ def estimate_brain_mask(image: sitk.Image, plausible_ml: tuple[float, float] = P
     mask.CopyInformation(iso)
     mask = sitk.BinaryFillhole(mask)
     mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    ml = float(sitk.GetArrayViewFromImage(mask).sum()) * math.prod(image.GetSpacing()) / 1000.0
+    ml = volume_ml(mask)
     if not plausible_ml[0] <= ml <= plausible_ml[1]:
         raise BrainMaskError(
             f"brain extraction found {ml:.0f} mL, not a plausible brain ({plausible_ml[0]:.0f}–"
             f"{plausible_ml[1]:.0f} mL); give a brain mask instead")
     return mask
+
+
+def volume_ml(mask: sitk.Image) -> float:
+    """The volume of a mask's nonzero voxels in mL, on its own grid."""
+    return float(sitk.GetArrayViewFromImage(sitk.NotEqual(mask, 0)).sum()) * math.prod(mask.GetSpacing()) / 1000.0
 
 
 def mask_on_grid(mask: sitk.Image, image: sitk.Image, what: str = "the mask") -> sitk.Image:

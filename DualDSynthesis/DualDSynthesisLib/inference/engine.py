@@ -47,7 +47,7 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from ..core.vocabulary import modality_warning
 from ..imaging import io as vio
-from ..imaging.brainmask import SKULL_HANDLING, BrainMaskError, estimate_brain_mask, mask_on_grid, strip
+from ..imaging.brainmask import SKULL_HANDLING, BrainMaskError, estimate_brain_mask, mask_on_grid, strip, volume_ml
 from ..imaging.bundle import HEATMAP_SOURCES, BundleError, BundleMetadata, ModelBundle, load_bundle
 from ..imaging.calibration import ErrorCalibration
 from ..imaging.defaults import DEFAULT_MODEL
@@ -346,8 +346,9 @@ class SynthesisEngine:
             raise SynthesisError(str(exc).rstrip(".")) from None
         if mask is not None:
             self._check_mask(mask)
-        prepared = self._prepare(image)
-        stats = self._stats(prepared)
+        # "auto" decides on the prepared input's statistics; "strip" prepares only the stripped copy
+        prepared = None if skull == "strip" else self._prepare(image)
+        stats = None if prepared is None else self._stats(prepared)
         brain = None
         if skull == "strip" or (skull == "auto" and self._should_strip(stats)):
             report(0.02, "Extracting the brain")
@@ -363,11 +364,11 @@ class SynthesisEngine:
                 brain = None
             check_cancel()  # brain extraction takes 10-20 s: honour a cancel before preparing again
         if brain is not None:
-            image, mask = stripped, brain
-            ml = float(sitk.GetArrayViewFromImage(sitk.NotEqual(brain, 0)).sum()) * math.prod(brain.GetSpacing()) / 1e3
+            image, mask, prepared = stripped, brain, None
             why = "" if skull == "strip" else "the input is a whole head and the model saw skull-stripped brains only: "
             notes.append(f"{why}synthesised inside the brain only ({'the given' if given else 'a BET'} brain mask, "
-                         f"{ml:.0f} mL); outside it the outputs are background")
+                         f"{volume_ml(brain):.0f} mL); outside it the outputs are background")
+        if prepared is None:
             prepared = self._prepare(image)
             stats = self._stats(prepared)
         context = prepared.context
