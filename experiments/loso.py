@@ -50,6 +50,7 @@ sitk_stub.install_if_missing()
 from DualDTrainingLib.folds import loso_folds, read_sources  # noqa: E402
 
 SOURCES_CSV = ROOT / "experiments" / "brain_mri_sources.csv"
+CHECK_EVERY = 200  # GPU jobs read their deferred finiteness checks this often (one host sync)
 Q_RANGE = 2.0  # normalised intensities are stored as uint8 over [0, 2] (the p99.5 mapping's clip range)
 
 
@@ -110,6 +111,11 @@ def _unpack(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.unpackbits(a, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
+def prepared_meta(path: str | Path) -> dict[str, Any]:
+    """The prepared file's metadata (subjects, their sources, shapes and statistics) without its arrays."""
+    return json.loads(bytes(np.load(path)["meta"]).decode())
+
+
 def load_prepared(path: str | Path, names: list[str] | None = None) -> dict[str, Loaded]:
     data = np.load(path)
     meta = json.loads(bytes(data["meta"]).decode())
@@ -140,7 +146,8 @@ def _renormalise(source: np.ndarray, scale: float, norm: str):
     return mapping.forward(raw, params), params
 
 
-def _subject(loaded: Loaded, norm: str):
+def _subject(loaded: Loaded, norm: str, half: bool = False):
+    """A prepared subject for training or scoring; ``half``: its slices as float16 (a device sampler's input)."""
     from DualDSynthesisLib.imaging.preprocess import Grid, RestoreContext
     from DualDSynthesisLib.model.intensity import ScaleParams
     from DualDTrainingLib.dataset import PreparedSubject
@@ -150,7 +157,10 @@ def _subject(loaded: Loaded, norm: str):
     context = RestoreContext(grid, "LPS", "float", grid, grid, (False,) * 3, (0, 1, 2),
                              tuple(loaded.info["crop"]), (k, h, w))
     source, source_params = _renormalise(loaded.source, loaded.info["source_scale"], norm)
-    return PreparedSubject(loaded.name, source, loaded.target, loaded.foreground, loaded.tumour, source_params,
+    target = loaded.target
+    if half:
+        source, target = source.astype(np.float16), target.astype(np.float16)
+    return PreparedSubject(loaded.name, source, target, loaded.foreground, loaded.tumour, source_params,
                            ScaleParams(loaded.info["target_scale"]), context)
 
 
@@ -246,14 +256,20 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     from DualDSynthesisLib.model.slicestack import channels
     from DualDTrainingLib.augment import SourceAugmentation
     from DualDTrainingLib.dataset import SliceSampler, base_spec, finish_spec
+    from DualDTrainingLib.device_sampler import DeviceSliceSampler
     from DualDTrainingLib.step import DualDTrainer, TrainingConfig
 
     torch.set_num_threads(1)
     t_start = time.time()
     r = job["recipe_settings"]
-    data = load_prepared(prepared, list(job["train"]) + list(job["test"]))
-    train = [_subject(data[n], r["source_norm"]) for n in job["train"]]
-    test = [_subject(data[n], r["source_norm"]) for n in job["test"]]
+    # On CUDA no step waits for the host: slices resident on the device (as duald-train does there) and the
+    # finiteness checks read every CHECK_EVERY steps. The CPU keeps the host sampler its earlier runs used.
+    on_gpu = job.get("device_path", torch.device(device_name).type == "cuda")  # forced on the CPU in smoke tests
+    # Training subjects one at a time, float16 on the host when they go to the device anyway: a pool of ~50
+    # jobs on one machine must not hold ~2.5 GB of float32 copies each.
+    stats = {n: prepared_meta(prepared)["subjects"][n]["stats"] for n in job["train"]}
+    train = [_subject(load_prepared(prepared, [n])[n], r["source_norm"], half=on_gpu) for n in job["train"]]
+    test = [_subject(loaded, r["source_norm"]) for loaded in load_prepared(prepared, list(job["test"])).values()]
     spec = finish_spec(base_spec("mri", (1.0, 1.0), 16, source_norm=r["source_norm"],
                                  context_slices=r["context"]), [s.target_params for s in train])
     arch = ArchitectureConfig(in_channels=channels(r["context"]), g_base_width=r["width"], g_depth=4,
@@ -262,9 +278,16 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     cfg = TrainingConfig(variant=job["variant"], d2_target=job.get("d2_target", "binary"))
     device = torch.device(device_name)
     torch.manual_seed(job["seed"])
-    trainer = DualDTrainer(arch, cfg, device, amp=device.type == "cuda")
-    sampler = SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3, context=r["context"],
-                           crop=r.get("crop", 0))
+    trainer = DualDTrainer(arch, cfg, device, amp=device.type == "cuda", defer_checks=on_gpu)
+    sampler: SliceSampler | DeviceSliceSampler
+    if on_gpu:
+        sampler = DeviceSliceSampler(train, device, seed=job["seed"], tumour_fraction=0.3, context=r["context"],
+                                     crop=r.get("crop", 0))
+    else:
+        sampler = SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3,
+                               context=r["context"], crop=r.get("crop", 0))
+    if on_gpu:
+        del train  # the slices live on the device now
     augment = SourceAugmentation(r["augment"], seed=job["seed"])
     losses: list[torch.Tensor] = []
     t0 = time.time()
@@ -273,6 +296,9 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
         src = augment(src.to(device, non_blocking=True))
         values = trainer.step(src, tgt.to(device, non_blocking=True))
         losses.append(values["l1"])  # a device tensor: read once at the end, not per step
+        if trainer.step_count % CHECK_EVERY == 0:
+            trainer.check_finite()
+    trainer.check_finite()
     train_seconds = time.time() - t0
     result = {**job, "steps_done": trainer.step_count, "train_seconds": round(train_seconds, 1),
               "final_l1": float(torch.stack(losses[-50:]).mean()) if losses else None,
@@ -281,7 +307,7 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
         result["per_subject"][s.name] = _evaluate(trainer, s, r["context"], device, cfg.variant.uses_local, spec.target)
     if job.get("bundle"):
         _bundle(trainer, spec, job, out / job["bundle"], job.get("half", True),
-                [data[n].info["stats"] for n in job["train"]])
+                [stats[n] for n in job["train"]])
     result["wall_seconds"] = round(time.time() - t_start, 1)
     return result
 
@@ -368,7 +394,7 @@ def _jobs(stage: str, recipe: str, folds, seconds: float, steps: int, args, extr
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = json.loads(bytes(np.load(args.prepared)["meta"]).decode())
+    meta = prepared_meta(args.prepared)
     sources = {name: info["source"] for name, info in meta["subjects"].items()}
     folds = loso_folds(sources)[: args.max_folds or None]
     results: list[dict] = []
@@ -417,26 +443,43 @@ def run(args: argparse.Namespace) -> None:
 
 
 def confirm(args: argparse.Namespace) -> None:
-    """Stage D: the candidate recipes with the chosen variant at a longer budget, every fold and the final
-    model (all subjects) of each at once, so the shipped recipe is judged at the budget it ships with."""
+    """Stage D: the candidate recipes with the chosen variant at a longer budget, every fold (each seed of
+    ``--seeds``) and the final model (all subjects, first seed) of each at once, so the shipped recipe is
+    judged at the budget it ships with. ``--ablation-steps N`` adds stage B in the same pool: the paper's
+    variants (and the per-pixel D2) with the first recipe on every fold, N steps each (``--seconds`` caps it)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = json.loads(bytes(np.load(args.prepared)["meta"]).decode())
+    meta = prepared_meta(args.prepared)
     sources = {name: info["source"] for name, info in meta["subjects"].items()}
     folds = loso_folds(sources)[: args.max_folds or None]
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    recipes = args.recipes.split(",")
+    steps = args.steps or 10**9
     jobs = []
-    for recipe in args.recipes.split(","):
-        extra = {"variant": args.variant, "name": f"{recipe}-{args.variant}"}
-        steps = args.steps or 10**9
-        jobs += _jobs("D", recipe, folds, args.seconds, steps, args, extra)
-        for job in jobs[-len(folds):]:
-            job["bundle"] = f"bundles/{job['id']}.safetensors"
-        final = _jobs("D", recipe, folds[:1], args.seconds, steps, args, extra)[0]
+    for recipe in recipes:
+        for seed in seeds:
+            extra = {"variant": args.variant, "name": f"{recipe}-{args.variant}", "seed": seed}
+            fold_jobs = _jobs("D", recipe, folds, args.seconds, steps, args, extra)
+            for job in fold_jobs:
+                job["id"] += _seed_suffix(seed, seeds)
+                job["bundle"] = f"bundles/{job['id']}.safetensors"
+            jobs += fold_jobs
+        final = _jobs("D", recipe, folds[:1], args.seconds, steps, args,
+                      {"variant": args.variant, "name": f"{recipe}-{args.variant}", "seed": seeds[0]})[0]
         final.update(id=f"D-{recipe}-final".replace("+", "_").replace(".", "_"), fold="all", train=sorted(sources),
                      test=[], bundle=f"final-{recipe}.safetensors".replace("+", "_"), half=False)
         jobs.append(final)
+    if args.ablation_steps:
+        for name, variant, head, target in ABLATION:
+            jobs += _jobs("B", recipes[0], folds, args.seconds, args.ablation_steps, args,
+                          {"name": name, "variant": variant, "d2_head": head, "d2_target": target, "seed": seeds[0]})
     results = _run_parallel(jobs, args, out)
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+def _seed_suffix(seed: int, seeds: list[int]) -> str:
+    """Job ids of a one-seed run stay as before; several seeds get ``-s<seed>``."""
+    return f"-s{seed}" if len(seeds) > 1 else ""
 
 
 def _evaluate_bundle(bundle, loaded: Loaded, norm: str) -> dict[str, Any]:
@@ -568,6 +611,9 @@ def main() -> None:
     d.add_argument("--parallel", type=int, default=12)
     d.add_argument("--batch", type=int, default=16)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seeds", default="", help="comma-separated seeds of the fold jobs (default: --seed)")
+    d.add_argument("--ablation-steps", type=int, default=0,
+                   help="also run the ablation (stage B) with the first recipe, this many steps per job")
     d.add_argument("--max-folds", type=int, default=0)
     c = sub.add_parser("baseline")
     c.add_argument("bundle")

@@ -77,15 +77,34 @@ class SourceAugmentation:
     def _chosen(self, n: int, p: float) -> torch.Tensor:
         return torch.rand(n, generator=self.generator) < p
 
-    def _bias_field(self, b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    def _bias_field(self, coeffs: torch.Tensor, chosen: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        device = coeffs.device
         ys = _legendre(torch.linspace(-1, 1, h, device=device), self.degree)
         xs = _legendre(torch.linspace(-1, 1, w, device=device), self.degree)
-        pairs = [(i, j) for i in range(self.degree + 1) for j in range(self.degree + 1 - i)]
-        k = 0.3 * self.strength
-        coeffs = self._uniform(b * len(pairs), -k, k).view(b, len(pairs)).to(device)
-        basis = torch.stack([ys[i][:, None] * xs[j][None, :] for i, j in pairs])  # [T, H, W]
+        basis = torch.stack([ys[i][:, None] * xs[j][None, :] for i, j in self._pairs()])  # [T, H, W]
         field = torch.exp(torch.einsum("bt,thw->bhw", coeffs, basis))
-        return torch.where(self._chosen(b, 0.5).to(device)[:, None, None], field, torch.ones_like(field))
+        return torch.where(chosen[:, None, None] > 0, field, torch.ones_like(field))
+
+    def _pairs(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self.degree + 1) for j in range(self.degree + 1 - i)]
+
+    def _parameters(self, b: int) -> tuple[torch.Tensor, bool]:
+        """Every per-sample parameter, drawn on the host in one fixed order, as one ``[B, K]`` tensor:
+        bias coefficients (T), bias on/off, gamma, scale, blur on/off, blur sigma, noise std.
+        One tensor so a GPU batch gets them in one asynchronous copy, not a synchronising copy each."""
+        s, n_terms = self.strength, len(self._pairs())
+        k = 0.3 * s
+        coeffs = self._uniform(b * n_terms, -k, k).view(b, n_terms)
+        bias_on = self._chosen(b, 0.5).float()
+        gamma = torch.where(self._chosen(b, 0.5), self._uniform(b, math.log(1 - 0.4 * s), math.log(1 + 0.6 * s)).exp(),
+                            torch.ones(b))
+        scale = torch.where(self._chosen(b, 0.5), self._uniform(b, 1 - 0.15 * s, 1 + 0.15 * s), torch.ones(b))
+        blur = self._chosen(b, 0.2 * s)
+        any_blur = bool(blur.any())  # a host tensor: no device sync
+        sigma = self._uniform(b, 0.25, 0.25 + s) if any_blur else torch.ones(b)
+        std = torch.where(self._chosen(b, 0.3), self._uniform(b, 0.0, 0.03 * s), torch.zeros(b))
+        table = torch.cat([coeffs, torch.stack([bias_on, gamma, scale, blur.float(), sigma, std], 1)], 1)
+        return table, any_blur
 
     def _blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -104,19 +123,21 @@ class SourceAugmentation:
         if batch.ndim != 4:
             raise ValueError(f"expected a [B, C, H, W] batch, got shape {tuple(batch.shape)}")
         b, _c, h, w = batch.shape
-        s, dev = self.strength, batch.device
+        dev = batch.device
+        table, any_blur = self._parameters(b)
+        if dev.type == "cuda":
+            table = table.pin_memory()
+        table = table.to(dev, non_blocking=True)
+        n_terms = len(self._pairs())
+        coeffs, (bias_on, gamma, scale, blur, sigma, std) = table[:, :n_terms], table[:, n_terms:].unbind(1)
         fg = batch != 0
-        x = batch * self._bias_field(b, h, w, dev)[:, None]
-        gamma = torch.where(self._chosen(b, 0.5), self._uniform(b, math.log(1 - 0.4 * s), math.log(1 + 0.6 * s)).exp(),
-                            torch.ones(b)).to(dev, x.dtype)[:, None, None, None]
+        x = batch * self._bias_field(coeffs.to(batch.dtype), bias_on, h, w)[:, None]
+        per_sample = (b, 1, 1, 1)
+        gamma, scale, std = (v.to(x.dtype).view(per_sample) for v in (gamma, scale, std))
         peak = x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
         x = peak * (x / peak).clamp_min(0) ** gamma
-        scale = torch.where(self._chosen(b, 0.5), self._uniform(b, 1 - 0.15 * s, 1 + 0.15 * s), torch.ones(b))
-        x = x * scale.to(dev, x.dtype)[:, None, None, None]
-        blur = self._chosen(b, 0.2 * s)
-        if blur.any():
-            sigma = self._uniform(b, 0.25, 0.25 + s)
-            x = torch.where(blur.to(dev)[:, None, None, None], self._blur(x, sigma), x)
-        std = torch.where(self._chosen(b, 0.3), self._uniform(b, 0.0, 0.03 * s), torch.zeros(b))
-        x = x + self._noise(x) * std.to(dev, x.dtype)[:, None, None, None]
+        x = x * scale
+        if any_blur:
+            x = torch.where(blur.view(per_sample) > 0, self._blur(x, sigma), x)
+        x = x + self._noise(x) * std
         return torch.where(fg, x.clamp_min(0.0), torch.zeros((), dtype=x.dtype, device=dev))
