@@ -541,7 +541,10 @@ def calibrate(args: argparse.Namespace) -> None:
     from DualDSynthesisLib.imaging.calibration import ErrorCalibration
 
     results = [r for r in json.loads(Path(args.results).read_text(encoding="utf-8"))
-               if not r.get("failed") and r.get("fold") != "all" and r.get("recipe") == args.recipe]
+               if not r.get("failed") and r.get("fold") != "all" and r.get("recipe") == args.recipe
+               and r.get("stage") != "B" and (args.seed is None or r.get("seed") == args.seed)]
+    if len({r.get("seed") for r in results}) > 1:
+        raise SystemExit(f"{args.results} holds several seeds of {args.recipe!r}: choose the final model's with --seed")
     by_fold = {r["fold"]: {n: s["expected_error_ratio"] for n, s in r["per_subject"].items()
                            if "expected_error_ratio" in s} for r in results}
     if not by_fold:
@@ -627,6 +630,7 @@ def main() -> None:
     k.add_argument("--name", default="", help="a new model name (e.g. for the shipped default)")
     k.add_argument("--description", default="")
     k.add_argument("--provenance", default="{}", help="JSON object of provenance entries to add")
+    k.add_argument("--seed", type=int, default=None, help="the fold jobs of this seed (a run of several seeds)")
     r = sub.add_parser("rescore", help="score a run's fold bundles again (no training)")
     r.add_argument("run")
     r.add_argument("--prepared", required=True)
