@@ -67,6 +67,38 @@ def test_n_critic_runs_several_critic_updates() -> None:
     assert len(calls) == 3 * 3 + 1
 
 
+@pytest.mark.parametrize("variant", ["global", "local", "dual_attention"])
+def test_g_update_asks_for_no_discriminator_weight_gradients(variant: str) -> None:
+    """G's adversarial terms backpropagate through D1/D2 into G only: each discriminator weight gets its
+    gradient from the discriminator's own update alone (once per step), and stays trainable afterwards."""
+    trainer = DualDTrainer(ARCH, TrainingConfig(variant=variant))
+    judges = [m for m, used in ((trainer.critic, variant != "local"), (trainer.local, variant != "global")) if used]
+    params = [p for m in judges for p in m.parameters()]
+    counts = [0] * len(params)
+
+    def counter(i: int):
+        def hook(grad: torch.Tensor) -> None:
+            counts[i] += 1
+        return hook
+
+    for i, p in enumerate(params):
+        p.register_hook(counter(i))
+    g0 = _snapshot(trainer.generator)
+    trainer.step(*toy_pair(2, 32))
+    assert set(counts) == {1}, sorted(set(counts))
+    assert _changed(g0, trainer.generator)
+    assert all(p.requires_grad for m in judges for p in m.parameters())
+
+
+def test_a_failed_g_check_leaves_the_discriminators_trainable() -> None:
+    trainer = DualDTrainer(ARCH, TrainingConfig(variant="dual"))
+    src, tgt = toy_pair(2, 32)
+    tgt[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError):
+        trainer.step(src, tgt)
+    assert all(p.requires_grad for m in (trainer.critic, trainer.local) for p in m.parameters())
+
+
 def test_non_finite_loss_stops_before_the_update() -> None:
     trainer = DualDTrainer(ARCH, TrainingConfig(variant="unet"))
     g0 = _snapshot(trainer.generator)

@@ -31,8 +31,8 @@ k updates skip its double backward (StyleGAN2's lazy regularisation). ``k = 1`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -115,6 +115,19 @@ class TrainingConfig:
 
 
 GradSync = Callable[[nn.Module], None]
+
+
+@contextmanager
+def _frozen(modules: list[nn.Module]) -> Iterator[None]:
+    """``modules`` without weight gradients inside the block (gradients still flow through them to
+    their inputs), restored afterwards even when the block raises."""
+    for module in modules:
+        module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.requires_grad_(True)
 
 
 class DualDTrainer:
@@ -242,6 +255,22 @@ class DualDTrainer:
             self._update(d2, self.local, self.opt_d2)
             out["d2"] = d2
 
+        # G's loss flows through D1/D2 to G only: their weights' gradients would be computed (126 M for D1's
+        # first FC layer at 256×240) and thrown away at their next update, so they are not asked for.
+        with _frozen([net for net, used in ((self.critic, v.uses_global), (self.local, v.uses_local)) if used]):
+            terms, fake = self._generator_update(source, target)
+        with torch.no_grad():
+            out["l1"] = (fake - target).abs().mean()
+        out.update({term.lower(): value for term, value in terms.items()})  # the checked terms, logged
+        self.step_count += 1
+        return {k: t.detach() for k, t in out.items()}
+
+    def _generator_update(
+        self, source: torch.Tensor, target: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """G's loss (reconstruction or attention, the adversarial terms, the expected-error likelihood),
+        checked, and G's update; returns the loss terms and the synthetic batch."""
+        cfg, v = self.config, self.config.variant
         with self._autocast():
             output = self.generator(source).float()
             fake = output[:, :1]
@@ -268,14 +297,8 @@ class DualDTrainer:
         if adv2 is not None:
             terms["G_adv_local"] = adv2
         self._check(terms)
-        # Only G's optimiser steps here: gradients that reach D1/D2 through this loss are zeroed at
-        # their next update and never applied.
         self._update(g, self.generator, self.opt_g)
-        with torch.no_grad():
-            out["l1"] = (fake - target).abs().mean()
-        out.update({term.lower(): value for term, value in terms.items()})  # the checked terms, logged
-        self.step_count += 1
-        return {k: t.detach() for k, t in out.items()}
+        return terms, fake
 
     def networks(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "critic": self.critic, "local": self.local}
