@@ -6,6 +6,9 @@
 #      (through CUDA MPS when the machine allows it: small kernels of many processes then run side by side);
 #   3. results.json, the logs, and the final model + the first seed's fold bundles (split into parts) in $OUT.
 # Everything keeps to a deadline (DEADLINE seconds after the start) so the outputs are written in time.
+# Memory: under MPS each process held 1.4–2.4 GB of GPU memory; 46 at once (3 seeds + final + ablation) were too
+# many for an H100's 80 GB (9 died at start-up with CUDA out-of-memory in session 5 and were re-run alone).
+# On an H100 run SEEDS=0,1 or ABLATION_STEPS=0; the H200 (141 GB) holds all 46.
 #   run: bash experiments/device_run.sh .loso/loso.npz      (with $OUT set by the device tool)
 #   CPU smoke test: DEVICE=cpu BENCH=0 DEADLINE=200 MARGIN=120 SEEDS=0 ABLATION_STEPS=1 MAX_FOLDS=1 \
 #                   OUT=/tmp/dev-out bash experiments/device_run.sh .loso/loso.npz
