@@ -36,8 +36,8 @@ class DualDSynthesis(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["DualD Synthesis developers"]
         self.parent.helpText = _(
-            "Synthesizes a T2 MRI or a CT from a T1 MRI and overlays the D2 difficulty heatmap: "
-            "bright where the synthetic image is least trustworthy. Optional region QA for tumours."
+            "Synthesizes a T2 MRI or a CT from a T1 MRI and overlays a heatmap of where not to trust it; optional "
+            "tumour QA. A whole head can use your own brain mask instead of BET: synthesis is then inside it only."
         )
         self.parent.acknowledgementText = _("Built on 3D Slicer and PyTorch.")
 
@@ -49,6 +49,7 @@ class DualDSynthesisParameterNode:
     bundlePath: Path
     device: str = "auto"
     skullHandling: Annotated[str, Choice(list(SKULL_HANDLING))] = "auto"
+    brainMaskNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]  # noqa: UP007 (wrapper needs Union)
     syntheticVolume: vtkMRMLScalarVolumeNode
     heatmapVolume: vtkMRMLScalarVolumeNode
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
@@ -84,7 +85,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
         self.ui.opacitySlider.valueChanged.connect(self.onOpacityChanged)
         self.ui.thresholdSlider.valueChanged.connect(self.onThresholdChanged)
-        self.ui.regionSelector.currentNodeChanged.connect(self.onRegionChanged)
+        self.ui.regionSelector.currentNodeChanged.connect(lambda n: _showSegments(self.ui.segmentsSelector, n))
+        self.ui.brainMaskSelector.currentNodeChanged.connect(lambda n: _showSegments(self.ui.brainSegmentsSelector, n))
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.exportDicomButton.clicked.connect(self.onExportDicom)
 
@@ -205,11 +207,6 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if heatmap:
             self.logic.set_heatmap_threshold(heatmap, value)
 
-    def onRegionChanged(self, node) -> None:
-        isSegmentation = bool(node and node.IsA("vtkMRMLSegmentationNode"))
-        self.ui.segmentsSelector.setCurrentNode(node if isSegmentation else None)
-        self.ui.segmentsSelector.enabled = isSegmentation
-
     # ---- run / cancel ----
 
     def onApplyButton(self) -> None:
@@ -256,6 +253,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             progress=self._onProgress,
             cancel=lambda: self._cancelRequested,
             skull=p.skullHandling,
+            brain_mask_node=p.brainMaskNode,
+            brain_segment_ids=list(self.ui.brainSegmentsSelector.selectedSegmentIDs()) if p.brainMaskNode else None,
             display_options=DisplayOptions(
                 opacity=p.heatmapOpacity,
                 lower_threshold=p.lowerThreshold,
@@ -285,9 +284,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in ("inputsCollapsibleButton", "outputsCollapsibleButton", "qaCollapsibleButton"):
             getattr(self.ui, name).enabled = not running
         self.ui.applyButton.text = _("Cancel") if running else _("Synthesize")
-        if running:
-            self.ui.applyButton.enabled = True
-        else:
+        self.ui.applyButton.enabled = True  # Cancel while running; afterwards _checkCanApply decides
+        if not running:
             self._checkCanApply()
 
     # ---- dependencies: ask first, then install ----
@@ -375,6 +373,11 @@ class DualDSynthesisTest(ScriptedLoadableModuleTest):
         self.assertEqual(progress[-1], 1.0)
         self.assertGreaterEqual(outputs.qa_table_node.GetNumberOfRows(), 1)
         self.delayDisplay("Test passed")
+
+
+def _showSegments(selector, node) -> None:  # a segment selector follows its node selector; off for a labelmap
+    selector.setCurrentNode(node if node and node.IsA("vtkMRMLSegmentationNode") else None)
+    selector.enabled = selector.currentNode() is not None
 
 
 def _moduleParameterNode():

@@ -43,6 +43,7 @@ class FakeEngine:
     target_modality = "T2"
     metadata = None  # no bundle: the synthetic node gets no DICOM marking
     bundle_path = None
+    strips_skulls = True  # a brain MRI model
 
     def __init__(self, with_heatmap: bool = True, cancel_error: type[Exception] | None = None,
                  spec: PreprocessingSpec | None = None) -> None:
@@ -62,9 +63,10 @@ class FakeEngine:
         heat[TUMOUR] = 0.9
         return heat
 
-    def run(self, image, progress=None, cancel=None, skull="auto"):
+    def run(self, image, progress=None, cancel=None, *, mask=None, skull="auto"):
         self.calls += 1
         self.skull = skull
+        self.mask = mask
         for step in range(4):
             if progress is not None:
                 progress(step / 4, f"step {step + 1}/4")

@@ -33,8 +33,8 @@ class ExpectedErrorEngine(FakeEngine):
     """The fake engine's heatmap ×100 read as an expected-error map in T2 units, with one extreme corner voxel
     (as the head gives at sharp edges)."""
 
-    def run(self, image, progress=None, cancel=None, skull="auto"):
-        result = super().run(image, progress, cancel)
+    def run(self, image, progress=None, cancel=None, *, mask=None, skull="auto"):
+        result = super().run(image, progress, cancel, mask=mask, skull=skull)
         scaled = result.heatmap * 100.0
         scaled[0, 0, 0] = 5000.0  # a corner, outside the head
         return dataclasses.replace(result, heatmap=scaled, heatmap_source="expected_error", heatmap_units=UNITS,

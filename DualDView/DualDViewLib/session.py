@@ -55,8 +55,9 @@ class _Finished:
     metadata: Any = None  # the real engine's BundleMetadata (for the synthetic node's DICOM marking)
     bundle_path: Path | None = None
     spec: Any = None  # the real engine's PreprocessingSpec (the QA table's units and foreground)
+    strips_skulls: bool = True  # the viewer gives no brain mask, so the logic never reads it
 
-    def run(self, image, progress=None, cancel=None, skull="auto"):  # the SynthesisEngine protocol
+    def run(self, image, progress=None, cancel=None, *, mask=None, skull="auto"):  # the SynthesisEngine protocol
         return self.result
 
 

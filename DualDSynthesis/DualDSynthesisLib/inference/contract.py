@@ -65,15 +65,20 @@ class SynthesisEngine(Protocol):
     metadata: BundleMetadata | None
     bundle_path: Path | None
     spec: PreprocessingSpec  # the bundle's preprocessing: the QA table's units, data range and foreground
+    strips_skulls: bool  # brain MRI in and out: skull="strip" applies (a CT model keeps the whole head)
 
     def run(
         self,
         image: sitk.Image,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
+        *,
+        mask: sitk.Image | None = None,
         skull: str = "auto",
     ) -> SynthesisResult:
-        """Synthesise ``image`` (``skull``: whole-head handling, ``brainmask.SKULL_HANDLING``); calls
+        """Synthesise ``image`` (``skull``: whole-head handling, ``brainmask.SKULL_HANDLING``). ``mask`` (any grid,
+        nonzero = inside): the outputs are background outside it; when the engine strips (``skull="strip"``, or
+        "auto" on a whole head) it is also the brain the networks see instead of an estimated one. Calls
         ``progress`` as work advances, checks ``cancel`` between steps and
         raises :class:`SynthesisCancelled` when it is set, :class:`SynthesisError` for bad input."""
         ...

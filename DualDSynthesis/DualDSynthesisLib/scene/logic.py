@@ -176,11 +176,18 @@ class DualDSynthesisLogic:
         display_options: DisplayOptions | None = None,
         qa_options: QAOptions | None = None,
         skull: str = "auto",
+        brain_mask_node: Any = None,
+        brain_segment_ids: list[str] | None = None,
     ) -> SynthesisOutputs:
         """Run ``engine`` on ``input_node`` and put the results in the scene.
 
         ``synthetic_node``/``heatmap_node``: existing output nodes to overwrite; None creates new
         ones. ``display_options`` None leaves the views alone; ``qa_options`` None skips QA.
+        ``brain_mask_node``: the user's brain (a segmentation: the union of ``brain_segment_ids``, None or empty
+        = all segments; or a labelmap volume: label > 0), passed to the engine as ``--mask`` is by the CLI.
+        A given mask means "synthesise inside this brain": ``skull="auto"`` becomes "strip" (for a CT model,
+        which never strips, "keep"); with "keep" the whole head is synthesised and the outputs are background
+        outside the mask. The notes say which happened.
         Raises ``SynthesisCancelled`` (scene untouched) or ``ValueError`` for bad input.
         """
         if input_node is None:
@@ -190,13 +197,17 @@ class DualDSynthesisLogic:
                 raise ValueError("an output volume is the input volume; choose another output or a new volume")
         report = progress or (lambda _f, _m: None)
         source = mrml_io.image_from_volume_node(input_node)
+        mask, notes = None, []
+        if brain_mask_node is not None:
+            mask = self._brain_mask(brain_mask_node, input_node, source, brain_segment_ids)
+            skull, notes = self._skull_with_brain_mask(skull, engine, brain_mask_node.GetName())
 
         def engine_progress(fraction: float, message: str) -> None:
             report(_ENGINE_SHARE * min(max(float(fraction), 0.0), 1.0), message)
 
         report(0.0, "Synthesizing…")
         # SynthesisCancelled propagates
-        result = engine.run(source, progress=engine_progress, cancel=cancel, skull=skull)
+        result = engine.run(source, progress=engine_progress, cancel=cancel, mask=mask, skull=skull)
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
 
@@ -245,9 +256,41 @@ class DualDSynthesisLogic:
             self._remove_nodes(created)
             raise
         outputs.warnings = [str(w) for w in result.warnings]
-        outputs.notes = [str(n) for n in result.notes]
+        outputs.notes = notes + [str(n) for n in result.notes]
         report(1.0, "Done")
         return outputs
+
+    @staticmethod
+    def _brain_mask(node: Any, input_node: Any, source: sitk.Image, segment_ids: list[str] | None) -> sitk.Image:
+        """The brain mask node as a UInt8 0/1 image on the source's grid; the node is only read."""
+        name = node.GetName()
+        if node.GetID() == input_node.GetID():
+            raise ValueError(f"the brain mask '{name}' is the input volume; choose a segmentation or labelmap of "
+                             "the brain")
+        if node.IsA("vtkMRMLSegmentationNode") and node.GetSegmentation().GetNumberOfSegments() == 0:
+            raise ValueError(f"the brain mask '{name}' is empty")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") and not (mrml_io.array_from_volume_node(node) > 0).any():
+            raise ValueError(f"the brain mask '{name}' is empty")
+        labels, _names = mrml_io.labels_from_region_node(node, input_node, source, segment_ids, role="the brain mask")
+        inside = labels > 0
+        if not inside.any():  # non-empty on its own, but nothing of it lies in the input volume
+            raise ValueError(f"the brain mask '{name}' is empty inside the input volume '{input_node.GetName()}'")
+        mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+        mask.CopyInformation(source)
+        return mask
+
+    @staticmethod
+    def _skull_with_brain_mask(skull: str, engine: SynthesisEngine, name: str) -> tuple[str, list[str]]:
+        """The skull handling to run with a given brain mask, and a note saying what the mask does."""
+        if skull == "auto":
+            if engine.strips_skulls:
+                return "strip", [f"skull handling 'auto' was taken as 'strip' because the brain mask '{name}' "
+                                 "was given"]
+            skull = "keep"  # CT needs the skull: the engine never strips it, so the mask only restricts outputs
+        if skull == "keep":
+            return skull, [f"the whole head was synthesised (skull kept); outside the brain mask '{name}' the "
+                           "outputs are background"]
+        return skull, []  # "strip": the engine's own note names the given brain mask
 
     def _write_outputs(
         self,
@@ -303,12 +346,7 @@ class DualDSynthesisLogic:
         labels, names = None, None
         region = options.region_node
         if region is not None:
-            if region.IsA("vtkMRMLSegmentationNode"):
-                labels, names = mrml_io.labels_from_segmentation_node(region, input_node, options.segment_ids)
-            elif region.IsA("vtkMRMLLabelMapVolumeNode"):
-                labels, names = mrml_io.labels_from_labelmap_node(region, source)
-            else:
-                raise ValueError(f"'{region.GetName()}' is neither a segmentation nor a labelmap volume")
+            labels, names = mrml_io.labels_from_region_node(region, input_node, source, options.segment_ids)
         reference = None
         if options.reference_node is not None:
             reference = mrml_io.resample_to_grid(mrml_io.image_from_volume_node(options.reference_node), source)

@@ -205,3 +205,21 @@ def labels_from_segmentation_node(
             scene.RemoveNode(scene.GetNodeByID(node_id))
     names = {i + 1: segmentation.GetSegment(s).GetName() for i, s in enumerate(segment_ids)}
     return sitk.GetArrayFromImage(labels_image).astype(np.int32), names
+
+
+def labels_from_region_node(
+    node: slicer.vtkMRMLNode,
+    reference_node: slicer.vtkMRMLVolumeNode,
+    reference: sitk.Image,
+    segment_ids: list[str] | None = None,
+    role: str = "",
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Labels of a segmentation (``segment_ids``; None or empty: all) or a labelmap volume on the grid of
+    ``reference_node`` (whose image is ``reference``); ``role`` ("the brain mask") prefixes the node's name in
+    the error for any other node type. The one place that tells the two region kinds apart."""
+    if node.IsA("vtkMRMLSegmentationNode"):
+        return labels_from_segmentation_node(node, reference_node, segment_ids)
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return labels_from_labelmap_node(node, reference)
+    named = f"{role} '{node.GetName()}'".strip()
+    raise VolumeConversionError(f"{named} is neither a segmentation nor a labelmap volume")
