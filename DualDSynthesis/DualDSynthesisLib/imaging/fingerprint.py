@@ -126,6 +126,15 @@ def _bright_core(slices: np.ndarray, foreground: np.ndarray, threshold: float, s
     return float(np.count_nonzero(ndimage.binary_erosion(bright, structure=_disk(radius))) / n)
 
 
+def _ml(voxels: int, prepared: PreparedVolume) -> float:
+    return float(voxels) * (float(np.prod(prepared.context.prepared.spacing)) / 1000.0)
+
+
+def foreground_ml(prepared: PreparedVolume) -> float:
+    """:attr:`VolumeStats.foreground_ml` alone (one count; ``skull`` is this > :data:`SKULL_ML`)."""
+    return _ml(int(np.count_nonzero(prepared.foreground)), prepared)
+
+
 def volume_stats(prepared: PreparedVolume, mapping: IntensityMapping) -> VolumeStats:
     """Statistics of a volume from ``preprocess.prepare_volume(image, spec, "source")``; ``mapping`` is that
     ``spec.source`` (a mapping that is not proportional, e.g. a z-score or rank, is undone first)."""
@@ -152,15 +161,14 @@ def volume_stats(prepared: PreparedVolume, mapping: IntensityMapping) -> VolumeS
         raise FingerprintError(f"the volume's foreground has a {REFERENCE_PERCENTILE}th percentile of {top}, not > 0.")
     found = np.quantile(values, QUANTILES, overwrite_input=True)
     bright = float(np.quantile(normalised, BRIGHT_QUANTILE, overwrite_input=True))
-    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
-    foreground_ml = float(values.size) * voxel_ml
+    fg_ml = _ml(values.size, prepared)
     return VolumeStats(
         quantiles=tuple(float(q) / top for q in found),
         spacing=tuple(float(s) for s in canonical.spacing),  # type: ignore[arg-type]
         field_of_view=tuple(float(s * n) for s, n in zip(canonical.spacing, canonical.size, strict=True)),  # type: ignore[arg-type]
         foreground_fraction=float(values.size) / float(np.prod(grid.size)),
-        foreground_ml=foreground_ml,
-        skull=foreground_ml > SKULL_ML,
+        foreground_ml=fg_ml,
+        skull=fg_ml > SKULL_ML,
         bright_core=_bright_core(slices, fg, bright, (grid.spacing[0], grid.spacing[1])),
     )
 

@@ -61,7 +61,7 @@ from ..imaging.devices import (
     resolve_device,
 )
 from ..imaging.dicom_export import DicomRequest, check_dicom_request, write_dicom
-from ..imaging.fingerprint import TrainingFingerprint, VolumeStats, foreground_box, ood_warnings, volume_stats
+from ..imaging.fingerprint import SKULL_ML, TrainingFingerprint, foreground_ml
 from ..imaging.preprocess import (
     PreparedVolume,
     PreprocessError,
@@ -72,6 +72,7 @@ from ..imaging.preprocess import (
 from ..model.losses import difficulty_from_logits, expected_error
 from ..model.slicestack import slice_stack
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
+from .input_stats import InputStats
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -346,11 +347,10 @@ class SynthesisEngine:
             raise SynthesisError(str(exc).rstrip(".")) from None
         if mask is not None:
             self._check_mask(mask)
-        # "auto" decides on the prepared input's statistics; "strip" prepares only the stripped copy
+        # "auto" decides on the prepared input's foreground volume; "strip" prepares only the stripped copy
         prepared = None if skull == "strip" else self._prepare(image, validated=True)
-        stats = None if prepared is None else self._stats(prepared)
         brain = None
-        if skull == "strip" or (skull == "auto" and self._should_strip(stats)):
+        if skull == "strip" or (skull == "auto" and self._should_strip(prepared)):
             report(0.02, "Extracting the brain")
             given = mask is not None
             try:
@@ -370,10 +370,7 @@ class SynthesisEngine:
                          f"{volume_ml(brain):.0f} mL); outside it the outputs are background")
         if prepared is None:
             prepared = self._prepare(image)
-            stats = self._stats(prepared)
         context = prepared.context
-        if stats is not None:  # warn, and still synthesise: the user decides
-            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, stats))
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:
@@ -381,11 +378,17 @@ class SynthesisEngine:
         y0, y1, x0, x1 = self._crop_box(prepared.foreground, source)
         check_cancel()
         report(_PREPARED, "Synthesising")
-
+        # The out-of-distribution statistics, behind the networks when they run on a device (input_stats.py)
+        stats = None if self.fingerprint is None else InputStats(
+            prepared, self.spec.source, background=self.device.type != "cpu" or self.device_preprocessing)
         # The heatmap starts at 0 outside the processed region, not at D2's blank response: it is zeroed
         # outside the foreground below, and the foreground lies inside that region.
+        device_warnings: list[str] = []
         syn, diff = self._run_networks(prepared.slices, indices, (y0, y1, x0, x1), source,
-                                       warnings, report, check_cancel, heat_fill=0.0)
+                                       device_warnings, report, check_cancel, heat_fill=0.0)
+        if stats is not None:  # warn, and still synthesise: the user decides
+            warnings.extend(stats.warnings(self.fingerprint))
+        warnings.extend(device_warnings)
         prepared.slices = None  # type: ignore[assignment]
         check_cancel()
         report(_NETWORKS_DONE, "Restoring the input's geometry")
@@ -424,26 +427,14 @@ class SynthesisEngine:
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
 
-    def _stats(self, prepared: PreparedVolume) -> VolumeStats | None:
-        """The input's statistics for the out-of-distribution check (None: the bundle has no fingerprint)."""
-        if self.fingerprint is None:
-            return None
-        if isinstance(prepared.slices, np.ndarray):
-            return volume_stats(prepared, self.spec.source)
-        # Device slices: only the foreground's bounding box comes to the host (all that volume_stats reads).
-        box = foreground_box(prepared.foreground)
-        host = PreparedVolume(prepared.slices[box].cpu().numpy(), prepared.foreground[box], prepared.params,
-                              prepared.context)
-        return volume_stats(host, self.spec.source)
-
     @property
     def strips_skulls(self) -> bool:
         """Whether skull stripping applies: brain MRI in and out (not CT, whose HU need the skull and body)."""
         return not (self.spec.source.absolute_units or self.spec.target.absolute_units)
 
-    def _should_strip(self, stats: VolumeStats | None) -> bool:
-        """``skull="auto"``: a whole head given to a model that saw skull-stripped brains only."""
-        return (self.strips_skulls and stats is not None and stats.skull
+    def _should_strip(self, prepared: PreparedVolume) -> bool:
+        """``skull="auto"``: a whole head (``VolumeStats.skull``) given to a model trained on stripped brains only."""
+        return (self.strips_skulls and self.fingerprint is not None and foreground_ml(prepared) > SKULL_ML
                 and "head" not in self.fingerprint.skull_kinds)
 
     def run_array(self, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
