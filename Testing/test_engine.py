@@ -318,3 +318,28 @@ def test_device_preprocessing_forced_on_the_cpu_equals_the_host_path(tmp_path: P
     for x, y in ((a.synthetic, b.synthetic), (a.heatmap, b.heatmap)):
         _same_geometry(x, y)
         np.testing.assert_allclose(sitk.GetArrayFromImage(y), sitk.GetArrayFromImage(x), rtol=1e-6, atol=1e-6)
+
+
+def test_statistics_behind_the_device_networks_give_the_host_warnings(tmp_path: Path, monkeypatch) -> None:
+    """With the networks on a device (here the forced device path) the out-of-distribution statistics run
+    in a background thread (input_stats.py); the warnings equal those computed at once on the host path."""
+    from DualDSynthesisLib.imaging.fingerprint import fingerprint, volume_stats
+    from DualDSynthesisLib.inference import input_stats
+
+    bundle = make_bundle(tmp_path / "fp.safetensors", TINY)
+    host = SynthesisEngine(bundle, device="cpu", batch_size=3)
+    device = SynthesisEngine(bundle, device="cpu", batch_size=3, device_preprocessing=True)
+    trained = fingerprint([volume_stats(host._prepare(head(radius=r)), host.spec.source) for r in (0.3, 0.35)])
+    host.fingerprint = device.fingerprint = trained
+    modes = []
+    real = input_stats.InputStats.__init__
+
+    def spy(self, prepared, mapping, background):
+        modes.append(background)
+        real(self, prepared, mapping, background)
+
+    monkeypatch.setattr(input_stats.InputStats, "__init__", spy)
+    image = head(size=(64, 64, 6), spacing=(2.0, 2.0, 4.0))  # coarser than the training data: warns
+    a, b = host.run(image), device.run(image)
+    assert modes == [False, True]
+    assert a.warnings == b.warnings and any("spacing" in w for w in a.warnings)

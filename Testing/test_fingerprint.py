@@ -19,6 +19,7 @@ from DualDSynthesisLib.imaging.fingerprint import (
 )
 from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec, prepare_volume
 from DualDSynthesisLib.model.intensity import PercentileScale, ZScore
+from scipy import ndimage
 
 SPEC = PreprocessingSpec(
     source=PercentileScale(),
@@ -255,3 +256,22 @@ def test_real_leave_one_source_out(real):
     # so the tolerances are not so tight that any new source warns.
     assert {"Ljubljana-long-p01", "Ljubljana-long-p12"} <= warned
     assert warned != set(subjects)
+
+
+def test_stats_on_the_foreground_box_equal_the_whole_volume():
+    # volume_stats reads only the foreground's bounding box; the same statistics from the whole padded volume
+    prepared = prepare_volume(phantom(3), SPEC, "source")
+    fg = prepared.foreground
+    values = prepared.slices[fg]
+    top = np.percentile(values, 99.5)
+    bright = fg & (prepared.slices > np.quantile(values, 0.70))
+    core = ndimage.binary_erosion(bright, structure=_disk_2mm()).sum() / bright.sum()
+    stats = volume_stats(prepared, SPEC.source)
+    assert stats.quantiles == tuple(float(q) / float(top) for q in np.quantile(values, (0.25, 0.5, 0.75, 0.9, 0.95)))
+    assert stats.bright_core == float(core) and 0.0 < core < 1.0
+    assert fg.sum() < 0.5 * fg.size  # the box really is smaller than the volume
+
+
+def _disk_2mm() -> np.ndarray:
+    y, x = np.mgrid[-2:3, -2:3]
+    return ((y / 2) ** 2 + (x / 2) ** 2 <= 1.0)[None]

@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "imaging": ("atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                 "defaults",
                 "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
-    "inference": ("contract", "engine"),
+    "inference": ("contract", "input_stats", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
     "cli": ("synthesize", "demo"),
 }
@@ -40,7 +40,7 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensit
                         "atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults",
                         "heatmap_file", "scoring", "overview", "dicom_export",
-                        "contract", *LAYERS["scene"], "synthesize")
+                        "contract", "input_stats", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 

@@ -83,14 +83,15 @@ TORCH_OPS = TorchOps()
 
 def prepare_volume_on_device(image: sitk.Image, spec: PreprocessingSpec, device: torch.device | str,
                              role: Literal["source", "target"] = "source",
-                             params: IntensityParams | None = None) -> DevicePreparedVolume:
+                             params: IntensityParams | None = None, validated: bool = False) -> DevicePreparedVolume:
     """:func:`preprocess.prepare_volume` (sources and targets; masks stay on the host path) with the
-    voxel work on ``device``; raises :class:`PreprocessError` as it does."""
+    voxel work on ``device``; raises :class:`PreprocessError` as it does (``validated``: see
+    :func:`preprocess.prepare_geometry`)."""
     device = torch.device(device)
     mapping = spec.mapping(role)
     if mapping is None:
         raise PreprocessError("label masks are prepared on the host with preprocess.prepare_volume.")
-    on_grid, context = prepare_geometry(image, spec, role, cast=False)
+    on_grid, context = prepare_geometry(image, spec, role, cast=False, validated=validated)
     raw = _to_device(sitk.GetArrayViewFromImage(on_grid), device)  # [K, H, W] in the image's pixel type
     arr = raw.float()  # float32, as sitk.Cast gives (every ITK pixel type converts exactly or rounds alike)
     del raw

@@ -104,44 +104,72 @@ def _disk(radius_px: tuple[int, ...]) -> np.ndarray:
     return disk[None]  # [1, h, w]: in-plane only, so thick slices do not matter
 
 
-def _bright_core(slices: np.ndarray, foreground: np.ndarray, values: np.ndarray, spacing_xy: Pair) -> float:
-    bright = foreground & (slices > float(np.quantile(values, BRIGHT_QUANTILE)))
-    n = int(bright.sum())
+def foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest box holding every True voxel of ``mask`` [K, H, W] (two passes over it; empty: an empty box)."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return slice(0, 0), slice(0, 0), slice(0, 0)
+    plane = mask[zs[0] : zs[-1] + 1].any(axis=0)
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+
+
+def _bright_core(slices: np.ndarray, foreground: np.ndarray, threshold: float, spacing_xy: Pair) -> float:
+    """``slices``/``foreground``: cropped to the foreground's bounding box. Eroding the crop gives the count
+    of the whole volume: outside the box nothing is bright, and the erosion's border value (0) is what
+    the volume holds there."""
+    bright = foreground & (slices > threshold)
+    n = int(np.count_nonzero(bright))
     if n == 0:
         return 0.0
     radius = tuple(max(1, round(BRIGHT_CORE_RADIUS_MM / spacing_xy[a])) for a in (1, 0))  # (y, x) pixels
-    return float(ndimage.binary_erosion(bright, structure=_disk(radius)).sum() / n)
+    return float(np.count_nonzero(ndimage.binary_erosion(bright, structure=_disk(radius))) / n)
+
+
+def _ml(voxels: int, prepared: PreparedVolume) -> float:
+    return float(voxels) * (float(np.prod(prepared.context.prepared.spacing)) / 1000.0)
+
+
+def foreground_ml(prepared: PreparedVolume) -> float:
+    """:attr:`VolumeStats.foreground_ml` alone (one count; ``skull`` is this > :data:`SKULL_ML`)."""
+    return _ml(int(np.count_nonzero(prepared.foreground)), prepared)
 
 
 def volume_stats(prepared: PreparedVolume, mapping: IntensityMapping) -> VolumeStats:
     """Statistics of a volume from ``preprocess.prepare_volume(image, spec, "source")``; ``mapping`` is that
     ``spec.source`` (a mapping that is not proportional, e.g. a z-score or rank, is undone first)."""
-    fg = prepared.foreground
-    normalised = values = prepared.slices[fg]
+    if not prepared.foreground.any():
+        raise FingerprintError("the volume has no foreground voxels, so it cannot be compared with the training data.")
+    # Everything below reads only the foreground's bounding box (the same voxels, in the same order, as
+    # the whole volume gives; a fraction of the work on a padded or mostly empty grid).
+    box = foreground_box(prepared.foreground)
+    fg, slices = prepared.foreground[box], prepared.slices[box]
+    normalised = values = slices[fg]
     if not mapping.proportional:  # back to raw units: see the quantiles below
         values = mapping.inverse(normalised, prepared.params)
-    if values.size == 0:
-        raise FingerprintError("the volume has no foreground voxels, so it cannot be compared with the training data.")
     ctx = prepared.context
     canonical, grid = ctx.canonical, ctx.prepared
     # Quantiles are taken after dividing by the foreground's own 99.5th percentile, whatever the bundle's
     # source mapping: p99.5, median and peak are one linear scale per volume (and a z-score is taken back
     # to raw units above), so this gives the same view for every source mapping (under median/peak the
     # FLAIRs of BraTS and TCGA fell inside the T1 range; their bright lesion tail only shows relative to the
-    # top of the histogram).
-    top = float(np.percentile(values, REFERENCE_PERCENTILE))
+    # top of the histogram). ``values``/``normalised`` are this function's own copies, so numpy may reorder
+    # them in place (no copy per call; a later call partitions an already partly ordered array). The calls
+    # stay separate: a scalar level is interpolated in float32, a tuple of levels in float64.
+    top = float(np.percentile(values, REFERENCE_PERCENTILE, overwrite_input=True))
     if not (math.isfinite(top) and top > 0):
         raise FingerprintError(f"the volume's foreground has a {REFERENCE_PERCENTILE}th percentile of {top}, not > 0.")
-    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
-    foreground_ml = float(values.size) * voxel_ml
+    found = np.quantile(values, QUANTILES, overwrite_input=True)
+    bright = float(np.quantile(normalised, BRIGHT_QUANTILE, overwrite_input=True))
+    fg_ml = _ml(values.size, prepared)
     return VolumeStats(
-        quantiles=tuple(float(q) / top for q in np.quantile(values, QUANTILES)),
+        quantiles=tuple(float(q) / top for q in found),
         spacing=tuple(float(s) for s in canonical.spacing),  # type: ignore[arg-type]
         field_of_view=tuple(float(s * n) for s, n in zip(canonical.spacing, canonical.size, strict=True)),  # type: ignore[arg-type]
         foreground_fraction=float(values.size) / float(np.prod(grid.size)),
-        foreground_ml=foreground_ml,
-        skull=foreground_ml > SKULL_ML,
-        bright_core=_bright_core(prepared.slices, fg, normalised, (grid.spacing[0], grid.spacing[1])),
+        foreground_ml=fg_ml,
+        skull=fg_ml > SKULL_ML,
+        bright_core=_bright_core(slices, fg, bright, (grid.spacing[0], grid.spacing[1])),
     )
 
 

@@ -363,10 +363,12 @@ def _to_prepared_grid(canonical: sitk.Image, context: RestoreContext, interpolat
 
 
 def prepare_geometry(image: sitk.Image, spec: PreprocessingSpec, role: Literal["source", "target", "mask"] = "source",
-                     cast: bool = True) -> tuple[sitk.Image, RestoreContext]:
+                     cast: bool = True, validated: bool = False) -> tuple[sitk.Image, RestoreContext]:
     """Steps 1-2 of :func:`prepare_volume`: the image on the prepared grid (float32; with ``cast=False`` an
-    image that needed no resampling keeps its pixel type) and the restore context."""
-    validate_volume(image, role, spec=spec, allow_constant=role == "mask")
+    image that needed no resampling keeps its pixel type) and the restore context. ``validated``: the caller
+    has just run :func:`validate_volume` with this ``spec`` (the engine, naming the input), so it is skipped."""
+    if not validated:
+        validate_volume(image, role, spec=spec, allow_constant=role == "mask")
     image = _as_scalar(image, role)
     original = Grid.from_image(image)
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
@@ -387,11 +389,12 @@ def prepare_geometry(image: sitk.Image, spec: PreprocessingSpec, role: Literal["
 
 
 def prepare_volume(image: sitk.Image, spec: PreprocessingSpec, role: Literal["source", "target", "mask"] = "source",
-                   params: IntensityParams | None = None) -> PreparedVolume:
+                   params: IntensityParams | None = None, validated: bool = False) -> PreparedVolume:
     """Reorient, resample in-plane, normalise and pad ``image`` as ``spec`` says (see the module doc).
 
-    ``params`` overrides the volume's fitted intensity parameters; role 'mask' keeps the values (labels)."""
-    resampled, context = prepare_geometry(image, spec, role)
+    ``params`` overrides the volume's fitted intensity parameters; role 'mask' keeps the values (labels);
+    ``validated``: see :func:`prepare_geometry`."""
+    resampled, context = prepare_geometry(image, spec, role, validated=validated)
     return _finish(resampled, context, spec.mapping(role), params)
 
 
@@ -435,18 +438,24 @@ def restore_volume(
     if slices.shape != context.padded_shape:
         raise PreprocessError(f"slices have shape {slices.shape}, expected {context.padded_shape}.")
     y0, y1, x0, x1 = context.crop
-    image = sitk.GetImageFromArray(np.ascontiguousarray(slices[:, y0:y1, x0:x1], dtype=np.float32))
-    context.prepared.apply_to(image)
+    canonical = slices[:, y0:y1, x0:x1]
+    resampled = None  # held while ``canonical`` views its buffer (the view does not keep the image alive)
     if context.resampled:
-        image = context.canonical.resample(image, interpolator, default_value)
-    if any(context.flip_axes):
-        image = sitk.Flip(image, list(context.flip_axes))
-    if context.permutation != (0, 1, 2):
-        image = sitk.PermuteAxes(image, list(context.permutation))
-    restored = Grid.from_image(image)
-    if restored.size != context.original.size or not context.original.matches(restored, tol=1e-3):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(canonical, dtype=np.float32))
+        context.prepared.apply_to(image)
+        resampled = context.canonical.resample(image, interpolator, default_value)
+        del image
+        canonical = sitk.GetArrayViewFromImage(resampled)
+    # Undo the reorientation as numpy views (what sitk.Flip then sitk.PermuteAxes do, voxel moves only), so
+    # the voxels are copied once into the result instead of once per step. The array is [k, j, i]: ITK axis
+    # a is numpy axis 2 − a, and PermuteAxes' output axis d is its input axis permutation[d].
+    flips = tuple(slice(None, None, -1) if flip else slice(None) for flip in reversed(context.flip_axes))
+    order = [2 - context.permutation[2 - n] for n in range(3)]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(canonical[flips].transpose(order), dtype=np.float32))
+    del canonical, resampled
+    if image.GetSize() != context.original.size:
         raise PreprocessError(
-            f"restored grid {restored.size} does not match the original {context.original.size}; "
+            f"restored grid {image.GetSize()} does not match the original {context.original.size}; "
             "the restore context does not belong to these slices."
         )
     return context.original.apply_to(image)

@@ -61,7 +61,7 @@ from ..imaging.devices import (
     resolve_device,
 )
 from ..imaging.dicom_export import DicomRequest, check_dicom_request, write_dicom
-from ..imaging.fingerprint import TrainingFingerprint, VolumeStats, ood_warnings, volume_stats
+from ..imaging.fingerprint import SKULL_ML, TrainingFingerprint, foreground_ml
 from ..imaging.preprocess import (
     PreparedVolume,
     PreprocessError,
@@ -72,6 +72,7 @@ from ..imaging.preprocess import (
 from ..model.losses import difficulty_from_logits, expected_error
 from ..model.slicestack import slice_stack
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
+from .input_stats import InputStats
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -346,11 +347,10 @@ class SynthesisEngine:
             raise SynthesisError(str(exc).rstrip(".")) from None
         if mask is not None:
             self._check_mask(mask)
-        # "auto" decides on the prepared input's statistics; "strip" prepares only the stripped copy
-        prepared = None if skull == "strip" else self._prepare(image)
-        stats = None if prepared is None else self._stats(prepared)
+        # "auto" decides on the prepared input's foreground volume; "strip" prepares only the stripped copy
+        prepared = None if skull == "strip" else self._prepare(image, validated=True)
         brain = None
-        if skull == "strip" or (skull == "auto" and self._should_strip(stats)):
+        if skull == "strip" or (skull == "auto" and self._should_strip(prepared)):
             report(0.02, "Extracting the brain")
             given = mask is not None
             try:
@@ -370,10 +370,7 @@ class SynthesisEngine:
                          f"{volume_ml(brain):.0f} mL); outside it the outputs are background")
         if prepared is None:
             prepared = self._prepare(image)
-            stats = self._stats(prepared)
         context = prepared.context
-        if stats is not None:  # warn, and still synthesise: the user decides
-            warnings.extend(w.rstrip(".") for w in ood_warnings(self.fingerprint, stats))
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:
@@ -381,9 +378,17 @@ class SynthesisEngine:
         y0, y1, x0, x1 = self._crop_box(prepared.foreground, source)
         check_cancel()
         report(_PREPARED, "Synthesising")
-
+        # The out-of-distribution statistics, behind the networks when they run on a device (input_stats.py)
+        stats = None if self.fingerprint is None else InputStats(
+            prepared, self.spec.source, background=self.device.type != "cpu" or self.device_preprocessing)
+        # The heatmap starts at 0 outside the processed region, not at D2's blank response: it is zeroed
+        # outside the foreground below, and the foreground lies inside that region.
+        device_warnings: list[str] = []
         syn, diff = self._run_networks(prepared.slices, indices, (y0, y1, x0, x1), source,
-                                       warnings, report, check_cancel)
+                                       device_warnings, report, check_cancel, heat_fill=0.0)
+        if stats is not None:  # warn, and still synthesise: the user decides
+            warnings.extend(stats.warnings(self.fingerprint))
+        warnings.extend(device_warnings)
         prepared.slices = None  # type: ignore[assignment]
         check_cancel()
         report(_NETWORKS_DONE, "Restoring the input's geometry")
@@ -394,12 +399,16 @@ class SynthesisEngine:
         heat_image = None
         if diff is not None:
             # Outside the source's foreground there is nothing to trust or distrust: exactly 0, so the
-            # overlay never tints empty space.
-            diff[~prepared.foreground] = 0.0
+            # overlay never tints empty space. Outside the processed box it is 0 already (heat_fill).
+            box = (slice(int(indices[0]), int(indices[-1]) + 1), slice(y0, y1), slice(x0, x1))
+            np.copyto(diff[box], 0.0, where=~prepared.foreground[box])
+            upper = 1.0 if source == "d2" else float(np.finfo(np.float32).max)
+            if not context.resampled:  # restoring only moves voxels: clamp the array in place, no image copy
+                np.clip(diff, 0.0, upper, out=diff)
             heat_image = restore_volume(diff, context, sitk.sitkLinear, 0.0)
             del diff
-            upper = 1.0 if source == "d2" else float(np.finfo(np.float32).max)
-            heat_image = sitk.Clamp(heat_image, sitk.sitkFloat32, 0.0, upper)
+            if context.resampled:
+                heat_image = sitk.Clamp(heat_image, sitk.sitkFloat32, 0.0, upper)
         prepared.foreground = None  # type: ignore[assignment]
         if mask is not None:
             synthetic, heat_image = self._apply_mask(mask, synthetic, heat_image, target.background_value)
@@ -409,30 +418,23 @@ class SynthesisEngine:
                                source if heat_image is not None else None,
                                self.heatmap_units if heat_image is not None else "", notes)
 
-    def _prepare(self, image: sitk.Image) -> PreparedVolume:
+    def _prepare(self, image: sitk.Image, validated: bool = False) -> PreparedVolume:
+        """``validated``: :meth:`run` has just validated ``image`` with the bundle's spec (naming it)."""
         try:
             if self.device_preprocessing:  # the slices stay on the device for the networks
-                return prepare_volume_on_device(image, self.spec, self.device, role="source")
-            return prepare_volume(image, self.spec, role="source")
+                return prepare_volume_on_device(image, self.spec, self.device, role="source", validated=validated)
+            return prepare_volume(image, self.spec, role="source", validated=validated)
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
-
-    def _stats(self, prepared: PreparedVolume) -> VolumeStats | None:
-        """The input's statistics for the out-of-distribution check (None: the bundle has no fingerprint)."""
-        if self.fingerprint is None:
-            return None
-        host = prepared if isinstance(prepared.slices, np.ndarray) else PreparedVolume(
-            prepared.slices.cpu().numpy(), prepared.foreground, prepared.params, prepared.context)
-        return volume_stats(host, self.spec.source)
 
     @property
     def strips_skulls(self) -> bool:
         """Whether skull stripping applies: brain MRI in and out (not CT, whose HU need the skull and body)."""
         return not (self.spec.source.absolute_units or self.spec.target.absolute_units)
 
-    def _should_strip(self, stats: VolumeStats | None) -> bool:
-        """``skull="auto"``: a whole head given to a model that saw skull-stripped brains only."""
-        return (self.strips_skulls and stats is not None and stats.skull
+    def _should_strip(self, prepared: PreparedVolume) -> bool:
+        """``skull="auto"``: a whole head (``VolumeStats.skull``) given to a model trained on stripped brains only."""
+        return (self.strips_skulls and self.fingerprint is not None and foreground_ml(prepared) > SKULL_ML
                 and "head" not in self.fingerprint.skull_kinds)
 
     def run_array(self, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
@@ -444,14 +446,17 @@ class SynthesisEngine:
             raise SynthesisError(str(exc)) from None
         return self.run(image, **kwargs)
 
-    def _run_networks(self, slices, indices, box, heatmap, warnings, report, check_cancel):
+    def _run_networks(self, slices, indices, box, heatmap, warnings, report, check_cancel, heat_fill=None):
+        """G (and the heatmap) on ``indices`` inside ``box``; elsewhere the blank responses (or ``heat_fill``)."""
         y0, y1, x0, x1 = box
         k, h, w = slices.shape
         g0, h0 = self._blank_response(heatmap)
         target = self.spec.target
         syn = np.empty((k, h, w), np.float32)
         syn.fill(target.inverse(np.float32(g0), self.output_params))
-        diff = np.full((k, h, w), h0, np.float32) if heatmap else None
+        fill = h0 if heat_fill is None else heat_fill
+        diff = None if not heatmap else np.full((k, h, w), fill, np.float32) if heat_fill != 0.0 else \
+            np.zeros((k, h, w), np.float32)  # no pass over the array (calloc)
         batch = self._batch_size_for((y1 - y0) * (x1 - x0))
         done = 0
         while done < indices.size:
