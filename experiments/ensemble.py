@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loso  # the experiment's own loaders (after the path insert)
+import loso  # the experiment's own scoring (after the path insert)
+import loso_data  # its prepared arrays
 from fold_runs import fold_jobs, rescoring_parser
 
 
@@ -36,9 +37,9 @@ def score(runs: list[Path], prepared: str) -> dict:
     for fold in sorted(set.intersection(*(set(j) for j in jobs))):
         bundles = [load_bundle(run / j[fold]["bundle"]) for run, j in zip(runs, jobs, strict=True)]
         test = jobs[0][fold]["test"]
-        data = loso.load_prepared(prepared, list(test))
+        data = loso_data.load_prepared(prepared, list(test))
         for name in test:
-            subject = loso._subject(data[name], jobs[0][fold]["recipe_settings"]["source_norm"])
+            subject = loso_data.training_subject(data[name], jobs[0][fold]["recipe_settings"]["source_norm"])
             held = [loso.held_out(b.generator, subject, b.metadata.preprocessing.context_slices,
                                   torch.device("cpu"), b.metadata.preprocessing.target) for b in bundles]
             t, fg = held[0].target, held[0].foreground

@@ -47,121 +47,14 @@ import sitk_stub  # noqa: E402
 
 sitk_stub.install_if_missing()
 
-from DualDTrainingLib.folds import loso_folds, read_sources  # noqa: E402
+from DualDTrainingLib.folds import loso_folds  # noqa: E402
+from loso_data import Loaded, load_prepared, prepare, prepared_meta, training_subject  # noqa: E402
 
 SOURCES_CSV = ROOT / "experiments" / "brain_mri_sources.csv"
 CHECK_EVERY = 200  # GPU jobs read their deferred finiteness checks this often (one host sync)
-Q_RANGE = 2.0  # normalised intensities are stored as uint8 over [0, 2] (the p99.5 mapping's clip range)
-
-
-# ----------------------------------------------------------------------------- prepare
-
-
-def _quantise(a: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(a, 0, Q_RANGE) * (255 / Q_RANGE)).astype(np.uint8)
-
-
-def prepare(args: argparse.Namespace) -> None:
-    from DualDTrainingLib.dataset import base_spec, prepare_subject
-    from DualDTrainingLib.discovery import discover
-
-    sources = read_sources(args.sources)
-    found = discover(Path(args.data), "t1", "t2")
-    spec = base_spec("mri", (args.spacing, args.spacing), 16)
-    arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"subjects": {}, "spacing": args.spacing}
-    for pair in found.pairs:
-        if pair.subject not in sources:
-            print(f"skip {pair.subject}: not in {Path(args.sources).name}", file=sys.stderr)
-            continue
-        t0 = time.time()
-        s = prepare_subject(pair, spec)
-        arrays[f"{s.name}/source"] = _quantise(s.source)
-        arrays[f"{s.name}/target"] = _quantise(s.target)
-        arrays[f"{s.name}/foreground"] = np.packbits(s.foreground)
-        if s.tumour is not None:
-            arrays[f"{s.name}/tumour"] = np.packbits(s.tumour)
-        meta["subjects"][s.name] = {
-            "source": sources[s.name], "shape": list(s.source.shape), "crop": list(s.context.crop),
-            "source_scale": s.source_params.scale, "target_scale": s.target_params.scale,
-            "slice_spacing": s.context.prepared.spacing[2], "tumour": s.tumour is not None,
-            "stats": dataclasses.asdict(s.source_stats),
-        }
-        print(f"{s.name}: {s.source.shape} in {time.time() - t0:.1f} s", file=sys.stderr)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez_compressed(args.out, **arrays)
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
-
-
-@dataclass
-class Loaded:
-    name: str
-    source: np.ndarray  # float32 [K, H, W], p99.5-normalised
-    target: np.ndarray
-    foreground: np.ndarray
-    tumour: np.ndarray | None
-    info: dict
-
-
-def _unquantise(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float32) * np.float32(Q_RANGE / 255)
-
-
-def _unpack(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    return np.unpackbits(a, count=int(np.prod(shape))).reshape(shape).astype(bool)
-
-
-def prepared_meta(path: str | Path) -> dict[str, Any]:
-    """The prepared file's metadata (subjects, their sources, shapes and statistics) without its arrays."""
-    return json.loads(bytes(np.load(path)["meta"]).decode())
-
-
-def load_prepared(path: str | Path, names: list[str] | None = None) -> dict[str, Loaded]:
-    data = np.load(path)
-    meta = json.loads(bytes(data["meta"]).decode())
-    out = {}
-    for name, info in meta["subjects"].items():
-        if names is not None and name not in names:
-            continue
-        shape = tuple(info["shape"])
-        tumour = _unpack(data[f"{name}/tumour"], shape) if info["tumour"] else None
-        out[name] = Loaded(name, _unquantise(data[f"{name}/source"]), _unquantise(data[f"{name}/target"]),
-                           _unpack(data[f"{name}/foreground"], shape), tumour, info)
-    return out
 
 
 # ----------------------------------------------------------------------------- one job
-
-
-def _renormalise(source: np.ndarray, scale: float, norm: str):
-    """The stored p99.5-normalised source under another ``--source-norm`` (through raw units), and the
-    source mapping's parameters for it."""
-    from DualDSynthesisLib.model.intensity import ScaleParams, source_mapping
-
-    if norm == "p99.5":
-        return source, ScaleParams(scale)
-    mapping = source_mapping(norm)
-    raw = source * np.float32(scale)
-    params = mapping.fit(raw)
-    return mapping.forward(raw, params), params
-
-
-def _subject(loaded: Loaded, norm: str, half: bool = False):
-    """A prepared subject for training or scoring; ``half``: its slices as float16 (a device sampler's input)."""
-    from DualDSynthesisLib.imaging.preprocess import Grid, RestoreContext
-    from DualDSynthesisLib.model.intensity import ScaleParams
-    from DualDTrainingLib.dataset import PreparedSubject
-
-    k, h, w = loaded.source.shape
-    grid = Grid((w, h, k), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
-    context = RestoreContext(grid, "LPS", "float", grid, grid, (False,) * 3, (0, 1, 2),
-                             tuple(loaded.info["crop"]), (k, h, w))
-    source, source_params = _renormalise(loaded.source, loaded.info["source_scale"], norm)
-    target = loaded.target
-    if half:
-        source, target = source.astype(np.float16), target.astype(np.float16)
-    return PreparedSubject(loaded.name, source, target, loaded.foreground, loaded.tumour, source_params,
-                           ScaleParams(loaded.info["target_scale"]), context)
 
 
 @dataclass
@@ -268,8 +161,9 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     # Training subjects one at a time, float16 on the host when they go to the device anyway: a pool of ~50
     # jobs on one machine must not hold ~2.5 GB of float32 copies each.
     stats = {n: prepared_meta(prepared)["subjects"][n]["stats"] for n in job["train"]}
-    train = [_subject(load_prepared(prepared, [n])[n], r["source_norm"], half=on_gpu) for n in job["train"]]
-    test = [_subject(loaded, r["source_norm"]) for loaded in load_prepared(prepared, list(job["test"])).values()]
+    train = [training_subject(load_prepared(prepared, [n])[n], r["source_norm"], half=on_gpu) for n in job["train"]]
+    test = [training_subject(loaded, r["source_norm"])
+            for loaded in load_prepared(prepared, list(job["test"])).values()]
     spec = finish_spec(base_spec("mri", (1.0, 1.0), 16, source_norm=r["source_norm"],
                                  context_slices=r["context"]), [s.target_params for s in train])
     arch = ArchitectureConfig(in_channels=channels(r["context"]), g_base_width=r["width"], g_depth=4,
@@ -490,7 +384,7 @@ def _evaluate_bundle(bundle, loaded: Loaded, norm: str) -> dict[str, Any]:
 
     spec = bundle.metadata.preprocessing
     trainer = types.SimpleNamespace(generator=bundle.generator, local=bundle.local_discriminator, amp=False)
-    return _evaluate(trainer, _subject(loaded, norm), spec.context_slices, torch.device("cpu"),
+    return _evaluate(trainer, training_subject(loaded, norm), spec.context_slices, torch.device("cpu"),
                      bundle.local_discriminator is not None, spec.target)
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loso  # the experiment's own loaders (after the path insert)
+import loso  # the experiment's own scoring (after the path insert)
+import loso_data  # its prepared arrays
 from fold_runs import fold_jobs, rescoring_parser
 
 
-def brain_mask(loaded: loso.Loaded) -> np.ndarray:
+def brain_mask(loaded: loso_data.Loaded) -> np.ndarray:
     """The product's BET brain mask of a prepared subject's T1, on the prepared [K, H, W] grid."""
     import SimpleITK as sitk
     from DualDSynthesisLib.imaging.brainmask import estimate_brain_mask
@@ -56,17 +57,17 @@ def _scores(pred: np.ndarray, target: np.ndarray, region: np.ndarray, err: np.nd
     return out
 
 
-def score_subject(bundle, loaded: loso.Loaded, norm: str) -> dict:
+def score_subject(bundle, loaded: loso_data.Loaded, norm: str) -> dict:
     import torch
 
     generator, spec = bundle.generator, bundle.metadata.preprocessing
     context, target = spec.context_slices, spec.target
     brain = brain_mask(loaded)
     cpu = torch.device("cpu")
-    keep = loso.held_out(generator, loso._subject(loaded, norm), context, cpu, target)
+    keep = loso.held_out(generator, loso_data.training_subject(loaded, norm), context, cpu, target)
     stripped = dataclasses.replace(loaded, source=np.where(brain, loaded.source, 0).astype(np.float32),
                                    foreground=loaded.foreground & brain)
-    subject = loso._subject(stripped, norm)
+    subject = loso_data.training_subject(stripped, norm)
     strip = loso.held_out(generator, subject, context, cpu, target)
     ys, xs = subject.crop
     raw = loaded.target * np.float32(loaded.info["target_scale"])
@@ -87,7 +88,7 @@ def score_run(run: Path, prepared: str) -> dict:
     torch.set_num_threads(1)
     out: dict = {}
     for job in fold_jobs(run).values():
-        data = loso.load_prepared(prepared, list(job["test"]))
+        data = loso_data.load_prepared(prepared, list(job["test"]))
         heads = [n for n in job["test"] if data[n].info["stats"]["skull"]]
         if not heads:
             continue

@@ -28,7 +28,8 @@ from scipy import ndimage
 from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loso  # the experiment's own loaders (after the path insert)
+import loso  # the experiment's own scoring (after the path insert)
+import loso_data  # its prepared arrays
 from fold_runs import fold_jobs, rescoring_parser
 
 
@@ -113,9 +114,9 @@ def score_run(run: Path, prepared: str, passes: int = 0, strength: float = 1.0, 
     for job in fold_jobs(run).values():
         bundle = load_bundle(run / job["bundle"])
         context = bundle.metadata.preprocessing.context_slices
-        data = loso.load_prepared(prepared, list(job["test"]))
+        data = loso_data.load_prepared(prepared, list(job["test"]))
         for name in job["test"]:
-            subject = loso._subject(data[name], job["recipe_settings"]["source_norm"])
+            subject = loso_data.training_subject(data[name], job["recipe_settings"]["source_norm"])
             target = bundle.metadata.preprocessing.target
             h = loso.held_out(bundle.generator, subject, context, torch.device("cpu"), target)
             ys, xs = subject.crop
