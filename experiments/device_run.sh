@@ -10,6 +10,7 @@
 # many for an H100's 80 GB (9 died at start-up with CUDA out-of-memory in session 5 and were re-run alone).
 # On an H100 run SEEDS=0,1 or ABLATION_STEPS=0; the H200 (141 GB) holds all 46.
 #   run: bash experiments/device_run.sh .loso/loso.npz      (with $OUT set by the device tool)
+#   benchmarks only (issue 12's re-measurement, ≈ 4 min): LOSO=0 bash experiments/device_run.sh
 #   CPU smoke test: DEVICE=cpu BENCH=0 DEADLINE=200 MARGIN=120 SEEDS=0 ABLATION_STEPS=1 MAX_FOLDS=1 \
 #                   OUT=/tmp/dev-out bash experiments/device_run.sh .loso/loso.npz
 # SimpleITK (the engine's geometry; absent on the GPU image) travels as .whl/sitk.tar.xz: the unpacked
@@ -51,10 +52,15 @@ say "set-up done"
 if [ "${BENCH:-1}" = 1 ]; then
   timeout 100 python3 benchmarks/bench_training.py --device "$DEVICE" >"$OUT/bench_training.log" 2>&1
   say "bench_training exit $?"
+  # the lazy penalty (Eq. 3 on every 4th D1 update, scaled ×4): the lever for dual_attention ≤ 2 × unet
+  timeout 100 python3 benchmarks/bench_training.py --device "$DEVICE" --gp-every 4 >"$OUT/bench_training_gp4.log" 2>&1
+  say "bench_training --gp-every 4 exit $?"
   timeout 95 python3 benchmarks/bench_synthesis.py --device "$DEVICE" --skip-large --repeat 5 \
     >"$OUT/bench_synthesis.log" 2>&1
   say "bench_synthesis exit $?"
 fi
+
+if [ "${LOSO:-1}" != 1 ]; then say "benchmarks only (LOSO=0)"; ls -la "$OUT" >>"$log"; exit 0; fi
 
 # 2. MPS, kept only if a few clients run under it at once; otherwise the processes time-slice the GPU.
 mps=off
