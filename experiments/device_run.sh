@@ -15,7 +15,7 @@
 #                   OUT=/tmp/dev-out bash experiments/device_run.sh .loso/loso.npz
 # SimpleITK (the engine's geometry; absent on the GPU image) travels as .whl/sitk.tar.xz: the unpacked
 # wheel, xz-compressed (28 MB against the wheel's 53 MB, so it fits the transfer beside the prepared data),
-# and pydicom as its wheel: carry [".loso", ".whl"].
+# and pydicom as its wheel (both built by experiments/device_wheels.sh): carry [".loso", ".whl"].
 set -u
 START=$(date +%s)
 PREPARED=${1:-.loso/loso.npz}
