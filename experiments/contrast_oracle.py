@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loso  # the experiment's own scoring (after the path insert)
-import loso_data  # its prepared arrays
-from fold_runs import fold_jobs, rescoring_parser
+from fold_runs import held_out_scans, rescoring_parser  # after the path insert
 
 
 def affine_oracle(synthetic: np.ndarray, real: np.ndarray) -> np.ndarray:
@@ -48,26 +46,19 @@ def psnr_values(pred: np.ndarray, real: np.ndarray, data_range: float = 1.0) -> 
 
 def main() -> None:
     import torch
-    from DualDSynthesisLib.imaging.bundle import load_bundle
 
     args = rescoring_parser(__doc__).parse_args()
     torch.set_num_threads(2)
     out: dict = {}
-    for job in fold_jobs(args.run).values():
-        bundle = load_bundle(args.run / job["bundle"])
-        data = loso_data.load_prepared(args.prepared, list(job["test"]))
-        for name in job["test"]:
-            subject = loso_data.training_subject(data[name], job["recipe_settings"]["source_norm"])
-            h = loso.held_out(bundle.generator, subject, bundle.metadata.preprocessing.context_slices,
-                              torch.device("cpu"), bundle.metadata.preprocessing.target)
-            s, t = h.synthetic[h.foreground], h.target[h.foreground]
-            out[name] = {"fold": job["fold"], "psnr": psnr_values(s, t),
-                         "affine": psnr_values(affine_oracle(s, t), t),
-                         "monotone": psnr_values(monotone_oracle(s, t), t),
-                         "flat": psnr_values(np.full_like(t, t.mean()), t),
-                         "rank_correlation": float(np.corrcoef(np.argsort(np.argsort(s)),
-                                                               np.argsort(np.argsort(t)))[0, 1])}
-            print(name, {k: round(v, 2) for k, v in out[name].items() if k != "fold"}, file=sys.stderr)
+    for job, subject, h in held_out_scans(args.run, args.prepared):
+        s, t = h.synthetic[h.foreground], h.target[h.foreground]
+        out[subject.name] = {"fold": job["fold"], "psnr": psnr_values(s, t),
+                             "affine": psnr_values(affine_oracle(s, t), t),
+                             "monotone": psnr_values(monotone_oracle(s, t), t),
+                             "flat": psnr_values(np.full_like(t, t.mean()), t),
+                             "rank_correlation": float(np.corrcoef(np.argsort(np.argsort(s)),
+                                                                   np.argsort(np.argsort(t)))[0, 1])}
+        print(subject.name, {k: round(v, 2) for k, v in out[subject.name].items() if k != "fold"}, file=sys.stderr)
     args.out.write_text(json.dumps(out, indent=1), encoding="utf-8")
     print("| subject | fold | PSNR | affine oracle | monotone oracle | flat image | Spearman |")
     print("|---|---|---|---|---|---|---|")

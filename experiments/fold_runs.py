@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -23,3 +24,20 @@ def rescoring_parser(doc: str | None, several: bool = False) -> argparse.Argumen
     p.add_argument("--prepared", required=True, help="loso.py prepare's arrays (.npz)")
     p.add_argument("--out", required=True, type=Path, help="per-subject results (JSON)")
     return p
+
+
+def held_out_scans(run: Path, prepared: str) -> Iterator[tuple[dict, object, object]]:
+    """Every held-out scan of the run as ``(job, subject, held)``: the fold's model on its unseen subject on the
+    CPU, clipped as the product writes it (``loso.held_out``), with the subject as ``loso_data`` prepares it."""
+    import loso
+    import loso_data
+    import torch
+    from DualDSynthesisLib.imaging.bundle import load_bundle
+
+    for job in fold_jobs(run).values():
+        bundle = load_bundle(run / job["bundle"])
+        data = loso_data.load_prepared(prepared, list(job["test"]))
+        for name in job["test"]:
+            subject = loso_data.training_subject(data[name], job["recipe_settings"]["source_norm"])
+            yield job, subject, loso.held_out(bundle.generator, subject, bundle.metadata.preprocessing.context_slices,
+                                              torch.device("cpu"), bundle.metadata.preprocessing.target)

@@ -22,9 +22,7 @@ from scipy import ndimage
 from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loso  # the experiment's own scoring (after the path insert)
-import loso_data  # its prepared arrays
-from fold_runs import fold_jobs, rescoring_parser
+from fold_runs import held_out_scans, rescoring_parser  # after the path insert
 
 FEATURES = ("expected error", "edge 1 px", "edge 3 px", "synthetic", "source", "source local std 2 px",
             "distance to the foreground edge")
@@ -65,27 +63,21 @@ def _design(x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     import torch
-    from DualDSynthesisLib.imaging.bundle import load_bundle
     from DualDSynthesisLib.imaging.scoring import map_scores
 
     args = rescoring_parser(__doc__).parse_args()
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     scans: dict[str, dict] = {}
-    for job in fold_jobs(args.run).values():
-        bundle = load_bundle(args.run / job["bundle"])
-        data = loso_data.load_prepared(args.prepared, list(job["test"]))
-        for name in job["test"]:
-            subject = loso_data.training_subject(data[name], job["recipe_settings"]["source_norm"])
-            h = loso.held_out(bundle.generator, subject, bundle.metadata.preprocessing.context_slices,
-                              torch.device("cpu"), bundle.metadata.preprocessing.target)
-            ys, xs = subject.crop
-            x = features(h, subject.source[:, ys, xs])
-            err = np.abs(h.synthetic - h.target)[h.foreground]
-            y = (err >= np.quantile(err, 0.9)).astype(np.float64)
-            pick = rng.choice(len(x), min(SAMPLES_PER_SCAN, len(x)), replace=False)
-            scans[name] = {"fold": job["fold"], "h": h, "x": x, "y": y, "pick": pick}
-            print(f"features of {name}", file=sys.stderr)
+    for job, subject, h in held_out_scans(args.run, args.prepared):
+        name = subject.name
+        ys, xs = subject.crop
+        x = features(h, subject.source[:, ys, xs])
+        err = np.abs(h.synthetic - h.target)[h.foreground]
+        y = (err >= np.quantile(err, 0.9)).astype(np.float64)
+        pick = rng.choice(len(x), min(SAMPLES_PER_SCAN, len(x)), replace=False)
+        scans[name] = {"fold": job["fold"], "h": h, "x": x, "y": y, "pick": pick}
+        print(f"features of {name}", file=sys.stderr)
     out: dict = {}
     for name, scan in scans.items():
         train = [s for s in scans.values() if s["fold"] != scan["fold"]]
