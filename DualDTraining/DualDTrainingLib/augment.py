@@ -131,7 +131,7 @@ class SourceAugmentation:
         n_terms = len(self._pairs())
         coeffs, (bias_on, gamma, scale, blur, sigma, std) = table[:, :n_terms], table[:, n_terms:].unbind(1)
         fg = batch != 0
-        x = batch * self._bias_field(coeffs.to(batch.dtype), bias_on, h, w)[:, None]
+        x = batch * self._bias_field(coeffs, bias_on, h, w)[:, None]
         per_sample = (b, 1, 1, 1)
         gamma, scale, std = (v.to(x.dtype).view(per_sample) for v in (gamma, scale, std))
         peak = x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
