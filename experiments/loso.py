@@ -160,7 +160,8 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     on_gpu = job.get("device_path", torch.device(device_name).type == "cuda")  # forced on the CPU in smoke tests
     # Training subjects one at a time, float16 on the host when they go to the device anyway: a pool of ~50
     # jobs on one machine must not hold ~2.5 GB of float32 copies each.
-    stats = {n: prepared_meta(prepared)["subjects"][n]["stats"] for n in job["train"]}
+    subjects = prepared_meta(prepared)["subjects"]
+    stats = {n: subjects[n]["stats"] for n in job["train"]}
     train = [training_subject(load_prepared(prepared, [n])[n], r["source_norm"], half=on_gpu) for n in job["train"]]
     test = [training_subject(loaded, r["source_norm"])
             for loaded in load_prepared(prepared, list(job["test"])).values()]
@@ -177,11 +178,10 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     if on_gpu:
         sampler = DeviceSliceSampler(train, device, seed=job["seed"], tumour_fraction=0.3, context=r["context"],
                                      crop=r.get("crop", 0))
+        del train  # the slices live on the device now
     else:
         sampler = SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3,
                                context=r["context"], crop=r.get("crop", 0))
-    if on_gpu:
-        del train  # the slices live on the device now
     augment = SourceAugmentation(r["augment"], seed=job["seed"])
     losses: list[torch.Tensor] = []
     t0 = time.time()
