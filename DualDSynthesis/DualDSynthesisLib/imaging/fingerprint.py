@@ -58,6 +58,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.errors import DualDError
+from ..model.intensity_base import foreground_box
 from .preprocess import IntensityMapping, PreparedVolume
 
 QUANTILES: tuple[float, ...] = (0.25, 0.50, 0.75, 0.90, 0.95)
@@ -102,16 +103,6 @@ def _disk(radius_px: tuple[int, ...]) -> np.ndarray:
     y, x = np.mgrid[-ry : ry + 1, -rx : rx + 1]
     disk = (y / max(ry, 1e-9)) ** 2 + (x / max(rx, 1e-9)) ** 2 <= 1.0
     return disk[None]  # [1, h, w]: in-plane only, so thick slices do not matter
-
-
-def foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """The smallest box holding every True voxel of ``mask`` [K, H, W] (two passes over it; empty: an empty box)."""
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
-        return slice(0, 0), slice(0, 0), slice(0, 0)
-    plane = mask[zs[0] : zs[-1] + 1].any(axis=0)
-    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
 
 
 def _bright_core(slices: np.ndarray, foreground: np.ndarray, threshold: float, spacing_xy: Pair) -> float:

@@ -69,6 +69,7 @@ from ..imaging.preprocess import (
     restore_volume,
     validate_volume,
 )
+from ..model.intensity_base import foreground_box
 from ..model.losses import difficulty_from_logits, expected_error
 from ..model.slicestack import slice_stack
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
@@ -272,8 +273,7 @@ class SynthesisEngine:
         _k, h, w = foreground.shape
         if not self.crop:
             return 0, h, 0, w
-        rows = np.flatnonzero(foreground.any(axis=(0, 2)))
-        cols = np.flatnonzero(foreground.any(axis=(0, 1)))
+        _zs, rows, cols = foreground_box(foreground)
         step = math.lcm(self.spec.size_multiple, self._d2_stride)
         margin = self.arch.receptive_margin(heatmap == "d2")
         smallest = max(self.spec.min_size, 16, self.arch.size_multiple)
@@ -285,8 +285,8 @@ class SynthesisEngine:
                 start, end = 0, n
             return start, end
 
-        y0, y1 = span(int(rows[0]), int(rows[-1]) + 1, h)
-        x0, x1 = span(int(cols[0]), int(cols[-1]) + 1, w)
+        y0, y1 = span(int(rows.start), int(rows.stop), h)
+        x0, x1 = span(int(cols.start), int(cols.stop), w)
         return y0, y1, x0, x1
 
     def _batch_size_for(self, pixels: int) -> int:
@@ -381,11 +381,9 @@ class SynthesisEngine:
         # The out-of-distribution statistics, behind the networks when they run on a device (input_stats.py)
         stats = None if self.fingerprint is None else InputStats(
             prepared, self.spec.source, background=self.device.type != "cpu" or self.device_preprocessing)
-        # The heatmap starts at 0 outside the processed region, not at D2's blank response: it is zeroed
-        # outside the foreground below, and the foreground lies inside that region.
         device_warnings: list[str] = []
         syn, diff = self._run_networks(prepared.slices, indices, (y0, y1, x0, x1), source,
-                                       device_warnings, report, check_cancel, heat_fill=0.0)
+                                       device_warnings, report, check_cancel)
         if stats is not None:  # warn, and still synthesise: the user decides
             warnings.extend(stats.warnings(self.fingerprint))
         warnings.extend(device_warnings)
@@ -393,8 +391,7 @@ class SynthesisEngine:
         check_cancel()
         report(_NETWORKS_DONE, "Restoring the input's geometry")
         target = self.spec.target
-        fill_syn = float(target.inverse(np.float32(self._blank_response(source)[0]), self.output_params))
-        synthetic = restore_volume(syn, context, sitk.sitkLinear, fill_syn)
+        synthetic = restore_volume(syn, context, sitk.sitkLinear, self._blank_synthetic(source))
         del syn
         heat_image = None
         if diff is not None:
@@ -446,17 +443,19 @@ class SynthesisEngine:
             raise SynthesisError(str(exc)) from None
         return self.run(image, **kwargs)
 
-    def _run_networks(self, slices, indices, box, heatmap, warnings, report, check_cancel, heat_fill=None):
-        """G (and the heatmap) on ``indices`` inside ``box``; elsewhere the blank responses (or ``heat_fill``)."""
+    def _blank_synthetic(self, heatmap: str | None) -> float:
+        """G's output on empty input, in target units: the synthetic volume's value outside the processed region."""
+        return float(self.spec.target.inverse(np.float32(self._blank_response(heatmap)[0]), self.output_params))
+
+    def _run_networks(self, slices, indices, box, heatmap, warnings, report, check_cancel):
+        """G (and the heatmap) on ``indices`` inside ``box``. Elsewhere the synthetic holds G's blank response and
+        the heatmap 0: it is zeroed outside the foreground anyway, and the foreground lies inside the box."""
         y0, y1, x0, x1 = box
         k, h, w = slices.shape
-        g0, h0 = self._blank_response(heatmap)
         target = self.spec.target
         syn = np.empty((k, h, w), np.float32)
-        syn.fill(target.inverse(np.float32(g0), self.output_params))
-        fill = h0 if heat_fill is None else heat_fill
-        diff = None if not heatmap else np.full((k, h, w), fill, np.float32) if heat_fill != 0.0 else \
-            np.zeros((k, h, w), np.float32)  # no pass over the array (calloc)
+        syn.fill(self._blank_synthetic(heatmap))
+        diff = np.zeros((k, h, w), np.float32) if heatmap else None  # no pass over the array (calloc)
         batch = self._batch_size_for((y1 - y0) * (x1 - x0))
         done = 0
         while done < indices.size:

@@ -15,8 +15,9 @@ import threading
 
 import numpy as np
 
-from ..imaging.fingerprint import TrainingFingerprint, VolumeStats, foreground_box, ood_warnings, volume_stats
+from ..imaging.fingerprint import TrainingFingerprint, VolumeStats, ood_warnings, volume_stats
 from ..imaging.preprocess import IntensityMapping, PreparedVolume
+from ..model.intensity_base import foreground_box
 
 
 class InputStats:

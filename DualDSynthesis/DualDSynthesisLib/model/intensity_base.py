@@ -87,6 +87,16 @@ def times(x: Any, factor: np.float32, out: np.ndarray | None = None) -> Any:
 # ----------------------------------------------------------------------------- foreground
 
 
+def foreground_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest box holding every True voxel of ``mask`` [K, H, W] (two passes over it; empty: an empty box)."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return slice(0, 0), slice(0, 0), slice(0, 0)
+    plane = mask[zs[0] : zs[-1] + 1].any(axis=0)
+    ys, xs = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+
+
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill holes in each ``mask[k]`` plane, in place: background components (4-connected) that do not
     touch the plane's border. 2-D on purpose, so cavities that are open in 3-D (airways) still fill.
@@ -94,10 +104,10 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     Speed (half of ``prepare_volume``'s time): empty planes are skipped, the others labelled only inside
     the mask's bounding box grown by one voxel. Exact: all outside the box is background connected to
     the border, so a component touches the grown box's border exactly when it touches the plane's."""
-    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
-    if rows.size == 0:
+    zs, rows, cols = foreground_box(mask)
+    if zs.stop == 0:  # empty
         return mask
-    y0, y1, x0, x1 = max(0, rows[0] - 1), rows[-1] + 2, max(0, cols[0] - 1), cols[-1] + 2
+    y0, y1, x0, x1 = max(0, rows.start - 1), rows.stop + 1, max(0, cols.start - 1), cols.stop + 1
     box = mask[:, y0:y1, x0:x1]  # a view: filling it fills ``mask`` (slicing past the end is clipped)
     for k in np.flatnonzero(box.any(axis=(1, 2))):
         labels, n = ndimage.label(~box[k])  # 4-connected
