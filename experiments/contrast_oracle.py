@@ -50,7 +50,7 @@ def main() -> None:
     args = rescoring_parser(__doc__).parse_args()
     torch.set_num_threads(2)
     out: dict = {}
-    for job, subject, h in held_out_scans(args.run, args.prepared):
+    for job, _bundle, subject, h in held_out_scans(args.run, args.prepared):
         s, t = h.synthetic[h.foreground], h.target[h.foreground]
         out[subject.name] = {"fold": job["fold"], "psnr": psnr_values(s, t),
                              "affine": psnr_values(affine_oracle(s, t), t),

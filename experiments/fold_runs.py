@@ -26,9 +26,10 @@ def rescoring_parser(doc: str | None, several: bool = False) -> argparse.Argumen
     return p
 
 
-def held_out_scans(run: Path, prepared: str) -> Iterator[tuple[dict, object, object]]:
-    """Every held-out scan of the run as ``(job, subject, held)``: the fold's model on its unseen subject on the
-    CPU, clipped as the product writes it (``loso.held_out``), with the subject as ``loso_data`` prepares it."""
+def held_out_scans(run: Path, prepared: str) -> Iterator[tuple[dict, object, object, object]]:
+    """Every held-out scan of the run as ``(job, bundle, subject, held)``: the fold's model (``bundle``) on its
+    unseen subject on the CPU, clipped as the product writes it (``loso.held_out``), with the subject as
+    ``loso_data`` prepares it."""
     import loso
     import loso_data
     import torch
@@ -39,5 +40,6 @@ def held_out_scans(run: Path, prepared: str) -> Iterator[tuple[dict, object, obj
         data = loso_data.load_prepared(prepared, list(job["test"]))
         for name in job["test"]:
             subject = loso_data.training_subject(data[name], job["recipe_settings"]["source_norm"])
-            yield job, subject, loso.held_out(bundle.generator, subject, bundle.metadata.preprocessing.context_slices,
-                                              torch.device("cpu"), bundle.metadata.preprocessing.target)
+            yield job, bundle, subject, loso.held_out(
+                bundle.generator, subject, bundle.metadata.preprocessing.context_slices, torch.device("cpu"),
+                bundle.metadata.preprocessing.target)

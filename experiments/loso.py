@@ -285,12 +285,16 @@ def _jobs(stage: str, recipe: str, folds, seconds: float, steps: int, args, extr
     return jobs
 
 
+def _sources_and_folds(args: argparse.Namespace) -> tuple[dict[str, str], list]:
+    """The prepared subjects' sources and the LOSO folds over them (the first ``--max-folds``, if given)."""
+    sources = {name: info["source"] for name, info in prepared_meta(args.prepared)["subjects"].items()}
+    return sources, loso_folds(sources)[: args.max_folds or None]
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = prepared_meta(args.prepared)
-    sources = {name: info["source"] for name, info in meta["subjects"].items()}
-    folds = loso_folds(sources)[: args.max_folds or None]
+    sources, folds = _sources_and_folds(args)
     results: list[dict] = []
 
     def save() -> None:
@@ -343,9 +347,7 @@ def confirm(args: argparse.Namespace) -> None:
     variants (and the per-pixel D2) with the first recipe on every fold, N steps each (``--seconds`` caps it)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = prepared_meta(args.prepared)
-    sources = {name: info["source"] for name, info in meta["subjects"].items()}
-    folds = loso_folds(sources)[: args.max_folds or None]
+    sources, folds = _sources_and_folds(args)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     recipes = args.recipes.split(",")
     steps = args.steps or 10**9

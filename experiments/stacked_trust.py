@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     scans: dict[str, dict] = {}
-    for job, subject, h in held_out_scans(args.run, args.prepared):
+    for job, _bundle, subject, h in held_out_scans(args.run, args.prepared):
         name = subject.name
         ys, xs = subject.crop
         x = features(h, subject.source[:, ys, xs])

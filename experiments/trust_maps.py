@@ -29,8 +29,7 @@ from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loso  # the experiment's own scoring (after the path insert)
-import loso_data  # its prepared arrays
-from fold_runs import fold_jobs, rescoring_parser
+from fold_runs import held_out_scans, rescoring_parser
 
 
 def _ranks(a: np.ndarray, fg: np.ndarray) -> np.ndarray:
@@ -105,31 +104,25 @@ def score_run(run: Path, prepared: str, passes: int = 0, strength: float = 1.0, 
     import time
 
     import torch
-    from DualDSynthesisLib.imaging.bundle import load_bundle
     from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
 
     torch.set_num_threads(threads)
     candidates = CANDIDATES | (TTA_CANDIDATES if passes else {})
     out: dict = {}
-    for job in fold_jobs(run).values():
-        bundle = load_bundle(run / job["bundle"])
-        context = bundle.metadata.preprocessing.context_slices
-        data = loso_data.load_prepared(prepared, list(job["test"]))
-        for name in job["test"]:
-            subject = loso_data.training_subject(data[name], job["recipe_settings"]["source_norm"])
-            target = bundle.metadata.preprocessing.target
-            h = loso.held_out(bundle.generator, subject, context, torch.device("cpu"), target)
-            ys, xs = subject.crop
-            m = {"err": h.expected_error, "edge": gradient_magnitude(h.synthetic, h.spacing_kji), "fg": h.foreground,
-                 "src_edge": gradient_magnitude(subject.source[:, ys, xs], h.spacing_kji)}
-            start = time.perf_counter()
-            if passes:
-                m |= tta_maps(bundle.generator, subject, context, target, h, passes, strength)
-            seconds = time.perf_counter() - start
-            maps = {k: f(m) for k, f in candidates.items()}
-            out[name] = {"fold": job["fold"], "maps": map_scores(maps, np.abs(h.synthetic - h.target), h.foreground),
-                         "tta_seconds": seconds, "slices": int(h.synthetic.shape[0])}
-            print(name, {k: round(v["auroc"], 3) for k, v in out[name]["maps"].items()}, file=sys.stderr)
+    for job, bundle, subject, h in held_out_scans(run, prepared):
+        ys, xs = subject.crop
+        m = {"err": h.expected_error, "edge": gradient_magnitude(h.synthetic, h.spacing_kji), "fg": h.foreground,
+             "src_edge": gradient_magnitude(subject.source[:, ys, xs], h.spacing_kji)}
+        start = time.perf_counter()
+        if passes:
+            m |= tta_maps(bundle.generator, subject, bundle.metadata.preprocessing.context_slices,
+                          bundle.metadata.preprocessing.target, h, passes, strength)
+        seconds = time.perf_counter() - start
+        maps = {k: f(m) for k, f in candidates.items()}
+        out[subject.name] = {"fold": job["fold"], "maps": map_scores(maps, np.abs(h.synthetic - h.target),
+                                                                     h.foreground),
+                             "tta_seconds": seconds, "slices": int(h.synthetic.shape[0])}
+        print(subject.name, {k: round(v["auroc"], 3) for k, v in out[subject.name]["maps"].items()}, file=sys.stderr)
     return out
 
 
