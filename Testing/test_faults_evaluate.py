@@ -50,7 +50,7 @@ def _file(folder: Path, suffix: str) -> Path:
     ("manifest", "the manifest"),
 ])
 def test_json_onto_what_is_evaluated_is_refused_even_with_overwrite(t1_model, tmp_path, capsys, role, words) -> None:
-    data, subject = _subject(tmp_path)
+    _data, subject = _subject(tmp_path)
     model = Path(shutil.copy(t1_model, tmp_path / "m.safetensors"))
     manifest = tmp_path / "pairs.csv"
     files = {"source": _file(subject, "-t1n.nii.gz"), "target": _file(subject, "-t2w.nii.gz"),
