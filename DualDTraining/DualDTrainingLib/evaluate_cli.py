@@ -11,6 +11,12 @@ foreground's error voxels and its Spearman correlation with |error| there. For a
 quality report follows: MAE, ME (bias), PSNR, SSIM in the body and the MAE in air, soft tissue and
 bone. See ``evaluation.py`` for the units.
 
+Before any subject is scored: ``--json`` must not be the model, the manifest or a file it evaluates
+(``atomic.same_file``; ``--overwrite`` replaces an earlier report only), the target must be of the
+model's modality family (a CT model's HU metrics against an MRI are refused), and a source or target
+contrast the model was not trained on is warned about (the source with ``vocabulary.modality_warning``,
+as ``duald-synthesize`` does).
+
 Which map ``duald-synthesize --heatmap`` writes: the bundle's first (``SynthesisEngine.heatmap_sources``),
 i.e. the expected error whenever the bundle has that head, because it validated best: on the
 leave-one-source-out folds it scored AUROC 0.78 against 0.69 for the edge baseline and 0.51–0.66 for
