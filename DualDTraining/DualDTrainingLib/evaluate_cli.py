@@ -11,6 +11,12 @@ foreground's error voxels and its Spearman correlation with |error| there. For a
 quality report follows: MAE, ME (bias), PSNR, SSIM in the body and the MAE in air, soft tissue and
 bone. See ``evaluation.py`` for the units.
 
+Before any subject is scored: ``--json`` must not be the model, the manifest or a file it evaluates
+(``atomic.same_file``; ``--overwrite`` replaces an earlier report only), the target must be of the
+model's modality family (a CT model's HU metrics against an MRI are refused), and a source or target
+contrast the model was not trained on is warned about (the source with ``vocabulary.modality_warning``,
+as ``duald-synthesize`` does).
+
 Which map ``duald-synthesize --heatmap`` writes: the bundle's first (``SynthesisEngine.heatmap_sources``),
 i.e. the expected error whenever the bundle has that head, because it validated best: on the
 leave-one-source-out folds it scored AUROC 0.78 against 0.69 for the edge baseline and 0.51–0.66 for
@@ -24,16 +30,18 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from DualDSynthesisLib.core.console import HelpFormatter, safe_console
 from DualDSynthesisLib.core.errors import DualDError, OutputExistsError, OutputWriteError
-from DualDSynthesisLib.imaging.atomic import atomic_write_json
+from DualDSynthesisLib.core.vocabulary import canonical_contrast, modality_family, modality_warning
+from DualDSynthesisLib.imaging.atomic import atomic_write_json, same_file
 from DualDSynthesisLib.imaging.preprocess import validate_volume
 from DualDSynthesisLib.inference.engine import SynthesisEngine
 
-from .discovery import DiscoveryError, discover, load_pair
+from .discovery import DiscoveryError, SubjectPair, discover, load_pair
 from .evaluation import EDGE_MAP, SubjectEvaluation, evaluate_images, format_table, hu_report, summarise
 
 DESCRIPTION = """Check a model bundle on your own paired volumes: every subject found (the same discovery as
@@ -78,17 +86,59 @@ def _finite(obj):  # JSON has no inf/nan: write them as strings a reader can par
     return obj
 
 
-def run(args: argparse.Namespace) -> dict:
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise OutputExistsError(f"{args.json} already exists; pass --overwrite to replace it")
-    if args.json is not None:  # fail before the evaluation, not after it
-        folder = args.json.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            raise OutputWriteError(f"could not write {args.json}: its folder cannot be created") from None
-        if not os.access(folder, os.W_OK):
-            raise OutputWriteError(f"could not write {args.json}: the folder is not writable")
+def _check_json_folder(path: Path, overwrite: bool) -> None:
+    """Before the evaluation, not after it: the report's path is free (or may be replaced) and writable."""
+    if path.is_dir():
+        raise OutputExistsError(f"--json {path} is a folder, not a file name")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        raise OutputWriteError(f"could not write {path}: its folder cannot be created") from None
+    if not os.access(folder, os.W_OK):
+        raise OutputWriteError(f"could not write {path}: the folder is not writable")
+
+
+def _inputs(args: argparse.Namespace, pairs: list[SubjectPair]) -> Iterator[tuple[str, Path]]:
+    """Every file the evaluation reads, with what it is: the model, the manifest and each pair's files."""
+    yield "the model bundle", args.model
+    if args.data.is_file():
+        yield "the manifest", args.data
+    for pair in pairs:
+        for role in ("source", "target", "mask", "foreground"):
+            path = getattr(pair, role)
+            if path is not None:
+                yield f"the {role} file of subject {pair.subject}", path
+
+
+def _check_json_is_no_input(args: argparse.Namespace, pairs: list[SubjectPair]) -> None:
+    """--overwrite replaces an earlier report, never what is evaluated (compared as duald-synthesize does)."""
+    for what, path in _inputs(args, pairs):
+        if same_file(args.json, path):
+            raise OutputExistsError(f"--json {args.json} is {what}, which the report would replace; "
+                                    "choose another file")
+
+
+def _check_modalities(args: argparse.Namespace, engine: SynthesisEngine) -> None:
+    """A target of another modality family is refused (its scores, HU for a CT model, would compare a CT with
+    an MRI); another contrast of the family, or a source the model was not trained on, is warned about."""
+    model, given = engine.target_modality, args.target
+    if modality_family(model) and modality_family(given) and modality_family(model) != modality_family(given):
+        raise DualDError(f"this model synthesises {model} images but --target is {given} (another modality), "
+                         f"so its scores would compare unlike images; evaluate it against {model} targets")
+    target = canonical_contrast(given) or given
+    if modality_family(model) == "mr" and target != (canonical_contrast(model) or model):
+        print(f"duald-evaluate: warning: this model synthesises {model} images but --target is {given}, so the "
+              "scores compare two different contrasts", file=sys.stderr)
+    source = modality_warning(args.source, engine.source_modality)  # what duald-synthesize says for the same input
+    if source is not None:
+        print(f"duald-evaluate: warning: {source}", file=sys.stderr)
+
+
+def _pairs(args: argparse.Namespace) -> tuple[list[SubjectPair], list[SubjectPair]]:
+    """(every usable pair found, the pairs chosen by --subjects and --split)."""
     found = discover(args.data, args.source, args.target)
     for note in found.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -104,7 +154,42 @@ def run(args: argparse.Namespace) -> dict:
         pairs = [p for p in pairs if p.split == args.split]
         if not pairs:
             raise DiscoveryError(f"no usable pair has split {args.split!r}")
+    return found.pairs, pairs
+
+
+def _evaluate(pair: SubjectPair, engine: SynthesisEngine, others: dict[str, SynthesisEngine],
+              source_modality: str) -> SubjectEvaluation:
+    source, target, labels = load_pair(pair)
+    validate_volume(target, f"target file {pair.target.name}")  # e.g. constant: say so, by name
+    # skull="keep": the scores cover the source's whole foreground, so a stripped prediction would count
+    # its background outside the brain as error (experiments/skull_handling.py scores the brain region)
+    out = engine.run(source, source_modality=source_modality, skull="keep")
+    maps = {} if out.heatmap is None else {engine.heatmap_source: out.heatmap}
+    for name, other in others.items():
+        maps[name] = other.run(source, source_modality=source_modality, skull="keep").heatmap
+    res = evaluate_images(pair.subject, out.synthetic, target, source, engine.spec, out.heatmap, labels, maps)
+    res.warnings += out.warnings
+    return res
+
+
+def _subject_line(res: SubjectEvaluation, seconds: float) -> str:
+    fg = res.regions.get("foreground") or res.regions.get("body")
+    return (
+        f"{res.subject}: PSNR {fg['psnr']:.2f} dB, MAE {fg['mae']:.4g}, SSIM {fg['ssim']:.4f} (foreground); "
+        "AUROC worst-10% error " + ", ".join(f"{name} {s['auroc']:.3f}" for name, s in res.maps.items())
+        + "".join(f"; expected / real MAE {s['mae_ratio']:.2f}" for s in res.maps.values() if "mae_ratio" in s)
+        + f"; {seconds:.1f} s"
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.json is not None:
+        _check_json_folder(args.json, args.overwrite)
+    found, pairs = _pairs(args)
+    if args.json is not None:
+        _check_json_is_no_input(args, found)
     engine = SynthesisEngine(args.model, device=args.device)
+    _check_modalities(args, engine)
     # One engine per further map, sharing the loaded bundle: each run gives one heatmap.
     others = {name: SynthesisEngine(engine.bundle, device=args.device, heatmap_source=name)
               for name in engine.heatmap_sources[1:]}
@@ -112,30 +197,13 @@ def run(args: argparse.Namespace) -> dict:
     for pair in pairs:
         t0 = time.perf_counter()
         try:
-            source, target, labels = load_pair(pair)
-            validate_volume(target, f"target file {pair.target.name}")  # e.g. constant: say so, by name
-            # skull="keep": the scores cover the source's whole foreground, so a stripped prediction would count
-            # its background outside the brain as error (experiments/skull_handling.py scores the brain region)
-            out = engine.run(source, source_modality=args.source, skull="keep")
-            maps = {} if out.heatmap is None else {engine.heatmap_source: out.heatmap}
-            for name, other in others.items():
-                maps[name] = other.run(source, source_modality=args.source, skull="keep").heatmap
-            res = evaluate_images(pair.subject, out.synthetic, target, source, engine.spec, out.heatmap, labels,
-                                  maps)
+            res = _evaluate(pair, engine, others, args.source)
         except DualDError as exc:  # one bad subject (e.g. a constant target) must not lose the others
             message = str(exc).rstrip(".").replace(f"subject {pair.subject}: ", "")
             print(f"skipped {pair.subject}: {message}", file=sys.stderr)
             continue
-        res.warnings += out.warnings
         results.append(res)
-        fg = res.regions.get("foreground") or res.regions.get("body")
-        print(
-            f"{pair.subject}: PSNR {fg['psnr']:.2f} dB, MAE {fg['mae']:.4g}, SSIM {fg['ssim']:.4f} (foreground); "
-            "AUROC worst-10% error " + ", ".join(f"{name} {s['auroc']:.3f}" for name, s in res.maps.items())
-            + "".join(f"; expected / real MAE {s['mae_ratio']:.2f}" for s in res.maps.values() if "mae_ratio" in s)
-            + f"; {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
+        print(_subject_line(res, time.perf_counter() - t0), flush=True)
     if not results:
         raise DualDError("no subject could be evaluated (see the skipped lines above)")
     summary = summarise(results)

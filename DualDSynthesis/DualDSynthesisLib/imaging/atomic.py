@@ -101,6 +101,19 @@ def _umask() -> int:
     return mask
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same path once symbolic links and ``..`` are resolved, or two
+    names of one existing file (a hard link, a case-insensitive file system). An output path is compared
+    with every input this way before anything is written, so a run never replaces what it reads."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:  # e.g. a permission error on stat: not provably the same file
+        return False
+
+
 def write_temporary(path: Path, write: Callable[[Path], object], verify: Verifier | None = None) -> Path:
     """Write, fsync and verify a temporary sibling of ``path``; returns it (the caller renames it with
     :func:`commit`). Any failure removes the temporary and raises :class:`OutputWriteError`."""

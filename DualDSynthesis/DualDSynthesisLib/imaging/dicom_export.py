@@ -308,14 +308,48 @@ class DicomRequest:
         self.folder = Path(self.folder)
 
 
+# The value representations of the strings a user gives (PS3.5 6.2): what pydicom does not check itself.
+_VR_NAMES = {"LO": "Long String", "PN": "Person Name"}
+_PN_COMPONENTS = 5  # family^given^middle^prefix^suffix in each of the (at most 3) "="-separated groups
+
+
+def check_dicom_string(option: str, value: str, vr: str) -> None:
+    """Refuse ``value`` for an attribute of ``vr`` (LO, PN) with one sentence naming ``option`` and the
+    rule it breaks, so no export holds a value dciodvfy or a planning system rejects. Lengths count the
+    bytes of the files' UTF-8 (SpecificCharacterSet ISO_IR 192), as DICOM validators do."""
+    from pydicom.config import RAISE
+    from pydicom.valuerep import validate_value
+
+    rule = None
+    if "\\" in value:
+        rule = "a backslash separates values in DICOM, so it cannot be part of one value"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        rule = "it holds a control character (tab, newline, ...), which this VR does not allow"
+    elif vr == "PN" and any(group.count("^") >= _PN_COMPONENTS for group in value.split("=")):
+        rule = f"a person name has at most {_PN_COMPONENTS} ^-separated components (family^given^middle^prefix^suffix)"
+    else:
+        try:
+            validate_value(vr, value.encode("utf-8"), RAISE)
+        except ValueError as exc:
+            rule = str(exc).rstrip(".").replace("The ", "the ", 1).replace("PN components length", "PN groups")
+            rule = rule.replace("length (", "length in UTF-8 bytes (", 1)
+    if rule is not None:
+        shown = repr(value) if any(ord(c) < 32 for c in value) else f"'{value}'"
+        shown = shown if len(shown) <= 40 else f"{shown[:36]}...' ({len(value)} characters)"
+        raise DicomExportError(f"{option} {shown} is not a valid DICOM {_VR_NAMES.get(vr, vr)} ({vr}) value: {rule}")
+
+
 def check_dicom_request(request: DicomRequest, source: str | Path, outputs: vio.AtomicOutputs) -> None:
-    """Before any work: the folder passes the output policy and does not hold the source."""
+    """Before any work: the folder passes the output policy and does not hold the source, and the patient
+    fields are valid DICOM strings."""
     outputs.check_folder(request.folder, EXPORT_ENTRIES)
     folder, source = request.folder.resolve(), Path(source).resolve()
     if source == folder or folder in source.parents:
         raise DicomExportError(f"the input {source} lies inside the DICOM output folder {request.folder}")
     if source.is_dir() and (request.patient_id or request.patient_name):
         raise DicomExportError("a DICOM source brings its own patient identity; drop --patient-id/--patient-name")
+    check_dicom_string("--patient-id", request.patient_id, "LO")
+    check_dicom_string("--patient-name", request.patient_name, "PN")
 
 
 def write_dicom(request: DicomRequest, outputs: vio.AtomicOutputs, source: str | Path, series_uid: str | None,

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..core.errors import DualDError, OutputExistsError
 from .atomic import Verifier, commit, png_problem, write_temporary
+from .dicom_slices import place_slices
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_MODALITY_TAG = "0008|0060"
@@ -71,7 +72,9 @@ def _series_summary(folder: Path, uid: str) -> str:
 
 def dicom_series_files(folder: Path, series_uid: str | None = None) -> list[str]:
     """The files of the one DICOM series in ``folder``, in slice order; with several series,
-    ``series_uid`` must choose one (the error lists them: which one a user meant is not guessed)."""
+    ``series_uid`` must choose one (the error lists them: which one a user meant is not guessed).
+    Slices that are not evenly spaced along their normal (gaps, duplicated positions) are refused with
+    the positions named (``dicom_slices.place_slices``)."""
     series = dicom_series(folder)
     if not series:
         raise VolumeReadError(f"folder {folder} holds no DICOM series")
@@ -85,7 +88,10 @@ def dicom_series_files(folder: Path, series_uid: str | None = None) -> list[str]
                               f"{listing}")
     else:
         chosen = series[0]
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen))
+    placement = place_slices(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen))
+    if placement.problem is not None:  # ITK would stack them at one spacing anyway: a misplaced volume
+        raise VolumeReadError(f"the DICOM series in {folder} cannot be read as one volume: {placement.problem}")
+    return placement.files
 
 
 def read_volume(path: str | Path, series_uid: str | None = None) -> sitk.Image:
