@@ -41,7 +41,7 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensit
                         "defaults",
                         "heatmap_file", "scoring", "overview", "dicom_export",
                         "contract", "input_stats", *LAYERS["scene"], "synthesize")
-TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
+TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 

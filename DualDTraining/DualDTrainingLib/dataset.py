@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -130,14 +129,6 @@ def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubje
                            src.context, stats)
 
 
-def prepare_subjects(pairs: Sequence[SubjectPair], spec: PreprocessingSpec, workers: int = 1) -> list[PreparedSubject]:
-    """Prepare ``pairs`` with up to ``workers`` threads (SimpleITK and numpy release the GIL)."""
-    if workers <= 1 or len(pairs) <= 1:
-        return [prepare_subject(p, spec) for p in pairs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
-        return list(pool.map(lambda p: prepare_subject(p, spec), pairs))
-
-
 def choose_splits(pairs: Sequence[SubjectPair], val_subjects: Sequence[str] | None) -> tuple[list[SubjectPair],
                                                                                                  list[SubjectPair]]:
     """(training, validation) pairs. ``val_subjects`` (names) wins; then the data's split column/folders;
@@ -177,8 +168,9 @@ def shard_pairs(pairs: Sequence[SubjectPair], rank: int, world: int) -> tuple[li
 # ----------------------------------------------------------------------------- sampling
 
 
-def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Centre ``arr`` [K, h0, w0] in a [K, h, w] canvas of zeros (the background value)."""
+def pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Centre ``arr`` [K, h0, w0] in a [K, h, w] canvas of zeros (the background value): the one canvas
+    of both samplers (this one and ``device_sampler``)."""
     k, h0, w0 = arr.shape
     if (h0, w0) == (h, w):
         return arr
@@ -188,7 +180,7 @@ def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def _boxes(mask: np.ndarray) -> np.ndarray:
+def slice_boxes(mask: np.ndarray) -> np.ndarray:
     """Per-slice bounding box ``[K, 4]`` = (y0, y1, x0, x1) of a bool ``[K, H, W]`` mask; empty → zeros."""
     rows, cols = mask.any(axis=2), mask.any(axis=1)
     out = np.zeros((len(mask), 4), np.int32)
@@ -221,13 +213,14 @@ class SliceSampler:
         self.crop = crop
         self.shape = (crop, crop) if crop else (h, w)
         # Crop centres are drawn inside each slice's foreground (tumour for tumour draws) bounding box.
-        self.fg_box = np.concatenate([_boxes(_pad_to(s.foreground, h, w)) for s in subjects])
+        self.fg_box = np.concatenate([slice_boxes(pad_to(s.foreground, h, w)) for s in subjects])
         self.tumour_box = np.concatenate([
-            _boxes(_pad_to(s.tumour, h, w)) if s.tumour is not None else _boxes(np.zeros((len(s.source), 1, 1), bool))
+            slice_boxes(pad_to(s.tumour, h, w)) if s.tumour is not None
+            else slice_boxes(np.zeros((len(s.source), 1, 1), bool))
             for s in subjects
         ])
-        self.source = np.concatenate([_pad_to(s.source, h, w) for s in subjects])
-        self.target = np.concatenate([_pad_to(s.target, h, w) for s in subjects])
+        self.source = np.concatenate([pad_to(s.source, h, w) for s in subjects])
+        self.target = np.concatenate([pad_to(s.target, h, w) for s in subjects])
         fg_frac = np.concatenate([s.foreground.mean(axis=(1, 2)) for s in subjects])
         has_tumour = np.concatenate([
             s.tumour.any(axis=(1, 2)) if s.tumour is not None else np.zeros(len(s.source), bool) for s in subjects
