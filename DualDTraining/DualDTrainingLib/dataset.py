@@ -18,7 +18,6 @@ every rank holds all subjects and takes every ``world_size``-th candidate slice.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -40,6 +39,7 @@ from DualDSynthesisLib.model.intensity import HounsfieldWindow, PercentileScale
 from DualDSynthesisLib.model.slicestack import check_context, slice_stack
 
 from .discovery import SubjectPair, load_foreground, load_pair
+from .option_values import check_fraction
 
 FOREGROUND_MIN_FRACTION = 0.01
 EMPTY_SLICE_WEIGHT = 0.05
@@ -75,22 +75,6 @@ def inplane_spacing(image: sitk.Image) -> tuple[float, float]:
     axis_of = [int(np.argmax(d[row])) for row in range(3)]
     sp = image.GetSpacing()
     return float(sp[axis_of[0]]), float(sp[axis_of[1]])
-
-
-def parse_spacing(text: str | None) -> tuple[float, float] | None:
-    """``"1"``, ``"0.8,0.8"`` or ``"0.8x0.8"`` (mm) → (x, y); empty/``auto`` → None (the data's)."""
-    if text is None or not text.strip() or text.strip().lower() in ("auto", "data"):
-        return None
-    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"--spacing must be one or two numbers in mm (e.g. 1 or 0.8,0.8), got {text!r}") from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"--spacing must be one or two positive numbers in mm, got {text!r}")
-    return values[0], values[1]
 
 
 def base_spec(target_kind: Literal["mri", "ct"], spacing: tuple[float, float] | None, size_multiple: int,
@@ -202,8 +186,7 @@ class SliceSampler:
                  flip: bool = True, slice_shard: tuple[int, int] = (0, 1), crop: int = 0, context: int = 0) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
-        if not 0.0 <= tumour_fraction <= 1.0:
-            raise ValueError(f"--tumour-fraction must be between 0 and 1, got {tumour_fraction}")
+        check_fraction(tumour_fraction, "--tumour-fraction")
         self.rng, self.flip = rng, flip
         self.context = check_context(context)
         h = max(s.source.shape[1] for s in subjects)

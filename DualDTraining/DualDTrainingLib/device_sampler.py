@@ -38,6 +38,7 @@ import torch
 from DualDSynthesisLib.model.slicestack import check_context, stack_indices
 
 from .dataset import EMPTY_SLICE_WEIGHT, FOREGROUND_MIN_FRACTION, PreparedSubject, pad_to, slice_boxes
+from .option_values import check_fraction
 
 # Largest storage rounding error allowed (documented above): the tests check the batches against it.
 FLOAT16_MAX_ERROR = 2.0**-11 * 2
@@ -55,8 +56,7 @@ class DeviceSliceSampler:
                  crop: int = 0, context: int = 0, storage: torch.dtype | None = None) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
-        if not 0.0 <= tumour_fraction <= 1.0:
-            raise ValueError(f"--tumour-fraction must be between 0 and 1, got {tumour_fraction}")
+        check_fraction(tumour_fraction, "--tumour-fraction")
         self.device = torch.device(device)
         self.context = check_context(context)
         self.flip = flip

@@ -48,6 +48,7 @@ from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 from . import checkpoint as ckpt
 from .augment import SourceAugmentation
+from .best_metric import is_better
 from .config import RunConfig
 from .dataset import (
     PreparedSubject,
@@ -56,7 +57,6 @@ from .dataset import (
     choose_splits,
     finish_spec,
     inplane_spacing,
-    parse_spacing,
     prepare_subject,
     shard_pairs,
 )
@@ -65,10 +65,11 @@ from .discovery import DiscoveryError, discover
 from .distributed import DistContext, PeerNonFiniteError, init_from_env, stop_together
 from .errors import EXIT_NON_FINITE, TrainingError, TrainingStopped
 from .loss_window import LossWindow
+from .option_values import parse_spacing
 from .reporting import Progress, Reporter, sample_grid
 from .signals import StopSignals
 from .step import DualDTrainer, NonFiniteLossError
-from .validation import held_out_calibration, is_better, jsonable_metrics, sample_captions, validate
+from .validation import held_out_calibration, jsonable_metrics, sample_captions, validate
 
 PARAM_DIGEST_ENV = "DUALD_TRAIN_PARAM_DIGEST_DIR"  # tests: each rank writes a digest of its parameters
 _ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", "model-final.safetensors", "model-best.safetensors",
