@@ -24,7 +24,8 @@ VIEW = ROOT / "DualDView" / "DualDViewLib"
 # layer's folder, or test_every_module_has_a_layer fails.
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "limits", "resources", "console"),
-    "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity", "metrics"),
+    "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity_rank", "intensity",
+              "metrics"),
     "imaging": ("atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                 "defaults",
                 "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
@@ -36,7 +37,8 @@ RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module 
 INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
-TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity", "metrics",
+TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity_rank", "intensity",
+                        "metrics",
                         "atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults",
                         "heatmap_file", "scoring", "overview", "dicom_export",
