@@ -43,7 +43,8 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensit
                         "defaults",
                         "heatmap_file", "scoring", "overview", "dicom_export",
                         "contract", "input_stats", *LAYERS["scene"], "synthesize")
-TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values")
+TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
+                       "pair_files")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 

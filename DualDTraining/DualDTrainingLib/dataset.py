@@ -1,6 +1,6 @@
 """Training data in memory: every subject prepared once, slices sampled with foreground/tumour weights.
 
-Each subject is read with :func:`discovery.load_pair` (target and label mask already on the source
+Each subject is read with :func:`pair_files.load_pair` (target and label mask already on the source
 grid), the source goes through :func:`preprocess.prepare_volume`, the target and the mask through
 :func:`preprocess.prepare_on_grid` (nearest-neighbour for the mask), so all three share one prepared
 grid. Only normalised float32 slices, boolean foreground/tumour maps and the restore context are
@@ -38,8 +38,9 @@ from DualDSynthesisLib.imaging.preprocess import (
 from DualDSynthesisLib.model.intensity import HounsfieldWindow, PercentileScale
 from DualDSynthesisLib.model.slicestack import check_context, slice_stack
 
-from .discovery import SubjectPair, load_foreground, load_pair
+from .discovery import SubjectPair
 from .option_values import check_fraction
+from .pair_files import load_foreground, load_pair
 
 FOREGROUND_MIN_FRACTION = 0.01
 EMPTY_SLICE_WEIGHT = 0.05
