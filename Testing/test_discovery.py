@@ -13,8 +13,8 @@ from DualDTrainingLib.discovery import (
     SubjectPair,
     contrast_of,
     discover,
-    load_pair,
 )
+from DualDTrainingLib.pair_files import load_pair
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

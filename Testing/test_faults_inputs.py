@@ -179,7 +179,8 @@ def test_nan_voxels_are_refused_in_every_format(model, tmp_path, capsys, suffix)
 
 def test_nan_voxels_in_a_training_pair_name_subject_and_file(tmp_path) -> None:
     from _training_data import write_subjects
-    from DualDTrainingLib.discovery import DiscoveryError, discover, load_pair
+    from DualDTrainingLib.discovery import DiscoveryError, discover
+    from DualDTrainingLib.pair_files import load_pair
 
     data = write_subjects(tmp_path / "data", n=1)
     pair = discover(data, "t1", "t2").pairs[0]

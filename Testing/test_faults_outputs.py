@@ -307,7 +307,7 @@ def test_stale_partials_of_our_naming_are_removed_on_the_next_run(model, source,
 
 def test_checkpoint_partials_are_removed_on_resume(tmp_path) -> None:
     from DualDTrainingLib import checkpoint as ckpt
-    from DualDTrainingLib.loop import prepare_output
+    from DualDTrainingLib.run_folder import prepare_output
 
     (tmp_path / ckpt.LAST).write_bytes(b"x")
     torn = tmp_path / f".checkpoint-last.partial-{2**22 + 7}-0123abcd.pt"

@@ -23,7 +23,6 @@ from DualDSynthesisLib.model.intensity import (
 )
 from DualDTrainingLib.augment import SourceAugmentation
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler
-from DualDTrainingLib.folds import loso_folds, read_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,10 +141,13 @@ def test_two_and_a_half_d_bundle_synthesises_with_edge_slices(tmp_path: Path) ->
     assert result.synthetic.GetSize() == (48, 48, 3)
 
 
-# ----------------------------------------------------------------------------- folds
+# ----------------------------------------------------------------------------- folds (experiments/folds.py)
 
 
-def test_loso_puts_each_source_in_exactly_one_test_fold() -> None:
+def test_loso_puts_each_source_in_exactly_one_test_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # as the LOSO scripts import it
+    from folds import loso_folds, read_sources
+
     sources = read_sources(ROOT / "experiments" / "brain_mri_sources.csv")
     folds = loso_folds(sources)
     assert sorted(f.held_out for f in folds) == sorted(set(sources.values()))

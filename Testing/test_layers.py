@@ -24,7 +24,8 @@ VIEW = ROOT / "DualDView" / "DualDViewLib"
 # layer's folder, or test_every_module_has_a_layer fails.
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "limits", "resources", "console"),
-    "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity", "metrics"),
+    "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity_rank", "intensity",
+              "metrics"),
     "imaging": ("atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                 "defaults",
                 "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_slices", "dicom_export"),
@@ -36,12 +37,14 @@ RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module 
 INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
-TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity", "metrics",
+TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity_rank", "intensity",
+                        "metrics",
                         "atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults",
                         "heatmap_file", "scoring", "overview", "dicom_slices", "dicom_export",
                         "contract", "input_stats", *LAYERS["scene"], "synthesize")
-TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
+TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
+                       "pair_files")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 
@@ -149,7 +152,7 @@ def test_torch_free_modules_import_no_torch_at_module_level(folder: Path, packag
 
 
 def test_the_torch_free_modules_really_run_without_torch() -> None:
-    """With torch made unimportable: a shipped bundle's typed details, duald-train's parser and RunConfig."""
+    """With torch made unimportable: a shipped bundle's typed details, duald-train's parser, RunConfig and its check."""
     code = """
 import sys
 sys.modules["torch"] = None  # any 'import torch' now raises ImportError
@@ -169,7 +172,18 @@ for path in models:
     assert isinstance(meta.architecture, ArchitectureConfig) and isinstance(meta.preprocessing, PreprocessingSpec)
     print(path.stem, meta.architecture.in_channels, meta.preprocessing.context_slices, meta.variant)
 args = cli.build_parser().parse_args(["--data", "d", "--source", "t1", "--target", "t2", "--output", "o"])
-assert cli._config(args, False).architecture().g_base_width == RunConfig.defaults()["base_width"]
+cfg = cli._config(args, False)
+assert cfg.architecture().g_base_width == RunConfig.defaults()["base_width"]
+cfg.check()  # every option's check runs without torch ...
+import dataclasses
+from DualDTrainingLib.errors import TrainingError
+for bad in ({"best_metric": "dice"}, {"augment": 2.0}, {"tumour_fraction": -1.0}, {"spacing": "x"}, {"lambda1": -1.0},
+            {"source_norm": "nyul"}, {"crop_size": 40}):
+    try:  # ... and refuses a bad value in one sentence
+        dataclasses.replace(cfg, **bad).check()
+        raise AssertionError(f"accepted {bad}")
+    except TrainingError:
+        pass
 assert "torch" not in [m for m, v in sys.modules.items() if v is not None]
 print("ok")
 """

@@ -152,6 +152,29 @@ def test_xml_descriptor_matches_the_parser() -> None:
     _xml_matches_run_config(root)
 
 
+def _xml_defaults(root: ET.Element) -> dict[str, object]:
+    """RunConfig field → the XML's default for it, typed as the panel passes it (no_flip false → flip True)."""
+    found: dict[str, object] = {}
+    for param in root.iter():
+        name = param.findtext("name")
+        if name is None or param.tag == "executable":
+            continue
+        name = name.strip()
+        text = (param.findtext("default") or "").strip()
+        if name in cli.NEGATED:  # no_flip false ↔ flip True
+            found[cli.NEGATED[name]] = text != "true"
+        elif name not in ("data", "source", "target", "output"):  # those four: the panel pre-fills a suggestion
+            found[name] = {"boolean": lambda t: t == "true", "integer": int, "integer-enumeration": int,
+                           "double": float, "string-vector": lambda t: [v for v in t.split(",") if v]
+                           }.get(param.tag, str)(text)
+    return found
+
+
+def _same(value: object, default: object) -> bool:
+    equal = value == pytest.approx(default) if isinstance(value, float) else value == default
+    return equal and type(value) is type(default)
+
+
 def _xml_matches_run_config(root: ET.Element) -> None:
     """Every XML default equals RunConfig's (the one definition), every enumeration equals its vocabulary."""
     from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, D2_TARGETS, VARIANTS
@@ -160,26 +183,12 @@ def _xml_matches_run_config(root: ET.Element) -> None:
     from DualDTrainingLib.config import TARGET_KINDS, RunConfig
 
     defaults = RunConfig.defaults()
-    seen = set()
-    for param in root.iter():
-        name = param.findtext("name")
-        if name is None or param.tag == "executable":
-            continue
-        name = name.strip()
-        text = (param.findtext("default") or "").strip()
-        if name in cli.NEGATED:  # no_flip false ↔ flip True
-            field, value = cli.NEGATED[name], text != "true"
-        elif name in defaults:
-            field, value = name, {"boolean": lambda t: t == "true", "integer": int, "integer-enumeration": int,
-                                  "double": float, "string-vector": lambda t: [v for v in t.split(",") if v]
-                                  }.get(param.tag, str)(text)
-        else:  # the required data/source/target/output: the panel pre-fills a suggestion
-            assert name in ("data", "source", "target", "output"), name
-            continue
-        seen.add(field)
-        assert value == pytest.approx(defaults[field]) if isinstance(value, float) else value == defaults[field], name
-        assert type(value) is type(defaults[field]), name
-    assert seen == set(defaults) - {"slicer"}, "every RunConfig option has a panel field"
+    xml = _xml_defaults(root)
+    unknown = set(xml) - set(defaults)
+    assert not unknown, f"XML parameters that are no RunConfig option: {unknown}"
+    for field, value in xml.items():
+        assert _same(value, defaults[field]), field
+    assert set(xml) == set(defaults) - {"slicer"}, "every RunConfig option has a panel field"
     enumerations = {"variant": VARIANTS, "d2_target": D2_TARGETS, "d2_head": D2_HEADS, "target_kind": TARGET_KINDS,
                     "source_norm": tuple(SOURCE_NORMS)}
     for param in root.iter():
@@ -190,6 +199,31 @@ def _xml_matches_run_config(root: ET.Element) -> None:
     for contrast, aliases in CONTRAST_ALIASES.items():  # the panel names every contrast the vocabulary knows
         if contrast != "seg":
             assert all(alias in source for alias in aliases), (contrast, source)
+
+
+def test_step_settings_agree_in_argparse_xml_and_both_dataclasses() -> None:
+    """The loss weights and optimiser settings: TrainingConfig's defaults are the ones RunConfig, duald-train's
+    parser and the Slicer panel start from, and every option reaches the step."""
+    from dataclasses import fields
+
+    from DualDTrainingLib.config import STEP_OPTIONS, RunConfig
+    from DualDTrainingLib.training_config import FIXED_SETTINGS, TrainingConfig
+
+    step = TrainingConfig().to_dict()
+    assert set(STEP_OPTIONS) == set(step) - set(FIXED_SETTINGS) and set(FIXED_SETTINGS) < set(step)
+    run_fields = {f.name for f in fields(RunConfig)}
+    assert set(STEP_OPTIONS) <= run_fields and not set(FIXED_SETTINGS) & run_fields
+    required = ["--data", "d", "--source", "t1", "--target", "t2", "--output", "o"]
+    parsed = vars(cli.build_parser().parse_args(required))
+    xml = _xml_defaults(ET.fromstring(XML.read_text(encoding="utf-8")))
+    for name in STEP_OPTIONS:
+        for where, value in (("RunConfig", RunConfig.defaults()[name]), ("argparse", parsed[name]),
+                             ("XML", xml[name])):
+            assert _same(value, step[name]), f"{where}'s {name} default is {value!r}, TrainingConfig's {step[name]!r}"
+    assert cli._config(cli.build_parser().parse_args(required), slicer=False).training() == TrainingConfig()
+    changed = cli._config(cli.build_parser().parse_args([*required, "--lambda1", "0.5", "--gp-every", "3",
+                                                         "--d2-target", "error", "--variant", "unet"]), False)
+    assert changed.training() == TrainingConfig(variant="unet", lambda1=0.5, gp_every=3, d2_target="error")
 
 
 def test_argparse_defaults_are_run_configs() -> None:

@@ -33,7 +33,8 @@ from DualDSynthesisLib.imaging.figures import inferno_rgb, write_png
 from DualDSynthesisLib.imaging.preprocess import foreground_mask
 from DualDSynthesisLib.imaging.scoring import comparable
 from DualDSynthesisLib.inference.engine import SynthesisEngine, SynthesisError
-from DualDTrainingLib.discovery import DiscoveryError, discover, load_pair
+from DualDTrainingLib.discovery import DiscoveryError, discover
+from DualDTrainingLib.pair_files import load_pair
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]

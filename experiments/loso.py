@@ -47,7 +47,7 @@ import sitk_stub  # noqa: E402
 
 sitk_stub.install_if_missing()
 
-from DualDTrainingLib.folds import loso_folds  # noqa: E402
+from folds import loso_folds  # noqa: E402
 from loso_data import Loaded, load_prepared, prepare, prepared_meta, training_subject  # noqa: E402
 
 SOURCES_CSV = ROOT / "experiments" / "brain_mri_sources.csv"

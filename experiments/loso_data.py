@@ -26,7 +26,7 @@ import sitk_stub  # noqa: E402
 
 sitk_stub.install_if_missing()
 
-from DualDTrainingLib.folds import read_sources  # noqa: E402
+from folds import read_sources  # noqa: E402
 
 Q_RANGE = 2.0  # normalised intensities are stored as uint8 over [0, 2] (the p99.5 mapping's clip range)
 

@@ -30,6 +30,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from .option_values import check_fraction
+
 _BLUR_RADIUS = 3  # 7-tap separable Gaussian: enough for sigma ≤ 1.25 px
 
 
@@ -44,8 +46,7 @@ class SourceAugmentation:
     """Callable ``[B, C, H, W] → [B, C, H, W]`` for normalised source batches."""
 
     def __init__(self, strength: float, seed: int = 0, degree: int = 3) -> None:
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"the augmentation strength must be between 0 and 1, got {strength!r}")
+        check_fraction(strength, "the augmentation strength")
         self.strength, self.degree, self.seed = float(strength), degree, seed
         self.generator = torch.Generator().manual_seed(seed)
         self._noise_generators: dict[str, torch.Generator] = {}

@@ -2,24 +2,26 @@
 
 ``duald-train``'s argparse defaults are read from these fields (``cli.py``), so ``--help`` never imports
 torch and never repeats a number; the Slicer XML descriptor (``DualDTraining.xml``) is checked against
-them by ``Testing/test_training_cli.py``. The methods that build the torch-side objects
-(``training()``, ``check()``) import their modules only when called.
+them by ``Testing/test_training_cli.py``. The loss weights and optimiser settings are ``TrainingConfig``'s
+(``training_config.py``): the fields of the same names take their defaults from it, and
+:meth:`RunConfig.training` hands them back. :meth:`RunConfig.check` checks every value without importing torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from DualDSynthesisLib.core.vocabulary import canonical_contrast
 from DualDSynthesisLib.model.architecture import ArchitectureConfig
+from DualDSynthesisLib.model.intensity import source_mapping
 from DualDSynthesisLib.model.slicestack import channels
 
+from .best_metric import check_metric_name
 from .errors import TrainingError
-
-if TYPE_CHECKING:
-    from .step import TrainingConfig
+from .option_values import check_fraction, parse_spacing
+from .training_config import FIXED_SETTINGS, TrainingConfig
 
 TARGET_KINDS = ("auto", "mri", "ct")  # --target-kind: which target intensity mapping (auto: ct when the target is ct)
 
@@ -30,21 +32,21 @@ class RunConfig:
     source: str
     target: str
     output: Path
-    variant: str = "dual_attention"
+    variant: str = TrainingConfig.variant.value
     iterations: int = 20000
     val_subjects: list[str] = field(default_factory=list)
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
     batch_size: int = 8
-    lr_g: float = 2e-4
-    lr_d1: float = 1e-4
-    lr_d2: float = 2e-4
-    lambda1: float = 1e-3
-    lambda2: float = 1e-2
-    beta: float = 1.0
-    p: int = 1
-    n_critic: int = 1
+    lr_g: float = TrainingConfig.lr_g
+    lr_d1: float = TrainingConfig.lr_d1
+    lr_d2: float = TrainingConfig.lr_d2
+    lambda1: float = TrainingConfig.lambda1
+    lambda2: float = TrainingConfig.lambda2
+    beta: float = TrainingConfig.beta
+    p: int = TrainingConfig.p
+    n_critic: int = TrainingConfig.n_critic
     val_every: int = 1000
     best_metric: str = "psnr_foreground"
     seed: int = 0
@@ -61,10 +63,10 @@ class RunConfig:
     augment: float = 1.0
     error_head: bool = True
     d2_head: str = "patch"
-    d2_target: str = "binary"
-    error_weight: float = 0.1
-    error_tau: float = 0.1
-    gp_every: int = 1
+    d2_target: str = TrainingConfig.d2_target
+    error_weight: float = TrainingConfig.error_weight
+    error_tau: float = TrainingConfig.error_tau
+    gp_every: int = TrainingConfig.gp_every
     amp: bool = False
     workers: int = 2
     log_every: int = 10
@@ -88,21 +90,12 @@ class RunConfig:
                                   d2_head=self.d2_head)
 
     def training(self) -> TrainingConfig:
-        from .step import TrainingConfig  # torch
-
-        return TrainingConfig(variant=self.variant, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
-                              p=self.p, lr_g=self.lr_g, lr_d1=self.lr_d1, lr_d2=self.lr_d2, n_critic=self.n_critic,
-                              error_weight=self.error_weight, d2_target=self.d2_target, error_tau=self.error_tau,
-                              gp_every=self.gp_every)
+        """The step's settings: every ``TrainingConfig`` field from the option of its name (the
+        ``FIXED_SETTINGS`` keep their defaults)."""
+        return TrainingConfig(**{name: getattr(self, name) for name in STEP_OPTIONS})
 
     def check(self) -> None:
-        # torch-side validators, imported here so that building a RunConfig (and --help) stays torch-free
-        from DualDSynthesisLib.imaging.preprocess import source_mapping
-
-        from .augment import SourceAugmentation
-        from .dataset import parse_spacing
-        from .validation import check_metric_name
-
+        """Every option's value, without importing torch: a bad one raises one TrainingError naming it."""
         for name in ("iterations", "batch_size", "log_every", "checkpoint_every", "workers"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -120,7 +113,8 @@ class RunConfig:
             self.architecture()
             parse_spacing(self.spacing)
             source_mapping(self.source_norm)
-            SourceAugmentation(self.augment)
+            check_fraction(self.augment, "--augment")
+            check_fraction(self.tumour_fraction, "--tumour-fraction")
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
 
@@ -128,3 +122,7 @@ class RunConfig:
         if self.target_kind != "auto":
             return self.target_kind
         return "ct" if canonical_contrast(self.target) == "ct" else "mri"
+
+
+# The RunConfig options that are TrainingConfig settings (the step's loss weights and optimisers).
+STEP_OPTIONS = tuple(f.name for f in fields(TrainingConfig) if f.name not in FIXED_SETTINGS)

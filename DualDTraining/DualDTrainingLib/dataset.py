@@ -1,6 +1,6 @@
 """Training data in memory: every subject prepared once, slices sampled with foreground/tumour weights.
 
-Each subject is read with :func:`discovery.load_pair` (target and label mask already on the source
+Each subject is read with :func:`pair_files.load_pair` (target and label mask already on the source
 grid), the source goes through :func:`preprocess.prepare_volume`, the target and the mask through
 :func:`preprocess.prepare_on_grid` (nearest-neighbour for the mask), so all three share one prepared
 grid. Only normalised float32 slices, boolean foreground/tumour maps and the restore context are
@@ -18,9 +18,7 @@ every rank holds all subjects and takes every ``world_size``-th candidate slice.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +38,9 @@ from DualDSynthesisLib.imaging.preprocess import (
 from DualDSynthesisLib.model.intensity import HounsfieldWindow, PercentileScale
 from DualDSynthesisLib.model.slicestack import check_context, slice_stack
 
-from .discovery import SubjectPair, load_foreground, load_pair
+from .discovery import SubjectPair
+from .option_values import check_fraction
+from .pair_files import load_foreground, load_pair
 
 FOREGROUND_MIN_FRACTION = 0.01
 EMPTY_SLICE_WEIGHT = 0.05
@@ -78,22 +78,6 @@ def inplane_spacing(image: sitk.Image) -> tuple[float, float]:
     return float(sp[axis_of[0]]), float(sp[axis_of[1]])
 
 
-def parse_spacing(text: str | None) -> tuple[float, float] | None:
-    """``"1"``, ``"0.8,0.8"`` or ``"0.8x0.8"`` (mm) → (x, y); empty/``auto`` → None (the data's)."""
-    if text is None or not text.strip() or text.strip().lower() in ("auto", "data"):
-        return None
-    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"--spacing must be one or two numbers in mm (e.g. 1 or 0.8,0.8), got {text!r}") from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"--spacing must be one or two positive numbers in mm, got {text!r}")
-    return values[0], values[1]
-
-
 def base_spec(target_kind: Literal["mri", "ct"], spacing: tuple[float, float] | None, size_multiple: int,
               min_size: int = 32, source_norm: str = "p99.5", context_slices: int = 0) -> PreprocessingSpec:
     """Spec before the target's reference parameters are known (set by :func:`finish_spec`)."""
@@ -128,14 +112,6 @@ def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubje
     stats = volume_stats(src, spec.source)  # before the foreground is merged with the target's: as the engine sees it
     return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.params, tgt.params,
                            src.context, stats)
-
-
-def prepare_subjects(pairs: Sequence[SubjectPair], spec: PreprocessingSpec, workers: int = 1) -> list[PreparedSubject]:
-    """Prepare ``pairs`` with up to ``workers`` threads (SimpleITK and numpy release the GIL)."""
-    if workers <= 1 or len(pairs) <= 1:
-        return [prepare_subject(p, spec) for p in pairs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
-        return list(pool.map(lambda p: prepare_subject(p, spec), pairs))
 
 
 def choose_splits(pairs: Sequence[SubjectPair], val_subjects: Sequence[str] | None) -> tuple[list[SubjectPair],
@@ -177,8 +153,9 @@ def shard_pairs(pairs: Sequence[SubjectPair], rank: int, world: int) -> tuple[li
 # ----------------------------------------------------------------------------- sampling
 
 
-def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Centre ``arr`` [K, h0, w0] in a [K, h, w] canvas of zeros (the background value)."""
+def pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Centre ``arr`` [K, h0, w0] in a [K, h, w] canvas of zeros (the background value): the one canvas
+    of both samplers (this one and ``device_sampler``)."""
     k, h0, w0 = arr.shape
     if (h0, w0) == (h, w):
         return arr
@@ -188,7 +165,7 @@ def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def _boxes(mask: np.ndarray) -> np.ndarray:
+def slice_boxes(mask: np.ndarray) -> np.ndarray:
     """Per-slice bounding box ``[K, 4]`` = (y0, y1, x0, x1) of a bool ``[K, H, W]`` mask; empty → zeros."""
     rows, cols = mask.any(axis=2), mask.any(axis=1)
     out = np.zeros((len(mask), 4), np.int32)
@@ -210,8 +187,7 @@ class SliceSampler:
                  flip: bool = True, slice_shard: tuple[int, int] = (0, 1), crop: int = 0, context: int = 0) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
-        if not 0.0 <= tumour_fraction <= 1.0:
-            raise ValueError(f"--tumour-fraction must be between 0 and 1, got {tumour_fraction}")
+        check_fraction(tumour_fraction, "--tumour-fraction")
         self.rng, self.flip = rng, flip
         self.context = check_context(context)
         h = max(s.source.shape[1] for s in subjects)
@@ -221,13 +197,14 @@ class SliceSampler:
         self.crop = crop
         self.shape = (crop, crop) if crop else (h, w)
         # Crop centres are drawn inside each slice's foreground (tumour for tumour draws) bounding box.
-        self.fg_box = np.concatenate([_boxes(_pad_to(s.foreground, h, w)) for s in subjects])
+        self.fg_box = np.concatenate([slice_boxes(pad_to(s.foreground, h, w)) for s in subjects])
         self.tumour_box = np.concatenate([
-            _boxes(_pad_to(s.tumour, h, w)) if s.tumour is not None else _boxes(np.zeros((len(s.source), 1, 1), bool))
+            slice_boxes(pad_to(s.tumour, h, w)) if s.tumour is not None
+            else slice_boxes(np.zeros((len(s.source), 1, 1), bool))
             for s in subjects
         ])
-        self.source = np.concatenate([_pad_to(s.source, h, w) for s in subjects])
-        self.target = np.concatenate([_pad_to(s.target, h, w) for s in subjects])
+        self.source = np.concatenate([pad_to(s.source, h, w) for s in subjects])
+        self.target = np.concatenate([pad_to(s.target, h, w) for s in subjects])
         fg_frac = np.concatenate([s.foreground.mean(axis=(1, 2)) for s in subjects])
         has_tumour = np.concatenate([
             s.tumour.any(axis=(1, 2)) if s.tumour is not None else np.zeros(len(s.source), bool) for s in subjects

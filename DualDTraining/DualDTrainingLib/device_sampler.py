@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from DualDSynthesisLib.model.slicestack import check_context, stack_indices
 
-from .dataset import EMPTY_SLICE_WEIGHT, FOREGROUND_MIN_FRACTION, PreparedSubject, _boxes, _pad_to
+from .dataset import EMPTY_SLICE_WEIGHT, FOREGROUND_MIN_FRACTION, PreparedSubject, pad_to, slice_boxes
+from .option_values import check_fraction
 
 # Largest storage rounding error allowed (documented above): the tests check the batches against it.
 FLOAT16_MAX_ERROR = 2.0**-11 * 2
@@ -55,8 +56,7 @@ class DeviceSliceSampler:
                  crop: int = 0, context: int = 0, storage: torch.dtype | None = None) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
-        if not 0.0 <= tumour_fraction <= 1.0:
-            raise ValueError(f"--tumour-fraction must be between 0 and 1, got {tumour_fraction}")
+        check_fraction(tumour_fraction, "--tumour-fraction")
         self.device = torch.device(device)
         self.context = check_context(context)
         self.flip = flip
@@ -87,10 +87,10 @@ class DeviceSliceSampler:
         for s, (subject, k0) in enumerate(zip(subjects, offsets[:-1], strict=True)):
             k = len(subject.source)
             for dst, arr in ((self.source, subject.source), (self.target, subject.target)):
-                dst[k0 : k0 + k] = torch.from_numpy(_pad_to(arr, h, w)).to(self.device, storage)
-            fg_box.append(_boxes(_pad_to(subject.foreground, h, w)))
+                dst[k0 : k0 + k] = torch.from_numpy(pad_to(arr, h, w)).to(self.device, storage)
+            fg_box.append(slice_boxes(pad_to(subject.foreground, h, w)))
             tumour = subject.tumour if subject.tumour is not None else np.zeros((k, 1, 1), bool)
-            tu_box.append(_boxes(_pad_to(tumour, h, w)) if subject.tumour is not None else _boxes(tumour))
+            tu_box.append(slice_boxes(pad_to(tumour, h, w)) if subject.tumour is not None else slice_boxes(tumour))
             table.append(k0 + stack_indices(k, np.arange(k), self.context))
             keep = (k0 + np.arange(k)) % world == rank  # the host sampler's slice sharding
             fg_frac = subject.foreground.mean(axis=(1, 2))

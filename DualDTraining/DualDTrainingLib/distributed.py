@@ -13,15 +13,19 @@ Single-process runs use the same object with ``world_size == 1``, where every co
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import TrainingError
 from .step import NonFiniteLossError
+
+T = TypeVar("T")
 
 # Index of each loss term in the poison flag (0 = healthy); which network a failing term belongs to.
 _TERMS = ("D1", "D2", "G", "G_reconstruction", "G_adv_global", "G_adv_local")
@@ -151,6 +155,21 @@ def stop_together(ctx: DistContext, networks: dict[str, nn.Module], exc: NonFini
     gradient all-reduce of the failing network (they then raise :class:`PeerNonFiniteError`)."""
     if not isinstance(exc, PeerNonFiniteError):
         ctx.poison(networks[TERM_NETWORK.get(exc.term, "generator")], exc.term)
+
+
+def on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 and hand its result (or its user-facing error) to every rank."""
+    result: Any = None
+    error: str | None = None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except (ValueError, OSError, RuntimeError) as exc:  # DiscoveryError/PreprocessError are ValueErrors
+            error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    result, error = ctx.broadcast_object((result, error))
+    if error is not None:
+        raise TrainingError(error)
+    return result
 
 
 def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:

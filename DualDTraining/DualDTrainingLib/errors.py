@@ -12,6 +12,10 @@ class TrainingError(DualDError):
     """A problem with the user's data or options; the message is one sentence."""
 
 
+class DiscoveryError(DualDError):
+    """The data cannot be used at all (bad path, unknown contrast, nothing found) or a pair's file cannot be read."""
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped early (signal: 130/143 after saving; non-finite loss: 3, nothing saved)."""
 

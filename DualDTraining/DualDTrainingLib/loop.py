@@ -17,6 +17,9 @@ under torchrun each update is checked before it is applied (the peers' gradient 
 the failure). On CUDA the batches come from ``DeviceSliceSampler`` (slices resident on the GPU, its
 generator state in the checkpoint); on the CPU from ``SliceSampler``. A SIGKILL (Slicer's Cancel)
 cannot be caught: at most ``checkpoint_every`` steps are lost.
+
+Beside this file: ``preparation.py`` (the subjects), ``resume.py`` (what a checkpoint carries and puts
+back), ``run_folder.py`` (the output folder), ``distributed.on_main`` (rank 0's work handed to every rank).
 """
 
 from __future__ import annotations
@@ -25,29 +28,23 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-from DualDSynthesisLib.core.errors import DualDError
-from DualDSynthesisLib.imaging.atomic import remove_stale_partials
 from DualDSynthesisLib.imaging.bundle import BundleMetadata, save_bundle
 from DualDSynthesisLib.imaging.figures import write_png
 from DualDSynthesisLib.imaging.fingerprint import fingerprint
 from DualDSynthesisLib.imaging.preprocess import PreprocessingSpec
-from DualDSynthesisLib.model.networks import ArchitectureConfig
 
 from . import checkpoint as ckpt
 from .augment import SourceAugmentation
+from .best_metric import is_better
 from .config import RunConfig
 from .dataset import (
     PreparedSubject,
@@ -55,74 +52,26 @@ from .dataset import (
     base_spec,
     choose_splits,
     finish_spec,
-    inplane_spacing,
-    parse_spacing,
-    prepare_subject,
     shard_pairs,
 )
 from .device_sampler import DeviceSliceSampler
 from .discovery import DiscoveryError, discover
-from .distributed import DistContext, PeerNonFiniteError, init_from_env, stop_together
+from .distributed import DistContext, PeerNonFiniteError, init_from_env, on_main, stop_together
 from .errors import EXIT_NON_FINITE, TrainingError, TrainingStopped
 from .loss_window import LossWindow
+from .option_values import parse_spacing
+from .preparation import default_spacing, prepare_each, size_multiple
 from .reporting import Progress, Reporter, sample_grid
+from .resume import capture_streams, check_resume, restore_streams, set_learning_rates
+from .run_folder import prepare_output, remove_if_only_logs
 from .signals import StopSignals
 from .step import DualDTrainer, NonFiniteLossError
-from .validation import held_out_calibration, is_better, jsonable_metrics, sample_captions, validate
+from .validation import held_out_calibration, jsonable_metrics, sample_captions, validate
 
 PARAM_DIGEST_ENV = "DUALD_TRAIN_PARAM_DIGEST_DIR"  # tests: each rank writes a digest of its parameters
-_ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", "model-final.safetensors", "model-best.safetensors",
-              "metrics.jsonl", "run.json")
-_ARTEFACT_DIRS = ("tensorboard", "samples")
-T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _on_main(ctx: DistContext, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 and hand its result (or its user-facing error) to every rank."""
-    result: Any = None
-    error: str | None = None
-    if ctx.is_main:
-        try:
-            result = fn()
-        except (ValueError, OSError, RuntimeError) as exc:  # DiscoveryError/PreprocessError are ValueErrors
-            error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-    result, error = ctx.broadcast_object((result, error))
-    if error is not None:
-        raise TrainingError(error)
-    return result
-
-
-def _naming_file(message: str, pair: Any) -> str:
-    """``target is constant …`` → ``target file sub03_t2.nii.gz is constant …``: name the file, once."""
-    for role in ("source", "target", "mask", "foreground"):
-        path = getattr(pair, role, None)
-        if path is not None and message.startswith(role + " ") and path.name not in message:
-            return f"{role} file {path.name}{message[len(role):]}"
-    return message
-
-
-def prepare_each(pairs: list, spec: PreprocessingSpec, workers: int) -> tuple[list[PreparedSubject],
-                                                                             list[tuple[str, str]]]:
-    """Prepare every pair; a pair with a user-data problem (constant target, NaN voxels, unreadable file)
-    is dropped with its reason as (subject, reason) instead of aborting the run. Programming errors propagate."""
-
-    def one(pair: Any) -> tuple[PreparedSubject | None, str | None]:
-        try:
-            return prepare_subject(pair, spec), None
-        except DualDError as exc:
-            return None, _naming_file(str(exc).rstrip("."), pair).replace(f"subject {pair.subject}: ", "")
-
-    if workers <= 1 or len(pairs) <= 1:
-        results = [one(p) for p in pairs]
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(pairs))) as pool:
-            results = list(pool.map(one, pairs))
-    kept = [r for r, _ in results if r is not None]
-    dropped = [(p.subject, why) for p, (_, why) in zip(pairs, results, strict=True) if why is not None]
-    return kept, dropped
 
 
 def _git_commit() -> str | None:
@@ -132,46 +81,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a non-empty folder without ``overwrite``; with it, remove only our artefacts."""
-    if output.exists() and not output.is_dir():
-        raise TrainingError(f"output {output} exists and is not a folder")
-    if resume:
-        if not (output / ckpt.LAST).is_file():
-            raise TrainingError(f"--resume was given but {output} holds no {ckpt.LAST} to resume from")
-        remove_stale_partials(output)  # left by a kill during a write; never read
-        return
-    if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise TrainingError(f"output folder {output} is not empty; pass --overwrite to replace its training "
-                                "files or --resume to continue the run in it")
-        for name in _ARTEFACTS:
-            (output / name).unlink(missing_ok=True)
-        for name in _ARTEFACT_DIRS:
-            shutil.rmtree(output / name, ignore_errors=True)
-    output.mkdir(parents=True, exist_ok=True)
-
-
-def _default_spacing(pairs: list) -> tuple[float, float]:
-    """The training sources' in-plane spacing (median when they differ), read from headers only."""
-    spacings = []
-    for pair in pairs:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(pair.source))
-        reader.ReadImageInformation()
-        img = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-        img.SetSpacing(reader.GetSpacing())
-        img.SetDirection(reader.GetDirection())
-        spacings.append(inplane_spacing(img))
-    med = np.median(np.array(spacings), axis=0)
-    return float(med[0]), float(med[1])
-
-
-def _size_multiple(arch: ArchitectureConfig) -> int:
-    # G halves the slice g_depth times; D2 down-samples by 8 and D1 needs ≥ 16 pixels.
-    return int(np.lcm(arch.size_multiple, 16))
 
 
 def use_device_sampler(device: torch.device) -> bool:
@@ -212,18 +121,18 @@ class Run:
 
     def setup(self) -> None:
         cfg, ctx = self.cfg, self.ctx
-        _on_main(ctx, lambda: prepare_output(cfg.output, cfg.resume, cfg.overwrite))
-        self.state = _on_main(ctx, lambda: ckpt.load_checkpoint(cfg.output / ckpt.LAST)) if cfg.resume else None
+        on_main(ctx, lambda: prepare_output(cfg.output, cfg.resume, cfg.overwrite))
+        self.state = on_main(ctx, lambda: ckpt.load_checkpoint(cfg.output / ckpt.LAST)) if cfg.resume else None
         if self.state is not None:
-            self._check_resume(self.state["run"])
+            check_resume(self.state["run"], cfg)
 
         def find() -> tuple:
             found = discover(cfg.data, cfg.source, cfg.target)
             train, val = choose_splits(found.pairs, cfg.val_subjects)
-            spacing = parse_spacing(cfg.spacing) or _default_spacing(train)
+            spacing = parse_spacing(cfg.spacing) or default_spacing(train)
             return found, train, val, spacing
 
-        found, train, val, spacing = _on_main(ctx, find)
+        found, train, val, spacing = on_main(ctx, find)
         self.say(f"{found.summary()}: {len(train)} for training, {len(val)} for validation "
                  f"({', '.join(p.subject for p in val) or 'none'})")
         for note in found.notes:
@@ -234,11 +143,28 @@ class Run:
         if self.state is not None:
             spec = PreprocessingSpec.from_dict(self.state["preprocessing"])
         else:
-            spec = base_spec(cfg.resolved_target_kind(), spacing, _size_multiple(self.arch),
+            spec = base_spec(cfg.resolved_target_kind(), spacing, size_multiple(self.arch),
                              source_norm=cfg.source_norm, context_slices=cfg.context_slices)
-        mine, shard_slices = shard_pairs(train, ctx.rank, ctx.world_size)
         t0 = time.time()
-        subjects, dropped = prepare_each(mine, spec, cfg.workers)
+        subjects, train, shard_slices = self._prepare_training(train, spec)
+        self._prepare_validation(val)
+        self._make_samplers(subjects, shard_slices)
+        del subjects
+        self.train_names = [p.subject for p in train]
+        self.say(f"prepared {len(train)} training subject(s) in {time.time() - t0:.1f} s: "
+                 f"{len(self.sampler)} slices of {self.sampler.shape[0]}×{self.sampler.shape[1]} on rank 0 "
+                 f"({self.sampler.foreground_slices} with foreground); spacing {self.spec.spacing} mm")
+        if cfg.best_metric.endswith("_tumour") and self.val_subjects and not any(
+                s.tumour is not None and s.tumour.any() for s in self.val_subjects):
+            raise TrainingError(f"--best-metric {cfg.best_metric} needs a tumour mask in a validation subject; "
+                                "none has one")
+
+    def _prepare_training(self, train: list, spec: PreprocessingSpec) -> tuple[list[PreparedSubject], list, bool]:
+        """(this rank's prepared subjects, the training pairs left, whether slices are sharded); sets the
+        final ``spec`` (the target's reference from every rank's subjects) and the data's fingerprint."""
+        ctx = self.ctx
+        mine, shard_slices = shard_pairs(train, ctx.rank, ctx.world_size)
+        subjects, dropped = prepare_each(mine, spec, self.cfg.workers)
         dropped = [d for per_rank in ctx.gather_objects(dropped) for d in per_rank]
         for subject, reason in dict(dropped).items():
             self.say(f"rejected {subject}: {reason}")
@@ -251,12 +177,19 @@ class Run:
         if shard_slices:
             fitted = fitted[: len(train)]  # every rank prepared all subjects: count each once
         self.spec = spec if self.state is not None else finish_spec(spec, fitted)
+        return subjects, train, shard_slices
+
+    def _prepare_validation(self, val: list) -> None:
         self.val_subjects = []
-        if ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
-            self.val_subjects, val_dropped = prepare_each(val, self.spec, cfg.workers)
+        if self.ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
+            self.val_subjects, val_dropped = prepare_each(val, self.spec, self.cfg.workers)
             for subject, reason in val_dropped:
                 self.say(f"rejected {subject} (validation): {reason}")
-        self.has_validation = bool(ctx.broadcast_object(bool(self.val_subjects)))
+        self.has_validation = bool(self.ctx.broadcast_object(bool(self.val_subjects)))
+
+    def _make_samplers(self, subjects: list[PreparedSubject], shard_slices: bool) -> None:
+        """The slice sampler (on the device on CUDA) and the source augmentation, each with its own stream."""
+        cfg, ctx = self.cfg, self.ctx
         self.sampler_rng = np.random.default_rng([cfg.seed, ctx.rank])
         shard = (ctx.rank, ctx.world_size) if shard_slices else (0, 1)
         if use_device_sampler(ctx.device):
@@ -267,23 +200,6 @@ class Run:
             self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip, shard,
                                         cfg.crop_size, self.spec.context_slices)
         self.augment = SourceAugmentation(cfg.augment, seed=cfg.seed * 7919 + ctx.rank)
-        del subjects
-        self.train_names = [p.subject for p in train]
-        self.say(f"prepared {len(train)} training subject(s) in {time.time() - t0:.1f} s: "
-                 f"{len(self.sampler)} slices of {self.sampler.shape[0]}×{self.sampler.shape[1]} on rank 0 "
-                 f"({self.sampler.foreground_slices} with foreground); spacing {self.spec.spacing} mm")
-        if cfg.best_metric.endswith("_tumour") and self.val_subjects and not any(
-                s.tumour is not None and s.tumour.any() for s in self.val_subjects):
-            raise TrainingError(f"--best-metric {cfg.best_metric} needs a tumour mask in a validation subject; "
-                                "none has one")
-
-    def _check_resume(self, saved: dict[str, Any]) -> None:
-        cfg = self.cfg
-        for key in ("variant", "base_width", "depth", "d2_base_width", "source", "target", "source_norm",
-                    "context_slices", "error_head", "d2_head"):
-            if key in saved and saved[key] != getattr(cfg, key):
-                raise TrainingError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
-                                    f"{saved[key]}, not {getattr(cfg, key)}")
 
     def build(self) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -294,26 +210,11 @@ class Run:
         torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # the gradient penalty's noise differs per rank
         if self.state is not None:
             ckpt.apply_checkpoint(self.trainer, self.state)
-            lrs = {"generator": cfg.lr_g, "critic": cfg.lr_d1, "local": cfg.lr_d2}
-            for name, opt in self.trainer.optimizers().items():
-                for group in opt.param_groups:
-                    group["lr"] = lrs[name]  # the command line's rates win (e.g. lower after a NaN)
-            rng = self.state["rng"]
-            if len(rng) == ctx.world_size:
-                ckpt.restore_rng(rng[ctx.rank], self.sampler_rng)
-                if "augment" in rng[ctx.rank]:
-                    self.augment.set_rng_state(rng[ctx.rank]["augment"])
-                if isinstance(self.sampler, DeviceSliceSampler):
-                    if "device_sampler" in rng[ctx.rank]:
-                        self.sampler.set_rng_state(rng[ctx.rank]["device_sampler"])
-                    else:
-                        self.say("note: the checkpoint was written with the host sampler: device sampling is "
-                                 "re-seeded")
-            else:
-                self.say(f"note: the checkpoint was written by {len(rng)} rank(s), this run has {ctx.world_size}: "
-                         "sampling is re-seeded")
-                self.sampler_rng.bit_generator.state = np.random.default_rng(
-                    [cfg.seed, ctx.rank, self.trainer.step_count]).bit_generator.state
+            set_learning_rates(self.trainer, cfg)
+            note = restore_streams(self.state["rng"], ctx.rank, ctx.world_size, self.sampler_rng, self.augment,
+                                   self.sampler, [cfg.seed, ctx.rank, self.trainer.step_count])
+            if note:
+                self.say(note)
             self.best = self.state["best"]
             self.state = None  # free the copy of the weights
         for module in self.trainer.networks().values():
@@ -327,10 +228,7 @@ class Run:
 
     def save_checkpoint(self, path: Path | None = None) -> None:
         self.trainer.check_finite()  # never write a state a non-finite update reached (deferred checks)
-        state = {**ckpt.capture_rng(self.sampler_rng), "augment": self.augment.rng_state()}
-        if isinstance(self.sampler, DeviceSliceSampler):
-            state["device_sampler"] = self.sampler.rng_state().cpu()
-        rng = self.ctx.gather_objects(state)
+        rng = self.ctx.gather_objects(capture_streams(self.sampler_rng, self.augment, self.sampler))
         if self.ctx.is_main:
             ckpt.save_checkpoint(path or self.cfg.output / ckpt.LAST, self.trainer, rng, self.spec.to_dict(),
                                  self._run_record(), self.best)
@@ -520,15 +418,4 @@ def run_training(cfg: RunConfig) -> int:
         run.close()
         ctx.close()
         if failed and not existed and ctx.is_main:  # a run that failed before writing anything leaves no folder
-            _remove_if_only_logs(cfg.output)
-
-
-def _remove_if_only_logs(output: Path) -> None:
-    """Remove ``output`` (which this run created) when it holds no checkpoint or bundle: only the run
-    record, the log, empty folders — what a run that failed early leaves."""
-    if not output.is_dir():
-        return
-    keep = ("checkpoint-", "model-")
-    if any(p.name.startswith(keep) for p in output.iterdir()):
-        return
-    shutil.rmtree(output, ignore_errors=True)
+            remove_if_only_logs(cfg.output)

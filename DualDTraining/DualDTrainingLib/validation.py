@@ -26,23 +26,6 @@ from DualDSynthesisLib.model.slicestack import slice_stack
 
 from .dataset import PreparedSubject
 
-METRICS = ("psnr", "mae", "ssim")
-REGIONS = ("volume", "foreground", "tumour")
-
-
-def metric_names() -> list[str]:
-    return [f"{m}_{r}" for m in METRICS for r in REGIONS]
-
-
-def higher_is_better(name: str) -> bool:
-    return not name.startswith("mae")
-
-
-def check_metric_name(name: str) -> str:
-    if name not in metric_names():
-        raise ValueError(f"unknown --best-metric {name!r}; choose one of {', '.join(metric_names())}")
-    return name
-
 
 @torch.no_grad()
 def predict(generator: torch.nn.Module, source: np.ndarray, device: torch.device, batch_size: int,
@@ -193,14 +176,6 @@ def held_out_calibration(validation: dict[str, Any] | None) -> ErrorCalibration:
         return ErrorCalibration.from_ratios(ratios, f"duald-train validation subjects at step {validation['step']}")
     except CalibrationError:  # only perfect predictions (NaN ratios): nothing to calibrate on
         return ErrorCalibration()
-
-
-def is_better(value: float | None, best: float | None, name: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    if best is None:
-        return True
-    return value > best if higher_is_better(name) else value < best
 
 
 def jsonable_metrics(values: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
-from DualDSynthesisLib.cli.synthesize import naming_input
-from DualDSynthesisLib.core.errors import DualDError
+from DualDSynthesisLib.core.errors import DualDError, naming_input
 from DualDSynthesisLib.imaging import io as vio
 from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_source, stored_units
 from DualDSynthesisLib.imaging.preprocess import PreprocessError, validate_volume

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.console import HelpFormatter, safe_console
-from ..core.errors import DualDError
+from ..core.errors import DualDError, naming_input
 from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 from ..imaging import io as vio
 from ..imaging.atomic import remove_stale_partials, stale_note
@@ -62,11 +62,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def naming_input(name: str, message: str) -> str:
-    """``message`` naming the input ``name`` exactly once (the message may already name it)."""
-    return message if name in message else f"{name}: {message}"
 
 
 def _per_input_message(name: str, exc: BaseException) -> str:

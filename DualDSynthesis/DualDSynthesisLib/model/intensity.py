@@ -5,8 +5,9 @@ One small class per scheme behind a registry keyed by ``kind`` (:func:`register`
 foreground, ``fit`` (a volume's parameters as a small frozen object), ``forward``/``inverse``, the
 background value, units and data range, and its own strict ``to_dict``/``from_dict``; the model bundle
 records the mapping and training and inference apply it identically. Kinds: ``mri_percentile``,
-``mri_peak`` (one scale per MRI volume), ``mri_zscore`` (mean and spread of the MRI foreground) and
-``ct_hu`` (a fixed HU window). ``--source-norm`` names map to mappings in :data:`SOURCE_NORMS`.
+``mri_peak`` (one scale per MRI volume), ``mri_zscore`` (mean and spread of the MRI foreground), ``mri_rank``
+(the foreground's ranks, in :mod:`intensity_rank`) and ``ct_hu`` (a fixed HU window). ``--source-norm`` names
+map to mappings in :data:`SOURCE_NORMS`.
 
 The arithmetic is written once for numpy arrays and torch tensors (operators, clipping), so the device
 path (``imaging.device_prepare``) runs these same methods on the GPU. The few reductions the two spell
@@ -21,7 +22,6 @@ A new scheme is one class here (registered, with its tests) and, for a source ma
 
 from __future__ import annotations
 
-import itertools
 import math
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -40,6 +40,7 @@ from .intensity_base import (
     FourKeyMapping,
     IntensityMapping,
     IntensityParams,
+    MriForeground,
     PreprocessError,
     _fill_holes_per_slice,
     clip_,
@@ -56,6 +57,7 @@ from .intensity_base import (
     register,
     times,
 )
+from .intensity_rank import ForegroundRank, RankParams
 
 __all__ = [  # the frame's names are re-exported: callers import mappings from this module
     "CT_BODY_THRESHOLD_HU",
@@ -106,15 +108,8 @@ class ScaleParams(IntensityParams):
         object.__setattr__(self, "scale", finite("intensity scale", self.scale, positive=True))
 
 
-class _MriForeground:
-    def threshold(self, arr: Any, ops: ArrayOps = NUMPY_OPS) -> Any:
-        """Voxels above :func:`mri_threshold`; none without a positive voxel."""
-        value = mri_threshold(arr, ops)
-        return arr > (math.inf if value is None else value)
-
-
 @dataclass(frozen=True)
-class _ScaleMapping(_MriForeground, FourKeyMapping):
+class _ScaleMapping(MriForeground, FourKeyMapping):
     """normalised = raw / scale clipped to ``clip`` (background, ≤ 0, lands at 0)."""
 
     params_type: ClassVar[type[IntensityParams]] = ScaleParams
@@ -204,7 +199,7 @@ class ZScoreParams(IntensityParams):
 
 @register
 @dataclass(frozen=True)
-class ZScore(_MriForeground, IntensityMapping):
+class ZScore(MriForeground, IntensityMapping):
     """``mri_zscore``: normalised = 1 + (raw − mean) / (k·std) over the foreground, clipped to ``clip``;
     raw ≤ threshold (background) → exactly 0.
 
@@ -298,119 +293,6 @@ class ZScore(_MriForeground, IntensityMapping):
                 raise PreprocessError(f"a z-score reference must be an object of mean, std and threshold, got {ref!r}.")
             ref = ZScoreParams(ref["mean"], ref["std"], ref["threshold"])
         return cls(k=d.get("k", 3.0), clip=clip_setting(d, (0.0, 3.0)), reference=ref)
-
-
-# ----------------------------------------------------------------------------- MRI: foreground ranks
-
-
-_RANK_SAMPLES = 1_000_000  # the landmarks are percentiles of a strided subsample of the foreground
-
-
-@dataclass(frozen=True)
-class RankParams(IntensityParams):
-    """One MRI volume's histogram landmarks: the raw values at its foreground's 0th, 1st, …, 100th
-    percentiles (strictly increasing), and the raw foreground threshold (:func:`mri_threshold`)."""
-
-    landmarks: tuple[float, ...]
-    threshold: float
-
-    def __post_init__(self) -> None:
-        values = tuple(finite("rank landmark", v) for v in self.landmarks)
-        if len(values) < 2 or any(b <= a for a, b in itertools.pairwise(values)):
-            raise PreprocessError("rank landmarks must be at least two strictly increasing numbers.")
-        object.__setattr__(self, "landmarks", values)
-        object.__setattr__(self, "threshold", finite("rank threshold", self.threshold))
-
-
-def _piecewise_linear(x: Any, xp: np.ndarray, fp: np.ndarray) -> Any:
-    """``np.interp(x, xp, fp)`` (clamped at both ends) for numpy arrays and torch tensors alike: a tensor
-    gets the sum of its clamped segments, elementwise operators only (this module does not import torch)."""
-    if not is_tensor(x):
-        return np.interp(np.asarray(x, dtype=np.float32), xp, fp).astype(np.float32)
-    x64 = x.double()  # a sum of ~100 segments in float32 would drift 1e-5 from numpy's
-    y = x64.new_full(x.shape, float(fp[0]))
-    for i in range(len(xp) - 1):
-        slope = float((fp[i + 1] - fp[i]) / (xp[i + 1] - xp[i]))
-        y += (x64.clamp(float(xp[i]), float(xp[i + 1])) - float(xp[i])) * slope
-    return y.float()
-
-
-@register
-@dataclass(frozen=True)
-class ForegroundRank(_MriForeground, IntensityMapping):
-    """``mri_rank``: histogram equalisation in the foreground. A voxel's normalised value is its rank among
-    the foreground's voxels, from ``low`` (the darkest) to 1 (the brightest), piecewise linear between the
-    ``points`` percentile landmarks; background (raw ≤ threshold) → exactly 0.
-
-    Why: any monotone change of the source's contrast — another scanner's gamma, T1 sequence, bias in the
-    grey/white ratio, a scalp that sets the 99.5th percentile — leaves the ranks unchanged, so the network
-    sees one contrast from every site. ``low`` > 0 keeps the darkest tissue apart from the background. It
-    is a source normalisation: it has no linear units to restore a synthetic target to."""
-
-    points: int = 101
-    low: float = 0.1
-
-    kind: ClassVar[str] = "mri_rank"
-    params_type: ClassVar[type[IntensityParams]] = RankParams
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.points, int) or not 2 <= self.points <= 1001:
-            raise PreprocessError(f"rank points must be a whole number from 2 to 1001, got {self.points!r}.")
-        low = finite("rank low", self.low)
-        if not 0.0 < low < 1.0:
-            raise PreprocessError(f"rank low must lie between 0 and 1, got {low}.")
-        object.__setattr__(self, "low", low)
-
-    @property
-    def _levels(self) -> np.ndarray:
-        return np.linspace(self.low, 1.0, self.points)
-
-    def _fit(self, arr: Any, values: Any, ops: ArrayOps) -> RankParams:
-        host = ops.to_host(values[:: max(1, len(values) // _RANK_SAMPLES)]).astype(np.float64)
-        marks = np.percentile(host, np.linspace(0.0, 100.0, self.points))
-        # ties (quantised or flat data) would stall the interpolation: space equal landmarks minimally apart
-        eps = max(abs(float(marks[-1])), 1.0) * 1e-6
-        marks = np.maximum.accumulate(marks) + eps * np.arange(self.points)
-        threshold = mri_threshold(arr, ops)
-        return RankParams(tuple(float(v) for v in marks), 0.0 if threshold is None else threshold)
-
-    def forward(self, arr: Any, params: IntensityParams, out: np.ndarray | None = None) -> Any:
-        p = self._check(params)
-        y = _piecewise_linear(arr, np.asarray(p.landmarks), self._levels)
-        y *= arr > np.float32(p.threshold)  # background → exactly 0
-        if out is not None:
-            out[...] = y
-            return out
-        return y
-
-    def inverse(self, arr: Any, params: IntensityParams) -> Any:
-        p = self._check(params)
-        y = _piecewise_linear(clipped(arr, self.low, 1.0), self._levels, np.asarray(p.landmarks))
-        background = clipped(arr, 0.0, 1.0) <= 0.0
-        y[background] = self.background_value
-        return y
-
-    def units_per_normalised(self, params: IntensityParams) -> float:
-        raise PreprocessError("mri_rank is a source normalisation: it has no units to give errors in.")
-
-    @property
-    def reference_params(self) -> RankParams:
-        raise PreprocessError("mri_rank is a source normalisation: it cannot restore a synthetic image's units.")
-
-    def with_reference(self, fitted: Sequence[IntensityParams]) -> IntensityMapping:
-        raise PreprocessError("mri_rank is a source normalisation; a model's target needs a scale mapping.")
-
-    @property
-    def description(self) -> str:
-        return f"foreground rank ({self.low:g} darkest to 1 brightest)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "points": self.points, "low": self.low}
-
-    @classmethod
-    def _from_settings(cls, d: dict[str, Any]) -> IntensityMapping:
-        refuse_unknown(d, {"kind", "points", "low"})
-        return cls(points=d.get("points", 101), low=d.get("low", 0.1))
 
 
 # ----------------------------------------------------------------------------- CT

@@ -129,6 +129,15 @@ def mri_threshold(arr: Any, ops: ArrayOps = NUMPY_OPS) -> float | None:
     return MRI_FOREGROUND_FRACTION * ops.percentile(positive, 99.0)
 
 
+class MriForeground:
+    """The MRI schemes' ``threshold`` (mixed in before :class:`IntensityMapping`)."""
+
+    def threshold(self, arr: Any, ops: ArrayOps = NUMPY_OPS) -> Any:
+        """Voxels above :func:`mri_threshold`; none without a positive voxel."""
+        value = mri_threshold(arr, ops)
+        return arr > (math.inf if value is None else value)
+
+
 def histogram_peak(values: np.ndarray, bins: int = 128) -> float:
     """Centre of the highest bin of the smoothed histogram of ``values`` between their 2nd and 99.8th
     percentiles (the robust range: background spill and hot voxels cannot win)."""

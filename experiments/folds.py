@@ -2,7 +2,8 @@
 
 A "source" is a site/scanner/data set (BraTS, TCGA, a hospital); subjects of one source share its
 look, so a subject-level split would leak the test site into training. Each source is the test fold
-exactly once; the folds' training sets are the other sources' subjects.
+exactly once; the folds' training sets are the other sources' subjects. Experiment code (``loso.py``,
+``loso_data.py``): the product never splits by source.
 """
 
 from __future__ import annotations
