@@ -21,7 +21,7 @@ from pathlib import Path
 
 from DualDSynthesisLib.core.console import safe_console
 
-from .ports import bind_problem, port_number, usable_port
+from .ports import BIND_ERRNOS, bind_problem, port_number, usable_port
 
 PROG = "duald-view"
 EXIT_BAD_INPUT = 2
@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     try:  # timeout=0: trame's silent auto-shutdown is replaced by exit_when_idle
         viewer.server.start(host=args.host, port=port, open_browser=args.open, show_connection_info=True, timeout=0)
-    except OSError as error:  # taken between the check and now
+    except OSError as error:
+        if error.errno not in BIND_ERRNOS:
+            raise
+        # The port was taken between the check and now.
         print(f"{PROG}: error: {bind_problem(args.host, port, error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

@@ -12,6 +12,7 @@ import errno
 import socket
 
 MAX_PORT = 65535
+BIND_ERRNOS = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)  # the ones bind_problem words itself
 
 
 def port_number(text: str) -> int:

@@ -103,7 +103,9 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-_HOLDING = threading.Lock()  # fd 2 is the process's: one write holds it at a time, a concurrent one prints as usual
+# fd 2 is the process's: one write redirects it at a time (what a concurrent write prints meanwhile lands in the
+# same buffer and shares its fate).
+_HOLDING = threading.Lock()
 
 
 def _stderr_sink() -> tuple[int, BinaryIO] | None:
