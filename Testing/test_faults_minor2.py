@@ -241,13 +241,15 @@ def test_view_demo_reuses_the_demos_files_until_the_model_is_newer(tmp_path: Pat
     assert _view_demo_runs_the_demo(tmp_path)  # nothing there yet
     out = tmp_path / "demo-output"
     out.mkdir()
+    half_an_hour_ago = time.time() - 1800  # explicit times: the clock's granularity may make "now" equal
     for key in ("synthetic", "heatmap"):
         (out / demo.OUTPUTS[key]).write_text("")
-    assert not _view_demo_runs_the_demo(tmp_path)
+        os.utime(out / demo.OUTPUTS[key], (half_an_hour_ago, half_an_hour_ago))
+    assert not _view_demo_runs_the_demo(tmp_path)  # the model is an hour old
     os.utime(model)  # a new model: its outputs are out of date
     assert _view_demo_runs_the_demo(tmp_path)
-    os.utime(out / demo.OUTPUTS["synthetic"])
-    os.utime(out / demo.OUTPUTS["heatmap"])
+    for key in ("synthetic", "heatmap"):
+        os.utime(out / demo.OUTPUTS[key], (time.time() + 60, time.time() + 60))
     (out / demo.OUTPUTS["heatmap"]).unlink()
     assert _view_demo_runs_the_demo(tmp_path)  # one missing
 
