@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,24 @@ class DualDViewer:
         protocol = self.server.protocol
         protocol.onConnect = lambda _request, client_id: self._clients.add(client_id)
         protocol.onClose = self._client_closed
+
+    def exit_when_idle(self, seconds: float, announce: Callable[[], None]) -> None:
+        """Stop the server once no tab has been connected (and nothing run) for ``seconds``; 0: never.
+        ``announce`` says so first: an exit without a word looks like a crash."""
+        if seconds > 0:
+            self.ctrl.on_server_ready.add(lambda **_: create_task(self._idle_watch(seconds, announce)))
+
+    async def _idle_watch(self, seconds: float, announce: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
+        while True:
+            await asyncio.sleep(min(seconds, 1.0))
+            if self._clients or self.session.running:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= seconds:
+                announce()
+                await self.server.stop()
+                return
 
     def _client_closed(self, client_id: str) -> None:
         self._clients.discard(client_id)

@@ -2,8 +2,12 @@
 
     duald-view [SOURCE [SEGMENTATION [REFERENCE]]] [--port 8080] [--host 127.0.0.1 --allow-remote]
                [--model BUNDLE] [--device auto] [--synthetic PATH [--heatmap PATH]] [--open]
+               [--idle-exit 300]
 
 --synthetic/--heatmap show an earlier run's outputs (e.g. demo-output/) over SOURCE without synthesizing.
+
+It stops by itself --idle-exit seconds after the last browser tab closed (or after the start if none
+opened), saying so; --idle-exit 0 keeps it running until Ctrl+C.
 
 It has no authentication: it serves on loopback only, and any other host needs --allow-remote.
 """
@@ -17,15 +21,41 @@ from pathlib import Path
 
 from DualDSynthesisLib.core.console import safe_console
 
+from .ports import BIND_ERRNOS, bind_problem, port_number, usable_port
+
 PROG = "duald-view"
 EXIT_BAD_INPUT = 2
+DEFAULT_IDLE_EXIT_S = 300  # what trame's own auto-shutdown used; now announced and adjustable
+
+
+def _seconds(text: str) -> int:
+    """argparse type for --idle-exit: whole seconds, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more; 0: never stop)")
+    return value
+
+
+def idle_note(seconds: int) -> str:
+    """How the viewer ends, for the "serving on" line."""
+    if seconds == 0:
+        return "it runs until Ctrl+C"
+    return f"it stops {seconds} s after the last tab closes; --idle-exit 0 keeps it running"
+
+
+def idle_exit_message(seconds: int) -> str:
+    return (f"{PROG}: no browser tab has been open for {seconds} s, so the viewer stops; "
+            f"start it with --idle-exit 0 to keep it running, or a longer --idle-exit SECONDS")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="*", type=Path, metavar="FILES",
                    help="source volume, then optionally a segmentation (labels) and a reference (real target)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--port", type=port_number, default=8080, help="port 0-65535 (default 8080; 0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other than loopback; the viewer has NO authentication")
@@ -34,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=Path, help="show this earlier synthetic volume over SOURCE")
     p.add_argument("--heatmap", type=Path, help="and this earlier difficulty heatmap (needs --synthetic)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--idle-exit", type=_seconds, default=DEFAULT_IDLE_EXIT_S, metavar="SECONDS",
+                   help=f"stop this many seconds after the last browser tab closed, or after the start if none "
+                        f"opened (default {DEFAULT_IDLE_EXIT_S}; 0: never)")
     return p
 
 
@@ -71,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    port, problem = usable_port(args.host, args.port)  # before anything slow, and before "serving on"
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from .app import DualDViewer  # imports trame and slicer: only once the arguments are fine
 
     viewer = DualDViewer(models=args.model, device=args.device)
@@ -81,8 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic and not viewer.show_result(args.synthetic.resolve(), args.heatmap and args.heatmap.resolve()):
         print(f"{PROG}: error: {viewer.state.error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"{PROG}: serving on http://{args.host}:{args.port}/ (no authentication)", flush=True)
-    viewer.server.start(host=args.host, port=args.port, open_browser=args.open, show_connection_info=True)
+    viewer.exit_when_idle(args.idle_exit, lambda: print(idle_exit_message(args.idle_exit), flush=True))
+    print(f"{PROG}: serving on http://{args.host}:{port}/ (no authentication; {idle_note(args.idle_exit)})",
+          flush=True)
+    try:  # timeout=0: trame's silent auto-shutdown is replaced by exit_when_idle
+        viewer.server.start(host=args.host, port=port, open_browser=args.open, show_connection_info=True, timeout=0)
+    except OSError as error:
+        if error.errno not in BIND_ERRNOS:
+            raise
+        # The port was taken between the check and now.
+        print(f"{PROG}: error: {bind_problem(args.host, port, error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

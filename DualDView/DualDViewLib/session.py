@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from DualDSynthesisLib.core.errors import DualDError, naming_input
 from DualDSynthesisLib.imaging import io as vio
 from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_source, stored_units
+from DualDSynthesisLib.imaging.output_names import HEATMAP_SUFFIX, SYNTHETIC_SUFFIX
 from DualDSynthesisLib.imaging.preprocess import PreprocessError, validate_volume
 from DualDSynthesisLib.scene import mrml_io
 from DualDSynthesisLib.scene.logic import (
@@ -32,9 +33,6 @@ from DualDSynthesisLib.scene.logic import (
     SynthesisCancelled,
     SynthesisOutputs,
 )
-
-SYNTHETIC_SUFFIX = "_synthetic.nii.gz"
-HEATMAP_SUFFIX = "_difficulty.nii.gz"
 
 
 class ViewerError(DualDError):

@@ -11,9 +11,13 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from ..imaging.output_names import HEATMAP_SUFFIX, SYNTHETIC_SUFFIX
 from . import synthesize as cli
 
 MNI152_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+STEM = "mni152_t1"
+# What the demo writes into --output (the Makefile's view-demo target names the same files).
+OUTPUTS = {"synthetic": STEM + SYNTHETIC_SUFFIX, "heatmap": STEM + HEATMAP_SUFFIX, "png": "overview.png"}
 
 
 def mni152_t1() -> Path:
@@ -38,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [
         str(mni152_t1()),
         "-o",
-        str(out / "mni152_t1_synthetic.nii.gz"),
+        str(out / OUTPUTS["synthetic"]),
         "--heatmap",
-        str(out / "mni152_t1_difficulty.nii.gz"),
+        str(out / OUTPUTS["heatmap"]),
         "--png",
-        str(out / "overview.png"),
+        str(out / OUTPUTS["png"]),
         "--device",
         args.device,
         "--overwrite",  # the demo folder is ours: re-running the demo replaces its own outputs

@@ -37,6 +37,7 @@ from ..imaging.atomic import remove_stale_partials, stale_note
 from ..imaging.brainmask import SKULL_HANDLING
 from ..imaging.bundle import HEATMAP_SOURCES
 from ..imaging.dicom_export import DicomRequest
+from ..imaging.output_names import HEATMAP_SUFFIX, OVERVIEW_SUFFIX, SYNTHETIC_SUFFIX, is_derived_output
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -161,14 +162,39 @@ def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[di
 
         jobs.append({
             "input": path,
-            "output": place("output", "_synthetic.nii.gz"),
-            "heatmap_path": place("heatmap", "_difficulty.nii.gz"),
-            "png": place("png", "_overview.png"),
+            "output": place("output", SYNTHETIC_SUFFIX),
+            "heatmap_path": place("heatmap", HEATMAP_SUFFIX),
+            "png": place("png", OVERVIEW_SUFFIX),
             "mask": (_mask_for(args.mask, stem) if cohort else args.mask) if args.mask is not None else None,
             "dicom": None if args.dicom_out is None else DicomRequest(
                 args.dicom_out / stem if cohort else args.dicom_out, args.patient_id, args.patient_name),
         })
     return jobs
+
+
+def _without_our_outputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(inputs, skipped): a cohort run into its own folder must not synthesise its earlier outputs."""
+    skipped = [p for p in inputs if is_derived_output(p)]
+    return [p for p in inputs if not is_derived_output(p)], skipped
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _writes_onto_input(jobs: list[dict]) -> str | None:
+    """The one-sentence refusal when an output would be the input file itself (a link to it included).
+    Checked before the existing-output check, so the advice is never "pass --overwrite" on a source."""
+    options = {"output": "-o", "heatmap_path": "--heatmap", "png": "--png"}
+    for job in jobs:
+        for key, option in options.items():
+            if job[key] is not None and _same_file(Path(job[key]), Path(job["input"])):
+                return (f"{option} {job[key]} is the input file itself; the source is never written over, "
+                        "so choose another output name")
+    return None
 
 
 class _Progress:
@@ -227,10 +253,22 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     given = Path(args.input)
     cohort = not (given.is_file() or (given.is_dir() and vio.dicom_series(given)))
+    if cohort:
+        inputs, skipped = _without_our_outputs(inputs)
+        if skipped and not inputs:
+            return _fail(f"{args.input} holds only outputs of an earlier run ({skipped[0].name}, ...); "
+                         "give the folder or glob of the source volumes")
+        if skipped:
+            print(f"{PROG}: note: skipped {len(skipped)} file(s) named as this program names its outputs "
+                  f"({', '.join(f'*{s}' for s in (SYNTHETIC_SUFFIX, HEATMAP_SUFFIX))}), e.g. {skipped[0].name}",
+                  file=sys.stderr)
     try:
         jobs = _jobs(args, inputs, cohort)
     except OSError as exc:
         return _fail(str(exc))
+    onto_input = _writes_onto_input(jobs)
+    if onto_input:
+        return _fail(onto_input)
 
     from ..inference.engine import SynthesisCancelled, SynthesisEngine, SynthesisError, synthesize_file  # imports torch
 
@@ -245,6 +283,7 @@ def _main(args: argparse.Namespace) -> int:
             "trained local discriminator, so it cannot produce a heatmap; drop --heatmap"
         )
     folders = {Path(p).parent for job in jobs for p in (job["output"], job["heatmap_path"], job["png"]) if p}
+    folders |= {job["dicom"].folder.parent for job in jobs if job["dicom"] is not None}  # its staged folder
     for folder in sorted(folders):
         removed = remove_stale_partials(folder)
         if removed:

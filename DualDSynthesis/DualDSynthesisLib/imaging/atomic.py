@@ -9,6 +9,8 @@ JSON reports.
 Why verify: some writers (SimpleITK's NIfTI writer) do not raise on a short write, so on a full disk the
 rename would publish a truncated file as a success. A failed write or verification raises
 :class:`OutputWriteError` with one line naming the file and the free space, and removes the temporary.
+What a C writer prints on the process's stderr meanwhile (the NIfTI library's "** ERROR: NWAD: wrote only 0
+of N bytes") is held back: dropped when the write fails (our line says it), passed on when it succeeds.
 
 Temporary names are ``.<stem>.partial-<pid>-<hex8><suffix>``: the suffix is kept so format-sniffing
 writers pick the right format, and the writer's process id lets a later run tell a leftover of a killed
@@ -18,17 +20,22 @@ No torch, SimpleITK, Slicer or Qt import.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 import shutil
 import struct
+import sys
+import tempfile
+import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..core.errors import OutputWriteError
 
@@ -49,7 +56,8 @@ def _split_suffix(name: str) -> tuple[str, str]:
 
 
 def temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path`` with the same suffix, marked with this process's id."""
+    """A hidden name beside ``path`` (a file or a folder to be staged) with the same suffix, marked with this
+    process's id so that :func:`remove_stale_partials` can tell a killed run's leftover from a live one's."""
     stem, suffix = _split_suffix(path.name)
     return path.with_name(f".{stem}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
 
@@ -95,6 +103,58 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+# fd 2 is the process's: one write redirects it at a time (what a concurrent write prints meanwhile lands in the
+# same buffer and shares its fate).
+_HOLDING = threading.Lock()
+
+
+def _stderr_sink() -> tuple[int, BinaryIO] | None:
+    """(a copy of fd 2, an empty file to point fd 2 at), or None where fd 2 cannot be redirected."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no console (pythonw, a closed stderr)
+        return None
+    try:  # in memory where the OS allows it: the disk being written to may be the full one
+        sink = os.fdopen(os.memfd_create("duald-stderr"), "w+b") if hasattr(os, "memfd_create") else (
+            tempfile.TemporaryFile())  # noqa: SIM115  # closed by held_c_stderr
+    except OSError:
+        os.close(saved)
+        return None
+    return saved, sink
+
+
+@contextlib.contextmanager
+def held_c_stderr() -> Iterator[list[bytes]]:
+    """Send what is written to file descriptor 2 (C libraries, not only Python) to a buffer while the block runs.
+
+    Yields a list that holds the captured bytes after the block; the caller passes them on or drops them.
+    Where fd 2 cannot be redirected (no console, another write holds it now) nothing is captured."""
+    held: list[bytes] = []
+    if not _HOLDING.acquire(blocking=False):
+        yield held
+        return
+    try:
+        redirect = _stderr_sink()
+        if redirect is None:
+            yield held
+            return
+        saved, sink = redirect
+        with sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield held
+            finally:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()  # Python's own lines written meanwhile go to the sink too
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                held.append(sink.read())
+    finally:
+        _HOLDING.release()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -121,7 +181,8 @@ def write_temporary(path: Path, write: Callable[[Path], object], verify: Verifie
     tmp = temporary_name(path)
     try:
         try:
-            write(tmp)
+            with held_c_stderr() as printed:
+                write(tmp)
             if not tmp.is_file():
                 raise write_error(path, "the writer produced no file")
             # Some writers (safetensors) create 0600 files; outputs and bundles are meant to be shared, so
@@ -137,6 +198,9 @@ def write_temporary(path: Path, write: Callable[[Path], object], verify: Verifie
         problem = "it is empty" if tmp.stat().st_size == 0 else (verify(tmp) if verify is not None else None)
         if problem is not None:
             raise write_error(path, f"the written file is incomplete ({problem})")
+        for text in printed:  # a good write: whatever the writer said is not ours to hide
+            if text:
+                os.write(2, text)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -236,18 +300,25 @@ def _process_gone(pid: int) -> bool:
     return False
 
 
+def _size(entry: Path) -> int:
+    if entry.is_dir():
+        return sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+    return entry.stat().st_size
+
+
 def remove_stale_partials(folder: Path) -> list[tuple[Path, int]]:
     """Remove temporaries of our own naming left in ``folder`` by a killed run; returns (path, bytes) removed.
 
-    A temporary whose writer process is still alive is left alone (another run may be writing it).
-    Temporaries of the older naming without a process id are removed when older than an hour."""
+    Files and staged folders (a DICOM export is written into a hidden folder and renamed) alike. One whose
+    writer process is still alive is left alone (another run may be writing it). Temporaries of the older
+    naming without a process id are removed when older than an hour."""
     if not folder.is_dir():
         return []
     removed = []
     now = time.time()
     for entry in folder.iterdir():
         match = _PARTIAL.match(entry.name)
-        if match is None or not entry.is_file():
+        if match is None or entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
             continue
         try:
             if match.group(1) is not None and os.name == "posix":
@@ -255,8 +326,11 @@ def remove_stale_partials(folder: Path) -> list[tuple[Path, int]]:
             else:
                 stale = now - entry.stat().st_mtime > _STALE_AGE_S
             if stale:
-                size = entry.stat().st_size
-                entry.unlink()
+                size = _size(entry)
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed.append((entry, size))
         except OSError:
             continue

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import DualDError, OutputExistsError
-from .atomic import Verifier, commit, png_problem, write_temporary
+from .atomic import Verifier, commit, png_problem, temporary_name, write_temporary
 from .dicom_slices import place_slices
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -351,7 +351,7 @@ class AtomicOutputs:
         """A new hidden folder beside ``path`` to fill; :meth:`commit` puts it in place of ``path``."""
         self.check_folder(path, ours)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+        tmp = temporary_name(path)  # with this process's id: a killed run's folder is swept by the next run
         tmp.mkdir()
         self._pending.append((tmp, path))
         return tmp

@@ -26,6 +26,7 @@ ROW_NAMES = ("axial", "coronal", "sagittal")
 CAPTION_HEIGHT = 14  # figures.caption_strip
 MAX_SIDE = 2048  # the whole figure's width and height: a 1-slice or 2000×2000 input must not need gigabytes
 MAX_PANEL_WIDTH = (MAX_SIDE - 2 * GAP) // 3
+BLACK_LEVEL_CAP = 0.05  # the synthetic's black level rises to its background's level, at most this much of its window
 
 
 def _window(arr: np.ndarray) -> tuple[float, float]:
@@ -33,6 +34,25 @@ def _window(arr: np.ndarray) -> tuple[float, float]:
     sample = sample[np.isfinite(sample)]
     lo, hi = (np.percentile(sample, (0.5, 99.5)) if sample.size else (0.0, 1.0))
     return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _synthetic_window(syn: np.ndarray, src: np.ndarray) -> tuple[float, float]:
+    """The synthetic's display window, its black level raised to the synthetic's background.
+
+    Where the source is empty the synthetic is G's response to empty input: the engine's blank value (e.g.
+    12.9 T2 units) in skipped slices and outside the processed box, but G's clipped output (0 to a few units)
+    inside it. Shown from 0 those few units draw the processed box as grey rectangles; from the background's
+    own level up they are one black. The rise is capped at BLACK_LEVEL_CAP of the window, so anatomy stays."""
+    lo, hi = _window(syn)
+    if syn.shape != src.shape:
+        return lo, hi
+    step = max(1, syn.size // 1_000_000)
+    syn_sample, src_sample = syn.reshape(-1)[::step], src.reshape(-1)[::step]
+    empty = syn_sample[(src_sample <= _window(src)[0]) & np.isfinite(syn_sample)]
+    if not empty.size:
+        return lo, hi
+    level = min(float(np.percentile(empty, 99)), lo + BLACK_LEVEL_CAP * (hi - lo))
+    return max(lo, level), hi
 
 
 def _centre(arr: np.ndarray) -> tuple[int, int, int]:
@@ -94,7 +114,7 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
         spacing = keep[-1].GetSpacing()
     src, syn, heat = arrays
     centre = _centre(src)
-    windows = (_window(src), _window(syn))
+    windows = (_window(src), _synthetic_window(syn, src))
     high = display_max(np.asarray(heat), heatmap_source) if heat is not None else 1.0
     panels = []  # per row: source, synthetic, overlay panels (RGB floats)
     for index, (plane, rs, cs) in enumerate(_planes(src, centre, spacing)):
