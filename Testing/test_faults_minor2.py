@@ -181,6 +181,20 @@ def test_a_link_to_the_input_is_the_input(model, tmp_path, capsys) -> None:
     assert code == 2 and "is the input file itself" in err[0]
 
 
+def test_an_output_onto_the_brain_mask_is_refused(model, tmp_path, capsys) -> None:
+    # found by the evaluation fault campaign: `-o mask.nii.gz --mask mask.nii.gz --overwrite` replaced the mask
+    source, mask = tmp_path / "t1.nii.gz", tmp_path / "mask.nii.gz"
+    image = head()
+    sitk.WriteImage(image, str(source))
+    sitk.WriteImage(sitk.Cast(image > 0, sitk.sitkUInt8), str(mask))
+    before = mask.read_bytes()
+    code, err = _run(capsys, str(source), "--mask", str(mask), "-o", str(mask), "--model", str(model),
+                     "--device", "cpu", "--overwrite")
+    assert code == 2 and len(err) == 1, err
+    assert "is the --mask file itself" in err[0]
+    assert mask.read_bytes() == before
+
+
 # ----------------------------------------------------------------------------- a cohort into its own folder
 
 

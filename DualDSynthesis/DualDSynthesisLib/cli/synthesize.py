@@ -33,7 +33,7 @@ from ..core.console import HelpFormatter, safe_console
 from ..core.errors import DualDError, naming_input
 from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 from ..imaging import io as vio
-from ..imaging.atomic import remove_stale_partials, stale_note
+from ..imaging.atomic import remove_stale_partials, same_file, stale_note
 from ..imaging.brainmask import SKULL_HANDLING
 from ..imaging.bundle import HEATMAP_SOURCES
 from ..imaging.dicom_export import DicomRequest
@@ -178,22 +178,16 @@ def _without_our_outputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
     return [p for p in inputs if not is_derived_output(p)], skipped
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
 def _writes_onto_input(jobs: list[dict]) -> str | None:
-    """The one-sentence refusal when an output would be the input file itself (a link to it included).
-    Checked before the existing-output check, so the advice is never "pass --overwrite" on a source."""
+    """The one-sentence refusal when an output would be the input file or the brain mask (a link to either
+    included). Checked before the existing-output check, so the advice is never "pass --overwrite" on a source."""
     options = {"output": "-o", "heatmap_path": "--heatmap", "png": "--png"}
     for job in jobs:
         for key, option in options.items():
-            if job[key] is not None and _same_file(Path(job[key]), Path(job["input"])):
-                return (f"{option} {job[key]} is the input file itself; the source is never written over, "
-                        "so choose another output name")
+            for what, read in (("the input file", job["input"]), ("the --mask file", job["mask"])):
+                if job[key] is not None and read is not None and same_file(job[key], read):
+                    return (f"{option} {job[key]} is {what} itself; what a run reads is never written over, "
+                            "so choose another output name")
     return None
 
 
