@@ -25,10 +25,10 @@ VIEW = ROOT / "DualDView" / "DualDViewLib"
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "limits", "resources", "console"),
     "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity", "metrics"),
-    "imaging": ("atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
+    "imaging": ("atomic", "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                 "defaults",
                 "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
-    "inference": ("contract", "input_stats", "engine"),
+    "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
     "cli": ("synthesize", "demo"),
 }
@@ -37,10 +37,10 @@ INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
 TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity", "metrics",
-                        "atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
-                        "defaults",
+                        "atomic", "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration",
+                        "bundle", "defaults",
                         "heatmap_file", "scoring", "overview", "dicom_export",
-                        "contract", "input_stats", *LAYERS["scene"], "synthesize")
+                        "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 

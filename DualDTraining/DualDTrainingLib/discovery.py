@@ -31,8 +31,8 @@ import numpy as np
 import SimpleITK as sitk
 from DualDSynthesisLib.core.errors import DualDError
 from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
+from DualDSynthesisLib.imaging.grid import Grid
 from DualDSynthesisLib.imaging.io import nifti_integrity_problem, nifti_non_finite_voxels
-from DualDSynthesisLib.imaging.preprocess import Grid
 
 __all__ = [
     "CONTRAST_ALIASES",
@@ -178,7 +178,7 @@ def _overlap_fraction(source: _Header, other: _Header) -> float:
 
 
 def _same_grid(a: _Header, b: _Header) -> bool:
-    """The one "same grid" rule (``preprocess.Grid.matches``) on two headers."""
+    """The one "same grid" rule (``grid.Grid.matches``) on two headers."""
     def grid(h: _Header) -> Grid:
         return Grid(tuple(h.size), tuple(h.spacing), tuple(h.origin), tuple(h.direction))
 

@@ -25,12 +25,12 @@ from ..core.vocabulary import VARIANTS
 from ..model.architecture import ArchitectureConfig
 from .atomic import atomic_write, safetensors_problem
 from .calibration import CalibrationError, ErrorCalibration
-from .preprocess import PreprocessError, PreprocessingSpec
 
 if TYPE_CHECKING:  # torch is imported only where weights are saved or loaded
     import torch
 
     from ..model.networks import LocalDiscriminator, UNetGenerator
+    from .preprocess import PreprocessingSpec
 
 # Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
 # mri_peak mapping, and the training-data fingerprint; a version-1 bundle is a version-2 bundle with
@@ -77,6 +77,9 @@ class BundleMetadata:
     error_calibration: ErrorCalibration = field(default_factory=ErrorCalibration)
 
     def __post_init__(self) -> None:
+        # Here, not at the top: HEATMAP_SOURCES (duald-synthesize's parser) must not import SimpleITK and scipy.
+        from .preprocess import PreprocessError, PreprocessingSpec
+
         # An edited bundle whose JSON still parses must get a sentence too, not a traceback later.
         for name in ("variant", "source_modality", "target_modality", "name", "description"):
             if not isinstance(getattr(self, name), str):
