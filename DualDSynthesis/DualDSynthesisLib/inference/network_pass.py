@@ -39,9 +39,10 @@ PREPARED = 0.1  # progress fraction at which preparation ends and the networks s
 NETWORKS_DONE = 0.9
 
 
-def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode copy of ``module`` with every Conv2d → BatchNorm2d pair of a Sequential folded into one conv."""
-    module = copy.deepcopy(module).eval()
+def fold_batchnorm(module: torch.nn.Module, in_place: bool = False) -> torch.nn.Module:
+    """An eval-mode copy of ``module`` (``in_place``: ``module`` itself) with every Conv2d → BatchNorm2d pair of
+    a Sequential folded into one conv."""
+    module = (module if in_place else copy.deepcopy(module)).eval()
     for seq in [m for m in module.modules() if isinstance(m, torch.nn.Sequential)]:
         for i in range(len(seq) - 1):
             if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d):

@@ -4,21 +4,28 @@
 grid; it takes them out of the dict it is given, so each array is freed as soon as its image exists (a
 512×512×300 volume's arrays are 0.3 GB each). :func:`check_mask` refuses an unusable user's mask and, with
 :func:`mask_grid_message`, says when it lies on another grid and how much of it lands on the input;
-:func:`apply_mask` sets the outputs to background outside it. :func:`constant_value` finds a synthetic
+:func:`apply_mask` sets the outputs to background outside it; :func:`check_output_paths` refuses bad output
+paths before any work. :func:`constant_value` finds a synthetic
 image that holds one value on the whole foreground (what an untrained model writes).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..imaging import io as vio
 from ..imaging.brainmask import BrainMaskError, mask_on_grid, volume_ml
 from ..imaging.grid import Grid
 from ..imaging.preprocess import PreparedVolume, PreprocessError, restore_volume, validate_volume
 from .contract import SynthesisError
+
+if TYPE_CHECKING:
+    from ..imaging.dicom_export import DicomRequest
 
 _CHUNK = 16  # slices per chunk of the constant-value scan
 MASK_WARN_SHARE = 0.9  # a mask on another grid of which less lands on the input is a warning, else a note
@@ -119,3 +126,21 @@ def apply_mask(mask: sitk.Image, synthetic: sitk.Image, heat_image: sitk.Image |
     if heat_image is not None:
         heat_image = sitk.Mask(heat_image, binary, outsideValue=0.0)
     return synthetic, heat_image
+
+
+def check_output_paths(input: str | Path, output: Path | None, heatmap_path: str | Path | None,
+                       png: str | Path | None, dicom: DicomRequest | None, outputs: vio.AtomicOutputs) -> None:
+    """Refuse, before any work, outputs that are missing, unwritable by name, existing, repeated or the input."""
+    wanted = [p for p in (output, heatmap_path, png) if p is not None]
+    if not wanted and dicom is None:
+        raise SynthesisError("no output was asked for; give an output file or a DICOM export folder")
+    if dicom is not None:
+        from ..imaging.dicom_export import check_dicom_request  # pydicom: only for a DICOM export
+
+        check_dicom_request(dicom, input, outputs)
+    for path in wanted:
+        outputs.check(Path(path), (".png",) if path is png else vio.VOLUME_SUFFIXES)
+    if len({Path(p).resolve() for p in wanted}) != len(wanted):
+        raise SynthesisError("the synthetic, heatmap and PNG outputs must be different files")
+    if Path(input).resolve() in {Path(p).resolve() for p in wanted}:
+        raise SynthesisError("an output path is the input volume itself")
