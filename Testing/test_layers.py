@@ -179,3 +179,21 @@ print("ok")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok")
     assert "t1_to_t2 3 1 unet" in proc.stdout  # the shipped 2.5-D model, read without torch
+
+
+def test_the_synthesis_command_answers_help_without_the_imaging_stack() -> None:
+    """``duald-synthesize --help`` (and its parser) imports no numpy, SimpleITK, scipy, pydicom or torch: start-up
+    (docs/performance.md, issue 21) is the interpreter and the parser, not the libraries a run needs."""
+    code = """
+import contextlib, io, sys
+from DualDSynthesisLib.cli import synthesize
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+    synthesize.main(["--help"])
+assert "--heatmap-source" in out.getvalue() and "strip" in out.getvalue()
+heavy = ("numpy", "SimpleITK", "scipy", "pydicom", "torch")
+print(sorted(m for m in heavy if sys.modules.get(m) is not None))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT / "DualDSynthesis"), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
