@@ -27,6 +27,7 @@ heatmap file's quantisation) goes a slab of slices at a time. Files: the network
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -251,7 +252,9 @@ class SynthesisEngine(NetworkPass):
             )
         return source
 
-    def _prepare_input(self, image, mask, skull, warnings, notes, report, check_cancel):
+    def _prepare_input(self, image: sitk.Image, mask: sitk.Image | None, skull: str, warnings: list[str],
+                       notes: list[str], report: ProgressCallback,
+                       check_cancel: Callable[[], None]) -> tuple[PreparedVolume, sitk.Image | None]:
         """(the prepared input, the mask to apply to the outputs): validation, the skull handling, preparation."""
         try:
             validate_volume(image, "the input volume", spec=self.spec)
@@ -284,7 +287,9 @@ class SynthesisEngine(NetworkPass):
             prepared = self._prepare(image)
         return prepared, mask
 
-    def _network_step(self, prepared, source, warnings, report, check_cancel):
+    def _network_step(self, prepared: PreparedVolume, source: str | None, warnings: list[str],
+                      report: ProgressCallback, check_cancel: Callable[[], None],
+                      ) -> tuple[dict[str, np.ndarray | None], tuple[slice, slice, slice]]:
         """The networks over ``prepared``'s foreground slices, with the input's statistics and the synthetic's
         sanity check: ({"synthetic", "heatmap"} arrays on the prepared grid, the processed box)."""
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
