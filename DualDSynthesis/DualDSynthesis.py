@@ -7,7 +7,7 @@ from typing import Annotated, Union
 
 import slicer
 import vtk
-from DualDSynthesisLib.imaging.brainmask import SKULL_HANDLING
+from DualDSynthesisLib.core.vocabulary import SKULL_HANDLING
 from DualDSynthesisLib.scene.logic import (
     DisplayOptions,
     DualDSynthesisLogic,

@@ -26,10 +26,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "limits", "resources", "console"),
     "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity_rank", "intensity",
               "metrics"),
-    "imaging": ("atomic", "output_names", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration",
-                "bundle", "defaults",
+    "imaging": ("atomic", "output_names", "grid", "preprocess", "brainmask", "io", "figures", "fingerprint",
+                "calibration", "bundle", "defaults",
                 "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_slices", "dicom_export"),
-    "inference": ("contract", "input_stats", "engine"),
+    "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
     "cli": ("synthesize", "demo"),
 }
@@ -39,10 +39,10 @@ INFERENCE = list(LAYERS).index("inference")
 # Modules that must import without torch: no torch import at module level (a function may import it).
 TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity_rank", "intensity",
                         "metrics",
-                        "atomic", "output_names", "preprocess", "brainmask", "io", "figures", "fingerprint",
+                        "atomic", "output_names", "grid", "preprocess", "brainmask", "io", "figures", "fingerprint",
                         "calibration", "bundle", "defaults",
                         "heatmap_file", "scoring", "overview", "dicom_slices", "dicom_export",
-                        "contract", "input_stats", *LAYERS["scene"], "synthesize")
+                        "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
                        "pair_files")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
@@ -193,3 +193,21 @@ print("ok")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok")
     assert "t1_to_t2 3 1 unet" in proc.stdout  # the shipped 2.5-D model, read without torch
+
+
+def test_the_synthesis_command_answers_help_without_the_imaging_stack() -> None:
+    """``duald-synthesize --help`` (and its parser) imports no numpy, SimpleITK, scipy, pydicom or torch: start-up
+    (docs/performance.md, issue 21) is the interpreter and the parser, not the libraries a run needs."""
+    code = """
+import contextlib, io, sys
+from DualDSynthesisLib.cli import synthesize
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+    synthesize.main(["--help"])
+assert "--heatmap-source" in out.getvalue() and "strip" in out.getvalue()
+heavy = ("numpy", "SimpleITK", "scipy", "pydicom", "torch")
+print(sorted(m for m in heavy if sys.modules.get(m) is not None))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT / "DualDSynthesis"), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

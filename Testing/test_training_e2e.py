@@ -185,5 +185,6 @@ def test_source_norm_end_to_end(norm: str, data: Path, tmp_path: Path) -> None:
     result = SynthesisEngine(path, "cpu").run(sitk.ReadImage(str(t1)))
     syn = sitk.GetArrayFromImage(result.synthetic)
     assert np.isfinite(syn).all() and syn.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(t1))).shape
-    # a training subject: no out-of-distribution warning (its fingerprint is computed as at training)
-    assert result.warnings == []
+    # a training subject: no out-of-distribution warning (its fingerprint is computed as at training); a 2-step
+    # model's synthetic is still one value everywhere, which the engine says (test_faults_engine.py)
+    assert [w for w in result.warnings if "produced no image" not in w] == []

@@ -10,7 +10,13 @@ Cases, each in a fresh child process so peak memory is its own:
   restore included; first run, best and median of ``--repeat``), seconds per slice, peak RSS; then its
   parts: host preprocessing (``prepare_volume``), the device path (``device_prepare``, on CUDA), and
   the networks alone (G + D2 over the volume's foreground slices, host↔device copies included).
-- ``large``: a 512×512×300 phantom (a body-sized ellipsoid): time and peak RSS.
+- ``large``: issue 21's memory case, ``duald-synthesize`` on a 512×512×300 phantom (a body-sized ellipsoid,
+  0.8 mm in-plane, written as int16 NIfTI) with ``--heatmap``: the whole command in a fresh child process
+  (reading, synthesis, writing both files), its peak RSS (``getrusage(RUSAGE_CHILDREN)``), its wall time and
+  the engine's own time (target ≤ 1.6 GB peak RSS on the CPU).
+- ``startup``: ``duald-synthesize --help`` (best of 5; target ≤ 0.3 s) and the whole command on the small
+  case's volume with ``--heatmap`` (best of ``--repeat``): wall time minus the engine's reported time, i.e.
+  start-up, imports, model loading, reading and writing (target ≤ 1.5 s on the CPU).
 - ``pix2pix``: issue 12's yardstick, a pix2pix ``unet_256`` generator (8 down-samplings, 64 base
   filters, ~54.4 M parameters, written out below as pix2pix defines it) alone on as many 256×256 slices
   as the small case has, batch 8, same device; ``all`` prints the ratio small / pix2pix (target ≤ 0.45).
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import resource
 import statistics
 import subprocess
@@ -172,30 +180,107 @@ def _noop(*_args) -> None:
     return None
 
 
+def _small_source(args: argparse.Namespace):
+    """(image, name) of the small case: the BraTS T1 when present (and 155 slices asked), else the phantom."""
+    import SimpleITK as sitk
+
+    if BRATS_T1.exists() and not args.phantom and args.slices == 155:
+        return sitk.ReadImage(str(BRATS_T1)), BRATS_T1.name
+    return _phantom((args.slices, 240, 240), (1.0, 1.0, 1.0)), "phantom"
+
+
+def _children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _command(args: argparse.Namespace, model: Path, *extra: str) -> tuple[float, str]:
+    """(wall seconds, stdout) of ``duald-synthesize *extra`` in a child process running this checkout's code;
+    its CPU seconds (user + sys, what a single-threaded start takes on an idle machine) in ``_command.cpu``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "DualDSynthesis"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "DualDSynthesisLib.cli.synthesize", *extra]
+    if "--help" not in extra:
+        cmd += ["--model", str(model), "--device", args.device, "--overwrite", "-q"]
+        cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    t, cpu = time.perf_counter(), _children_cpu()
+    done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env, check=False)
+    wall = time.perf_counter() - t
+    _command.cpu = _children_cpu() - cpu
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr[-1500:]}")
+    return wall, done.stdout
+
+
+def _engine_seconds(stdout: str) -> float:
+    """The engine's own time from the command's summary line ``in → out (4.2 s on cpu)``."""
+    found = re.findall(r"\(([0-9.]+) s on ", stdout)
+    if not found:
+        raise RuntimeError(f"no engine time in the command's output: {stdout[-500:]}")
+    return float(found[-1])
+
+
+def _model_path(model: Path | None) -> Path:
+    from DualDSynthesisLib.imaging.defaults import DEFAULT_ARCHITECTURE, DEFAULT_MODEL
+
+    path = model or (DEFAULT_MODEL if DEFAULT_MODEL.exists() else None)
+    if path is None:
+        from bundles import make_bundle
+
+        path = make_bundle(Path(tempfile.mkdtemp()) / "default_arch.safetensors", DEFAULT_ARCHITECTURE)
+    return path
+
+
+def run_command_case(args: argparse.Namespace) -> dict:
+    """``large`` and ``startup``: the command line as a user runs it, in child processes of this one."""
+    import SimpleITK as sitk
+
+    model = _model_path(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        outputs = ["-o", str(folder / "synthetic.nii.gz"), "--heatmap", str(folder / "heatmap.nii.gz")]
+        if args.case == "large":
+            source = folder / "large.nii.gz"
+            sitk.WriteImage(_phantom((300, 512, 512), (0.8, 0.8, 1.0)), str(source))
+            wall, stdout = _command(args, model, str(source), *outputs)
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the command is the only child
+            return {"case": "large", "size": [512, 512, 300], "source": "phantom", "model": str(model),
+                    "device": args.device, "command_s": round(wall, 2), "engine_s": _engine_seconds(stdout),
+                    "peak_rss_mb": round(peak)}
+        helps, help_cpu = [], []
+        for _ in range(5):
+            helps.append(_command(args, model, "--help")[0])
+            help_cpu.append(_command.cpu)
+        image, name = _small_source(args)
+        source = folder / "small.nii.gz"
+        sitk.WriteImage(image, str(source))
+        runs = [_command(args, model, str(source), *outputs) for _ in range(args.repeat)]
+        overhead = [wall - _engine_seconds(stdout) for wall, stdout in runs]
+        return {"case": "startup", "help_s": round(min(helps), 3), "help_median_s": round(statistics.median(helps), 3),
+                "help_cpu_s": round(min(help_cpu), 3),
+                "source": name, "size": list(image.GetSize()), "device": args.device,
+                "command_s": round(min(w for w, _ in runs), 2), "engine_s": min(_engine_seconds(o) for _, o in runs),
+                "outside_engine_s": round(min(overhead), 2), "outside_median_s": round(statistics.median(overhead), 2)}
+
+
 def run_case(args: argparse.Namespace) -> dict:
     import numpy as np
-    import SimpleITK as sitk
     from DualDSynthesisLib.imaging.preprocess import prepare_volume
 
     if args.case == "pix2pix":
         return run_pix2pix(args)
+    if args.case in ("large", "startup"):
+        return run_command_case(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     engine, label = _engine(args.model, args.device, args.batch_size, not args.no_channels_last)
-    if args.case == "small":
-        if BRATS_T1.exists() and not args.phantom and args.slices == 155:
-            image, source = sitk.ReadImage(str(BRATS_T1)), BRATS_T1.name
-        else:
-            image, source = _phantom((args.slices, 240, 240), (1.0, 1.0, 1.0)), "phantom"
-    else:
-        image, source = _phantom((300, 512, 512), (0.8, 0.8, 1.0)), "phantom"
+    image, source = _small_source(args)
     reset = _reset_peak()
     results = []
 
     def run() -> None:
         results.append(engine.run(image, heatmap=True))
 
-    times = _timed(run, engine.device, args.repeat if args.case == "small" else 1)
+    times = _timed(run, engine.device, args.repeat)
     result = results[-1]
     slices = image.GetSize()[2]
     out = {
@@ -206,26 +291,39 @@ def run_case(args: argparse.Namespace) -> dict:
         "s_per_slice": round(min(times) / slices, 4), "peak_rss_mb": round(_peak_rss_mb()),
         "peak_reset": reset, "warnings": result.warnings,
     }
-    if args.case == "small":  # the parts of one run, each best of --repeat
-        prep = _timed(lambda: prepare_volume(image, engine.spec, role="source"), torch.device("cpu"), args.repeat)
-        out["prepare_host_s"] = round(min(prep), 4)
-        if engine.device.type == "cuda":
-            from DualDSynthesisLib.imaging.device_prepare import prepare_volume_on_device
+    # the parts of one run, each best of --repeat
+    prep = _timed(lambda: prepare_volume(image, engine.spec, role="source"), torch.device("cpu"), args.repeat)
+    out["prepare_host_s"] = round(min(prep), 4)
+    if engine.device.type == "cuda":
+        from DualDSynthesisLib.imaging.device_prepare import prepare_volume_on_device
 
-            dev = _timed(lambda: prepare_volume_on_device(image, engine.spec, engine.device), engine.device,
-                         args.repeat)
-            out["prepare_device_s"] = round(min(dev), 4)
-        prepared = prepare_volume(image, engine.spec, role="source")
-        indices = np.flatnonzero(prepared.foreground.any(axis=(1, 2)))
-        box = engine._crop_box(prepared.foreground, engine.has_heatmap)
-        nets = _timed(lambda: engine._run_networks(prepared.slices, indices, box, engine.has_heatmap, [], _noop,
-                                                   _noop), engine.device, args.repeat)
-        out.update(networks_s=round(min(nets), 4), networks_slices=int(indices.size),
-                   crop=[box[1] - box[0], box[3] - box[2]])
+        dev = _timed(lambda: prepare_volume_on_device(image, engine.spec, engine.device), engine.device,
+                     args.repeat)
+        out["prepare_device_s"] = round(min(dev), 4)
+    prepared = prepare_volume(image, engine.spec, role="source")
+    indices = np.flatnonzero(prepared.foreground.any(axis=(1, 2)))
+    box = engine._crop_box(prepared.foreground, engine.heatmap_source)
+    nets = _timed(lambda: engine._run_networks(prepared.slices, indices, box, engine.heatmap_source, [], _noop,
+                                               _noop), engine.device, args.repeat)
+    out.update(networks_s=round(min(nets), 4), networks_slices=int(indices.size),
+               crop=[box[1] - box[0], box[3] - box[2]])
     return out
 
 
 def _report(r: dict) -> None:
+    if r["case"] == "large":
+        print(f"large 512×512×300 phantom, duald-synthesize --heatmap on {r['device']} (whole command, fresh process): "
+              f"peak RSS {r['peak_rss_mb']} MB (target ≤ 1600), {r['command_s']} s, of which the engine "
+              f"{r['engine_s']} s")
+        return
+    if r["case"] == "startup":
+        print(f"duald-synthesize --help: best {r['help_s']} s, median {r['help_median_s']} s, CPU {r['help_cpu_s']} s "
+              "(target ≤ 0.3 s; on a loaded machine the CPU time is the idle wall time)")
+        size = "×".join(str(v) for v in r["size"])
+        print(f"  whole command on {size} ({r['source']}) with --heatmap on {r['device']}: best {r['command_s']} s, "
+              f"engine {r['engine_s']} s; outside the engine best {r['outside_engine_s']} s, median "
+              f"{r['outside_median_s']} s (target ≤ 1.5 s)")
+        return
     if r["case"] == "pix2pix":
         print(f"pix2pix unet_256 ({r['params'] / 1e6:.2f} M parameters) alone on {r['slices']} slices of 256×256, "
               f"batch 8, on {r['device']}, {r['torch_threads']} threads: first {r['first_s']} s, best {r['best_s']} s")
@@ -247,7 +345,7 @@ def _report(r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["small", "large", "pix2pix", "all"], default="all")
+    parser.add_argument("--case", choices=["small", "large", "startup", "pix2pix", "all"], default="all")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -264,7 +362,7 @@ def main() -> None:
         print(json.dumps(run_case(args)))
         return
     results = {}
-    for case in ("small", "pix2pix") if args.skip_large else ("small", "large", "pix2pix"):
+    for case in ("small", "startup", "pix2pix") if args.skip_large else ("small", "large", "startup", "pix2pix"):
         passed = [a for a in sys.argv[1:] if a not in ("--case", "all", "--case=all", "--skip-large")]
         cmd = [sys.executable, __file__, *passed, "--case", case]
         out = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", check=False)

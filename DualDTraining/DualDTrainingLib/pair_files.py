@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
+from DualDSynthesisLib.imaging.grid import Grid
 from DualDSynthesisLib.imaging.io import nifti_integrity_problem, nifti_non_finite_voxels
-from DualDSynthesisLib.imaging.preprocess import Grid
 
 from .errors import DiscoveryError
 

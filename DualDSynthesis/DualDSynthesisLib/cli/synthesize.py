@@ -32,12 +32,13 @@ from pathlib import Path
 from ..core.console import HelpFormatter, safe_console
 from ..core.errors import DualDError, naming_input
 from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
-from ..imaging import io as vio
+from ..core.vocabulary import SKULL_HANDLING
 from ..imaging.atomic import remove_stale_partials, same_file, stale_note
-from ..imaging.brainmask import SKULL_HANDLING
 from ..imaging.bundle import HEATMAP_SOURCES
-from ..imaging.dicom_export import DicomRequest
 from ..imaging.output_names import HEATMAP_SUFFIX, OVERVIEW_SUFFIX, SYNTHETIC_SUFFIX, is_derived_output
+
+# Start-up: the parser needs only the names above (no numpy, SimpleITK, scipy or pydicom), so ``--help`` and
+# a usage error answer at once; the volume modules are imported where a run needs them (docs/performance.md).
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -124,6 +125,8 @@ def _fail(message: str) -> int:
 
 
 def _mask_for(folder: Path, stem: str) -> Path:
+    from ..imaging import io as vio
+
     for name in (f"{stem}_mask", stem):
         for suffix in vio.VOLUME_SUFFIXES:
             candidate = folder / f"{name}{suffix}"
@@ -139,6 +142,8 @@ def _as_folder(option: str | None) -> bool:
 def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[dict]:
     """Input → output paths. Single input: the given paths (a folder, or a name ending in /, gets the
     derived name)."""
+    from ..imaging import io as vio
+
     folders = {option: cohort or _as_folder(getattr(args, option)) for option in ("output", "heatmap", "png")}
     for option in folders:
         if getattr(args, option) is not None:
@@ -166,7 +171,7 @@ def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[di
             "heatmap_path": place("heatmap", HEATMAP_SUFFIX),
             "png": place("png", OVERVIEW_SUFFIX),
             "mask": (_mask_for(args.mask, stem) if cohort else args.mask) if args.mask is not None else None,
-            "dicom": None if args.dicom_out is None else DicomRequest(
+            "dicom": None if args.dicom_out is None else _dicom_request(
                 args.dicom_out / stem if cohort else args.dicom_out, args.patient_id, args.patient_name),
         })
     return jobs
@@ -189,6 +194,12 @@ def _writes_onto_input(jobs: list[dict]) -> str | None:
                     return (f"{option} {job[key]} is {what} itself; what a run reads is never written over, "
                             "so choose another output name")
     return None
+
+
+def _dicom_request(folder: Path, patient_id: str, patient_name: str):
+    from ..imaging.dicom_export import DicomRequest  # pydicom: only for a DICOM export
+
+    return DicomRequest(folder, patient_id, patient_name)
 
 
 class _Progress:
@@ -235,6 +246,8 @@ def _main(args: argparse.Namespace) -> int:
         return _fail("--patient-id and --patient-name only apply to a DICOM export; add --dicom-out DIR")
     if args.batch_size is not None and args.batch_size < 1:
         return _fail(f"--batch-size must be a positive integer, got {args.batch_size}")
+    from ..imaging import io as vio
+
     model = args.model or DEFAULT_MODEL
     if args.model is None and not DEFAULT_MODEL.is_file():
         return _fail(

@@ -7,6 +7,7 @@
   (:func:`modality_warning`) and the command lines. ``t1c`` (post-contrast T1: t1c/t1ce/t1gd) is a
   different contrast from ``t1`` (t1/t1n/t1w).
 - :data:`D2_TARGETS`: D2's labels for fake slices (training).
+- :data:`SKULL_HANDLING`: what a whole-head input gets (``--skull``; the brain extraction is ``brainmask.py``).
 
 Intensity kinds and CT constants are defined in ``intensity.py``, network options (norms, D2 heads) in
 ``architecture.py``; they are not repeated here.
@@ -38,6 +39,11 @@ class Variant(StrEnum):
 
 
 VARIANTS: tuple[str, ...] = tuple(v.value for v in Variant)
+
+# What a whole-head input gets (``--skull``): "strip" synthesises inside the brain only, "keep" synthesises
+# the whole input, "auto" strips a whole head only when the model never saw one (its training fingerprint
+# holds skull-stripped brains only) and the target is an MRI contrast (a CT needs the skull and the body).
+SKULL_HANDLING = ("auto", "keep", "strip")
 D2_TARGETS: tuple[str, ...] = ("binary", "error")  # "binary": the paper's fake → 0; "error": 1 − |error|/tau
 
 # Canonical contrast → every spelling of it (lower case). A file name's contrast suffix must equal one

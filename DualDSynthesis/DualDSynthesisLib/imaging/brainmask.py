@@ -24,12 +24,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import DualDError
-from .preprocess import Grid
+from ..core.vocabulary import SKULL_HANDLING as SKULL_HANDLING  # re-exported; defined with the names
+from .grid import Grid
 
-# What a whole-head input gets (``--skull``): "strip" synthesises inside the brain only, "keep" synthesises
-# the whole input, "auto" strips a whole head only when the model never saw one (its training fingerprint
-# holds skull-stripped brains only) and the target is an MRI contrast (a CT needs the skull and the body).
-SKULL_HANDLING = ("auto", "keep", "strip")
 BET_SPACING_MM = 1.5
 # An adult brain (with the cerebellum and brainstem BET keeps) is about 1,000-1,800 mL; outside this range
 # the surface collapsed into part of the brain or leaked into the scalp, and the mask is refused.
@@ -80,7 +77,8 @@ def estimate_brain_mask(image: sitk.Image, plausible_ml: tuple[float, float] = P
 
 def volume_ml(mask: sitk.Image) -> float:
     """The volume of a mask's nonzero voxels in mL, on its own grid."""
-    return float(sitk.GetArrayViewFromImage(sitk.NotEqual(mask, 0)).sum()) * math.prod(mask.GetSpacing()) / 1000.0
+    inside = sitk.NotEqual(mask, 0)  # held: an array view does not keep its image alive (it read freed memory)
+    return float(np.count_nonzero(sitk.GetArrayViewFromImage(inside))) * math.prod(mask.GetSpacing()) / 1000.0
 
 
 def mask_on_grid(mask: sitk.Image, image: sitk.Image, what: str = "the mask") -> sitk.Image:

@@ -25,12 +25,12 @@ from ..core.vocabulary import VARIANTS
 from ..model.architecture import ArchitectureConfig
 from .atomic import atomic_write, safetensors_problem
 from .calibration import CalibrationError, ErrorCalibration
-from .preprocess import PreprocessError, PreprocessingSpec
 
 if TYPE_CHECKING:  # torch is imported only where weights are saved or loaded
     import torch
 
     from ..model.networks import LocalDiscriminator, UNetGenerator
+    from .preprocess import PreprocessingSpec
 
 # Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
 # mri_peak mapping, and the training-data fingerprint; a version-1 bundle is a version-2 bundle with
@@ -77,6 +77,9 @@ class BundleMetadata:
     error_calibration: ErrorCalibration = field(default_factory=ErrorCalibration)
 
     def __post_init__(self) -> None:
+        # Here, not at the top: HEATMAP_SOURCES (duald-synthesize's parser) must not import SimpleITK and scipy.
+        from .preprocess import PreprocessError, PreprocessingSpec
+
         # An edited bundle whose JSON still parses must get a sentence too, not a traceback later.
         for name in ("variant", "source_modality", "target_modality", "name", "description"):
             if not isinstance(getattr(self, name), str):
@@ -279,9 +282,12 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> ModelBu
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise BundleError(f"{path.name} could not be read as safetensors ({exc})") from None
-    for key, tensor in tensors.items():  # NaN weights would synthesise an all-NaN image that shows as 0
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise BundleError(f"{path.name} holds NaN or infinite weights (tensor {key}); the model is broken")
+    # NaN weights would synthesise an all-NaN image that shows as 0. One check over all weights (a per-tensor
+    # check is ~200 small ops at every start-up); the tensor is named only when one is bad.
+    floats = {key: tensor for key, tensor in tensors.items() if tensor.is_floating_point()}
+    if floats and not bool(torch.isfinite(torch.cat([t.reshape(-1).float() for t in floats.values()])).all()):
+        key = next(key for key, tensor in floats.items() if not bool(torch.isfinite(tensor).all()))
+        raise BundleError(f"{path.name} holds NaN or infinite weights (tensor {key}); the model is broken")
     generator = arch.generator()
     _load_module(generator, "generator.", tensors, "generator")
     local = None

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import DualDError
+
+if TYPE_CHECKING:  # numpy is imported where arrays are scored: bundle.py (so duald-synthesize --help) needs none
+    import numpy as np
 
 
 class CalibrationError(DualDError):
@@ -33,6 +34,8 @@ class CalibrationError(DualDError):
 def error_ratio(expected: np.ndarray, abs_error: np.ndarray, mask: np.ndarray) -> float:
     """``mean(expected) / mean(|error|)`` inside ``mask``: 1 when the map is right on average, 5 when it
     says five times the error there is."""
+    import numpy as np
+
     if expected.shape != abs_error.shape or mask.shape != expected.shape:
         raise CalibrationError(f"shapes differ: {expected.shape}, {abs_error.shape}, {mask.shape}")
     m = mask.astype(bool, copy=False)
@@ -87,6 +90,8 @@ class ErrorCalibration:
         if not usable:
             raise CalibrationError("no held-out subject gave a usable expected-error ratio, so the map cannot be "
                                    "calibrated")
+        import numpy as np
+
         scale = math.exp(-float(np.mean(np.log(list(usable.values())))))
         return cls(scale, evidence, usable)
 

@@ -35,8 +35,9 @@ from ..model.intensity import (
     source_mapping,
 )
 from ..model.slicestack import check_context
+from .grid import Grid
 
-__all__ = [  # the intensity names are re-exported: callers prepare volumes through this module
+__all__ = [  # the intensity names and Grid (grid.py) are re-exported: callers prepare volumes through this module
     "CT_BODY_THRESHOLD_HU", "CT_HU_RANGE", "SOURCE_NORMS", "Grid", "IntensityMapping", "IntensityParams",
     "PreparedVolume", "PreprocessError", "PreprocessingSpec", "RestoreContext", "foreground_mask", "prepare_on_grid",
     "prepare_volume", "restore_volume", "source_mapping", "validate_volume",
@@ -44,6 +45,7 @@ __all__ = [  # the intensity names are re-exported: callers prepare volumes thro
 
 _SPACING_RTOL = 1e-3  # in-plane spacings closer than this (relative) are not resampled
 _ROLES = ("source", "target", "mask")
+_SLAB_VOXELS = 1 << 22  # voxels per slab of the intensity mapping
 
 
 # ----------------------------------------------------------------------------- spec
@@ -142,54 +144,6 @@ class PreprocessingSpec:
 
 
 # ----------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A 3-D voxel grid: size (i, j, k), spacing, origin and direction (row-major 3×3)."""
-
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-
-    @classmethod
-    def from_image(cls, image: sitk.Image) -> Grid:
-        return cls(
-            tuple(int(v) for v in image.GetSize()),
-            tuple(float(v) for v in image.GetSpacing()),
-            tuple(float(v) for v in image.GetOrigin()),
-            tuple(float(v) for v in image.GetDirection()),
-        )
-
-    def matches(self, other: Grid | sitk.Image, tol: float = 1e-4) -> bool:
-        """Same size and, within ``tol`` (relative to the smallest spacing for the origin), geometry."""
-        if isinstance(other, sitk.Image):
-            other = Grid.from_image(other)
-        return (
-            self.size == other.size
-            and np.allclose(self.spacing, other.spacing, rtol=tol, atol=0)
-            and np.allclose(self.origin, other.origin, rtol=0, atol=tol * min(self.spacing))
-            and np.allclose(self.direction, other.direction, rtol=0, atol=tol)
-        )
-
-    def apply_to(self, image: sitk.Image) -> sitk.Image:
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
-    def resample(self, image: sitk.Image, interpolator: int, default: float) -> sitk.Image:
-        """``image`` resampled onto this grid, float32 (no reference image allocated)."""
-        f = sitk.ResampleImageFilter()
-        f.SetSize(self.size)
-        f.SetOutputSpacing(self.spacing)
-        f.SetOutputOrigin(self.origin)
-        f.SetOutputDirection(self.direction)
-        f.SetInterpolator(interpolator)
-        f.SetDefaultPixelValue(float(default))
-        f.SetOutputPixelType(sitk.sitkFloat32)
-        return f.Execute(image)
 
 
 @dataclass(frozen=True)
@@ -345,7 +299,11 @@ def _finish(
     else:
         fg = mapping.foreground(arr)
         params = mapping.fit(arr, fg) if params is None else params
-        mapping.forward(arr, params, out=inner)
+        # A slab of slices at a time: the mappings are voxel-wise (same values), and one of them (rank's
+        # np.interp) works in float64, a whole-volume copy twice the float32 volume's size.
+        step = max(1, _SLAB_VOXELS // max(1, arr[:1].size))
+        for k in range(0, len(arr), step):
+            mapping.forward(arr[k : k + step], params, out=inner[k : k + step])
         if mapping.zero_outside_foreground:
             inner[~fg] = 0.0  # background exactly 0, as in the convention
     foreground = np.zeros(context.padded_shape, dtype=bool)
@@ -433,26 +391,27 @@ def restore_volume(
 
     Geometry only: values are returned as given (apply ``IntensityMapping.inverse`` before or after;
     ``default_value`` fills points the resampling cannot reach, so use -1024 for HU). The float32
-    result has exactly the original image's size, spacing, origin and direction."""
-    slices = np.asarray(slices)
+    result has exactly the original image's size, spacing, origin and direction. A caller that keeps no
+    reference to ``slices`` (``restore_volume(arrays.pop(...), ...)``) has it freed before the resampling."""
+    slices = np.asarray(slices, dtype=np.float32)
     if slices.shape != context.padded_shape:
         raise PreprocessError(f"slices have shape {slices.shape}, expected {context.padded_shape}.")
     y0, y1, x0, x1 = context.crop
     canonical = slices[:, y0:y1, x0:x1]
-    resampled = None  # held while ``canonical`` views its buffer (the view does not keep the image alive)
-    if context.resampled:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(canonical, dtype=np.float32))
-        context.prepared.apply_to(image)
-        resampled = context.canonical.resample(image, interpolator, default_value)
-        del image
-        canonical = sitk.GetArrayViewFromImage(resampled)
     # Undo the reorientation as numpy views (what sitk.Flip then sitk.PermuteAxes do, voxel moves only), so
     # the voxels are copied once into the result instead of once per step. The array is [k, j, i]: ITK axis
     # a is numpy axis 2 − a, and PermuteAxes' output axis d is its input axis permutation[d].
     flips = tuple(slice(None, None, -1) if flip else slice(None) for flip in reversed(context.flip_axes))
     order = [2 - context.permutation[2 - n] for n in range(3)]
-    image = sitk.GetImageFromArray(np.ascontiguousarray(canonical[flips].transpose(order), dtype=np.float32))
-    del canonical, resampled
+    # GetImageFromArray copies a strided view itself: no contiguous copy first (one volume less at the peak).
+    if not context.resampled:
+        image = sitk.GetImageFromArray(canonical[flips].transpose(order))
+    else:
+        image = sitk.GetImageFromArray(canonical)
+        del slices, canonical  # freed here when the caller handed ``slices`` over (kept no reference)
+        image = context.canonical.resample(context.prepared.apply_to(image), interpolator, default_value)
+        if any(context.flip_axes) or order != [0, 1, 2]:  # else already in the original's voxel order
+            image = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image)[flips].transpose(order))
     if image.GetSize() != context.original.size:
         raise PreprocessError(
             f"restored grid {image.GetSize()} does not match the original {context.original.size}; "

@@ -76,7 +76,7 @@ class SynthesisEngine(Protocol):
         mask: sitk.Image | None = None,
         skull: str = "auto",
     ) -> SynthesisResult:
-        """Synthesise ``image`` (``skull``: whole-head handling, ``brainmask.SKULL_HANDLING``). ``mask`` (any grid,
+        """Synthesise ``image`` (``skull``: whole-head handling, ``vocabulary.SKULL_HANDLING``). ``mask`` (any grid,
         nonzero = inside): the outputs are background outside it; when the engine strips (``skull="strip"``, or
         "auto" on a whole head) it is also the brain the networks see instead of an estimated one. Calls
         ``progress`` as work advances, checks ``cancel`` between steps and

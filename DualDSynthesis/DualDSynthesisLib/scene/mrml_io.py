@@ -18,7 +18,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..core.errors import DualDError
-from ..imaging.preprocess import Grid
+from ..imaging.grid import Grid
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
