@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean bench view-demo
+.PHONY: demo test test-stress lint setup clean bench view-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ view-demo: demo
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# `make test` beside a CPU burner on every core (killed afterwards, also on failure or Ctrl-C): the tests
+# that involve signals, servers and training must pass on a busy machine too.
+test-stress: $(STAMP)
+	@pids=""; for _ in $$(seq $$(nproc)); do yes > /dev/null & pids="$$pids $$!"; done; \
+	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
+	$(PY) -m ruff check . && $(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
