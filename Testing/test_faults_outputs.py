@@ -265,6 +265,26 @@ def test_sigterm_during_the_write_exits_143_and_leaves_nothing(model, source, tm
     assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
 
 
+def test_sigterm_as_the_bar_appears_ends_its_line_and_names_the_input(model, source, tmp_path, capsys,
+                                                                      monkeypatch) -> None:
+    """What the console-script test below meets on a busy machine, made certain: the signal lands while
+    tqdm draws the bar's first line (before tqdm returns)."""
+    import tqdm
+
+    def drawn_then_term(self, *args, **kwargs) -> None:
+        kwargs["file"].write(f"{source.name}:   0%|")
+        raise cli._Terminated
+
+    monkeypatch.setattr(tqdm.tqdm, "__init__", drawn_then_term)
+    monkeypatch.setattr(tqdm.tqdm, "__del__", lambda self: None)  # never initialised: nothing to tidy
+    out = tmp_path / "out"
+    code = cli.main([str(source), "-o", str(out / "syn.nii.gz"), "--model", str(model), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 143
+    assert err.splitlines()[-1] == f"duald-synthesize: terminated (SIGTERM); no output was written for {source.name}"
+    assert _leftovers(out) == []
+
+
 class _StderrWatch:
     """A child's stderr read on a thread, character by character (the bar ends its updates with \\r, not
     \\n), so the test can wait for a marker, and for the end, with a deadline instead of a fixed sleep."""
