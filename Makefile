@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean bench view-demo
+.PHONY: demo test test-stress lint setup clean bench view-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ view-demo: $(DEMO_OUT)/mni152_t1_synthetic.nii.gz $(DEMO_OUT)/mni152_t1_difficul
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# `make test` beside a CPU burner on every core (killed afterwards, also on failure or Ctrl-C): the tests
+# that involve signals, servers and training must pass on a busy machine too.
+test-stress: $(STAMP)
+	@pids=""; for _ in $$(seq $$(nproc)); do yes > /dev/null & pids="$$pids $$!"; done; \
+	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
+	$(PY) -m ruff check . && $(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

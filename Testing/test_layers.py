@@ -189,7 +189,7 @@ print("ok")
 """
     env_path = f"{ROOT / 'DualDSynthesis'}:{ROOT / 'DualDTraining'}"
     proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "DualDSynthesis" / "Resources" / "Models")],
-                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": env_path, "PATH": ""})
+                          capture_output=True, text=True, timeout=600, env={"PYTHONPATH": env_path, "PATH": ""})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok")
     assert "t1_to_t2 3 1 unet" in proc.stdout  # the shipped 2.5-D model, read without torch

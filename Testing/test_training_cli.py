@@ -95,7 +95,7 @@ def test_bad_option_value_is_one_line(capsys: pytest.CaptureFixture[str], data: 
 def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     """The real process: exit status 2 and exactly one line on stderr."""
     proc = subprocess.run([PYTHON, "-m", "DualDTrainingLib.cli", *_base(tmp_path / "nowhere", tmp_path / "o")],
-                          capture_output=True, text=True, encoding="utf-8", env=cli_env(), timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", env=cli_env(), timeout=600)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
 
@@ -245,7 +245,7 @@ def test_slicer_entry_point_reports_filter_progress(data: Path, tmp_path: Path) 
             "--variant", "unet", "--device", "cpu", "--base_width", "4", "--depth", "2", "--d2_base_width", "4",
             "--val_subjects", "", "--val_every", "0", "--batch_size", "2", "--spacing", ""]
     proc = subprocess.run([PYTHON, str(ROOT / "DualDTraining" / "DualDTraining.py"), *argv], capture_output=True,
-                          text=True, encoding="utf-8", env=cli_env(), timeout=300)
+                          text=True, encoding="utf-8", env=cli_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     progress = [float(m) for m in re.findall(r"<filter-progress>([0-9.]+)</filter-progress>", proc.stdout)]

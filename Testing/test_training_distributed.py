@@ -45,8 +45,12 @@ def test_torchrun_two_ranks_identical_replicas_and_loss_goes_down(tmp_path: Path
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     l1 = [r["l1"] for r in records if r["kind"] == "train"]
     # the arithmetic of two ranks is what is tested here: the plain generator (no expected-error head,
-    # which is covered elsewhere) must learn as fast as one rank would
-    assert len(l1) == 6 and l1[-1] < 0.7 * l1[0], l1
+    # which is covered elsewhere) must learn. Each l1 is a 5-step mean over both ranks. l1[-1] / l1[0]
+    # measured (issue 21): seed 0 (this run) 0.283 native AVX512, 0.286 with torch's and oneDNN's AVX2
+    # kernels; seeds 1 and 2 0.688-0.692 and 0.670 (their first l1 is far higher or lower). Kernels move it
+    # by < 0.005, seeds by 0.4, so the bound sits above the worst seed (0.69) by 0.16 and still below the
+    # ~1 of a generator that does not learn (equal windows of the same data).
+    assert len(l1) == 6 and l1[-1] < 0.85 * l1[0], l1
     start = next(r for r in records if r.get("event") == "start")
     assert start["world_size"] == 2
     assert (out / "model-final.safetensors").is_file()

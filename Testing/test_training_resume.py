@@ -39,8 +39,8 @@ def _records(out: Path) -> list[dict]:
 def _start_and_wait(data: Path, out: Path, min_step: int) -> subprocess.Popen:
     proc = subprocess.Popen(_cmd(data, out), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             encoding="utf-8")
-    deadline = time.time() + 240
-    while time.time() < deadline:
+    deadline = time.monotonic() + 600  # loaded machines: generous; the loop returns as soon as the step is there
+    while time.monotonic() < deadline:
         steps = [r["step"] for r in _records(out) if r["kind"] == "train"]
         if steps and steps[-1] >= min_step and (out / ckpt.LAST).exists():
             return proc
@@ -48,20 +48,20 @@ def _start_and_wait(data: Path, out: Path, min_step: int) -> subprocess.Popen:
             pytest.fail(f"training ended early with {proc.returncode}: {proc.stderr.read()[-2000:]}")
         time.sleep(0.02)
     proc.kill()
-    pytest.fail("training did not reach the step in time")
+    pytest.fail("training did not reach the step within 600 s")
 
 
 def test_sigkill_then_resume_continues_and_finishes(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _start_and_wait(data, out, 25)
     proc.kill()  # SIGKILL: nothing can be saved now
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL
     saved = ckpt.load_checkpoint(out / ckpt.LAST)["step"]
     assert saved >= 20 and saved % 10 == 0 and saved < ITERATIONS
 
     done = subprocess.run(_cmd(data, out, "--resume"), env=cli_env(), capture_output=True, encoding="utf-8",
-                          timeout=300)
+                          timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming from step {saved}" in done.stderr
     records = _records(out)
@@ -78,7 +78,8 @@ def test_sigterm_saves_and_exits_143(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "term"
     proc = _start_and_wait(data, out, 5)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    # a checkpoint, then torch's teardown: 1 s unloaded, up to ~15 s seen at load 8 on 2 cores
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert "SIGTERM" in last and "--resume" in last and "Traceback" not in err

@@ -58,8 +58,8 @@ def test_laplace_nll_optimum_is_the_mean_absolute_error() -> None:
 
 @pytest.mark.slow
 def test_expected_error_head_learns_the_true_error_on_a_toy_problem() -> None:
-    """Train G (with its error head) on the toy pair; its expected error must track the real |error|:
-    mean within a factor 2 and clearly higher where the errors are."""
+    """Train G (with its error head) on the toy pair; its expected error must track the real |error|: its
+    mean within the spread that seeds and CPU kernels give, and clearly higher where the errors are."""
     torch.manual_seed(0)
     arch = ArchitectureConfig(g_base_width=8, g_depth=2, d2_base_width=4, g_error_head=True)
     trainer = DualDTrainer(arch, TrainingConfig(variant="unet", lr_g=2e-3, error_weight=1.0), "cpu")
@@ -73,9 +73,15 @@ def test_expected_error_head_learns_the_true_error_on_a_toy_problem() -> None:
     err = (out[:, :1] - tgt[:16]).abs()
     expected = losses.expected_error(out[:, 1:])
     ratio = float(expected.mean() / err.mean())
-    assert 0.5 < ratio < 2.0, ratio
+    # Measured (issue 21) over seeds 0-4 on this AVX512 CPU's kernels and on torch's (ATEN_CPU_CAPABILITY)
+    # and oneDNN's (ONEDNN_MAX_CPU_ISA) AVX2 and default/SSE4.1 ones, 1 and 2 threads: ratio 1.16-2.42
+    # (the head overestimates: it learned the larger errors of earlier steps), seed 0 alone 1.69-1.90;
+    # a user's AVX2 EPYC gave 2.04 against the old bound 2. A head that learned nothing (error weight 0)
+    # gives 5.2-5.9. The bound 3.5 sits midway (geometric) between: 1.45x above the worst trained ratio.
+    assert 0.5 < ratio < 3.5, ratio
     worst = err >= err.quantile(0.9)
-    assert auroc(expected.numpy(), worst.numpy()) > 0.7
+    # the same runs: AUROC 0.867-0.995 trained, 0.30-0.68 for the head that learned nothing; 0.77 between
+    assert auroc(expected.numpy(), worst.numpy()) > 0.77
 
 
 def test_auroc_and_spearman_against_hand_values() -> None:

@@ -203,17 +203,25 @@ def _dicom_request(folder: Path, patient_id: str, patient_name: str):
 
 
 class _Progress:
-    """A tqdm bar in percent (nothing when quiet or tqdm is missing)."""
+    """A tqdm bar in percent (nothing when quiet or tqdm is missing), drawn by ``open``."""
 
     def __init__(self, label: str, quiet: bool) -> None:
+        self.label, self.quiet = label, quiet
         self.bar = None
-        if not quiet:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}")
+        self.drawing = False
+
+    def open(self) -> None:
+        """Draw the bar; called inside the job's ``try`` so that an interrupt arriving as the bar appears is
+        handled there (the bar closed, the input named) rather than glued to the bar's unfinished line."""
+        if self.quiet:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.drawing = True  # tqdm prints before it returns: an interrupt may leave its line without a bar
+        self.bar = tqdm(total=100, desc=self.label, unit="%", leave=False, file=sys.stderr,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}")
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.bar is not None:
@@ -224,6 +232,8 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.drawing:  # interrupted inside tqdm's first print: end that line
+            print(file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +317,7 @@ def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_fil
         label = f"[{n}/{len(jobs)}] {name}" if len(jobs) > 1 else name
         bar = _Progress(label, args.quiet)
         try:
+            bar.open()
             result = synthesize_file(**job, engine=engine, overwrite=args.overwrite, progress=bar,
                                      source_modality=args.source_modality, series_uid=args.series_uid,
                                      skull=args.skull)
