@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +39,7 @@ from ..imaging import io as vio
 from ..imaging.brainmask import BrainMaskError, estimate_brain_mask, strip, volume_ml
 from ..imaging.bundle import HEATMAP_SOURCES, BundleError, BundleMetadata, ModelBundle, load_bundle
 from ..imaging.calibration import ErrorCalibration
+from ..imaging.concurrent_writes import side_by_side
 from ..imaging.defaults import DEFAULT_MODEL
 from ..imaging.device_prepare import prepare_volume_on_device
 from ..imaging.devices import DeviceError, resolve_device
@@ -399,7 +399,7 @@ def synthesize_file(
         if heatmap_path is not None:
             writes.append(lambda: outputs.write_heatmap(result.heatmap, Path(heatmap_path), result.heatmap_units,
                                                         result.heatmap_source))
-        _side_by_side(writes)
+        side_by_side(writes)
         if png is not None:
             _write_overview(outputs, Path(png), source, result)
         if dicom is not None:
@@ -408,21 +408,6 @@ def synthesize_file(
             raise SynthesisCancelled("synthesis cancelled")
     report(1.0, "Done")
     return result
-
-
-def _side_by_side(writes: list) -> None:
-    """Run the file writes in threads (compression and ITK's writers release the GIL): the synthetic's gzip,
-    the longest, overlaps the heatmap's quantisation. Every write ends before this returns or raises, even on
-    Ctrl-C, so the transaction then removes every temporary file; the first failure is raised."""
-    with ThreadPoolExecutor(max_workers=max(1, len(writes)), thread_name_prefix="duald-write") as pool:
-        futures = [pool.submit(write) for write in writes]
-        try:
-            wait(futures)
-        except BaseException:
-            wait(futures)
-            raise
-    for future in futures:
-        future.result()
 
 
 def _dicom_export():
