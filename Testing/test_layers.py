@@ -27,7 +27,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity", "metrics"),
     "imaging": ("atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                 "defaults",
-                "devices", "device_prepare", "heatmap_file", "scoring", "overview", "dicom_export"),
+                "devices", "device_prepare", "heatmap_kinds", "heatmap_file", "skull_policy", "scoring", "overview",
+                "dicom_export"),
     "inference": ("contract", "input_stats", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
     "cli": ("synthesize", "demo"),
@@ -39,7 +40,7 @@ INFERENCE = list(LAYERS).index("inference")
 TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity", "metrics",
                         "atomic", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults",
-                        "heatmap_file", "scoring", "overview", "dicom_export",
+                        "heatmap_kinds", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_export",
                         "contract", "input_stats", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "folds")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")

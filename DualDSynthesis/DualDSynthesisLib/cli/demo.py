@@ -11,6 +11,10 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from ..core.errors import DualDError
+from ..core.resources import DEFAULT_MODEL
+from ..imaging import heatmap_kinds
+from ..imaging.bundle import read_metadata
 from . import synthesize as cli
 
 MNI152_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -27,6 +31,16 @@ def mni152_t1() -> Path:
     return Path(str(path))
 
 
+def heatmap_name(model: str | Path) -> str:
+    """The demo's heatmap file, named for the model's preferred map (``HeatmapKind.file_suffix``) as
+    ``duald-synthesize`` names a cohort's; a bundle that cannot be read gets D2's name (the CLI then says why)."""
+    try:
+        offered = read_metadata(Path(model)).heatmap_sources
+    except (DualDError, OSError):
+        offered = ()
+    return "mni152_t1" + heatmap_kinds.kind(offered[0] if offered else None).file_suffix
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m DualDSynthesisLib.cli.demo", description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("demo-output"), help="folder for the results")
@@ -40,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "-o",
         str(out / "mni152_t1_synthetic.nii.gz"),
         "--heatmap",
-        str(out / "mni152_t1_difficulty.nii.gz"),
+        str(out / heatmap_name(args.model or DEFAULT_MODEL)),
         "--png",
         str(out / "overview.png"),
         "--device",

@@ -46,9 +46,10 @@ import torch
 from torch.nn.utils import fuse_conv_bn_eval
 
 from ..core.vocabulary import modality_warning
+from ..imaging import heatmap_kinds
 from ..imaging import io as vio
-from ..imaging.brainmask import SKULL_HANDLING, BrainMaskError, estimate_brain_mask, mask_on_grid, strip, volume_ml
-from ..imaging.bundle import HEATMAP_SOURCES, BundleError, BundleMetadata, ModelBundle, load_bundle
+from ..imaging.brainmask import BrainMaskError, estimate_brain_mask, mask_on_grid, strip, volume_ml
+from ..imaging.bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from ..imaging.calibration import ErrorCalibration
 from ..imaging.defaults import DEFAULT_MODEL
 from ..imaging.device_prepare import prepare_volume_on_device
@@ -61,7 +62,7 @@ from ..imaging.devices import (
     resolve_device,
 )
 from ..imaging.dicom_export import DicomRequest, check_dicom_request, write_dicom
-from ..imaging.fingerprint import SKULL_ML, TrainingFingerprint, foreground_ml
+from ..imaging.fingerprint import TrainingFingerprint, foreground_ml
 from ..imaging.preprocess import (
     PreparedVolume,
     PreprocessError,
@@ -69,6 +70,7 @@ from ..imaging.preprocess import (
     restore_volume,
     validate_volume,
 )
+from ..imaging.skull_policy import check_skull, decide_skull
 from ..model.intensity_base import foreground_box
 from ..model.losses import difficulty_from_logits, expected_error
 from ..model.slicestack import slice_stack
@@ -163,9 +165,9 @@ class SynthesisEngine:
         available = self.heatmap_sources
         if heatmap_source is None:
             heatmap_source = available[0] if available else None
-        elif heatmap_source not in HEATMAP_SOURCES:
+        elif heatmap_source not in heatmap_kinds.names():
             raise SynthesisError(f"unknown heatmap source {heatmap_source!r}; choose one of "
-                                 f"{', '.join(HEATMAP_SOURCES)}")
+                                 f"{', '.join(heatmap_kinds.names())}")
         elif heatmap_source not in available:
             raise SynthesisError(f"this model has no {heatmap_source} map; it offers "
                                  f"{', '.join(available) or 'no heatmap'}")
@@ -210,11 +212,10 @@ class SynthesisEngine:
     @property
     def heatmap_units(self) -> str:
         """What the heatmap's values mean, for legends and file headers."""
-        if self.heatmap_source == "expected_error":
-            target = self.spec.target
-            unit = target.units if target.absolute_units else f"{self.target_modality} {target.units}"
-            return f"expected absolute error ({unit})"
-        return "relative difficulty (1 − D2 confidence, 0–1)"
+        if self.heatmap_source is None:
+            return ""
+        units = heatmap_kinds.target_units(self.spec.target, self.target_modality)
+        return heatmap_kinds.kind(self.heatmap_source).units(units)
 
     # ---- internals ----
 
@@ -235,9 +236,9 @@ class SynthesisEngine:
             out = self._generator(x)
             pred = out[:, :1]
             heat = None
-            if heatmap == "d2":
+            if heatmap == heatmap_kinds.D2:
                 heat = difficulty_from_logits(self._local(pred), tuple(pred.shape[-2:]))
-            elif heatmap == "expected_error":
+            elif heatmap == heatmap_kinds.EXPECTED_ERROR:
                 heat = expected_error(out[:, 1:]) * self._error_units
         syn = pred.float()[:, 0].cpu().numpy()
         return syn, None if heat is None else heat[:, 0].float().cpu().numpy()
@@ -254,14 +255,14 @@ class SynthesisEngine:
 
     @property
     def _d2_stride(self) -> int:
-        return self.arch.d2_downsampling if self.heatmap_source == "d2" else 1
+        return self.arch.d2_downsampling if heatmap_kinds.needs_d2(self.heatmap_source) else 1
 
     def _blank_response(self, heatmap: str | None) -> tuple[float, float]:
         """(G, heatmap) at the centre of a blank slice wide enough that no edge reaches the centre."""
         key = (str(self.device), heatmap)
         if key not in self._blank:
             step = math.lcm(self.spec.size_multiple, self._d2_stride)
-            size = step * math.ceil((2 * self.arch.receptive_margin(heatmap == "d2") + step) / step)
+            size = step * math.ceil((2 * self.arch.receptive_margin(heatmap_kinds.needs_d2(heatmap)) + step) / step)
             channels = 2 * self.spec.context_slices + 1
             syn, heat = self._infer(np.zeros((1, channels, size, size), np.float32), heatmap)
             c = size // 2
@@ -275,7 +276,7 @@ class SynthesisEngine:
             return 0, h, 0, w
         _zs, rows, cols = foreground_box(foreground)
         step = math.lcm(self.spec.size_multiple, self._d2_stride)
-        margin = self.arch.receptive_margin(heatmap == "d2")
+        margin = self.arch.receptive_margin(heatmap_kinds.needs_d2(heatmap))
         smallest = max(self.spec.min_size, 16, self.arch.size_multiple)
 
         def span(lo: int, hi: int, n: int) -> tuple[int, int]:
@@ -312,17 +313,17 @@ class SynthesisEngine:
         the target's background (0, or -1024 HU for CT) and difficulty 0 outside it. ``source_modality``:
         what the caller knows the input is (a DICOM modality tag on the image is used otherwise).
         ``skull`` (:data:`brainmask.SKULL_HANDLING`): "strip" synthesises inside the brain only (``mask`` is
-        the brain when given, else it is estimated), "auto" strips a whole head a stripped-only model gets.
+        the brain when given, else it is estimated), "auto" strips inside a given mask or a whole head a
+        stripped-only model gets (``skull_policy.decide_skull``; ``result.notes`` says what was done).
         ``image`` itself is never modified."""
         start = time.perf_counter()
         report = progress or _noop_progress
         warnings: list[str] = []
         notes: list[str] = []
-        if skull not in SKULL_HANDLING:
-            raise SynthesisError(f"unknown skull handling {skull!r}; choose one of {', '.join(SKULL_HANDLING)}")
-        if skull == "strip" and not self.strips_skulls:
-            raise SynthesisError("skull stripping is for brain MRI models; this model's images are in absolute "
-                                 "units (CT), which need the skull and the whole body")
+        try:
+            check_skull(skull, ct=not self.strips_skulls)
+        except BrainMaskError as exc:
+            raise SynthesisError(str(exc)) from None
 
         def check_cancel() -> None:
             if cancel is not None and cancel():
@@ -347,17 +348,23 @@ class SynthesisEngine:
             raise SynthesisError(str(exc).rstrip(".")) from None
         if mask is not None:
             self._check_mask(mask)
-        # "auto" decides on the prepared input's foreground volume; "strip" prepares only the stripped copy
-        prepared = None if skull == "strip" else self._prepare(image, validated=True)
+        prepared = None
+
+        def input_ml() -> float:  # "auto" may look at the prepared input; it is kept when the head is kept
+            nonlocal prepared
+            prepared = self._prepare(image, validated=True)
+            return foreground_ml(prepared)
+
+        decision = decide_skull(skull, mask_given=mask is not None, ct=not self.strips_skulls,
+                                fingerprint=self.fingerprint, input_ml=input_ml)  # skull_policy.py: the one rule
         brain = None
-        if skull == "strip" or (skull == "auto" and self._should_strip(prepared)):
+        if decision.strip:
             report(0.02, "Extracting the brain")
-            given = mask is not None
             try:
-                brain = mask if given else estimate_brain_mask(image)
+                brain = mask if mask is not None else estimate_brain_mask(image)
                 stripped = strip(image, brain)  # a stripped copy: the caller's image stays as it was
             except BrainMaskError as exc:
-                if skull == "strip":
+                if not decision.fallible:
                     raise SynthesisError(str(exc)) from None
                 # auto: the user did not ask for stripping, so a failed extraction keeps the head and says so
                 warnings.append(f"the whole head was synthesised as it is, because {exc}")
@@ -365,11 +372,11 @@ class SynthesisEngine:
             check_cancel()  # brain extraction takes 10-20 s: honour a cancel before preparing again
         if brain is not None:
             image, mask, prepared = stripped, brain, None
-            why = "" if skull == "strip" else "the input is a whole head and the model saw skull-stripped brains only: "
-            notes.append(f"{why}synthesised inside the brain only ({'the given' if given else 'a BET'} brain mask, "
-                         f"{volume_ml(brain):.0f} mL); outside it the outputs are background")
+            notes.append(decision.note(volume_ml(brain)))
+        elif not decision.strip:
+            notes.append(decision.note())
         if prepared is None:
-            prepared = self._prepare(image)
+            prepared = self._prepare(image, validated=brain is None)
         context = prepared.context
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
@@ -399,7 +406,8 @@ class SynthesisEngine:
             # overlay never tints empty space. Outside the processed box it is 0 already (heat_fill).
             box = (slice(int(indices[0]), int(indices[-1]) + 1), slice(y0, y1), slice(x0, x1))
             np.copyto(diff[box], 0.0, where=~prepared.foreground[box])
-            upper = 1.0 if source == "d2" else float(np.finfo(np.float32).max)
+            ceiling = heatmap_kinds.kind(source).ceiling
+            upper = float(np.finfo(np.float32).max) if ceiling is None else ceiling
             if not context.resampled:  # restoring only moves voxels: clamp the array in place, no image copy
                 np.clip(diff, 0.0, upper, out=diff)
             heat_image = restore_volume(diff, context, sitk.sitkLinear, 0.0)
@@ -428,11 +436,6 @@ class SynthesisEngine:
     def strips_skulls(self) -> bool:
         """Whether skull stripping applies: brain MRI in and out (not CT, whose HU need the skull and body)."""
         return not (self.spec.source.absolute_units or self.spec.target.absolute_units)
-
-    def _should_strip(self, prepared: PreparedVolume) -> bool:
-        """``skull="auto"``: a whole head (``VolumeStats.skull``) given to a model trained on stripped brains only."""
-        return (self.strips_skulls and self.fingerprint is not None and foreground_ml(prepared) > SKULL_ML
-                and "head" not in self.fingerprint.skull_kinds)
 
     def run_array(self, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
                   direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), **kwargs) -> SynthesisResult:
