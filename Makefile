@@ -24,7 +24,7 @@ demo: $(STAMP)
 # The demo's outputs in the browser viewer (duald-view) over the demo's source, on http://127.0.0.1:8080/.
 view-demo: demo
 	$(VENV)/bin/duald-view "$$($(PY) -c 'from DualDSynthesisLib.cli.demo import mni152_t1; print(mni152_t1())')" \
-		--synthetic demo-output/mni152_t1_synthetic.nii.gz --heatmap demo-output/mni152_t1_difficulty.nii.gz
+		--synthetic demo-output/mni152_t1_synthetic.nii.gz --heatmap demo-output/mni152_t1_expected_error.nii.gz
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -80,7 +80,9 @@ def estimate_brain_mask(image: sitk.Image, plausible_ml: tuple[float, float] = P
 
 def volume_ml(mask: sitk.Image) -> float:
     """The volume of a mask's nonzero voxels in mL, on its own grid."""
-    return float(sitk.GetArrayViewFromImage(sitk.NotEqual(mask, 0)).sum()) * math.prod(mask.GetSpacing()) / 1000.0
+    # Counted on the mask's own buffer: a view of a temporary image (NotEqual's) may read freed memory.
+    count = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    return float(count) * math.prod(mask.GetSpacing()) / 1000.0
 
 
 def mask_on_grid(mask: sitk.Image, image: sitk.Image, what: str = "the mask") -> sitk.Image:
