@@ -85,7 +85,7 @@ class DualDViewer:
             "error": "", "status": "Load a source volume.", "progress": 0, "running": False,
             "has_source": False, "has_result": False, "background": "synthetic",
             "opacity": DISPLAY_DEFAULTS.opacity, "threshold": DISPLAY_DEFAULTS.threshold,
-            **self._heatmap_state(None),
+            "qa_items": [], **self._heatmap_state(None),
             "confirm_overwrite": False, "existing": "", "saved": "", "source_upload": None,
             "segmentation_upload": None, "reference_upload": None, "legend": _legend_gradient(),
         })
@@ -142,8 +142,8 @@ class DualDViewer:
     @staticmethod
     def _heatmap_state(heat: Any, columns: list[tuple[str, str]] | None = None) -> dict[str, Any]:
         """The page's legend (units, top of the display window) and QA columns for a heatmap node (None: none
-        yet); ``columns``: the QA table's, else every column the node's kind would get."""
-        if not columns:  # no QA table yet
+        yet); ``columns``: ``qa.table_columns`` for the result, else those of the node's kind."""
+        if not columns:  # no result yet
             columns = qa.table_columns(display.heatmap_kind(heat).name)
         high = display.heatmap_window(heat)[1]
         return {"legend_title": display.heatmap_units(heat), "legend_max": f"{high:.3g}",
@@ -213,9 +213,13 @@ class DualDViewer:
             self.state.update({"error": f"unexpected error: {exc}".splitlines()[0], "status": "Synthesis failed."})
         else:
             warnings = "; ".join(outputs.warnings)
+            # The Slicer table's columns and units, all of them always: a table whose column count changes
+            # re-renders its rows only seconds later in the browser.
+            columns = qa.table_columns(display.heatmap_kind(outputs.heatmap_node).name, engine.spec,
+                                       result.target_modality or engine.target_modality)
             self.state.update({
-                "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows, outputs.qa_columns),
-                **self._heatmap_state(outputs.heatmap_node, outputs.qa_columns),
+                "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows, columns),
+                **self._heatmap_state(outputs.heatmap_node, columns),
                 "status": "Done." + (f" Warning: {warnings}" if warnings else ""),
             })
             self.session.set_threshold(self.state.threshold)
