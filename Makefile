@@ -28,12 +28,12 @@ demo: $(STAMP)
 DEMO_OUT := demo-output
 DEMO_MODEL := DualDSynthesis/Resources/Models/t1_to_t2.safetensors
 
-$(DEMO_OUT)/mni152_t1_synthetic%nii.gz $(DEMO_OUT)/mni152_t1_difficulty%nii.gz: $(DEMO_MODEL) | $(STAMP)
+$(DEMO_OUT)/mni152_t1_synthetic%nii.gz $(DEMO_OUT)/mni152_t1_expected_error%nii.gz: $(DEMO_MODEL) | $(STAMP)
 	$(PY) -m DualDSynthesisLib.cli.demo --output $(DEMO_OUT)
 
-view-demo: $(DEMO_OUT)/mni152_t1_synthetic.nii.gz $(DEMO_OUT)/mni152_t1_difficulty.nii.gz | $(STAMP)
+view-demo: $(DEMO_OUT)/mni152_t1_synthetic.nii.gz $(DEMO_OUT)/mni152_t1_expected_error.nii.gz | $(STAMP)
 	$(VENV)/bin/duald-view "$$($(PY) -c 'from DualDSynthesisLib.cli.demo import mni152_t1; print(mni152_t1())')" \
-		--synthetic $(DEMO_OUT)/mni152_t1_synthetic.nii.gz --heatmap $(DEMO_OUT)/mni152_t1_difficulty.nii.gz
+		--synthetic $(DEMO_OUT)/mni152_t1_synthetic.nii.gz --heatmap $(DEMO_OUT)/mni152_t1_expected_error.nii.gz
 
 test: $(STAMP)
 	$(PY) -m ruff check .

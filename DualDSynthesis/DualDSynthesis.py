@@ -1,4 +1,4 @@
-"""DualD Synthesis: T1 MRI → T2 MRI or CT, with the D2 difficulty heatmap overlaid. Thin GUI only:
+"""DualD Synthesis: T1 MRI → T2 MRI or CT, with its heatmap (where not to trust it) overlaid. Thin GUI only:
 everything that is not Qt lives in ``DualDSynthesisLib`` (see ``DualDSynthesisLib/scene/logic.py``)."""
 
 import logging
@@ -52,8 +52,8 @@ class DualDSynthesisParameterNode:
     brainMaskNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]  # noqa: UP007 (wrapper needs Union)
     syntheticVolume: vtkMRMLScalarVolumeNode
     heatmapVolume: vtkMRMLScalarVolumeNode
-    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    lowerThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
+    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = DisplayOptions.opacity  # heatmap_kinds.DISPLAY_DEFAULTS
+    lowerThreshold: Annotated[float, WithinRange(0.0, 1.0)] = DisplayOptions.lower_threshold
     showSourceAsBackground: bool = False
     regionNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]  # noqa: UP007 (wrapper needs Union)
     referenceVolume: vtkMRMLScalarVolumeNode
@@ -269,7 +269,7 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(outputs.qa_table_node.GetID())
             slicer.app.applicationLogic().PropagateTableSelection()
-        notes = [] if outputs.heatmap_node else [_("this model has no difficulty heatmap")]
+        notes = [] if outputs.heatmap_node else [_("this model has no heatmap")]
         done = _("Done: {name}").format(name=outputs.synthetic_node.GetName())
         self.ui.statusLabel.text = "\n".join([done, *notes, *outputs.notes, *outputs.warnings])
 
@@ -357,7 +357,7 @@ class DualDSynthesisTest(ScriptedLoadableModuleTest):
             source,
             logic.load_engine(models[0], "auto"),
             progress=lambda f, m: progress.append(f),
-            display_options=DisplayOptions(opacity=0.5, lower_threshold=0.2),
+            display_options=DisplayOptions(),
             qa_options=QAOptions(),
         )
         self.assertIsNotNone(outputs.synthetic_node)

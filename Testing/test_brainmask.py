@@ -124,11 +124,15 @@ def test_strip_with_a_given_brain_mask(engine: SynthesisEngine) -> None:
     # what the networks saw is the stripped head: the same as synthesising a pre-stripped copy with "keep"
     kept = engine.run(strip(image, brain), mask=brain, skull="keep")
     np.testing.assert_allclose(syn, sitk.GetArrayViewFromImage(kept.synthetic), atol=1e-5)
-    assert not kept.notes
+    assert kept.notes == ["the input was synthesised as it is (skull handling 'keep'); outside the given mask the "
+                          "outputs are background"]
 
 
 def test_auto_strips_only_for_a_stripped_only_model(engine: SynthesisEngine, monkeypatch) -> None:
+    from DualDSynthesisLib.inference import engine as engine_module
+
     image, brain = big_head(), _brain_of(big_head())
+    monkeypatch.setattr(engine_module, "estimate_brain_mask", lambda _image: brain)  # BET's stand-in
 
     def stats(x: sitk.Image):
         return volume_stats(engine._prepare(x), engine.spec.source)
@@ -136,11 +140,25 @@ def test_auto_strips_only_for_a_stripped_only_model(engine: SynthesisEngine, mon
     stripped_stats, head_stats = stats(head()), stats(image)
     assert not stripped_stats.skull and head_stats.skull
     monkeypatch.setattr(engine, "fingerprint", fingerprint([stripped_stats]))
-    auto = engine.run(image, mask=brain, skull="auto")
-    assert any(n.startswith("the input is a whole head") for n in auto.notes)
-    assert not engine.run(head(), skull="auto").notes  # a stripped brain is left as it is
+    auto = engine.run(image, skull="auto")
+    assert [n for n in auto.notes if "inside the brain only (a BET brain mask" in n and "is a whole head" in n]
+    assert engine.run(head(), skull="auto").notes[0].startswith("the input was synthesised as it is")  # a brain
     monkeypatch.setattr(engine, "fingerprint", fingerprint([stripped_stats, head_stats]))
-    assert not engine.run(image, mask=brain, skull="auto").notes  # the model saw whole heads: keep
+    kept = engine.run(image, skull="auto")
+    assert kept.notes == ["the input was synthesised as it is (skull handling 'auto': the model was trained on "
+                          "whole heads too)"]
+
+
+def test_auto_with_a_brain_mask_strips_inside_it_whatever_the_model_saw(engine: SynthesisEngine, monkeypatch) -> None:
+    """The one rule for a given mask (skull_policy.py): the CLI's --mask M --skull auto is the panel's brain mask
+    with auto, i.e. --skull strip inside M, even for a model that saw whole heads (it kept the head before)."""
+    image, brain = big_head(), _brain_of(big_head())
+    stats = [volume_stats(engine._prepare(x), engine.spec.source) for x in (head(), image)]
+    monkeypatch.setattr(engine, "fingerprint", fingerprint(stats))  # stripped brains and whole heads
+    auto, stripped = engine.run(image, mask=brain, skull="auto"), engine.run(image, mask=brain, skull="strip")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(auto.synthetic),
+                                  sitk.GetArrayViewFromImage(stripped.synthetic))
+    assert "inside the brain only (the given brain mask" in auto.notes[0] and "with a brain mask" in auto.notes[0]
 
 
 def test_skull_handling_errors(engine: SynthesisEngine, tmp_path) -> None:

@@ -61,13 +61,20 @@ def test_a_mask_on_another_grid_that_barely_overlaps_says_so(bundle: Path) -> No
     image = head()  # 48×48×6 of 1 mm at the origin
     # 2 mm voxels, shifted so that only its first 4 columns (of 24) fall on the image: about 1/6 of the mask
     mask = _mask_on((24, 24, 3), (2.0, 2.0, 2.0), (40.0, 0.0, 0.0))
-    result = engine.run(image, mask=mask)
+    result = engine.run(image, mask=mask, skull="keep")  # the mask only blanks the outputs outside it
     (warning,) = [w for w in result.warnings if "another grid" in w]
     assert "24×24×3 voxels of 2×2×2 mm" in warning and "48×48×6 voxels of 1×1×1 mm" in warning
     share = int(warning.split("(")[-1].split(" %")[0])
     assert 10 <= share <= 25
     syn = sitk.GetArrayViewFromImage(result.synthetic)
     assert (syn[:, :, :39] == 0).all()  # outside the mask: background
+
+
+def test_a_brain_mask_that_leaves_no_input_is_refused_by_name(bundle: Path) -> None:
+    # auto with a mask strips inside it (skull_policy): a mask beside the head leaves nothing to synthesise
+    engine = SynthesisEngine(bundle, device="cpu", batch_size=2)
+    with pytest.raises(SynthesisError, match="inside the brain mask the input is empty"):
+        engine.run(head(), mask=_mask_on((24, 24, 3), (2.0, 2.0, 2.0), (40.0, 0.0, 0.0)))
 
 
 def test_a_mask_on_another_grid_that_covers_the_image_is_a_note(bundle: Path) -> None:

@@ -49,8 +49,10 @@ def test_a_huge_spacing_first_in_a_cohort_is_one_line_and_the_rest_run(model, tm
     code, err = _run(capsys, str(inputs), "-o", str(out), "--model", str(model), "--device", "cpu")
     assert code == 2
     assert err[0].startswith("duald-synthesize: error: a_bad_t1.nii.gz: ") and "12000×12000" in err[0]
-    assert "maximum 4096" in err[0] and err[1] == "duald-synthesize: 1 of 2 input(s) failed"
-    assert len(err) == 2, err
+    assert "maximum 4096" in err[0] and err[-1] == "duald-synthesize: 1 of 2 input(s) failed"
+    # the good input's only line on stderr: what its skull handling did (skull_policy's note)
+    assert len(err) == 3 and err[1].startswith("duald-synthesize: note: b_good_t1.nii.gz: the input was synthesised "
+                                               "as it is (skull handling 'auto'"), err
     assert sorted(p.name for p in out.iterdir()) == ["b_good_t1_synthetic.nii.gz"]
 
 

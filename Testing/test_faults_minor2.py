@@ -19,8 +19,8 @@ from bundles import make_bundle
 from DualDSynthesisLib.cli import demo
 from DualDSynthesisLib.cli import synthesize as cli
 from DualDSynthesisLib.core.errors import OutputWriteError
-from DualDSynthesisLib.imaging import atomic
-from DualDSynthesisLib.imaging.output_names import HEATMAP_SUFFIX, SYNTHETIC_SUFFIX, is_derived_output
+from DualDSynthesisLib.imaging import atomic, heatmap_kinds
+from DualDSynthesisLib.imaging.output_names import SYNTHETIC_SUFFIX, heatmap_suffix, is_derived_output
 from DualDSynthesisLib.imaging.overview import BLACK_LEVEL_CAP, CAPTION_HEIGHT, GAP, PANEL_HEIGHT, overview_image
 from test_engine import head
 from test_faults_outputs import _fill, _small_tmpfs
@@ -219,7 +219,9 @@ def test_a_folder_of_outputs_only_is_refused(model, tmp_path, capsys) -> None:
 
 
 def test_our_output_names_are_recognised_and_nothing_else() -> None:
-    assert is_derived_output(Path(f"x{SYNTHETIC_SUFFIX}")) and is_derived_output(Path(f"X{HEATMAP_SUFFIX.upper()}"))
+    assert is_derived_output(Path(f"x{SYNTHETIC_SUFFIX}"))
+    for kind in heatmap_kinds.names():  # every kind's heatmap name, whatever the case
+        assert is_derived_output(Path(f"X{heatmap_suffix(kind).upper()}"))
     assert not is_derived_output(Path("t1.nii.gz")) and not is_derived_output(Path("synthetic.nii.gz"))
     assert not is_derived_output(Path(SYNTHETIC_SUFFIX))  # no stem: not a name we derive
 

@@ -91,7 +91,7 @@ def test_overview_captions_the_heatmap_with_its_units(tmp_path: Path) -> None:
     heat = image * 0.5  # an expected-error map of ~50-450 units inside the head, 0 outside
     units = "expected absolute error (t2 intensity units)"
     assert heatmap_caption(units) == "heatmap: expected absolute error (t2 intensity units)"
-    assert heatmap_caption("") == "heatmap: relative difficulty (1 - D2 confidence)"
+    assert heatmap_caption("") == "heatmap: relative difficulty (1 - D2 confidence, 0-1)"  # the kind's own sentence
     figure = sitk.GetArrayFromImage(overview_image(image, image, heat, units, "expected_error"))
     strip, panels = figure[:CAPTION_HEIGHT], figure[CAPTION_HEIGHT:]
     assert figure.shape[1] == 3 * 256 + 2 * 4

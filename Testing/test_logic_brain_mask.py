@@ -1,6 +1,7 @@
 """The module logic's brain mask (the panel's "Brain mask (optional)"): a labelmap or the chosen segments of a
-segmentation reach the engine as ``mask``, "auto" becomes "strip", and the real engine's result equals
-``duald-synthesize --mask M --skull strip`` on the same phantom. Slicer-core only (real MRML, no Qt)."""
+segmentation reach the engine as ``mask`` with the skull handling unchanged (the engine decides, as for the CLI:
+skull_policy.py), and the real engine's result with *auto* equals ``duald-synthesize --mask M --skull auto`` and
+``--skull strip`` on the same phantom. Slicer-core only (real MRML, no Qt)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ OTHER = (slice(0, 2), slice(0, 6), slice(0, 6))  # a second label / segment, awa
 
 class CTEngine(FakeEngine):
     target_modality = "CT"
-    strips_skulls = False  # a CT model never strips: the mask only restricts its outputs
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def _state(node) -> tuple:
     return mrml_io.array_from_volume_node(node).tobytes(), mrml_io.ijk_to_ras_matrix(node).tobytes(), node.GetName()
 
 
-def test_labelmap_mask_reaches_the_engine_and_auto_becomes_strip(loaded) -> None:
+def test_labelmap_mask_reaches_the_engine_with_the_skull_handling(loaded) -> None:
     app, logic, node = loaded
     labels = np.zeros(SHAPE, np.int16)
     labels[BRAIN] = 1
@@ -61,12 +61,11 @@ def test_labelmap_mask_reaches_the_engine_and_auto_becomes_strip(loaded) -> None
 
     out = logic.synthesize(node, engine, brain_mask_node=mask_node)
 
-    assert engine.skull == "strip"
+    assert engine.skull == "auto"  # the engine's one rule decides (skull_policy.py), not the logic
     got = engine.mask
     assert got.GetSize() == source_image().GetSize() and got.GetOrigin() == source_image().GetOrigin()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(got), (labels > 0).astype(np.uint8))
-    assert out.notes[0] == "skull handling 'auto' was taken as 'strip' because the brain mask 'brain labels' was given"
-    assert out.notes[1:] == ["skull handling: strip"]  # then the engine's own notes
+    assert out.notes == ["skull handling: auto"]  # the engine's notes
     assert (_state(mask_node), _state(node)) == before
 
 
@@ -82,9 +81,7 @@ def test_chosen_segments_are_the_brain_and_keep_restricts_the_outputs(loaded) ->
 
     out = logic.synthesize(node, engine, skull="keep", brain_mask_node=segmentation, brain_segment_ids=[brain_id])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(engine.mask), (labels == 1).astype(np.uint8))
-    assert engine.skull == "keep"
-    assert out.notes[0] == ("the whole head was synthesised (skull kept); outside the brain mask "
-                            "'tumour segmentation' the outputs are background")
+    assert engine.skull == "keep" and out.notes == ["skull handling: keep"]
     logic.synthesize(node, engine, skull="strip", brain_mask_node=segmentation)  # no ids: all segments, united
     np.testing.assert_array_equal(sitk.GetArrayFromImage(engine.mask), (labels > 0).astype(np.uint8))
     assert engine.skull == "strip"
@@ -93,7 +90,7 @@ def test_chosen_segments_are_the_brain_and_keep_restricts_the_outputs(loaded) ->
 
     ct = CTEngine()
     out = logic.synthesize(node, ct, brain_mask_node=segmentation)
-    assert ct.skull == "keep" and out.notes[0].startswith("the whole head was synthesised (skull kept)")
+    assert ct.skull == "auto" and ct.mask is not None
     assert _state(segmentation) == before[0] and _state(node) == before[1]
     # the temporary export labelmaps and their colour tables are gone: only the runs' outputs were added
     added = [app.scene.GetNodeByID(i) for i in node_ids(app.scene) - before[2]]
@@ -143,7 +140,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory):
 
 def test_real_engine_strips_with_the_mask_as_the_cli_does(tmp_path, loaded, bundle) -> None:
     """A whole 'head' and a brain box: the panel's path (labelmap or segmentation, skull "auto") gives the
-    CLI's ``--mask --skull strip`` result, background outside the brain."""
+    CLI's ``--mask --skull strip`` result and its ``--mask --skull auto`` one, background outside the brain."""
     from DualDSynthesisLib.inference.engine import SynthesisEngine
 
     app, logic, _ = loaded
@@ -154,6 +151,10 @@ def test_real_engine_strips_with_the_mask_as_the_cli_does(tmp_path, loaded, bund
                      "--device", "cpu", "--mask", str(tmp_path / "brain.nii.gz"), "--skull", "strip", "-q"])
     assert code == 0
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "syn.nii.gz")))
+    code = cli.main([str(tmp_path / "head.nii.gz"), "-o", str(tmp_path / "auto.nii.gz"), "--model", str(bundle),
+                     "--device", "cpu", "--mask", str(tmp_path / "brain.nii.gz"), "-q"])  # --skull auto
+    assert code == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "auto.nii.gz"))), expected)
 
     node = mrml_io.new_volume_node_from_image(app.scene, image, "head")
     mask_node = _labelmap(app.scene, sitk.GetArrayFromImage(brain), image, "brain")

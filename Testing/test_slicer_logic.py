@@ -43,7 +43,6 @@ class FakeEngine:
     target_modality = "T2"
     metadata = None  # no bundle: the synthetic node gets no DICOM marking
     bundle_path = None
-    strips_skulls = True  # a brain MRI model
 
     def __init__(self, with_heatmap: bool = True, cancel_error: type[Exception] | None = None,
                  spec: PreprocessingSpec | None = None) -> None:
@@ -322,9 +321,9 @@ def test_qa_table_matches_direct_numpy(loaded):
     for row, mask in enumerate(masks):
         diff = synthetic[mask].astype(np.float64) - normalised_reference[mask]
         assert _column(table, qa.COLUMN_VOXELS)[row] == mask.sum()
-        assert _column(table, qa.COLUMN_MEAN)[row] == pytest.approx(heat[mask].mean(), rel=1e-6)
-        assert _column(table, qa.COLUMN_P95)[row] == pytest.approx(np.percentile(heat[mask], 95), rel=1e-6)
-        assert _column(table, qa.COLUMN_MAE)[row] == pytest.approx(np.abs(diff).mean(), rel=1e-5)
+        assert _column(table, "Mean difficulty (0-1)")[row] == pytest.approx(heat[mask].mean(), rel=1e-6)
+        assert _column(table, "P95 difficulty (0-1)")[row] == pytest.approx(np.percentile(heat[mask], 95), rel=1e-6)
+        assert _column(table, "MAE (normalised)")[row] == pytest.approx(np.abs(diff).mean(), rel=1e-5)
         psnr = 10 * math.log10(data_range**2 / (diff**2).mean())
         assert _column(table, qa.COLUMN_PSNR)[row] == pytest.approx(psnr, rel=1e-5)
         assert _column(table, qa.COLUMN_SSIM)[row] == pytest.approx(
@@ -359,10 +358,10 @@ def test_qa_for_ct_reports_hu_mae_in_body_and_labelmap_regions(loaded):
     assert names[:2] == ["foreground", qa.BODY_ROW] and len(names) == 3
     body = reference > -500
     synthetic = FakeEngine.synthetic_array(source)
-    assert _column(out.qa_table_node, qa.COLUMN_MAE_HU)[1] == pytest.approx(
+    assert _column(out.qa_table_node, "MAE (HU)")[1] == pytest.approx(
         np.abs(synthetic[body] - reference[body]).mean(), rel=1e-5
     )
-    assert _column(out.qa_table_node, qa.COLUMN_MAE_HU)[2] == pytest.approx(
+    assert _column(out.qa_table_node, "MAE (HU)")[2] == pytest.approx(
         np.abs(synthetic[labels == 7] - reference[labels == 7]).mean(), rel=1e-5
     )
 
@@ -417,7 +416,7 @@ def test_bundle_without_d2_gives_synthetic_only(loaded):
     out = logic.synthesize(node, engine, display_options=DisplayOptions(), qa_options=QAOptions())
     assert out.heatmap_node is None
     assert app.scene.GetNodeByID(out.synthetic_node.GetID()) is not None
-    assert out.qa_table_node.GetTable().GetColumnByName(qa.COLUMN_MEAN) is None
+    assert out.qa_columns == [(qa.COLUMN_NAME, "name"), (qa.COLUMN_VOXELS, "voxels")]  # no heatmap column
 
 
 def test_segment_subset_and_missing_dependencies(tmp_path, loaded):

@@ -12,7 +12,8 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from bundles import spec as bundle_spec  # noqa: E402
-from DualDSynthesisLib.imaging.heatmap_file import EXPECTED_ERROR_PERCENTILE, SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE  # noqa: E402
+from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE  # noqa: E402
+from DualDSynthesisLib.imaging.heatmap_kinds import DISPLAY_PERCENTILE  # noqa: E402
 from DualDSynthesisLib.model.intensity import foreground_mask  # noqa: E402
 from DualDSynthesisLib.scene import display, mrml_io, qa  # noqa: E402
 from DualDSynthesisLib.scene.logic import DisplayOptions, DualDSynthesisLogic, QAOptions  # noqa: E402
@@ -63,7 +64,7 @@ def test_expected_error_node_has_units_legend_and_robust_window(loaded) -> None:
     legend = _legend(heat)
     assert legend.GetTitleText() == UNITS and legend.GetVisibility()
     values = mrml_io.array_from_volume_node(heat)
-    high = np.percentile(values[values > 0], EXPECTED_ERROR_PERCENTILE)
+    high = np.percentile(values[values > 0], DISPLAY_PERCENTILE)
     assert high < 1000  # the outliers do not set the window
     disp = heat.GetDisplayNode()
     assert (disp.GetWindowLevelMin(), disp.GetWindowLevelMax()) == pytest.approx((0.0, high), rel=1e-5)
@@ -76,7 +77,7 @@ def test_d2_node_keeps_the_fixed_window_and_says_relative_difficulty(loaded) -> 
     _app, logic, node = loaded
     out = logic.synthesize(node, FakeEngine(), display_options=DisplayOptions(lower_threshold=0.3))
     assert out.heatmap_node.GetName() == "T1 D2 difficulty"
-    assert _legend(out.heatmap_node).GetTitleText() == display.D2_LEGEND_TITLE
+    assert _legend(out.heatmap_node).GetTitleText() == "relative difficulty (1 - D2 confidence, 0-1)"
     disp = out.heatmap_node.GetDisplayNode()
     assert (disp.GetWindowLevelMin(), disp.GetWindowLevelMax()) == pytest.approx((0.0, 1.0))
     assert disp.GetLowerThreshold() == pytest.approx(0.3)
@@ -91,11 +92,12 @@ def test_qa_table_has_expected_mae_per_segment_without_reference(loaded) -> None
     out = logic.synthesize(node, ExpectedErrorEngine(), qa_options=QAOptions(region_node=segmentation))
     table = out.qa_table_node
     assert _column(table, qa.COLUMN_NAME) == ["foreground", "tumour", "oedema"]
-    assert table.GetTable().GetColumnByName(qa.COLUMN_MEAN) is None  # not "difficulty": these are T2 units
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == [  # the units in every title
+        "Region", "Voxels", "Expected MAE (T2 intensity units)", "P95 expected |error| (T2 intensity units)"]
     heat = mrml_io.array_from_volume_node(out.heatmap_node)
     masks = [foreground_mask(source_array(), "mri_percentile"), labels == 1, labels == 2]
     expected = [float(heat[m].mean()) for m in masks]
-    assert _column(table, qa.COLUMN_EXPECTED_MAE) == pytest.approx(expected, rel=1e-6)
+    assert _column(table, "Expected MAE (T2 intensity units)") == pytest.approx(expected, rel=1e-6)
     assert expected[1] == pytest.approx(90.0, rel=1e-6)  # the tumour's expected error, by construction
     assert [r.expected_mae for r in out.qa_rows] == pytest.approx(expected, rel=1e-6)
 
@@ -109,8 +111,11 @@ def test_qa_expected_mae_hand_values_and_ct_units() -> None:
     d2_rows = qa.compute_qa(source, bundle_spec(), heat / 20, labels, {1: "a", 2: "b"}, heatmap_source="d2")
     assert all(np.isnan(r.expected_mae) for r in d2_rows)
     scene = slicer.vtkMRMLScene()
-    table = qa.write_qa_table(scene, rows, target_modality="CT", heatmap_source="expected_error")
-    assert _column(table, qa.COLUMN_EXPECTED_MAE + " (HU)") == pytest.approx([8.5, 2.0, 10.0])
+    table = qa.write_qa_table(scene, rows, qa.table_columns("expected_error", None, "CT", with_reference=False))
+    assert _column(table, "Expected MAE (HU)") == pytest.approx([8.5, 2.0, 10.0])
+    with_spec = qa.table_columns("expected_error", bundle_spec(target="ct"), "CT")
+    assert [t for t, _ in with_spec][2:] == ["Expected MAE (HU)", "P95 expected |error| (HU)", "PSNR (dB)", "MAE (HU)",
+                                              "SSIM"]
 
 
 def test_load_engine_passes_the_heatmap_source(tmp_path: Path) -> None:

@@ -185,7 +185,7 @@ def test_synthesize_small_volume_overlay_qa_and_save(server, browser, data):
 
     page.click("#save")
     page.wait_for_selector("#saved", timeout=30_000)
-    saved = [data / "small_t1_synthetic.nii.gz", data / "small_t1_difficulty.nii.gz"]
+    saved = [data / "small_t1_synthetic.nii.gz", data / "small_t1_expected_error.nii.gz"]
     assert all(p.is_file() for p in saved)
     stamps = [p.stat().st_mtime_ns for p in saved]
     page.click("#save")  # again: the page asks before overwriting, and "Keep" leaves the files alone

@@ -61,7 +61,7 @@ def test_synthesis_qa_and_save_without_overwriting(tmp_path, session, engine):
     assert outputs.heatmap_node is not None and outputs.heatmap_node.GetDisplayNode().GetApplyThreshold()
 
     written = session.save()
-    assert [p.name for p in written] == ["case_t1_synthetic.nii.gz", "case_t1_difficulty.nii.gz"]
+    assert [p.name for p in written] == ["case_t1_synthetic.nii.gz", "case_t1_expected_error.nii.gz"]  # its kind
     saved = sitk.ReadImage(str(written[0]))
     assert saved.GetSize() == image.GetSize()
     before = written[0].stat().st_mtime_ns

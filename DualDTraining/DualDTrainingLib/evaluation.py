@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
+from DualDSynthesisLib.imaging import heatmap_kinds
 from DualDSynthesisLib.imaging.calibration import error_ratio
 from DualDSynthesisLib.imaging.preprocess import CT_HU_RANGE, PreprocessingSpec
 from DualDSynthesisLib.imaging.scoring import WORST_FRACTION, auroc, comparable, gradient_magnitude, map_scores
@@ -109,11 +110,12 @@ def evaluate_arrays(
     scored = {**maps, EDGE_MAP: gradient_magnitude(pred, spacing_kji)}
     result.maps = map_scores(scored, np.abs(pred - ref), fg)
     result.gradient_auroc = result.maps[EDGE_MAP]["auroc"]
-    if "expected_error" in maps:  # are its values right, not only its ranking: expected / real MAE (1 = honest)
-        expected = maps["expected_error"]
+    for name in [n for n in maps if n in heatmap_kinds.names() and heatmap_kinds.kind(n).in_target_units]:
+        # an error map: are its values right, not only its ranking: expected / real MAE (1 = honest)
+        expected = maps[name]
         if not spec.target.absolute_units:  # target units → the normalised units pred and ref are compared in
             expected = expected / np.float32(spec.target.units_per_normalised(spec.target.reference_params))
-        result.maps["expected_error"]["mae_ratio"] = error_ratio(expected, np.abs(pred - ref), fg)
+        result.maps[name]["mae_ratio"] = error_ratio(expected, np.abs(pred - ref), fg)
     if heatmap is not None:
         err = np.abs(pred - ref)[fg]
         result.heatmap_auroc = auroc(heatmap[fg], err >= np.quantile(err, 1.0 - WORST_FRACTION))

@@ -16,7 +16,7 @@ from typing import Any
 
 from DualDSynthesisLib.imaging.defaults import DEFAULT_MODEL
 from DualDSynthesisLib.imaging.figures import inferno_rgb
-from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE
+from DualDSynthesisLib.imaging.heatmap_kinds import DISPLAY_DEFAULTS
 from DualDSynthesisLib.scene import display, qa
 from DualDSynthesisLib.scene.logic import DualDSynthesisLogic, SynthesisCancelled
 from trame.app import get_server
@@ -32,19 +32,11 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from .session import BusyError, ViewerError, ViewerSession
 
 LAYOUT_ID = "DualD three views"
-_REFERENCE_COLUMNS = ((qa.COLUMN_PSNR, "psnr"), (qa.COLUMN_MAE, "mae"), (qa.COLUMN_SSIM, "ssim"))
-# The heatmap's two columns, named as in the Slicer QA table: G's expected error is in target units,
-# D2's difficulty is relative.
-_HEATMAP_COLUMNS = {
-    "expected_error": ((qa.COLUMN_EXPECTED_MAE, "expected_mae"), (qa.COLUMN_P95_EXPECTED, "p95_difficulty")),
-    "d2": ((qa.COLUMN_MEAN, "mean_difficulty"), (qa.COLUMN_P95, "p95_difficulty")),
-}
-D2_LEGEND = "relative difficulty (1 − D2 confidence)"
 
 
-def _qa_columns(source: str | None) -> tuple[tuple[str, str], ...]:
-    return ((qa.COLUMN_NAME, "name"), (qa.COLUMN_VOXELS, "voxels"), *_HEATMAP_COLUMNS[source or "d2"],
-            *_REFERENCE_COLUMNS)
+def _headers(columns: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The page's QA headers: the Slicer QA table's columns (``qa.table_columns``), units included."""
+    return [{"title": t, "key": k} for t, k in columns]
 
 
 def _legend_gradient(steps: int = 11) -> str:
@@ -54,11 +46,11 @@ def _legend_gradient(steps: int = 11) -> str:
     return f"linear-gradient(to right, {stops})"
 
 
-def _qa_items(rows: list, source: str | None) -> list[dict[str, Any]]:
+def _qa_items(rows: list, columns: list[tuple[str, str]]) -> list[dict[str, Any]]:
     items = []
     for row in rows:
         item: dict[str, Any] = {}
-        for _title, field in _qa_columns(source):
+        for _title, field in columns:
             value = getattr(row, field)
             item[field] = None if isinstance(value, float) and math.isnan(value) else (
                 round(value, 4) if isinstance(value, float) else value)
@@ -92,9 +84,9 @@ class DualDViewer:
             "model": str(models[0]) if models else default,
             "models": [{"title": Path(m).name, "value": m} for m in self.models],
             "error": "", "status": "Load a source volume.", "progress": 0, "running": False,
-            "has_source": False, "has_result": False, "opacity": 0.5, "threshold": 0.2, "background": "synthetic",
-            "qa_items": [], "qa_headers": [{"title": t, "key": k} for t, k in _qa_columns(None)],
-            "legend_title": D2_LEGEND, "legend_max": "1",
+            "has_source": False, "has_result": False, "background": "synthetic",
+            "opacity": DISPLAY_DEFAULTS.opacity, "threshold": DISPLAY_DEFAULTS.threshold,
+            "qa_items": [], **self._heatmap_state(None),
             "confirm_overwrite": False, "existing": "", "saved": "", "source_upload": None,
             "segmentation_upload": None, "reference_upload": None, "legend": _legend_gradient(),
         })
@@ -149,14 +141,14 @@ class DualDViewer:
         return ok
 
     @staticmethod
-    def _heatmap_state(heat: Any) -> dict[str, Any]:
-        """The page's legend (units, top of the display window) and QA columns for a heatmap node."""
-        source = heat.GetAttribute(SOURCE_ATTRIBUTE) if heat is not None else None
-        headers = [{"title": t, "key": k} for t, k in _qa_columns(source)]
-        if heat is None:
-            return {"legend_title": D2_LEGEND, "legend_max": "1", "qa_headers": headers}
-        return {"legend_title": display.heatmap_units(heat) or D2_LEGEND,
-                "legend_max": f"{display.heatmap_window(heat)[1]:.3g}", "qa_headers": headers}
+    def _heatmap_state(heat: Any, columns: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        """The page's legend (units, top of the display window) and QA columns for a heatmap node (None: none
+        yet); ``columns``: ``qa.table_columns`` for the result, else those of the node's kind."""
+        if not columns:  # no result yet
+            columns = qa.table_columns(display.heatmap_kind(heat).name)
+        high = display.heatmap_window(heat)[1]
+        return {"legend_title": display.heatmap_units(heat), "legend_max": f"{high:.3g}",
+                "qa_headers": _headers(columns)}
 
     def load_path(self, kind: str) -> None:
         text = (self.state[f"{kind}_path"] or "").strip()
@@ -222,11 +214,13 @@ class DualDViewer:
             self.state.update({"error": f"unexpected error: {exc}".splitlines()[0], "status": "Synthesis failed."})
         else:
             warnings = "; ".join(outputs.warnings)
-            heat = outputs.heatmap_node
-            source = heat.GetAttribute(SOURCE_ATTRIBUTE) if heat is not None else None
+            # The Slicer table's columns and units, all of them always: a table whose column count changes
+            # re-renders its rows only seconds later in the browser.
+            columns = qa.table_columns(display.heatmap_kind(outputs.heatmap_node).name, engine.spec,
+                                       result.target_modality or engine.target_modality)
             self.state.update({
-                "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows, source),
-                **self._heatmap_state(heat),
+                "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows, columns),
+                **self._heatmap_state(outputs.heatmap_node, columns),
                 "status": "Done." + (f" Warning: {warnings}" if warnings else ""),
             })
             self.session.set_threshold(self.state.threshold)

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, action="append", help="model bundle(s) offered first in the page")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--synthetic", type=Path, help="show this earlier synthetic volume over SOURCE")
-    p.add_argument("--heatmap", type=Path, help="and this earlier difficulty heatmap (needs --synthetic)")
+    p.add_argument("--heatmap", type=Path, help="and this earlier heatmap (needs --synthetic)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--idle-exit", type=_seconds, default=DEFAULT_IDLE_EXIT_S, metavar="SECONDS",
                    help=f"stop this many seconds after the last browser tab closed, or after the start if none "

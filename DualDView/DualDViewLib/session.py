@@ -20,10 +20,10 @@ from typing import Any
 import SimpleITK as sitk
 from DualDSynthesisLib.core.errors import DualDError, naming_input
 from DualDSynthesisLib.imaging import io as vio
-from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_source, stored_units
-from DualDSynthesisLib.imaging.output_names import HEATMAP_SUFFIX, SYNTHETIC_SUFFIX
+from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_kind, stored_units
+from DualDSynthesisLib.imaging.output_names import SYNTHETIC_SUFFIX, heatmap_suffix
 from DualDSynthesisLib.imaging.preprocess import PreprocessError, validate_volume
-from DualDSynthesisLib.scene import mrml_io
+from DualDSynthesisLib.scene import display, mrml_io
 from DualDSynthesisLib.scene.logic import (
     CancelCallback,
     DisplayOptions,
@@ -52,7 +52,6 @@ class _Finished:
     metadata: Any = None  # the real engine's BundleMetadata (for the synthetic node's DICOM marking)
     bundle_path: Path | None = None
     spec: Any = None  # the real engine's PreprocessingSpec (the QA table's units and foreground)
-    strips_skulls: bool = True  # the viewer gives no brain mask, so the logic never reads it
 
     def run(self, image, progress=None, cancel=None, *, mask=None, skull="auto"):  # the SynthesisEngine protocol
         return self.result
@@ -144,7 +143,7 @@ class ViewerSession:
             image = mrml_io.resample_to_grid(read, source)
             nodes.append(mrml_io.new_volume_node_from_image(self.scene, image, vio.split_name(path)[0]))
         if nodes[1] is not None:  # what the map is (expected error in units, or D2's 0-1), as the file says
-            nodes[1].SetAttribute(SOURCE_ATTRIBUTE, stored_source(read))
+            nodes[1].SetAttribute(SOURCE_ATTRIBUTE, stored_kind(read).name)
             nodes[1].SetAttribute(UNITS_ATTRIBUTE, stored_units(read))
         self.outputs = SynthesisOutputs(synthetic_node=nodes[0], heatmap_node=nodes[1])
         self.logic.apply_display(self.source_node, self.outputs, self.display)
@@ -223,7 +222,8 @@ class ViewerSession:
         if self.outputs is None or self.source_path is None or self.save_dir is None:
             raise ViewerError("there is nothing to save yet; run Synthesize first")
         stem = vio.split_name(self.source_node.GetName())[0]
-        heatmap = self.save_dir / f"{stem}{HEATMAP_SUFFIX}" if self.outputs.heatmap_node is not None else None
+        heat = self.outputs.heatmap_node  # named for its kind, as duald-synthesize names a cohort's
+        heatmap = None if heat is None else self.save_dir / f"{stem}{heatmap_suffix(display.heatmap_kind(heat).name)}"
         return self.save_dir / f"{stem}{SYNTHETIC_SUFFIX}", heatmap
 
     def existing_outputs(self) -> list[Path]:

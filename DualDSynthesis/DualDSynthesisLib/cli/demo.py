@@ -11,13 +11,28 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..imaging.output_names import HEATMAP_SUFFIX, SYNTHETIC_SUFFIX
+from ..core.errors import DualDError
+from ..core.resources import DEFAULT_MODEL
+from ..imaging.bundle import read_metadata
+from ..imaging.output_names import SYNTHETIC_SUFFIX, heatmap_suffix
 from . import synthesize as cli
 
 MNI152_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 STEM = "mni152_t1"
-# What the demo writes into --output (the Makefile's view-demo target names the same files).
-OUTPUTS = {"synthetic": STEM + SYNTHETIC_SUFFIX, "heatmap": STEM + HEATMAP_SUFFIX, "png": "overview.png"}
+
+
+def heatmap_name(model: str | Path) -> str:
+    """The demo's heatmap file, named for the model's preferred map (``output_names.heatmap_suffix``) as
+    ``duald-synthesize`` names a cohort's; a bundle that cannot be read gets D2's name (the CLI then says why)."""
+    try:
+        offered = read_metadata(Path(model)).heatmap_sources
+    except (DualDError, OSError):
+        offered = ()
+    return STEM + heatmap_suffix(offered[0] if offered else None)
+
+
+# What the demo writes into --output with the default model (the Makefile's view-demo target names the same files).
+OUTPUTS = {"synthetic": STEM + SYNTHETIC_SUFFIX, "heatmap": heatmap_name(DEFAULT_MODEL), "png": "overview.png"}
 
 
 def mni152_t1() -> Path:
@@ -44,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "-o",
         str(out / OUTPUTS["synthetic"]),
         "--heatmap",
-        str(out / OUTPUTS["heatmap"]),
+        str(out / heatmap_name(args.model or DEFAULT_MODEL)),
         "--png",
         str(out / OUTPUTS["png"]),
         "--device",

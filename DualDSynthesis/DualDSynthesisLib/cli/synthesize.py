@@ -1,13 +1,14 @@
 """``duald-synthesize``: synthetic volume (and trust heatmap, overview PNG) from the command line.
 
-    duald-synthesize INPUT -o OUTPUT [--heatmap PATH [--heatmap-source expected_error|d2]] [--model BUNDLE]
+    duald-synthesize INPUT -o OUTPUT [--heatmap PATH [--heatmap-source KIND]] [--model BUNDLE]
                      [--device auto|cpu|cuda|cuda:N|mps] [--batch-size N] [--mask PATH] [--png PATH]
                      [--skull auto|keep|strip] [--overwrite] [--source-modality NAME]
                      [--dicom-out DIR [--patient-id ID] [--patient-name NAME]] [--series-uid UID]
 
 INPUT is a volume file, a DICOM series folder, a folder of volumes or a quoted glob. With a folder of
 volumes or a glob, ``-o`` (and ``--heatmap``, ``--png``) are folders and the files are named after
-each input (``<stem>_synthetic.nii.gz``, ``<stem>_difficulty.nii.gz``, ``<stem>_overview.png``);
+each input (``<stem>_synthetic.nii.gz``, the heatmap ``<stem>_<kind>.nii.gz`` after its kind, e.g.
+``<stem>_expected_error.nii.gz`` or D2's ``<stem>_difficulty.nii.gz``, and ``<stem>_overview.png``);
 ``--mask`` is then a folder holding ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` per input. The model is
 loaded once. Expected problems (bad input, missing model, existing output, full disk) print one line
 and exit with status 2; other inputs of a cohort are still processed. Ctrl-C exits with 130, SIGTERM
@@ -33,9 +34,15 @@ from ..core.console import HelpFormatter, safe_console
 from ..core.errors import DualDError, naming_input
 from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 from ..core.vocabulary import SKULL_HANDLING
+from ..imaging import heatmap_kinds
 from ..imaging.atomic import remove_stale_partials, same_file, stale_note
-from ..imaging.bundle import HEATMAP_SOURCES
-from ..imaging.output_names import HEATMAP_SUFFIX, OVERVIEW_SUFFIX, SYNTHETIC_SUFFIX, is_derived_output
+from ..imaging.output_names import (
+    OVERVIEW_SUFFIX,
+    SYNTHETIC_SUFFIX,
+    derived_suffixes,
+    heatmap_suffix,
+    is_derived_output,
+)
 
 # Start-up: the parser needs only the names above (no numpy, SimpleITK, scipy or pydicom), so ``--help`` and
 # a usage error answer at once; the volume modules are imported where a run needs them (docs/performance.md).
@@ -95,18 +102,21 @@ examples:
     p.add_argument("input", metavar="INPUT", help="volume file, DICOM series folder, folder of volumes, or glob")
     p.add_argument("-o", "--output", help="output volume (a folder for several inputs)")
     p.add_argument("--heatmap", help="heatmap output: where not to trust the synthetic image (see --heatmap-source)")
-    p.add_argument("--heatmap-source", choices=HEATMAP_SOURCES,
-                   help="expected_error: G's expected |error| in target units; d2: 1 − D2 confidence, relative 0–1; "
-                        "default: the model's first, expected_error when it has one (it ranks errors best)")
+    kinds = heatmap_kinds.kinds()
+    p.add_argument("--heatmap-source", choices=heatmap_kinds.names(),
+                   help="; ".join(f"{k.name}: {k.title}, {k.help}" for k in kinds)
+                   + f"; default: the model's first, {kinds[0].name} when it has one (it ranks errors best)")
     p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name}")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
-    p.add_argument("--mask", type=Path, help="set the output to background outside this mask (with --skull strip: "
-                                              "the brain mask)")
+    p.add_argument("--mask", type=Path, help="the brain: with --skull auto or strip an MRI model synthesises inside "
+                                              "it only; with keep (and a CT model) the outputs are background "
+                                              "outside it")
     p.add_argument("--skull", choices=SKULL_HANDLING, default="auto",
                    help="a whole head: strip = synthesise inside the brain only (--mask, else a BET brain mask); "
-                        "keep = synthesise the whole input; auto = strip only for a model that saw skull-stripped "
-                        "brains only (MRI models; a CT model keeps the skull)")
+                        "keep = synthesise the whole input; auto = strip inside --mask when given, else strip a "
+                        "whole head only for a model that saw skull-stripped brains only (MRI models; a CT model "
+                        "keeps the skull); a note says what was done")
     p.add_argument("--png", help="write an overview figure (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--source-modality", help="what INPUT is (e.g. t1); warns when the model expects another")
@@ -168,7 +178,8 @@ def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[di
         jobs.append({
             "input": path,
             "output": place("output", SYNTHETIC_SUFFIX),
-            "heatmap_path": place("heatmap", HEATMAP_SUFFIX),
+            "heatmap_path": place("heatmap", ""),  # + the kind's suffix once the model is loaded (_name_heatmaps)
+            "heatmap_named": folders["heatmap"],
             "png": place("png", OVERVIEW_SUFFIX),
             "mask": (_mask_for(args.mask, stem) if cohort else args.mask) if args.mask is not None else None,
             "dicom": None if args.dicom_out is None else _dicom_request(
@@ -277,7 +288,7 @@ def _main(args: argparse.Namespace) -> int:
                          "give the folder or glob of the source volumes")
         if skipped:
             print(f"{PROG}: note: skipped {len(skipped)} file(s) named as this program names its outputs "
-                  f"({', '.join(f'*{s}' for s in (SYNTHETIC_SUFFIX, HEATMAP_SUFFIX))}), e.g. {skipped[0].name}",
+                  f"({', '.join(f'*{s}' for s in derived_suffixes())}), e.g. {skipped[0].name}",
                   file=sys.stderr)
     try:
         jobs = _jobs(args, inputs, cohort)
@@ -305,11 +316,21 @@ def _main(args: argparse.Namespace) -> int:
         removed = remove_stale_partials(folder)
         if removed:
             print(f"{PROG}: note: {stale_note(folder, removed)}", file=sys.stderr)
-    return _run_jobs(jobs, engine, args, synthesize_file, SynthesisCancelled)
+    return _run_jobs(_name_heatmaps(jobs, engine.heatmap_source), engine, args, synthesize_file, SynthesisCancelled)
+
+
+def _name_heatmaps(jobs: list[dict], kind: str | None) -> list[dict]:
+    """A heatmap path the CLI named (``<stem>``, in a folder) gets its kind's suffix (``HeatmapKind.file_suffix``)."""
+    for job in jobs:
+        path = job["heatmap_path"]
+        if job.pop("heatmap_named") and path is not None and kind is not None:
+            job["heatmap_path"] = path.with_name(path.name + heatmap_suffix(kind))
+    return jobs
 
 
 def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_file, cancelled_type) -> int:
-    if args.heatmap is not None and engine.heatmap_source == "expected_error" and not args.quiet:
+    error_map = engine.heatmap_source is not None and heatmap_kinds.kind(engine.heatmap_source).in_target_units
+    if args.heatmap is not None and error_map and not args.quiet:
         print(f"{PROG}: {engine.error_calibration.describe()}", file=sys.stderr)  # what the heatmap's values mean
     failures = 0
     for n, job in enumerate(jobs, 1):

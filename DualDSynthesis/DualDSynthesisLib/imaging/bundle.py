@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import DualDError, OutputExistsError
 from ..core.vocabulary import VARIANTS
 from ..model.architecture import ArchitectureConfig
+from . import heatmap_kinds
 from .atomic import atomic_write, safetensors_problem
 from .calibration import CalibrationError, ErrorCalibration
 
@@ -39,16 +39,6 @@ FORMAT_VERSION = 3
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 METADATA_KEY = "duald"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
-
-# The trust maps a bundle can offer, the preferred first, and when a bundle offers each: one table, torch-free,
-# so the command line and the Slicer panel know them before torch loads. A new map source is a row here, its
-# function in losses.py and its branch in the engine (docs/architecture.md).
-_OFFERED: dict[str, Callable[[BundleMetadata], bool]] = {
-    "expected_error": lambda meta: meta.architecture.g_error_head,  # G's second output ranks errors best
-    "d2": lambda meta: meta.has_local_discriminator,
-}
-HEATMAP_SOURCES = tuple(_OFFERED)
 
 
 class BundleError(DualDError):
@@ -112,14 +102,14 @@ class BundleMetadata:
     def heatmap_sources(self) -> tuple[str, ...]:
         """The trust maps this model can produce, the preferred first: G's expected-error head ranks the
         errors best where both exist (docs/generalisation.md), D2's difficulty map otherwise."""
-        return tuple(name for name, offered in _OFFERED.items() if offered(self))
+        return tuple(kind.name for kind in heatmap_kinds.kinds() if kind.offered_by(self))
 
     def summary(self) -> str:
         """One line for the Slicer panel and logs (needs no torch)."""
-        maps = {"expected_error": "expected-error heatmap", "d2": "D2 difficulty heatmap"}
-        heat = " and ".join(maps[m] for m in self.heatmap_sources) or "no heatmap"
+        offered = [heatmap_kinds.kind(m) for m in self.heatmap_sources]
+        heat = " and ".join(f"{k.title} heatmap" for k in offered) or "no heatmap"
         line = f"{self.name}: {self.source_modality} → {self.target_modality} ({self.variant}, {heat})"
-        if "expected_error" in self.heatmap_sources:
+        if any(k.in_target_units for k in offered):  # the calibration factor is that of the error map
             line += f"; {self.error_calibration.describe()}"
         return line
 

@@ -39,6 +39,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLi
 from pydicom.valuerep import format_number_as_ds
 
 from ..core.errors import DualDError
+from . import heatmap_kinds
 from . import io as vio
 from .heatmap_file import ascii_text
 
@@ -241,21 +242,22 @@ def _mr_acquisition_placeholders(ds) -> None:
     ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""
 
 
-def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking, units: str = ""):
+def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking, units: str = "",
+                source: str | None = None):
     """The heatmap as one Parametric Map instance referencing the synthetic series. ``units``: the
-    result's ``heatmap_units`` (an expected-error map is in the target's units: HU for a CT target, else
-    relative intensity units); empty or a D2 map: relative difficulty in [0, 1]."""
+    result's ``heatmap_units`` (empty: the kind's own sentence); ``source``: its ``heatmap_kinds`` name, which
+    gives the map's label and units code (an expected-error map is in HU for a CT target)."""
     import highdicom as hd  # imported here: only the heatmap needs it (and it is slow to import)
 
     array = sitk.GetArrayFromImage(heatmap).astype(np.float32)
     if array.shape != (len(image_datasets), image_datasets[0].Rows, image_datasets[0].Columns):
         raise DicomExportError("the heatmap is not on the synthetic volume's grid")
-    expected = units.startswith("expected")
-    high = max(float(array.max()), 1e-6) if expected else 1.0
-    unit = codes.UCUM.HounsfieldUnit if expected and "HU" in units else codes.UCUM.NoUnits
-    description = ascii_text(units or "relative difficulty (1 - D2 confidence, 0-1)")[:64]  # LO: 64 chars
+    kind = heatmap_kinds.kind(source)
+    high = max(float(array.max()), 1e-6) if kind.ceiling is None else kind.ceiling
+    unit = getattr(codes.UCUM, kind.dicom_units_code(marking.ct_valued))
+    description = ascii_text(kind.legend(units))[:64]  # LO: 64 chars
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="EXPECTED ERROR" if expected else "DIFFICULTY", lut_explanation=description,
+        lut_label=kind.dicom_label, lut_explanation=description,
         unit=unit, value_range=(0.0, high), slope=1, intercept=0,
     )
     pm = hd.pm.ParametricMap(
@@ -265,7 +267,7 @@ def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking
         device_serial_number="none", contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=high / 2, window_width=high)],
-        content_label="EXPECTED_ERROR" if expected else "DIFFICULTY", content_description=description,
+        content_label=kind.dicom_label.replace(" ", "_"), content_description=description,
     )
     pm.SeriesDescription = marking.series_description(" DIFFICULTY")
     pm.DerivationDescription = marking.derivation
@@ -276,7 +278,8 @@ def heatmap_map(heatmap: sitk.Image, image_datasets: list, marking: DicomMarking
 
 
 def write_series(folder: Path, synthetic: sitk.Image, heatmap: sitk.Image | None, marking: DicomMarking,
-                 headers: list | None = None, heatmap_units: str = "") -> dict[str, object]:
+                 headers: list | None = None, heatmap_units: str = "",
+                 heatmap_source: str | None = None) -> dict[str, object]:
     """Write the synthetic series (and the heatmap map, see :func:`heatmap_map` for ``heatmap_units``) into
     ``folder`` (created; the caller stages it)."""
     datasets = image_series(synthetic, marking, headers)
@@ -286,7 +289,7 @@ def write_series(folder: Path, synthetic: sitk.Image, heatmap: sitk.Image | None
         ds.save_as(series / f"{marking.kind}{k + 1:05d}.dcm", enforce_file_format=True)
     written: dict[str, object] = {"synthetic": series, "series_uid": datasets[0].SeriesInstanceUID}
     if heatmap is not None:
-        pm = heatmap_map(heatmap, datasets, marking, heatmap_units)
+        pm = heatmap_map(heatmap, datasets, marking, heatmap_units, heatmap_source)
         (folder / HEATMAP_FOLDER).mkdir()
         pm.save_as(folder / HEATMAP_FOLDER / "PM00001.dcm", enforce_file_format=True)
         written["heatmap"] = folder / HEATMAP_FOLDER
@@ -362,4 +365,4 @@ def write_dicom(request: DicomRequest, outputs: vio.AtomicOutputs, source: str |
     marking = marking_for(engine.metadata, bundle, ct_valued, request.patient_id, request.patient_name)
     staged = outputs.stage_folder(request.folder, EXPORT_ENTRIES)
     return write_series(staged, result.synthetic, result.heatmap, marking, headers,
-                        getattr(result, "heatmap_units", ""))
+                        getattr(result, "heatmap_units", ""), getattr(result, "heatmap_source", None))

@@ -8,13 +8,18 @@ computed. What ``sitk.ReadImage`` (ITK, hence 3D Slicer) returns is the check, p
   value = stored × slope + inter (inter is 0 for the engine's non-negative maps). ITK's NIfTI reader
   applies them and returns float32; SimpleITK cannot set them when writing (it writes NaN, "no
   scaling", whatever metadata the image carries), so the two header fields are patched after ITK wrote
-  the file. The units go into the header's ``descrip`` (ITK reads it back as the ``descrip`` key).
+  the file. The units sentence goes into the header's ``descrip`` (ITK reads it back as the ``descrip``
+  key) and the kind's name (``heatmap_kinds``) into ``intent_name`` (16 characters; ITK reads it back as
+  ``intent_name`` but never writes it, so it is patched like the scale).
   uint16 instead of uint8 only when a few extreme voxels would leave the bulk of the map fewer than
   64 of the 256 levels (:func:`stored_levels`): the shipped T1→T2 expected-error head gives the MNI
   demo a brain of ~540–1250 with a few voxels up to ~88 000, which uint8 would flatten into 2–4 levels.
 - **NRRD, MetaImage**: neither format has a scale ITK applies, so float32 is kept, but snapped to the
   same levels (long runs of equal values compress far better) and compressed where the format embeds
-  its data (``.nrrd``, ``.mha``); the units are a key/value pair ITK reads back.
+  its data (``.nrrd``, ``.mha``); the units and the kind are key/value pairs ITK reads back.
+
+Which map a file holds is read from that record (:func:`stored_kind`); a file of an older version, which
+recorded only the units sentence, is recognised by its start.
 
 NIfTI-1 has no float16, so an integer type + scale is the smallest NIfTI that round-trips. No torch or Slicer.
 """
@@ -30,18 +35,22 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import heatmap_kinds
+from .heatmap_kinds import NAME_CHARS, HeatmapKind
+
 LEVELS = 255  # stored values 0..255 (uint8)
 WIDE_LEVELS = 65535  # uint16, for maps with extreme outliers (see stored_levels)
-EXPECTED_ERROR_PERCENTILE = 99.0  # display_max of an expected-error map
 MIN_BULK_LEVELS = 64  # levels uint8 must leave for the bulk of the map, else uint16
 # MRML node attributes the Slicer logic sets on a heatmap node (legend, DICOM export, saving in duald-view).
 UNITS_ATTRIBUTE = "DualD.HeatmapUnits"
 SOURCE_ATTRIBUTE = "DualD.HeatmapSource"
 UNITS_KEY = "DualD_heatmap_units"  # NRRD / MetaImage key (NIfTI: the header's descrip)
-SOURCE_KEY = "DualD_heatmap_source"
+SOURCE_KEY = "DualD_heatmap_source"  # NRRD / MetaImage key (NIfTI: the header's intent_name)
+NIFTI_KIND_KEY = "intent_name"
 _DESCRIP_CHARS = 79  # NIfTI-1 descrip is 80 bytes, NUL-terminated
-# (scl_slope offset, scl_inter offset, struct format) by header size: NIfTI-1 floats, NIfTI-2 doubles.
-_SCALE_FIELDS = {348: (112, 116, "f"), 540: (176, 184, "d")}
+# (scl_slope offset, scl_inter offset, struct format, intent_name offset) by header size: NIfTI-1 floats,
+# NIfTI-2 doubles; intent_name is 16 bytes in both.
+_SCALE_FIELDS = {348: (112, 116, "f", 328), 540: (176, 184, "d", 508)}
 # gzip level of a .nii.gz heatmap: 1, chosen for speed (docs/performance.md): on 8-bit levels it is ~40 % less
 # CPU than level 6 for a file ~6 % larger (MNI demo: 1.49 vs 1.40 MB).
 GZIP_LEVEL = 1
@@ -113,23 +122,13 @@ def quantised(image: sitk.Image) -> tuple[sitk.Image, float, float]:
     return out, slope, inter
 
 
-def display_max(values: np.ndarray, source: str | None) -> float:
-    """The upper end of a heatmap's colour scale: 1 for D2's difficulty (a probability, comparable
-    between cases); for an expected-error map, in target units with a few extreme voxels at edges, the
-    99th percentile of its non-zero values, so the brain's range spans the colours."""
-    if source != "expected_error":
-        return 1.0
-    nonzero = values[values > 0]
-    high = float(np.percentile(nonzero, EXPECTED_ERROR_PERCENTILE)) if nonzero.size else 1.0
-    return high if high > 0 else 1.0
-
-
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
-def _set_nifti_scale(path: Path, slope: float, inter: float) -> None:
-    """Write ``scl_slope``/``scl_inter`` into an uncompressed NIfTI-1/2 file's header in place."""
+def _set_nifti_fields(path: Path, slope: float, inter: float, kind: str) -> None:
+    """Write ``scl_slope``/``scl_inter`` and ``intent_name`` (the heatmap's kind, '' for none) into an
+    uncompressed NIfTI-1/2 file's header in place."""
     with open(path, "r+b") as f:
         head = f.read(4)
         for endian in "<>":
@@ -138,30 +137,34 @@ def _set_nifti_scale(path: Path, slope: float, inter: float) -> None:
                 break
         else:
             raise ValueError(f"{path.name} is not a NIfTI file (unknown header size)")
-        slope_at, inter_at, kind = fields
+        slope_at, inter_at, real, name_at = fields
         f.seek(slope_at)
-        f.write(struct.pack(endian + kind, slope))
+        f.write(struct.pack(endian + real, slope))
         f.seek(inter_at)
-        f.write(struct.pack(endian + kind, inter))
+        f.write(struct.pack(endian + real, inter))
+        f.seek(name_at)
+        f.write(kind.encode("ascii").ljust(NAME_CHARS, b"\0"))
 
 
 def write_heatmap_file(image: sitk.Image, path: Path, units: str = "", source: str | None = None) -> None:
     """Write ``image`` (a float heatmap) to ``path`` in the format its name asks for, as the module
-    docstring describes. ``path`` may be a temporary name; its suffix picks the format."""
+    docstring describes, recording ``units`` and the kind ``source`` (``heatmap_kinds``; None: none).
+    ``path`` may be a temporary name; its suffix picks the format."""
     name = path.name.lower()
+    kind = "" if source is None else heatmap_kinds.kind(source).name
     if is_nifti(path):
         stored, slope, inter = quantised(image)
         if units:  # ITK writes this key into the header's descrip
             stored.SetMetaData("ITK_FileNotes", ascii_text(units)[:_DESCRIP_CHARS])
         if not name.endswith(".gz"):
             sitk.WriteImage(stored, str(path), useCompression=False)
-            _set_nifti_scale(path, slope, inter)
+            _set_nifti_fields(path, slope, inter, kind)
             return
         # The gzip stream cannot be patched in place: write plain, patch, then compress into ``path``.
         plain = path.with_name(path.name[: -len(".gz")])
         try:
             sitk.WriteImage(stored, str(plain), useCompression=False)
-            _set_nifti_scale(plain, slope, inter)
+            _set_nifti_fields(plain, slope, inter, kind)
             with open(plain, "rb") as src, gzip.open(path, "wb", compresslevel=GZIP_LEVEL) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         finally:
@@ -175,8 +178,8 @@ def write_heatmap_file(image: sitk.Image, path: Path, units: str = "", source: s
     out.CopyInformation(image)
     if units:
         out.SetMetaData(UNITS_KEY, ascii_text(units))
-    if source:
-        out.SetMetaData(SOURCE_KEY, source)
+    if kind:
+        out.SetMetaData(SOURCE_KEY, kind)
     # Compression only where the data sits inside the one file (a detached header would get a second file).
     sitk.WriteImage(out, str(path), useCompression=name.endswith((".nrrd", ".mha", ".gz")))
 
@@ -189,7 +192,12 @@ def stored_units(image: sitk.Image) -> str:
     return ""
 
 
-def stored_source(image: sitk.Image) -> str:
-    """Which map a heatmap file holds, from its recorded units: "expected_error" (the engine writes
-    "expected absolute error (...)") or "d2" (anything else, including files of older versions)."""
-    return "expected_error" if stored_units(image).startswith("expected absolute error") else "d2"
+def stored_kind(image: sitk.Image) -> HeatmapKind:
+    """Which map a heatmap file holds: the kind it recorded (``intent_name`` in NIfTI, a key elsewhere); a file
+    of an older version recorded only its units, and ``heatmap_kinds.recorded_kind`` recognises those."""
+    recorded = ""
+    for key in (SOURCE_KEY, NIFTI_KIND_KEY):
+        if image.HasMetaDataKey(key):
+            recorded = image.GetMetaData(key).strip().rstrip("\0")
+            break
+    return heatmap_kinds.recorded_kind(recorded, stored_units(image))

@@ -14,8 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from . import heatmap_kinds
 from .figures import caption_strip, inferno_map, label_pixels
-from .heatmap_file import ascii_text, display_max
+from .heatmap_file import ascii_text
 
 PANEL_HEIGHT = 256
 GAP = 4
@@ -92,18 +93,17 @@ def _planes(arr: np.ndarray, centre: tuple[int, int, int], spacing: tuple[float,
     ]
 
 
-def heatmap_caption(units: str) -> str:
-    """The heatmap column's caption: what the colours mean (the colour bar under the column gives the range:
-    0 to ``high``)."""
-    what = ascii_text(units) if units else "relative difficulty (1 - D2 confidence)"
-    return f"heatmap: {what}"
+def heatmap_caption(units: str, source: str | None = None) -> str:
+    """The heatmap column's caption: what the colours mean, the recorded ``units`` else the kind's legend (the
+    colour bar under the column gives the range: 0 to ``high``)."""
+    return f"heatmap: {ascii_text(heatmap_kinds.kind(source).legend(units))}"
 
 
 def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Image | None,
                    heatmap_units: str = "", heatmap_source: str | None = None) -> sitk.Image:
     """The 3×3 overview as an RGB SimpleITK image (write it with ``sitk.WriteImage(img, "x.png")``).
-    ``heatmap_units``/``heatmap_source``: the result's; an expected-error map is shown from 0 to
-    ``heatmap_file.display_max`` (a D2 map from 0 to 1)."""
+    ``heatmap_units``/``heatmap_source``: the result's; the map is shown from 0 to its kind's
+    ``display_max`` (a D2 map from 0 to 1)."""
     arrays, keep = [], []  # keep: the images the array views point into must stay alive
     for image in (source, synthetic, heatmap):
         if image is None:
@@ -115,7 +115,8 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
     src, syn, heat = arrays
     centre = _centre(src)
     windows = (_window(src), _synthetic_window(syn, src))
-    high = display_max(np.asarray(heat), heatmap_source) if heat is not None else 1.0
+    kind = heatmap_kinds.kind(heatmap_source)
+    high = kind.display_max(np.asarray(heat)) if heat is not None else 1.0
     panels = []  # per row: source, synthetic, overlay panels (RGB floats)
     for index, (plane, rs, cs) in enumerate(_planes(src, centre, spacing)):
         src_panel = _panel(plane, rs, cs)
@@ -149,7 +150,7 @@ def overview_image(source: sitk.Image, synthetic: sitk.Image, heatmap: sitk.Imag
         canvas[height + 4 : height + 12, x0 : x0 + bar] = inferno_map(np.linspace(0, 1, bar))[None]
         labels += [(x0 - 12, height + 2, "0"), (x0 + bar + 4, height + 2, f"{high:.3g}")]
     figure = label_pixels(np.round(canvas * 255).astype(np.uint8), labels)
-    third = "synthetic (no heatmap)" if heat is None else heatmap_caption(heatmap_units)
+    third = "synthetic (no heatmap)" if heat is None else heatmap_caption(heatmap_units, heatmap_source)
     # The last caption may run past its cell, to the figure's right edge (the units are long, cells narrow).
     strip = caption_strip(["source", "synthetic", third], [cell, cell, cell], GAP, width)
     return sitk.GetImageFromArray(np.concatenate([strip, figure], axis=0), isVector=True)

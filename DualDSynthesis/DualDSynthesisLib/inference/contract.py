@@ -49,7 +49,7 @@ class SynthesisResult:
     device: str = "cpu"
     seconds: float = 0.0
     target_modality: str = ""
-    heatmap_source: str | None = None  # "expected_error" or "d2" (see engine.SynthesisEngine.heatmap_sources)
+    heatmap_source: str | None = None  # a heatmap_kinds name (see engine.SynthesisEngine.heatmap_sources)
     heatmap_units: str = ""
     notes: list[str] = field(default_factory=list)  # what was done that the user should know (not a problem)
 
@@ -65,7 +65,6 @@ class SynthesisEngine(Protocol):
     metadata: BundleMetadata | None
     bundle_path: Path | None
     spec: PreprocessingSpec  # the bundle's preprocessing: the QA table's units, data range and foreground
-    strips_skulls: bool  # brain MRI in and out: skull="strip" applies (a CT model keeps the whole head)
 
     def run(
         self,
@@ -78,7 +77,8 @@ class SynthesisEngine(Protocol):
     ) -> SynthesisResult:
         """Synthesise ``image`` (``skull``: whole-head handling, ``vocabulary.SKULL_HANDLING``). ``mask`` (any grid,
         nonzero = inside): the outputs are background outside it; when the engine strips (``skull="strip"``, or
-        "auto" on a whole head) it is also the brain the networks see instead of an estimated one. Calls
+        "auto" with a mask or on a whole head: ``skull_policy.decide_skull``) it is also the brain the networks
+        see instead of an estimated one, and ``result.notes`` says what was done. Calls
         ``progress`` as work advances, checks ``cancel`` between steps and
         raises :class:`SynthesisCancelled` when it is set, :class:`SynthesisError` for bad input."""
         ...

@@ -34,17 +34,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.vocabulary import SKULL_HANDLING, modality_warning
+from ..core.vocabulary import modality_warning
+from ..imaging import heatmap_kinds
 from ..imaging import io as vio
 from ..imaging.brainmask import BrainMaskError, estimate_brain_mask, strip, volume_ml
-from ..imaging.bundle import HEATMAP_SOURCES, BundleError, BundleMetadata, ModelBundle, load_bundle
+from ..imaging.bundle import BundleError, BundleMetadata, ModelBundle, load_bundle
 from ..imaging.calibration import ErrorCalibration
 from ..imaging.concurrent_writes import side_by_side
 from ..imaging.defaults import DEFAULT_MODEL
 from ..imaging.device_prepare import prepare_volume_on_device
 from ..imaging.devices import DeviceError, resolve_device
-from ..imaging.fingerprint import SKULL_ML, TrainingFingerprint, foreground_ml
+from ..imaging.fingerprint import TrainingFingerprint, foreground_ml
 from ..imaging.preprocess import PreparedVolume, PreprocessError, prepare_volume, validate_volume
+from ..imaging.skull_policy import check_skull, decide_skull
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
 from .input_stats import InputStats
 from .network_pass import NETWORKS_DONE, PREPARED, NetworkPass, fold_batchnorm
@@ -136,9 +138,9 @@ class SynthesisEngine(NetworkPass):
         available = self.heatmap_sources
         if heatmap_source is None:
             heatmap_source = available[0] if available else None
-        elif heatmap_source not in HEATMAP_SOURCES:
+        elif heatmap_source not in heatmap_kinds.names():
             raise SynthesisError(f"unknown heatmap source {heatmap_source!r}; choose one of "
-                                 f"{', '.join(HEATMAP_SOURCES)}")
+                                 f"{', '.join(heatmap_kinds.names())}")
         elif heatmap_source not in available:
             raise SynthesisError(f"this model has no {heatmap_source} map; it offers "
                                  f"{', '.join(available) or 'no heatmap'}")
@@ -170,11 +172,10 @@ class SynthesisEngine(NetworkPass):
     @property
     def heatmap_units(self) -> str:
         """What the heatmap's values mean, for legends and file headers."""
-        if self.heatmap_source == "expected_error":
-            target = self.spec.target
-            unit = target.units if target.absolute_units else f"{self.target_modality} {target.units}"
-            return f"expected absolute error ({unit})"
-        return "relative difficulty (1 − D2 confidence, 0–1)"
+        if self.heatmap_source is None:
+            return ""
+        units = heatmap_kinds.target_units(self.spec.target, self.target_modality)
+        return heatmap_kinds.kind(self.heatmap_source).units(units)
 
     # ---- internals ----
 
@@ -198,18 +199,18 @@ class SynthesisEngine(NetworkPass):
         the target's background (0, or -1024 HU for CT) and difficulty 0 outside it. ``source_modality``:
         what the caller knows the input is (a DICOM modality tag on the image is used otherwise).
         ``skull`` (:data:`vocabulary.SKULL_HANDLING`): "strip" synthesises inside the brain only (``mask`` is
-        the brain when given, else it is estimated), "auto" strips a whole head a stripped-only model gets.
+        the brain when given, else it is estimated), "auto" strips inside a given mask or a whole head a
+        stripped-only model gets (``skull_policy.decide_skull``; ``result.notes`` says what was done).
         ``image`` itself is never modified; once prepared the engine holds no reference to it, so a caller
         that handed it over (kept none either) gets its memory back before the networks run."""
         start = time.perf_counter()
         report = progress or _noop_progress
         warnings: list[str] = []
         notes: list[str] = []
-        if skull not in SKULL_HANDLING:
-            raise SynthesisError(f"unknown skull handling {skull!r}; choose one of {', '.join(SKULL_HANDLING)}")
-        if skull == "strip" and not self.strips_skulls:
-            raise SynthesisError("skull stripping is for brain MRI models; this model's images are in absolute "
-                                 "units (CT), which need the skull and the whole body")
+        try:
+            check_skull(skull, ct=not self.strips_skulls)
+        except BrainMaskError as exc:
+            raise SynthesisError(str(exc)) from None
 
         def check_cancel() -> None:
             if cancel is not None and cancel():
@@ -262,17 +263,23 @@ class SynthesisEngine(NetworkPass):
             raise SynthesisError(str(exc).rstrip(".")) from None
         if mask is not None:
             check_mask(mask, image, warnings, notes)
-        # "auto" decides on the prepared input's foreground volume; "strip" prepares only the stripped copy
-        prepared = None if skull == "strip" else self._prepare(image, validated=True)
+        prepared = None
+
+        def input_ml() -> float:  # "auto" may look at the prepared input; it is kept when the head is kept
+            nonlocal prepared
+            prepared = self._prepare(image, validated=True)
+            return foreground_ml(prepared)
+
+        decision = decide_skull(skull, mask_given=mask is not None, ct=not self.strips_skulls,
+                                fingerprint=self.fingerprint, input_ml=input_ml)  # skull_policy.py: the one rule
         brain = None
-        if skull == "strip" or (skull == "auto" and self._should_strip(prepared)):
+        if decision.strip:
             report(0.02, "Extracting the brain")
-            given = mask is not None
             try:
-                brain = mask if given else estimate_brain_mask(image)
+                brain = mask if mask is not None else estimate_brain_mask(image)
                 stripped = strip(image, brain)  # a stripped copy: the caller's image stays as it was
             except BrainMaskError as exc:
-                if skull == "strip":
+                if not decision.fallible:
                     raise SynthesisError(str(exc)) from None
                 # auto: the user did not ask for stripping, so a failed extraction keeps the head and says so
                 warnings.append(f"the whole head was synthesised as it is, because {exc}")
@@ -280,11 +287,17 @@ class SynthesisEngine(NetworkPass):
             check_cancel()  # brain extraction takes 10-20 s: honour a cancel before preparing again
         if brain is not None:
             image, mask, prepared = stripped, brain, None
-            why = "" if skull == "strip" else "the input is a whole head and the model saw skull-stripped brains only: "
-            notes.append(f"{why}synthesised inside the brain only ({'the given' if given else 'a BET'} brain mask, "
-                         f"{volume_ml(brain):.0f} mL); outside it the outputs are background")
+            notes.append(decision.note(volume_ml(brain)))
+        elif not decision.strip:
+            notes.append(decision.note())
         if prepared is None:
-            prepared = self._prepare(image)
+            try:
+                prepared = self._prepare(image, validated=brain is None)
+            except SynthesisError as exc:
+                if brain is None:
+                    raise
+                raise SynthesisError(f"inside the brain mask the input is empty ({exc}); check that the mask "
+                                     "belongs to this volume, or use --skull keep to only blank outside it") from None
         return prepared, mask
 
     def _network_step(self, prepared: PreparedVolume, source: str | None, warnings: list[str],
@@ -329,11 +342,6 @@ class SynthesisEngine(NetworkPass):
     def strips_skulls(self) -> bool:
         """Whether skull stripping applies: brain MRI in and out (not CT, whose HU need the skull and body)."""
         return not (self.spec.source.absolute_units or self.spec.target.absolute_units)
-
-    def _should_strip(self, prepared: PreparedVolume) -> bool:
-        """``skull="auto"``: a whole head (``VolumeStats.skull``) given to a model trained on stripped brains only."""
-        return (self.strips_skulls and self.fingerprint is not None and foreground_ml(prepared) > SKULL_ML
-                and "head" not in self.fingerprint.skull_kinds)
 
     def run_array(self, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
                   direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), **kwargs) -> SynthesisResult:

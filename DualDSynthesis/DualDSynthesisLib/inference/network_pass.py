@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.nn.utils import fuse_conv_bn_eval
 
+from ..imaging import heatmap_kinds
 from ..imaging.devices import auto_batch_size, autocast, free_cached_memory, is_out_of_memory
 from ..model.intensity_base import foreground_box
 from ..model.losses import difficulty_from_logits, expected_error
@@ -75,9 +76,9 @@ class NetworkPass:
             out = self._generator(x)
             pred = out[:, :1]
             heat = None
-            if heatmap == "d2":
+            if heatmap == heatmap_kinds.D2:
                 heat = difficulty_from_logits(self._local(pred), tuple(pred.shape[-2:]))
-            elif heatmap == "expected_error":
+            elif heatmap == heatmap_kinds.EXPECTED_ERROR:
                 heat = expected_error(out[:, 1:]) * self._error_units
         syn = pred.float()[:, 0].cpu().numpy()
         return syn, None if heat is None else heat[:, 0].float().cpu().numpy()
@@ -90,14 +91,14 @@ class NetworkPass:
 
     @property
     def _d2_stride(self) -> int:
-        return self.arch.d2_downsampling if self.heatmap_source == "d2" else 1
+        return self.arch.d2_downsampling if heatmap_kinds.needs_d2(self.heatmap_source) else 1
 
     def _blank_response(self, heatmap: str | None) -> tuple[float, float]:
         """(G, heatmap) at the centre of a blank slice wide enough that no edge reaches the centre."""
         key = (str(self.device), heatmap)
         if key not in self._blank:
             step = math.lcm(self.spec.size_multiple, self._d2_stride)
-            size = step * math.ceil((2 * self.arch.receptive_margin(heatmap == "d2") + step) / step)
+            size = step * math.ceil((2 * self.arch.receptive_margin(heatmap_kinds.needs_d2(heatmap)) + step) / step)
             channels = 2 * self.spec.context_slices + 1
             syn, heat = self._infer(np.zeros((1, channels, size, size), np.float32), heatmap)
             c = size // 2
@@ -111,7 +112,7 @@ class NetworkPass:
             return 0, h, 0, w
         _zs, rows, cols = foreground_box(foreground)
         step = math.lcm(self.spec.size_multiple, self._d2_stride)
-        margin = self.arch.receptive_margin(heatmap == "d2")
+        margin = self.arch.receptive_margin(heatmap_kinds.needs_d2(heatmap))
         smallest = max(self.spec.min_size, 16, self.arch.size_multiple)
 
         def span(lo: int, hi: int, n: int) -> tuple[int, int]:

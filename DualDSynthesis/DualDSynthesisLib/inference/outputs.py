@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
+from ..imaging import heatmap_kinds
 from ..imaging import io as vio
 from ..imaging.brainmask import BrainMaskError, mask_on_grid, volume_ml
 from ..imaging.grid import Grid
@@ -46,7 +47,8 @@ def restore_outputs(outputs: dict[str, np.ndarray | None], prepared: PreparedVol
     # overlay never tints empty space. Outside the processed box it is 0 already.
     np.copyto(outputs["heatmap"][box], 0.0, where=~prepared.foreground[box])
     prepared.foreground = None  # type: ignore[assignment]
-    upper = 1.0 if source == "d2" else float(np.finfo(np.float32).max)
+    ceiling = heatmap_kinds.kind(source).ceiling
+    upper = float(np.finfo(np.float32).max) if ceiling is None else ceiling
     if not context.resampled:  # restoring only moves voxels: clamp the array in place, no image copy
         np.clip(outputs["heatmap"], 0.0, upper, out=outputs["heatmap"])
     heat_image = restore_volume(outputs.pop("heatmap"), context, sitk.sitkLinear, 0.0)

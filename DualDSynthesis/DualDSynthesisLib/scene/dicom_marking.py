@@ -25,6 +25,7 @@ import slicer
 
 from ..imaging import io as vio
 from ..imaging.dicom_export import EXPORT_ENTRIES, DicomMarking, marking_for, write_series
+from ..imaging.heatmap_file import SOURCE_ATTRIBUTE as HEATMAP_SOURCE_ATTRIBUTE
 from ..imaging.heatmap_file import UNITS_ATTRIBUTE
 from ..inference.contract import SynthesisEngine
 from . import mrml_io
@@ -84,5 +85,7 @@ def export_node(node: Any, folder: str | Path, heatmap_node: Any = None) -> Path
     with outputs.transaction():
         staged = outputs.stage_folder(target, EXPORT_ENTRIES)
         units = (heatmap_node.GetAttribute(UNITS_ATTRIBUTE) or "") if heatmap_node is not None else ""
-        write_series(staged, mrml_io.image_from_volume_node(node), heatmap, marking, _source_headers(node), units)
+        kind = heatmap_node.GetAttribute(HEATMAP_SOURCE_ATTRIBUTE) if heatmap_node is not None else None
+        write_series(staged, mrml_io.image_from_volume_node(node), heatmap, marking, _source_headers(node), units,
+                     kind)
     return target

@@ -16,17 +16,14 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from ..imaging import heatmap_kinds
 from ..imaging.figures import inferno_rgb, write_png
-from ..imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, ascii_text, display_max
+from ..imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, ascii_text
 
 SLICE_VIEWS = ("Red", "Green", "Yellow")
 _DEFAULT_ORIENTATIONS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}
 INFERNO_NAMES = ("Inferno", "DualDInferno")  # Slicer's own table first, ours as the fallback
 FALLBACK_COLOR_NAME = "DualDInferno"
-# D2 difficulty is a probability: its display window is fixed so colours are comparable between cases;
-# an expected-error map's window ends at heatmap_file.display_max.
-HEATMAP_WINDOW = (0.0, 1.0)
-D2_LEGEND_TITLE = "relative difficulty (1 - D2 confidence)"
 
 # matplotlib's inferno sampled at 33 evenly spaced points (linear interpolation between them stays
 # within 0.01 of the full 256-entry table); embedded so nothing beyond Slicer is needed.
@@ -77,25 +74,34 @@ def heatmap_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
     return scene.AddNode(node)
 
 
-def heatmap_units(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> str:
-    """What the node's values mean, as the logic recorded it (a D2 map when nothing was recorded)."""
-    return heatmap_node.GetAttribute(UNITS_ATTRIBUTE) or ""
+def heatmap_kind(heatmap_node: slicer.vtkMRMLScalarVolumeNode | None) -> heatmap_kinds.HeatmapKind:
+    """The kind the logic recorded on the node (D2's when nothing was recorded, as older scenes hold)."""
+    return heatmap_kinds.kind(heatmap_node.GetAttribute(SOURCE_ATTRIBUTE) if heatmap_node is not None else None)
 
 
-def heatmap_window(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> tuple[float, float]:
-    """[0, 1] for a D2 map; [0, 99th percentile of the non-zero values] for an expected-error map."""
-    source = heatmap_node.GetAttribute(SOURCE_ATTRIBUTE)
-    if source != "expected_error" or heatmap_node.GetImageData() is None:
-        return HEATMAP_WINDOW
-    values = numpy_support.vtk_to_numpy(heatmap_node.GetImageData().GetPointData().GetScalars())
-    return 0.0, display_max(values, source)
+def heatmap_units(heatmap_node: slicer.vtkMRMLScalarVolumeNode | None) -> str:
+    """What the node's values mean: the units the logic recorded, else its kind's own sentence (the legend)."""
+    recorded = heatmap_node.GetAttribute(UNITS_ATTRIBUTE) if heatmap_node is not None else None
+    return heatmap_kind(heatmap_node).legend(recorded or "")
+
+
+def heatmap_window(heatmap_node: slicer.vtkMRMLScalarVolumeNode | None) -> tuple[float, float]:
+    """[0, the kind's display maximum]: 1 for D2's probability, the 99th percentile of the non-zero values
+    for an expected-error map (``HeatmapKind.display_max``); None: no map yet (D2's, as the legend)."""
+    kind = heatmap_kind(heatmap_node)
+    image = heatmap_node.GetImageData() if heatmap_node is not None else None
+    values = np.zeros(0, np.float32) if image is None else numpy_support.vtk_to_numpy(
+        image.GetPointData().GetScalars())
+    return 0.0, kind.display_max(values)
 
 
 def apply_heatmap_display(
-    heatmap_node: slicer.vtkMRMLScalarVolumeNode, lower_threshold: float = 0.2
+    heatmap_node: slicer.vtkMRMLScalarVolumeNode, lower_threshold: float | None = None
 ) -> slicer.vtkMRMLScalarVolumeDisplayNode:
     """Inferno colours over :func:`heatmap_window`, values below ``lower_threshold`` (a fraction of the
-    window) transparent, and a colour legend titled with the map's units."""
+    window; None: the kind's default) transparent, and a colour legend titled with the map's units."""
+    if lower_threshold is None:
+        lower_threshold = heatmap_kind(heatmap_node).display.threshold
     scene = heatmap_node.GetScene()
     if heatmap_node.GetDisplayNode() is None:
         heatmap_node.CreateDefaultDisplayNodes()
@@ -123,7 +129,7 @@ def add_heatmap_legend(heatmap_node: slicer.vtkMRMLScalarVolumeNode) -> slicer.v
     if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):  # desktop Slicer's Colors module does it
         scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
     legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(heatmap_node)
-    legend.SetTitleText(ascii_text(heatmap_units(heatmap_node)) or D2_LEGEND_TITLE)
+    legend.SetTitleText(ascii_text(heatmap_units(heatmap_node)))
     legend.SetLabelFormat("%.3g")
     legend.SetVisibility(True)
     return legend
@@ -164,11 +170,14 @@ def set_slice_view_layers(
     scene: slicer.vtkMRMLScene,
     background_node: slicer.vtkMRMLVolumeNode | None,
     heatmap_node: slicer.vtkMRMLVolumeNode | None,
-    opacity: float = 0.5,
+    opacity: float | None = None,
     layouts: tuple[str, ...] = SLICE_VIEWS,
     link: bool = True,
 ) -> None:
-    """Background = ``background_node``, foreground = heatmap at ``opacity``, views linked."""
+    """Background = ``background_node``, foreground = heatmap at ``opacity`` (None: its kind's default), views
+    linked."""
+    if opacity is None:
+        opacity = heatmap_kind(heatmap_node).display.opacity
     for composite in _composite_nodes(scene, layouts):
         was_modifying = composite.StartModify()
         try:

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 import slicer
 
 from ..core.resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
+from ..imaging import heatmap_kinds
 from ..imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
 from ..imaging.preprocess import PreprocessingSpec
 from ..inference.contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
@@ -42,8 +43,11 @@ _ENGINE_SHARE = 0.9  # progress fraction given to the engine; the rest is writin
 
 @dataclass
 class DisplayOptions:
-    opacity: float = 0.5
-    lower_threshold: float = 0.2
+    """How the result is shown; the overlay's opacity and threshold start at ``heatmap_kinds.DISPLAY_DEFAULTS``
+    (the panel's and the viewer's sliders too)."""
+
+    opacity: float = heatmap_kinds.DISPLAY_DEFAULTS.opacity
+    lower_threshold: float = heatmap_kinds.DISPLAY_DEFAULTS.threshold
     background: str = "synthetic"  # or "source"
     layouts: tuple[str, ...] = display.SLICE_VIEWS
     link_views: bool = True
@@ -66,6 +70,7 @@ class SynthesisOutputs:
     qa_table_node: Any = None
     difference_node: Any = None
     qa_rows: list[qa.RegionMetrics] = field(default_factory=list)
+    qa_columns: list[tuple[str, str]] = field(default_factory=list)  # qa.table_columns of the QA table
     warnings: list[str] = field(default_factory=list)  # the engine's, for the status line
     notes: list[str] = field(default_factory=list)  # what the engine did that the user should know (skull)
 
@@ -151,7 +156,7 @@ class DualDSynthesisLogic:
     def load_engine(self, bundle_path: str | Path, device: str = "auto",
                     heatmap_source: str | None = None) -> SynthesisEngine:
         """The engine for a bundle on a device, cached so a second click does not reload weights.
-        ``heatmap_source``: "expected_error" or "d2"; None = the bundle's preferred (as ``--heatmap-source``)."""
+        ``heatmap_source``: a ``heatmap_kinds`` name; None = the bundle's preferred (as ``--heatmap-source``)."""
         bundle_path = Path(bundle_path)
         if not bundle_path.is_file():
             raise ValueError(f"model bundle not found: {bundle_path}")
@@ -184,10 +189,9 @@ class DualDSynthesisLogic:
         ``synthetic_node``/``heatmap_node``: existing output nodes to overwrite; None creates new
         ones. ``display_options`` None leaves the views alone; ``qa_options`` None skips QA.
         ``brain_mask_node``: the user's brain (a segmentation: the union of ``brain_segment_ids``, None or empty
-        = all segments; or a labelmap volume: label > 0), passed to the engine as ``--mask`` is by the CLI.
-        A given mask means "synthesise inside this brain": ``skull="auto"`` becomes "strip" (for a CT model,
-        which never strips, "keep"); with "keep" the whole head is synthesised and the outputs are background
-        outside the mask. The notes say which happened.
+        = all segments; or a labelmap volume: label > 0), passed to the engine with ``skull`` as ``--mask`` and
+        ``--skull`` are by the CLI: the engine's one rule (``skull_policy.decide_skull``) decides, and its
+        note, in ``notes``, says what was done.
         Raises ``SynthesisCancelled`` (scene untouched) or ``ValueError`` for bad input.
         """
         if input_node is None:
@@ -197,10 +201,9 @@ class DualDSynthesisLogic:
                 raise ValueError("an output volume is the input volume; choose another output or a new volume")
         report = progress or (lambda _f, _m: None)
         source = mrml_io.image_from_volume_node(input_node)
-        mask, notes = None, []
+        mask = None
         if brain_mask_node is not None:
             mask = self._brain_mask(brain_mask_node, input_node, source, brain_segment_ids)
-            skull, notes = self._skull_with_brain_mask(skull, engine, brain_mask_node.GetName())
 
         def engine_progress(fraction: float, message: str) -> None:
             report(_ENGINE_SHARE * min(max(float(fraction), 0.0), 1.0), message)
@@ -229,6 +232,8 @@ class DualDSynthesisLogic:
             )
             if outputs.heatmap_node is not None:
                 self._describe_heatmap(outputs.heatmap_node, result, input_node.GetName(), created)
+            outputs.qa_columns = qa.table_columns(heatmap_source, engine.spec, modality, heatmap is not None,
+                                                  qa_inputs is not None and qa_inputs[1] is not None)
             marking = dicom_marking.marking_from_engine(engine)
             if marking is not None:  # what "Export to DICOM" (and Slicer's DICOM export) reads from the node
                 dicom_marking.mark_node(outputs.synthetic_node, marking, input_node)
@@ -236,14 +241,7 @@ class DualDSynthesisLogic:
                 rows, reference = qa_inputs
                 outputs.qa_rows = rows
                 outputs.qa_table_node = qa.write_qa_table(
-                    self.scene,
-                    rows,
-                    name=f"{input_node.GetName()} DualD QA",
-                    with_difficulty=heatmap is not None,
-                    with_reference=reference is not None,
-                    target_modality=modality,
-                    heatmap_source=heatmap_source,
-                )
+                    self.scene, rows, outputs.qa_columns, name=f"{input_node.GetName()} DualD QA")
                 created.append(outputs.qa_table_node)
                 if reference is not None:
                     outputs.difference_node = qa.new_difference_node(
@@ -256,7 +254,7 @@ class DualDSynthesisLogic:
             self._remove_nodes(created)
             raise
         outputs.warnings = [str(w) for w in result.warnings]
-        outputs.notes = notes + [str(n) for n in result.notes]
+        outputs.notes = [str(n) for n in result.notes]
         report(1.0, "Done")
         return outputs
 
@@ -279,19 +277,6 @@ class DualDSynthesisLogic:
         mask.CopyInformation(source)
         return mask
 
-    @staticmethod
-    def _skull_with_brain_mask(skull: str, engine: SynthesisEngine, name: str) -> tuple[str, list[str]]:
-        """The skull handling to run with a given brain mask, and a note saying what the mask does."""
-        if skull == "auto":
-            if engine.strips_skulls:
-                return "strip", [f"skull handling 'auto' was taken as 'strip' because the brain mask '{name}' "
-                                 "was given"]
-            skull = "keep"  # CT needs the skull: the engine never strips it, so the mask only restricts outputs
-        if skull == "keep":
-            return skull, [f"the whole head was synthesised (skull kept); outside the brain mask '{name}' the "
-                           "outputs are background"]
-        return skull, []  # "strip": the engine's own note names the given brain mask
-
     def _write_outputs(
         self,
         input_node: Any,
@@ -306,18 +291,18 @@ class DualDSynthesisLogic:
         synthetic_node = self._fill_node(synthetic_node, synthetic, f"{input_node.GetName()} {suffix}", created)
         if heatmap is None:
             return SynthesisOutputs(synthetic_node=synthetic_node)
-        heatmap_node = self._fill_node(heatmap_node, heatmap, f"{input_node.GetName()} D2 difficulty", created)
+        heatmap_node = self._fill_node(heatmap_node, heatmap, f"{input_node.GetName()} heatmap", created)
         return SynthesisOutputs(synthetic_node=synthetic_node, heatmap_node=heatmap_node)
 
     @staticmethod
     def _describe_heatmap(node: Any, result: Any, input_name: str, created: list[Any]) -> None:
         """Record which map the node holds and its units (legend, DICOM export, saving); a node this call
         created is named after the map."""
-        source = result.heatmap_source or "d2"
-        node.SetAttribute(SOURCE_ATTRIBUTE, source)
+        kind = heatmap_kinds.kind(result.heatmap_source)
+        node.SetAttribute(SOURCE_ATTRIBUTE, kind.name)
         node.SetAttribute(UNITS_ATTRIBUTE, result.heatmap_units or "")
         if node in created:
-            node.SetName(f"{input_name} {'expected error' if source == 'expected_error' else 'D2 difficulty'}")
+            node.SetName(f"{input_name} {kind.title}")
 
     def _fill_node(self, node: Any, image: sitk.Image, name: str, created: list[Any]) -> Any:
         """Write ``image`` into ``node``, or into a new node (recorded in ``created``) when none is given."""

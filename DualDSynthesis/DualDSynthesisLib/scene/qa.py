@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..imaging import heatmap_kinds
 from ..imaging.preprocess import PreprocessingSpec
 from ..imaging.scoring import comparable
 from ..model import metrics
@@ -31,7 +32,7 @@ class RegionMetrics:
     voxels: int
     mean_difficulty: float = math.nan  # the heatmap's mean / 95th percentile in the region, whatever the map
     p95_difficulty: float = math.nan
-    expected_mae: float = math.nan  # with an expected-error map: its mean, the MAE to expect (target units)
+    expected_mae: float = math.nan  # with an error map in target units: its mean, the MAE to expect
     psnr: float = math.nan
     mae: float = math.nan
     ssim: float = math.nan
@@ -81,8 +82,10 @@ def compute_region_metrics(
     heatmap_source: str | None = None,
 ) -> list[RegionMetrics]:
     """One ``RegionMetrics`` per region; image metrics only when both synthetic and reference are given.
-    With ``heatmap_source`` "expected_error" the heatmap's mean is also the region's expected MAE: the
-    error G itself expects there, in target units, known without a reference image."""
+    With a ``heatmap_source`` in target units (``HeatmapKind.in_target_units``: G's expected error) the
+    heatmap's mean is also the region's expected MAE: the error G itself expects there, in target units,
+    known without a reference image."""
+    error_map = heatmap is not None and heatmap_kinds.kind(heatmap_source).in_target_units
     with_reference = synthetic is not None and reference is not None
     if with_reference:
         if synthetic.shape != reference.shape:
@@ -101,7 +104,7 @@ def compute_region_metrics(
                 values = heatmap[mask].astype(np.float64)
                 row.mean_difficulty = float(values.mean())
                 row.p95_difficulty = float(np.percentile(values, DIFFICULTY_PERCENTILE))
-                if heatmap_source == "expected_error":
+                if error_map:
                     row.expected_mae = row.mean_difficulty
             if with_reference:
                 row.mae = metrics.mae(synthetic, reference, mask)
@@ -147,38 +150,44 @@ def absolute_difference(synthetic: np.ndarray, reference: np.ndarray) -> np.ndar
 
 COLUMN_NAME = "Region"
 COLUMN_VOXELS = "Voxels"
-COLUMN_MEAN = "Mean difficulty"
-COLUMN_P95 = "P95 difficulty"
 COLUMN_PSNR = "PSNR (dB)"
-COLUMN_MAE = "MAE"
-COLUMN_MAE_HU = "MAE (HU)"
+COLUMN_MAE = "MAE"  # with its units: mae_units
 COLUMN_SSIM = "SSIM"
-COLUMN_EXPECTED_MAE = "Expected MAE"
-COLUMN_P95_EXPECTED = "P95 expected |error|"
+NORMALISED_UNITS = "normalised"
 
 
-def write_qa_table(
-    scene,
-    rows: list[RegionMetrics],
-    name: str = "DualD QA",
-    with_difficulty: bool = True,
-    with_reference: bool = False,
+def mae_units(spec: PreprocessingSpec | None, target_modality: str | None = None) -> str:
+    """The units the reference metrics compare in (``scoring.comparable``): the target's absolute units (HU)
+    or the normalised MRI space; without a spec (a test double), HU for a CT target."""
+    if spec is not None:
+        return spec.target.units if spec.target.absolute_units else NORMALISED_UNITS
+    return "HU" if is_ct(target_modality) else NORMALISED_UNITS
+
+
+def table_columns(
+    heatmap_source: str | None,
+    spec: PreprocessingSpec | None = None,
     target_modality: str | None = None,
-    heatmap_source: str | None = None,
-):
-    """A new ``vtkMRMLTableNode`` with one row per region. With an expected-error heatmap the map's
-    columns are "Expected MAE" and its 95th percentile (in HU for a CT target), else D2's difficulty."""
+    with_heatmap: bool = True,
+    with_reference: bool = True,
+) -> list[tuple[str, str]]:
+    """(title, ``RegionMetrics`` field) of every QA column, each value column titled with its units: the
+    heatmap kind's two (``HeatmapKind.columns``, e.g. "Expected MAE (HU)"), then PSNR, MAE and SSIM. The
+    Slicer table and the viewer's both come from here."""
+    columns = [(COLUMN_NAME, "name"), (COLUMN_VOXELS, "voxels")]
+    if with_heatmap:
+        target = heatmap_kinds.target_units(spec.target if spec is not None else None, target_modality)
+        columns += heatmap_kinds.kind(heatmap_source).columns(target)
+    if with_reference:
+        columns += [(COLUMN_PSNR, "psnr"), (f"{COLUMN_MAE} ({mae_units(spec, target_modality)})", "mae"),
+                    (COLUMN_SSIM, "ssim")]
+    return columns
+
+
+def write_qa_table(scene, rows: list[RegionMetrics], columns: list[tuple[str, str]], name: str = "DualD QA"):
+    """A new ``vtkMRMLTableNode`` with one row per region and ``columns`` (:func:`table_columns`)."""
     import vtk
 
-    columns: list[tuple[str, str]] = [(COLUMN_NAME, "name"), (COLUMN_VOXELS, "voxels")]
-    if with_difficulty and heatmap_source == "expected_error":
-        unit = " (HU)" if is_ct(target_modality) else ""
-        columns += [(COLUMN_EXPECTED_MAE + unit, "expected_mae"), (COLUMN_P95_EXPECTED + unit, "p95_difficulty")]
-    elif with_difficulty:
-        columns += [(COLUMN_MEAN, "mean_difficulty"), (COLUMN_P95, "p95_difficulty")]
-    if with_reference:
-        mae_column = COLUMN_MAE_HU if is_ct(target_modality) else COLUMN_MAE
-        columns += [(COLUMN_PSNR, "psnr"), (mae_column, "mae"), (COLUMN_SSIM, "ssim")]
     arrays = []
     for title, field in columns:
         if field == "name":
