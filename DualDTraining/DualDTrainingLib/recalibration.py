@@ -66,7 +66,7 @@ def recalibrate_only(cfg: RunConfig, say: Callable[[str], None] | None = None) -
         raise TrainingError("no site subject could be prepared (see the rejected lines above)")
     validation = site_ratios(parent, subjects, resolve_device(cfg.device), cfg.batch_size)
     site = site_name(cfg)
-    calibration = site_calibration(validation, site, "every subject of the data, none trained on")
+    calibration = site_calibration(validation, site, "every subject of the data, no training in this run")
     if not calibration.calibrated:
         raise TrainingError("no site subject gave a usable expected-error ratio (perfect predictions?), so "
                             "nothing was recalibrated")
