@@ -275,3 +275,38 @@ def test_fine_tuning_flags_need_init_from(capsys: pytest.CaptureFixture[str], si
     plain = [*_argv(site, parent, out)[:-4], *TINY_ARCH_FLAGS]
     _refused(capsys, [*plain, "--freeze-encoder"], out, "--freeze-encoder needs --init-from")
     _refused(capsys, [*plain, "--recalibrate-only"], out, "--recalibrate-only needs --init-from")
+
+
+# ----------------------------------------------------------------------------- several site subjects, bad scans
+
+
+def test_two_site_subjects_calibrate_on_the_validation_subject(capsys: pytest.CaptureFixture[str], parent: Path,
+                                                                tmp_path: Path) -> None:
+    site = write_subjects(tmp_path / "Twoville", n=2, seed=9)
+    out = tmp_path / "ft"
+    assert cli.main(_argv(site, parent, out, "--iterations", "1")) == 0
+    assert "held-out slices" not in capsys.readouterr().err
+    meta = read_metadata(out / "model-final.safetensors")
+    assert meta.provenance["validation_subjects"] == ["TCGA-DU-7001"]  # the last subject, as without --init-from
+    evidence = meta.error_calibration.evidence
+    assert "site recalibration on 1 scan(s) of Twoville" in evidence and "not leave-one-subject-out" in evidence
+    assert set(meta.error_calibration.held_out_ratios) == {"TCGA-DU-7001"}
+
+
+def test_a_site_scan_failing_the_training_checks_is_refused_with_its_reason(
+        capsys: pytest.CaptureFixture[str], parent: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+    from DualDTrainingLib.discovery import discover as find
+
+    site = write_subjects(tmp_path / "Blankville", n=1, seed=3)
+    pair = find(site, "t1", "t2").pairs[0]
+    image = sitk.ReadImage(str(pair.target))
+    blank = sitk.Image(image.GetSize(), image.GetPixelID())
+    blank.CopyInformation(image)
+    sitk.WriteImage(blank, str(pair.target))
+    out = tmp_path / "o"
+    assert cli.main(_argv(site, parent, out)) == 2
+    err = capsys.readouterr().err
+    assert f"target file {pair.target.name} is constant" in err
+    assert "no training subject could be prepared" in err.strip().splitlines()[-1]
+    assert not out.exists()
