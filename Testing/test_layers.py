@@ -43,7 +43,7 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensit
                         "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices", "dicom_export",
                         "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
-                       "pair_files")
+                       "pair_files", "init_from")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 

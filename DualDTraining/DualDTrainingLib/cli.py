@@ -49,8 +49,9 @@ from DualDSynthesisLib.core.vocabulary import D2_TARGETS, VARIANTS, known_contra
 from DualDSynthesisLib.model.architecture import D2_HEADS
 from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 
-from .config import TARGET_KINDS, RunConfig
+from .config import FINETUNE_DEFAULTS, TARGET_KINDS, RunConfig
 from .errors import EXIT_NON_FINITE, TrainingStopped
+from .init_from import RECIPE, flag, resolve
 
 PROG = "duald-train"
 EXAMPLES = """examples:
@@ -63,6 +64,14 @@ EXAMPLES = """examples:
 
   # the paper's full method (dual discriminators + difficulty-aware attention)
   duald-train --data /data/brats --source t1 --target t2 --variant dual_attention --output runs/paper
+
+  # commissioning at a site: fine-tune the shipped model on one or two local paired scans
+  duald-train --data /data/site --source t1 --target t2 --site "St Elsewhere" \\
+      --init-from DualDSynthesis/Resources/Models/t1_to_t2.safetensors --output runs/site
+
+  # ... or only re-fit its expected-error factor on the site's scans (no training)
+  duald-train --data /data/site --source t1 --target t2 --recalibrate-only \\
+      --init-from DualDSynthesis/Resources/Models/t1_to_t2.safetensors --output runs/site-recal
 
 The default --iterations (20000) is meant for a GPU: on a 2-core CPU it takes days."""
 DEFAULTS = RunConfig.defaults()  # every default comes from RunConfig (torch-free), never repeated here
@@ -100,6 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add(io, "--overwrite", action="store_true", help="reuse a non-empty OUTPUT (its training files are replaced)")
     _add(io, "--device", default=DEFAULTS["device"], help="auto (CUDA when available), cpu, cuda or cuda:N")
     _add(io, "--workers", type=int, default=DEFAULTS["workers"], help="threads for reading and preparing volumes")
+
+    ft = p.add_argument_group("fine-tuning at a site (docs/models.md, Commissioning at your site)")
+    _add(ft, "--init-from", default=DEFAULTS["init_from"], metavar="BUNDLE",
+         help="start from this model bundle's weights: G, and D2 when the bundle has it and --variant uses it "
+              "(bundles hold G and D2, never D1: D1 starts afresh). The architecture, the input recipe ("
+              + ", ".join(flag(n) for n in RECIPE) + ") and the contrasts come from the "
+              "bundle; giving one of those flags with another value is refused. Without --variant: the "
+              f"bundle's. Options you do not give take the fine-tuning defaults: {FINETUNE_DEFAULTS.text()}. "
+              "With one subject, a slab of its slices is held out for validation and recalibration")
+    _add(ft, "--freeze-encoder", action="store_true",
+         help="with --init-from: G's encoder (the down path and bottleneck) gets no gradient and keeps its "
+              "batch-norm statistics, so it stays exactly the parent's")
+    _add(ft, "--recalibrate-only", action="store_true",
+         help="with --init-from: no training; re-fit the bundle's expected-error factor on every subject of "
+              "--data and write OUTPUT/model-recalibrated.safetensors (the parent is never modified)")
+    _add(ft, "--site", default=DEFAULTS["site"],
+         help="the site's name, recorded in the fine-tuned bundle (default: the data folder's name)")
 
     tr = p.add_argument_group("training")
     _add(tr, "--variant", default=DEFAULTS["variant"], choices=VARIANTS, help="which networks and losses to train")
@@ -173,9 +199,28 @@ def _config(args: argparse.Namespace, slicer: bool) -> RunConfig:
                      output=Path(args.output).expanduser(), **values, slicer=slicer)
 
 
+def given_options(argv: Sequence[str] | None, cfg: RunConfig, slicer: bool) -> frozenset[str]:
+    """The RunConfig options the user set: the flags present on the command line (parsed once more with every
+    default suppressed). Slicer's panel passes every field, so there a value equal to its default counts as
+    not set."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    present = {NEGATED.get(name, name) for name in vars(parser.parse_args(argv))}
+    if slicer:
+        present = {n for n in present if n not in DEFAULTS or getattr(cfg, n) != DEFAULTS[n]}
+    return frozenset(present)
+
+
+def resolved_config(argv: Sequence[str] | None, slicer: bool = False) -> RunConfig:
+    """The run's RunConfig from the command line, with ``--init-from``'s recipe and defaults applied."""
+    cfg = _config(build_parser().parse_args(argv), slicer)
+    return resolve(cfg, given_options(argv, cfg, slicer))
+
+
 def main(argv: Sequence[str] | None = None, slicer: bool = False) -> int:
     safe_console()
-    args = build_parser().parse_args(argv)
+    build_parser().parse_args(argv)  # usage errors (exit 2) before anything else
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tag = f"[rank {rank}] " if world > 1 else ""
@@ -188,11 +233,13 @@ def main(argv: Sequence[str] | None = None, slicer: bool = False) -> int:
     try:
         # The exception classes are imported above, torch-free: an interrupt or a broken PyTorch during
         # this import must show its own cause, not an UnboundLocalError from the except clauses.
+        cfg = resolved_config(argv, slicer)  # a wrong parent bundle is refused before torch is imported
         try:
             from .loop import run_training
+            from .recalibration import recalibrate_only
         except ImportError as exc:
             return fail(f"error: PyTorch or another requirement could not be imported ({exc}); reinstall it", 2)
-        return run_training(_config(args, slicer))
+        return recalibrate_only(cfg) if cfg.recalibrate_only else run_training(cfg)
     except DualDError as exc:  # TrainingError, a full disk (OutputWriteError), …: one line
         return fail(f"error: {exc}", 2)
     except TrainingStopped as exc:

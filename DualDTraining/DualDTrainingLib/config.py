@@ -71,6 +71,10 @@ class RunConfig:
     workers: int = 2
     log_every: int = 10
     checkpoint_every: int = 200
+    init_from: str = ""  # a parent bundle to fine-tune (init_from.py); "" = train from scratch
+    freeze_encoder: bool = False  # G's down path gets no gradient (fine-tuning on very few subjects)
+    recalibrate_only: bool = False  # with init_from: re-fit only the expected-error factor, no training
+    site: str = ""  # the site's name in a fine-tuned bundle's provenance; "" = the data folder's name
     slicer: bool = False  # progress as Slicer <filter-progress> lines on stdout
 
     @classmethod
@@ -107,6 +111,9 @@ class RunConfig:
             raise TrainingError(
                 f"--crop-size must be 0 or a multiple of {2**self.depth} of at least 32, got {self.crop_size}"
             )
+        if (self.freeze_encoder or self.recalibrate_only) and not self.init_from:
+            flag = "--freeze-encoder" if self.freeze_encoder else "--recalibrate-only"
+            raise TrainingError(f"{flag} needs --init-from BUNDLE (a model to start from)")
         try:
             check_metric_name(self.best_metric)
             self.training()
@@ -123,6 +130,30 @@ class RunConfig:
             return self.target_kind
         return "ct" if canonical_contrast(self.target) == "ct" else "mri"
 
+
+@dataclass(frozen=True)
+class FineTuneDefaults:
+    """The defaults that replace RunConfig's when ``--init-from`` is given and the option is not: a site's
+    1-5 paired subjects, a model that already synthesises. A lower generator learning rate moves the
+    weights less far from the parent's; fewer steps because there are few slices to learn from (and
+    minutes, not hours, on a CPU); the scanner/contrast augmentation on, so a few scans do not teach one
+    scanner's exact contrast; validation at the end only (one subject's held-out slab is small)."""
+
+    iterations: int = 200
+    lr_g: float = 5e-5
+    batch_size: int = 4
+    augment: float = 1.0
+    val_every: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def text(self) -> str:
+        """For --help."""
+        return ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in self.as_dict().items())
+
+
+FINETUNE_DEFAULTS = FineTuneDefaults()
 
 # The RunConfig options that are TrainingConfig settings (the step's loss weights and optimisers).
 STEP_OPTIONS = tuple(f.name for f in fields(TrainingConfig) if f.name not in FIXED_SETTINGS)

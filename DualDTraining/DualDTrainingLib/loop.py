@@ -58,6 +58,7 @@ from .device_sampler import DeviceSliceSampler
 from .discovery import DiscoveryError, discover
 from .distributed import DistContext, PeerNonFiniteError, init_from_env, on_main, stop_together
 from .errors import EXIT_NON_FINITE, TrainingError, TrainingStopped
+from .finetune import Parent, fine_tuned_metadata, hold_out_slab, load_parent, parent_spec, start_from_parent
 from .loss_window import LossWindow
 from .option_values import parse_spacing
 from .preparation import default_spacing, prepare_each, size_multiple
@@ -107,6 +108,8 @@ class Run:
         self.reporter: Reporter | None = None
         self.best: dict[str, Any] | None = None
         self.commit = _git_commit() if ctx.is_main else None
+        self.parent: Parent | None = None
+        self.validation_note = "validation subjects"  # how the held-out scans were chosen (fine-tuning records it)
 
     # -- messages (rank 0 only; stdout in Slicer, where anything on stderr marks the run as failed)
     def say(self, message: str) -> None:
@@ -121,6 +124,8 @@ class Run:
 
     def setup(self) -> None:
         cfg, ctx = self.cfg, self.ctx
+        if cfg.init_from:  # a broken parent is refused before the output folder exists
+            self.parent = load_parent(cfg)
         on_main(ctx, lambda: prepare_output(cfg.output, cfg.resume, cfg.overwrite))
         self.state = on_main(ctx, lambda: ckpt.load_checkpoint(cfg.output / ckpt.LAST)) if cfg.resume else None
         if self.state is not None:
@@ -139,15 +144,25 @@ class Run:
             self.say(f"note: {note}")
         for r in found.rejected:
             self.say(f"rejected {r.subject}: {r.reason}")
-        self.arch = cfg.architecture()
+        self.arch = cfg.architecture() if self.parent is None else self.parent.meta.architecture
         if self.state is not None:
             spec = PreprocessingSpec.from_dict(self.state["preprocessing"])
+        elif self.parent is not None:
+            spec = parent_spec(self.parent, spacing)
         else:
             spec = base_spec(cfg.resolved_target_kind(), spacing, size_multiple(self.arch),
                              source_norm=cfg.source_norm, context_slices=cfg.context_slices)
         t0 = time.time()
         subjects, train, shard_slices = self._prepare_training(train, spec)
-        self._prepare_validation(val)
+        slab = None
+        if self.parent is not None and not val and len(train) == 1:
+            subjects, slab = hold_out_slab(subjects[0], self.spec.context_slices)
+            self.validation_note = (f"held-out slices of the one subject ({slab.name}), never sampled for "
+                                    "training" if slab else "none: the one subject is too thin to spare slices")
+            self.say(f"one site subject: validation and recalibration on {self.validation_note}")
+        elif self.parent is not None:
+            self.validation_note = "the validation subject(s), held out of fine-tuning (not leave-one-subject-out)"
+        self._prepare_validation(val, slab)
         self._make_samplers(subjects, shard_slices)
         del subjects
         self.train_names = [p.subject for p in train]
@@ -179,8 +194,8 @@ class Run:
         self.spec = spec if self.state is not None else finish_spec(spec, fitted)
         return subjects, train, shard_slices
 
-    def _prepare_validation(self, val: list) -> None:
-        self.val_subjects = []
+    def _prepare_validation(self, val: list, slab: PreparedSubject | None = None) -> None:
+        self.val_subjects = [slab] if slab is not None and self.ctx.is_main else []
         if self.ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
             self.val_subjects, val_dropped = prepare_each(val, self.spec, self.cfg.workers)
             for subject, reason in val_dropped:
@@ -206,7 +221,9 @@ class Run:
         torch.manual_seed(cfg.seed)
         grad_sync = ctx.grad_sync if ctx.active else None
         self.trainer = DualDTrainer(self.arch, cfg.training(), ctx.device, grad_sync=grad_sync, amp=cfg.amp,
-                                    defer_checks=not ctx.active)
+                                    defer_checks=not ctx.active, freeze_encoder=cfg.freeze_encoder)
+        if self.parent is not None and self.state is None:
+            self.say(start_from_parent(self.trainer, self.parent))
         torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # the gradient penalty's noise differs per rank
         if self.state is not None:
             ckpt.apply_checkpoint(self.trainer, self.state)
@@ -255,6 +272,8 @@ class Run:
             description=f"Trained with duald-train on {len(self.train_names)} subject(s) for "
                         f"{self.trainer.step_count} iterations.",
         )
+        if self.parent is not None:
+            meta = fine_tuned_metadata(meta, self.parent, cfg, validation, self.validation_note)
         local = self.trainer.local if v.uses_local else None
         return save_bundle(cfg.output / name, self.trainer.generator, local, meta, overwrite=True)
 

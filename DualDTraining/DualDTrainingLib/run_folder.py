@@ -10,10 +10,10 @@ from DualDSynthesisLib.imaging.atomic import remove_stale_partials
 
 from . import checkpoint as ckpt
 from .errors import TrainingError
+from .init_from import OUTPUT_BUNDLES
 
 # What a run writes: --overwrite removes these and nothing else.
-ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", "model-final.safetensors", "model-best.safetensors",
-             "metrics.jsonl", "run.json")
+ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", *OUTPUT_BUNDLES, "metrics.jsonl", "run.json")
 ARTEFACT_DIRS = ("tensorboard", "samples")
 
 

@@ -88,6 +88,7 @@ class DualDTrainer:
         defer_checks: bool = False,
         channels_last: bool | None = None,
         fused: bool | None = None,
+        freeze_encoder: bool = False,
     ) -> None:
         self.architecture, self.config = architecture, config
         self.device = torch.device(device)
@@ -104,10 +105,16 @@ class DualDTrainer:
         self.critic = architecture.global_critic().to(self.device, memory_format=self.memory_format)
         self.local = architecture.local_discriminator().to(self.device, memory_format=self.memory_format)
         v = config.variant
+        # Fine-tuning on a few subjects: G's down path (and bottleneck) keeps the parent's weights and its
+        # batch-norm statistics (held in eval mode in every step), so it stays bit-identical.
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.generator.encoders.requires_grad_(False)
 
         def adam(module: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
             # fused: one kernel for all parameters instead of several per tensor (None: torch's default).
-            return torch.optim.Adam(module.parameters(), lr, betas, fused=True if fused else None)
+            params = [q for q in module.parameters() if q.requires_grad]
+            return torch.optim.Adam(params, lr, betas, fused=True if fused else None)
 
         self.opt_g = adam(self.generator, config.lr_g, config.betas_g)
         self.opt_d1 = adam(self.critic, config.lr_d1, config.betas_d1) if v.uses_global else None
@@ -164,6 +171,8 @@ class DualDTrainer:
         source = source.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
         target = target.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
         self.generator.train()
+        if self.freeze_encoder:
+            self.generator.encoders.eval()
         out: dict[str, torch.Tensor] = {}
 
         if v.uses_global or v.uses_local:

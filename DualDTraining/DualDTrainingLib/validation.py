@@ -163,9 +163,10 @@ def validate(
     return average(per_subject), per_subject, rows
 
 
-def held_out_calibration(validation: dict[str, Any] | None) -> ErrorCalibration:
+def held_out_calibration(validation: dict[str, Any] | None, evidence: str | None = None) -> ErrorCalibration:
     """The expected-error calibration a validation result (``loop``'s record: per-subject metrics) supports:
-    from its subjects' ``expected_error_ratio``; uncalibrated without validation or without the head."""
+    from its subjects' ``expected_error_ratio``; uncalibrated without validation or without the head.
+    ``evidence``: where the subjects come from (default: duald-train's validation subjects)."""
     per_subject = (validation or {}).get("per_subject", {})
     # a NaN ratio was written as the string "nan" (jsonable_metrics); from_ratios leaves out the others
     ratios = {name: m["expected_error_ratio"] for name, m in per_subject.items()
@@ -173,7 +174,9 @@ def held_out_calibration(validation: dict[str, Any] | None) -> ErrorCalibration:
     if not ratios:  # no validation, or a generator without the head
         return ErrorCalibration()
     try:
-        return ErrorCalibration.from_ratios(ratios, f"duald-train validation subjects at step {validation['step']}")
+        where = evidence or "duald-train validation subjects"
+        step = f" at step {validation['step']}" if "step" in validation else ""
+        return ErrorCalibration.from_ratios(ratios, where + step)
     except CalibrationError:  # only perfect predictions (NaN ratios): nothing to calibrate on
         return ErrorCalibration()
 

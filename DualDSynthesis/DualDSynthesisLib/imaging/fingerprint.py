@@ -219,6 +219,23 @@ class TrainingFingerprint:
     def skull_kinds(self) -> tuple[str, ...]:
         return tuple(k for k in ("stripped", "head") if getattr(self, k) is not None)
 
+    def merged(self, other: TrainingFingerprint) -> TrainingFingerprint:
+        """The fingerprint of both training sets (a fine-tune: the parent's data and the site's)."""
+
+        def span(a: tuple[Pair, ...], b: tuple[Pair, ...]) -> tuple[Pair, ...]:
+            return tuple((min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(a, b, strict=True))
+
+        def content(a: ContentRanges | None, b: ContentRanges | None) -> ContentRanges | None:
+            return a.merged(b) if a and b else a or b
+
+        return TrainingFingerprint(
+            n_subjects=self.n_subjects + other.n_subjects,
+            spacing=span(self.spacing, other.spacing),  # type: ignore[arg-type]
+            field_of_view=span(self.field_of_view, other.field_of_view),  # type: ignore[arg-type]
+            stripped=content(self.stripped, other.stripped),
+            head=content(self.head, other.head),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": _VERSION,
