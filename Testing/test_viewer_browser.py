@@ -91,6 +91,10 @@ def open_page(browser, url: str):
     return page
 
 
+# A state change that alters the picture shows within this on a loaded 2-core machine (seen: up to a few s).
+CHANGE_WAIT_S = 15.0
+
+
 def set_state(page, **values) -> None:
     for key, value in values.items():
         page.evaluate("([k, v]) => window.trame.state.set(k, v)", [key, value])
@@ -121,23 +125,39 @@ def view_pixels(page, index: int = 0) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
 
 
-def settled_view(page, index: int = 0, timeout_s: float = 20) -> np.ndarray:
-    """The view's frame once it stops changing (the server re-renders after a state change)."""
-    time.sleep(0.5)
-    previous = view_pixels(page, index)
+def settled_view(page, index: int = 0, timeout_s: float = 60, before: np.ndarray | None = None) -> np.ndarray:
+    """The view's frame once the server has re-rendered after a state change and the frame stops changing.
+
+    ``before``: the frame shown before the change. The wait is then first for the picture to differ from it (the
+    re-render's event; on a loaded machine the server may take seconds to send it, and the frame read at once is
+    still the old one), for at most ``CHANGE_WAIT_S``, as a change can leave the picture as it was; then for two
+    reads in a row to agree."""
     deadline = time.monotonic() + timeout_s
+    current = view_pixels(page, index)
+    if before is not None:
+        change_deadline = min(deadline, time.monotonic() + CHANGE_WAIT_S)
+        while (current.shape == before.shape and np.array_equal(current, before)
+               and time.monotonic() < change_deadline):
+            time.sleep(0.2)
+            current = view_pixels(page, index)
     while time.monotonic() < deadline:
         time.sleep(0.7)
-        current = view_pixels(page, index)
-        if current.shape == previous.shape and np.array_equal(current, previous):
-            return current
-        previous = current
-    return previous
+        latest = view_pixels(page, index)
+        if latest.shape == current.shape and np.array_equal(latest, current):
+            return latest
+        current = latest
+    return current
 
 
-def overlay_mask(page, threshold: float, plain: np.ndarray) -> np.ndarray:
-    set_state(page, threshold=threshold)
-    shown = settled_view(page)
+def change_and_settle(page, **values) -> np.ndarray:
+    """Set trame state and return the view's frame once the server has shown the change."""
+    before = view_pixels(page, 0)
+    set_state(page, **values)
+    return settled_view(page, before=before)
+
+
+def overlay_mask(page, plain: np.ndarray, **values) -> np.ndarray:
+    shown = change_and_settle(page, **values)
     assert shown.shape == plain.shape
     return np.abs(shown.astype(int) - plain.astype(int)).max(axis=2) > 12
 
@@ -154,15 +174,13 @@ def synthesize(page) -> str:
 
 def assert_overlay_follows_threshold(page) -> None:
     """Heat colours appear where the heatmap is above the threshold and nowhere the threshold hides."""
-    set_state(page, opacity=0.0, threshold=0.0)
-    plain = settled_view(page)
+    plain = change_and_settle(page, opacity=0.0, threshold=0.0)
     assert plain.std() > 5, "the axial view shows no image"
-    set_state(page, opacity=1.0)
-    everywhere = overlay_mask(page, 0.0, plain)
-    above_max = overlay_mask(page, 1.0, plain)
+    everywhere = overlay_mask(page, plain, opacity=1.0)  # threshold 0
+    above_max = overlay_mask(page, plain, threshold=1.0)
     # The threshold is a fraction of the display window (D2: 0-1; expected error: 0 to its 99th percentile,
     # display.heatmap_window), so half of it keeps part of the default model's map over the brain.
-    partial = overlay_mask(page, 0.5, plain)
+    partial = overlay_mask(page, plain, threshold=0.5)
     assert everywhere.mean() > 0.2, "threshold 0: the heatmap overlay should cover the volume"
     # threshold 1 hides everything below the window's top; an expected-error map's top is its 99th percentile,
     # so its brightest 1 % of voxels stay (a D2 map's top is 1: nothing stays)
