@@ -116,7 +116,7 @@ def test_the_viewer_shows_the_real_engines_result_as_the_panel_does(tmp_path: Pa
     pytest.importorskip("trame_slicer", reason="the viewer extra (trame-slicer) is not installed")
     bundles = pytest.importorskip("bundles", reason="the tiny-bundle helper needs torch")
     from _viewer_data import labels_for, small_volume
-    from DualDViewLib.session import ViewerSession
+    from DualDViewLib.session import ViewerError, ViewerSession
 
     source, labels = tmp_path / "case_t1.nii.gz", tmp_path / "case_seg.nii.gz"
     sitk.WriteImage(small_volume(), str(source))
@@ -140,3 +140,5 @@ def test_the_viewer_shows_the_real_engines_result_as_the_panel_does(tmp_path: Pa
     assert viewer.synthetic_node.GetAttribute("DICOM.Modality") == "CT"  # the real engine's model reached the scene
     assert panel["marking"] and panel["qa"][0]
     np.testing.assert_equal(_shown(session.logic, viewer), panel)
+    with pytest.raises(ViewerError, match="no synthesis was begun"):  # a result without its input read
+        session.finish(engine, result)
