@@ -179,7 +179,7 @@ class DualDViewer:
 
     async def _synthesize(self) -> None:
         try:
-            image = self.session.begin()
+            given = self.session.begin()  # the source, read on this (the scene's) thread
         except (BusyError, ViewerError) as exc:
             self.state.update({"error": str(exc)})
             self.state.flush()
@@ -195,7 +195,7 @@ class DualDViewer:
 
         def work():
             engine = self.session.logic.load_engine(self.state.model, self.device)
-            return engine, self.session.run_engine(engine, image, report)
+            return engine, self.session.run_engine(engine, given, report)
 
         future = loop.run_in_executor(None, work)
         try:

@@ -1,9 +1,10 @@
 """One viewer session: the source, segmentation and reference volumes, a synthesis run and saving.
 
 Trame-free and Qt-free so it is tested directly under pytest. Everything shown goes through the
-desktop module's own ``DualDSynthesisLogic`` (logic.py → display.py, qa.py, mrml_io.py): the engine
-runs in a worker thread (it touches no MRML), then ``logic.synthesize`` is called on the event-loop
-thread with the finished result, so node creation, QA and display are exactly the desktop module's.
+desktop module's own ``DualDSynthesisLogic`` (logic.py → display.py, qa.py, mrml_io.py), in the steps its
+``synthesize`` takes: ``logic.read_input`` on the event-loop thread, ``logic.run_engine`` (the real engine,
+no MRML) in a worker thread, then ``logic.show_result`` back on the event-loop thread, so reading the input,
+node creation, QA and display are exactly the desktop module's.
 
 Nothing is written to disk until :meth:`ViewerSession.save`, which writes under temporary names and
 renames at the end (``io.AtomicOutputs``): a cancelled run or a vanished client leaves no file.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,10 @@ from DualDSynthesisLib.scene.logic import (
     ProgressCallback,
     QAOptions,
     SynthesisCancelled,
+    SynthesisEngine,
+    SynthesisInput,
     SynthesisOutputs,
+    SynthesisResult,
 )
 
 
@@ -41,20 +44,6 @@ class ViewerError(DualDError):
 
 class BusyError(ViewerError):
     """A synthesis is already running in this viewer."""
-
-
-@dataclass
-class _Finished:
-    """An engine whose run is already done: hands a worker thread's result to ``logic.synthesize``."""
-
-    result: Any
-    target_modality: str = ""
-    metadata: Any = None  # the real engine's BundleMetadata (for the synthetic node's DICOM marking)
-    bundle_path: Path | None = None
-    spec: Any = None  # the real engine's PreprocessingSpec (the QA table's units and foreground)
-
-    def run(self, image, progress=None, cancel=None, *, mask=None, skull="auto"):  # the SynthesisEngine protocol
-        return self.result
 
 
 def read_source(path: Path, display_name: str | None = None) -> sitk.Image:
@@ -86,6 +75,7 @@ class ViewerSession:
         self.display = DisplayOptions()
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self._input: SynthesisInput | None = None  # what begin read, for finish: the run's input and grid
 
     # ---- inputs ----
 
@@ -149,19 +139,20 @@ class ViewerSession:
         self.logic.apply_display(self.source_node, self.outputs, self.display)
         return self.outputs
 
-    # ---- synthesis: run_engine in a worker thread, then finish on the scene's thread ----
+    # ---- synthesis: begin and finish on the scene's thread, run_engine in a worker thread between them ----
 
-    def begin(self) -> sitk.Image:
-        """Claim the single run slot and return the source image for the worker thread."""
+    def begin(self) -> SynthesisInput:
+        """Claim the single run slot and read the source for the worker thread (the logic's ``read_input``)."""
         self._require_source()
         if not self._lock.acquire(blocking=False):
             raise BusyError("a synthesis is already running in this viewer; wait for it or cancel it")
         self._cancel.clear()
         try:
-            return mrml_io.image_from_volume_node(self.source_node)
+            self._input = self.logic.read_input(self.source_node)
         except Exception:
             self._lock.release()
             raise
+        return self._input
 
     @property
     def running(self) -> bool:
@@ -175,28 +166,29 @@ class ViewerSession:
         return self._cancel.is_set()
 
     def run_engine(
-        self, engine: Any, image: sitk.Image, progress: ProgressCallback | None = None
-    ) -> Any:
-        """Worker-thread part: the engine only (no MRML). Raises ``SynthesisCancelled`` on cancel."""
+        self, engine: SynthesisEngine, given: SynthesisInput, progress: ProgressCallback | None = None
+    ) -> SynthesisResult:
+        """Worker-thread part: the logic's ``run_engine`` (the engine only, no MRML) on what :meth:`begin`
+        read. Raises ``SynthesisCancelled`` on cancel."""
         cancel: CancelCallback = self._cancel.is_set
-        result = engine.run(image, progress=progress, cancel=cancel)  # the contract's SynthesisCancelled propagates
-        if cancel():
-            raise SynthesisCancelled("synthesis cancelled")
-        return result
+        return self.logic.run_engine(given, engine, progress=progress, cancel=cancel)
 
-    def finish(self, engine: Any, result: Any) -> SynthesisOutputs:
-        """Scene-thread part: the desktop logic puts the result in the scene (nodes, QA table, display)."""
+    def finish(self, engine: SynthesisEngine, result: SynthesisResult) -> SynthesisOutputs:
+        """Scene-thread part: the logic's ``show_result`` puts the engine's result in the scene (nodes, QA
+        table, display) over the source :meth:`begin` read."""
         if self._cancel.is_set():
             raise SynthesisCancelled("synthesis cancelled")
+        if self._input is None:
+            raise ViewerError("no synthesis was begun; run Synthesize first")
         self.clear_outputs()
         qa_options = QAOptions(region_node=self.region_node, reference_node=self.reference_node)
-        finished = _Finished(result, engine.target_modality, engine.metadata, engine.bundle_path, engine.spec)
-        self.outputs = self.logic.synthesize(
-            self.source_node, finished, display_options=self.display, qa_options=qa_options
+        self.outputs = self.logic.show_result(
+            self._input, engine, result, display_options=self.display, qa_options=qa_options
         )
         return self.outputs
 
     def end(self) -> None:
+        self._input = None  # the source's copy is not kept between runs
         with contextlib.suppress(RuntimeError):
             self._lock.release()
 

@@ -5,6 +5,11 @@ headless tests alike. The engine is reached only through the contract (``contrac
 ``SynthesisEngine`` protocol, its result and its errors; a real ``engine.SynthesisEngine`` or a test
 double), and torch is never imported here.
 
+A synthesis is running, then showing: ``read_input`` (the input node and brain mask, read on the scene's
+thread) and ``run_engine`` (the engine alone, no MRML: any thread) give the engine's ``SynthesisResult``
+without changing the scene; ``show_result`` puts a result in the scene. ``synthesize`` is the three in a row
+(the Slicer panel); the web viewer runs the engine in a worker thread and shows the result on the scene's.
+
 Guarantees: the input node is never modified; nothing is added to the scene until the engine has
 finished without being cancelled, and if writing the results fails, the nodes this call created are
 removed again.
@@ -33,7 +38,7 @@ from . import dicom_marking, display, mrml_io, qa
 
 __all__ = [
     "CancelCallback", "DisplayOptions", "DualDSynthesisLogic", "ProgressCallback", "QAOptions", "SynthesisCancelled",
-    "SynthesisEngine", "SynthesisOutputs", "SynthesisResult",
+    "SynthesisEngine", "SynthesisInput", "SynthesisOutputs", "SynthesisResult",
 ]
 
 REQUIREMENTS_FILE = RESOURCES_DIR / "requirements.txt"
@@ -73,6 +78,27 @@ class SynthesisOutputs:
     qa_columns: list[tuple[str, str]] = field(default_factory=list)  # qa.table_columns of the QA table
     warnings: list[str] = field(default_factory=list)  # the engine's, for the status line
     notes: list[str] = field(default_factory=list)  # what the engine did that the user should know (skull)
+
+
+@dataclass(frozen=True)
+class SynthesisInput:
+    """What the engine is given, read from the scene by ``DualDSynthesisLogic.read_input``: running the engine
+    on it needs no MRML (so it may run in a worker thread), and showing the result needs ``node`` and
+    ``image`` (the input's grid) again."""
+
+    node: Any  # the input volume node; only read, and only on the scene's thread
+    image: sitk.Image  # its voxels and geometry
+    mask: sitk.Image | None = None  # the user's brain on ``image``'s grid (UInt8 0/1); None: none given
+    skull: str = "auto"  # whole-head handling (``vocabulary.SKULL_HANDLING``)
+
+
+def _check_nodes(input_node: Any, *output_nodes: Any) -> None:
+    """Refuse a missing input, and an output node that is the input (it would be overwritten)."""
+    if input_node is None:
+        raise ValueError("no input volume was selected")
+    for output in output_nodes:
+        if output is not None and output.GetID() == input_node.GetID():
+            raise ValueError("an output volume is the input volume; choose another output or a new volume")
 
 
 def _default_engine_factory(bundle_path: Path, device: str, heatmap_source: str | None = None) -> SynthesisEngine:
@@ -167,7 +193,7 @@ class DualDSynthesisLogic:
                                        else self.engine_factory(bundle_path, device, heatmap_source))
         return self._engine_cache[key]
 
-    # ---- synthesis ----
+    # ---- synthesis: read the input (scene thread), run the engine (any thread), show the result (scene thread) ----
 
     def synthesize(
         self,
@@ -184,36 +210,82 @@ class DualDSynthesisLogic:
         brain_mask_node: Any = None,
         brain_segment_ids: list[str] | None = None,
     ) -> SynthesisOutputs:
-        """Run ``engine`` on ``input_node`` and put the results in the scene.
+        """Run ``engine`` on ``input_node`` and put the results in the scene: :meth:`read_input`,
+        :meth:`run_engine`, then :meth:`show_result` (the viewer calls the three itself, the engine in a worker).
 
         ``synthetic_node``/``heatmap_node``: existing output nodes to overwrite; None creates new
         ones. ``display_options`` None leaves the views alone; ``qa_options`` None skips QA.
-        ``brain_mask_node``: the user's brain (a segmentation: the union of ``brain_segment_ids``, None or empty
-        = all segments; or a labelmap volume: label > 0), passed to the engine with ``skull`` as ``--mask`` and
-        ``--skull`` are by the CLI: the engine's one rule (``skull_policy.decide_skull``) decides, and its
-        note, in ``notes``, says what was done.
+        ``brain_mask_node``: the user's brain (``mrml_io.brain_mask_from_region_node``: ``brain_segment_ids`` of a
+        segmentation, or a labelmap), given to the engine with ``skull`` as the CLI's ``--mask`` and ``--skull``:
+        the engine's one rule (``skull_policy.decide_skull``) decides, and its note, in ``notes``, says what was done.
         Raises ``SynthesisCancelled`` (scene untouched) or ``ValueError`` for bad input.
         """
-        if input_node is None:
-            raise ValueError("no input volume was selected")
-        for output in (synthetic_node, heatmap_node):
-            if output is not None and output.GetID() == input_node.GetID():
-                raise ValueError("an output volume is the input volume; choose another output or a new volume")
-        report = progress or (lambda _f, _m: None)
-        source = mrml_io.image_from_volume_node(input_node)
+        _check_nodes(input_node, synthetic_node, heatmap_node)  # before the engine's minutes, not after
+        given = self.read_input(input_node, skull=skull, brain_mask_node=brain_mask_node,
+                                brain_segment_ids=brain_segment_ids)
+        result = self.run_engine(given, engine, progress=progress, cancel=cancel)
+        return self.show_result(given, engine, result, synthetic_node=synthetic_node, heatmap_node=heatmap_node,
+                                progress=progress, display_options=display_options, qa_options=qa_options)
+
+    def read_input(
+        self,
+        input_node: slicer.vtkMRMLScalarVolumeNode,
+        *,
+        skull: str = "auto",
+        brain_mask_node: Any = None,
+        brain_segment_ids: list[str] | None = None,
+    ) -> SynthesisInput:
+        """Running, part 1 (the scene's thread): the input node's image and the brain mask on its grid, read
+        without changing the scene. Raises ``ValueError`` for a missing input or a bad brain mask."""
+        _check_nodes(input_node)
+        image = mrml_io.image_from_volume_node(input_node)
         mask = None
         if brain_mask_node is not None:
-            mask = self._brain_mask(brain_mask_node, input_node, source, brain_segment_ids)
+            mask = mrml_io.brain_mask_from_region_node(brain_mask_node, input_node, image, brain_segment_ids)
+        return SynthesisInput(input_node, image, mask, skull)
+
+    @staticmethod
+    def run_engine(
+        given: SynthesisInput,
+        engine: SynthesisEngine,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> SynthesisResult:
+        """Running, part 2 (any thread: touches no MRML): the engine's result for ``given``, its progress
+        reported as the first ``_ENGINE_SHARE`` of the whole. Raises ``SynthesisCancelled`` when ``cancel``
+        is set by the end, the engine's ``SynthesisError`` for bad input."""
+        report = progress or (lambda _f, _m: None)
 
         def engine_progress(fraction: float, message: str) -> None:
             report(_ENGINE_SHARE * min(max(float(fraction), 0.0), 1.0), message)
 
         report(0.0, "Synthesizing…")
         # SynthesisCancelled propagates
-        result = engine.run(source, progress=engine_progress, cancel=cancel, mask=mask, skull=skull)
+        result = engine.run(given.image, progress=engine_progress, cancel=cancel, mask=given.mask, skull=given.skull)
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
+        return result
 
+    def show_result(
+        self,
+        given: SynthesisInput,
+        engine: SynthesisEngine,
+        result: SynthesisResult,
+        *,
+        synthetic_node: slicer.vtkMRMLScalarVolumeNode | None = None,
+        heatmap_node: slicer.vtkMRMLScalarVolumeNode | None = None,
+        progress: ProgressCallback | None = None,
+        display_options: DisplayOptions | None = None,
+        qa_options: QAOptions | None = None,
+    ) -> SynthesisOutputs:
+        """Showing (the scene's thread): ``engine``'s ``result`` for ``given`` as nodes on the input's grid,
+        with the heatmap's attributes, the DICOM marking, the QA table and difference volume (``qa_options``)
+        and the views (``display_options``); options as in :meth:`synthesize`. Computed before anything is
+        added; the nodes it created are removed again if writing them fails."""
+        _check_nodes(given.node, synthetic_node, heatmap_node)
+        report = progress or (lambda _f, _m: None)
+        source = given.image
         synthetic = sitk.Cast(mrml_io.resample_to_grid(result.synthetic, source), sitk.sitkFloat32)
         heatmap = result.heatmap
         if heatmap is not None:
@@ -223,59 +295,44 @@ class DualDSynthesisLogic:
 
         report(_ENGINE_SHARE, "Computing region QA…" if qa_options else "Writing results…")
         heatmap_source = result.heatmap_source if heatmap is not None else None
-        qa_inputs = self._qa_inputs(input_node, source, synthetic, heatmap, qa_options, engine.spec, heatmap_source)
-
+        qa_inputs = self._qa_inputs(given.node, source, synthetic, heatmap, qa_options, engine.spec, heatmap_source)
         created: list[Any] = []
         try:
-            outputs = self._write_outputs(
-                input_node, synthetic, heatmap, synthetic_node, heatmap_node, modality, created
-            )
+            outputs = self._write_outputs(given.node, synthetic, heatmap, synthetic_node, heatmap_node, modality,
+                                          created)
             if outputs.heatmap_node is not None:
-                self._describe_heatmap(outputs.heatmap_node, result, input_node.GetName(), created)
+                self._describe_heatmap(outputs.heatmap_node, result, given.node.GetName(), created)
             outputs.qa_columns = qa.table_columns(heatmap_source, engine.spec, modality, heatmap is not None,
                                                   qa_inputs is not None and qa_inputs[1] is not None)
             marking = dicom_marking.marking_from_engine(engine)
             if marking is not None:  # what "Export to DICOM" (and Slicer's DICOM export) reads from the node
-                dicom_marking.mark_node(outputs.synthetic_node, marking, input_node)
+                dicom_marking.mark_node(outputs.synthetic_node, marking, given.node)
             if qa_inputs is not None:
-                rows, reference = qa_inputs
-                outputs.qa_rows = rows
-                outputs.qa_table_node = qa.write_qa_table(
-                    self.scene, rows, outputs.qa_columns, name=f"{input_node.GetName()} DualD QA")
-                created.append(outputs.qa_table_node)
-                if reference is not None:
-                    outputs.difference_node = qa.new_difference_node(
-                        self.scene, synthetic, reference, f"{input_node.GetName()} |synthetic - reference|"
-                    )
-                    created.append(outputs.difference_node)
+                self._write_qa(given.node, synthetic, qa_inputs, outputs, created)
             if display_options is not None:
-                self.apply_display(input_node, outputs, display_options)
+                self.apply_display(given.node, outputs, display_options)
         except Exception:
-            self._remove_nodes(created)
+            self.remove_nodes(created)
             raise
         outputs.warnings = [str(w) for w in result.warnings]
         outputs.notes = [str(n) for n in result.notes]
         report(1.0, "Done")
         return outputs
 
-    @staticmethod
-    def _brain_mask(node: Any, input_node: Any, source: sitk.Image, segment_ids: list[str] | None) -> sitk.Image:
-        """The brain mask node as a UInt8 0/1 image on the source's grid; the node is only read."""
-        name = node.GetName()
-        if node.GetID() == input_node.GetID():
-            raise ValueError(f"the brain mask '{name}' is the input volume; choose a segmentation or labelmap of "
-                             "the brain")
-        if node.IsA("vtkMRMLSegmentationNode") and node.GetSegmentation().GetNumberOfSegments() == 0:
-            raise ValueError(f"the brain mask '{name}' is empty")
-        if node.IsA("vtkMRMLLabelMapVolumeNode") and not (mrml_io.array_from_volume_node(node) > 0).any():
-            raise ValueError(f"the brain mask '{name}' is empty")
-        labels, _names = mrml_io.labels_from_region_node(node, input_node, source, segment_ids, role="the brain mask")
-        inside = labels > 0
-        if not inside.any():  # non-empty on its own, but nothing of it lies in the input volume
-            raise ValueError(f"the brain mask '{name}' is empty inside the input volume '{input_node.GetName()}'")
-        mask = sitk.GetImageFromArray(inside.astype(np.uint8))
-        mask.CopyInformation(source)
-        return mask
+    def _write_qa(self, input_node: Any, synthetic: sitk.Image,
+                  qa_inputs: tuple[list[qa.RegionMetrics], sitk.Image | None], outputs: SynthesisOutputs,
+                  created: list[Any]) -> None:
+        """The QA table (and the |synthetic - reference| volume when a reference was given) into ``outputs``."""
+        rows, reference = qa_inputs
+        outputs.qa_rows = rows
+        outputs.qa_table_node = qa.write_qa_table(
+            self.scene, rows, outputs.qa_columns, name=f"{input_node.GetName()} DualD QA")
+        created.append(outputs.qa_table_node)
+        if reference is not None:
+            outputs.difference_node = qa.new_difference_node(
+                self.scene, synthetic, reference, f"{input_node.GetName()} |synthetic - reference|"
+            )
+            created.append(outputs.difference_node)
 
     def _write_outputs(
         self,
@@ -350,9 +407,6 @@ class DualDSynthesisLogic:
 
     def remove_nodes(self, nodes: list[Any]) -> None:
         """Remove ``nodes`` and their display nodes from the scene (None and already-removed ones are skipped)."""
-        self._remove_nodes(nodes)
-
-    def _remove_nodes(self, nodes: list[Any]) -> None:
         for node in reversed(nodes):
             if node is None or node.GetScene() is None:
                 continue

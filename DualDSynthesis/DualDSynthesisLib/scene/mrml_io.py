@@ -1,4 +1,5 @@
-"""MRML volume nodes ↔ ``SimpleITK.Image`` with exact geometry, and region labels on a volume's grid.
+"""MRML volume nodes ↔ ``SimpleITK.Image`` with exact geometry, and region labels (and a brain mask) on a
+volume's grid.
 
 Slicer-core file: imports ``slicer``/``vtk``, never ``qt``.
 
@@ -223,3 +224,29 @@ def labels_from_region_node(
         return labels_from_labelmap_node(node, reference)
     named = f"{role} '{node.GetName()}'".strip()
     raise VolumeConversionError(f"{named} is neither a segmentation nor a labelmap volume")
+
+
+def brain_mask_from_region_node(
+    node: slicer.vtkMRMLNode,
+    input_node: slicer.vtkMRMLVolumeNode,
+    source: sitk.Image,
+    segment_ids: list[str] | None = None,
+) -> sitk.Image:
+    """The user's brain (a segmentation: the union of ``segment_ids``, None or empty = all; a labelmap:
+    label > 0) as a UInt8 0/1 image on the grid of ``input_node`` (whose image is ``source``); the node is
+    only read. An empty mask, or one that is the input, is refused by name."""
+    name = node.GetName()
+    if node.GetID() == input_node.GetID():
+        raise ValueError(f"the brain mask '{name}' is the input volume; choose a segmentation or labelmap of "
+                         "the brain")
+    if node.IsA("vtkMRMLSegmentationNode") and node.GetSegmentation().GetNumberOfSegments() == 0:
+        raise ValueError(f"the brain mask '{name}' is empty")
+    if node.IsA("vtkMRMLLabelMapVolumeNode") and not (array_from_volume_node(node) > 0).any():
+        raise ValueError(f"the brain mask '{name}' is empty")
+    labels, _names = labels_from_region_node(node, input_node, source, segment_ids, role="the brain mask")
+    inside = labels > 0
+    if not inside.any():  # non-empty on its own, but nothing of it lies in the input volume
+        raise ValueError(f"the brain mask '{name}' is empty inside the input volume '{input_node.GetName()}'")
+    mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+    mask.CopyInformation(source)
+    return mask
