@@ -26,9 +26,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "limits", "resources", "console"),
     "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity_rank", "intensity",
               "metrics"),
-    "imaging": ("heatmap_kinds", "atomic", "concurrent_writes", "output_names", "grid", "preprocess", "brainmask",
-                "io", "figures", "fingerprint", "calibration", "bundle", "defaults", "devices", "device_prepare",
-                "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices", "dicom_export"),
+    "imaging": ("heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names", "grid",
+                "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
+                "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
+                "dicom_export"),
     "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "logic"),
     "cli": ("synthesize", "demo"),
@@ -38,10 +39,10 @@ INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
 TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity_rank", "intensity",
-                        "metrics", "heatmap_kinds", "atomic", "concurrent_writes", "output_names", "grid", "preprocess",
-                        "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
-                        "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices", "dicom_export",
-                        "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
+                        "metrics", "heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names",
+                        "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
+                        "defaults", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
+                        "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
                        "pair_files", "init_from")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..core.console import HelpFormatter, safe_console
+from ..core.console import HelpFormatter, exit_now, safe_console
 from ..core.errors import DualDError, naming_input
 from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is installed before torch loads
 from ..core.vocabulary import SKULL_HANDLING
@@ -372,5 +372,11 @@ def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_fil
     return 0
 
 
+def entry() -> None:
+    """The ``duald-synthesize`` console script: :func:`main`, then the process ends without the interpreter's
+    slow teardown (``console.exit_now``)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

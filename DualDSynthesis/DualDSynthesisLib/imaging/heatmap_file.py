@@ -26,9 +26,6 @@ NIfTI-1 has no float16, so an integer type + scale is the smallest NIfTI that ro
 
 from __future__ import annotations
 
-import gzip
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -36,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import heatmap_kinds
+from .compression import write_gzipped
 from .heatmap_kinds import NAME_CHARS, HeatmapKind
 
 LEVELS = 255  # stored values 0..255 (uint8)
@@ -51,9 +49,6 @@ _DESCRIP_CHARS = 79  # NIfTI-1 descrip is 80 bytes, NUL-terminated
 # (scl_slope offset, scl_inter offset, struct format, intent_name offset) by header size: NIfTI-1 floats,
 # NIfTI-2 doubles; intent_name is 16 bytes in both.
 _SCALE_FIELDS = {348: (112, 116, "f", 328), 540: (176, 184, "d", 508)}
-# gzip level of a .nii.gz heatmap: 1, chosen for speed (docs/performance.md): on 8-bit levels it is ~40 % less
-# CPU than level 6 for a file ~6 % larger (MNI demo: 1.49 vs 1.40 MB).
-GZIP_LEVEL = 1
 # Voxels per slab of the quantisation: its float64 arithmetic on a 512×512×300 map at once took ~2 GB.
 _SLAB_VOXELS = 1 << 22
 
@@ -161,15 +156,11 @@ def write_heatmap_file(image: sitk.Image, path: Path, units: str = "", source: s
             _set_nifti_fields(path, slope, inter, kind)
             return
         # The gzip stream cannot be patched in place: write plain, patch, then compress into ``path``.
-        plain = path.with_name(path.name[: -len(".gz")])
-        try:
+        def write_plain(plain: Path) -> None:
             sitk.WriteImage(stored, str(plain), useCompression=False)
             _set_nifti_fields(plain, slope, inter, kind)
-            with open(plain, "rb") as src, gzip.open(path, "wb", compresslevel=GZIP_LEVEL) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        finally:
-            if plain.exists():
-                os.unlink(plain)
+
+        write_gzipped(path, write_plain)
         return
     levels = stored_levels(image)
     slope, inter = quantisation(image, levels)

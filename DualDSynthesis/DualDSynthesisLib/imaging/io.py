@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..core.errors import DualDError, OutputExistsError
 from .atomic import Verifier, commit, png_problem, temporary_name, write_temporary
+from .compression import write_gzipped
 from .dicom_slices import place_slices
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -294,6 +295,16 @@ def non_finite_voxels(image: sitk.Image) -> int:
     return int(view.size - np.count_nonzero(np.isfinite(view)))
 
 
+def write_image_file(image: sitk.Image, path: Path) -> None:
+    """Write ``image`` in the format ``path``'s name asks for; a ``.nii.gz`` is gzipped by ``compression`` (fast)
+    rather than by ITK's NIfTI writer, other formats compress as ITK does (``.gz`` names only)."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        write_gzipped(path, lambda plain: sitk.WriteImage(image, str(plain), useCompression=False))
+    else:
+        sitk.WriteImage(image, str(path), useCompression=name.endswith(".gz"))
+
+
 class AtomicOutputs:
     """Write several files under temporary names and rename them all on :meth:`commit`; anything
     not committed (cancel, error) is deleted, so a failed run leaves no output behind. Every temporary
@@ -314,8 +325,7 @@ class AtomicOutputs:
             raise OutputExistsError(f"{path} is a folder, not a file name")
 
     def write_image(self, image: sitk.Image, path: Path, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> None:
-        compress = path.name.lower().endswith(".gz")
-        self._write(image, path, suffixes, lambda t: sitk.WriteImage(image, str(t), useCompression=compress))
+        self._write(image, path, suffixes, lambda t: write_image_file(image, t))
 
     def write_heatmap(self, image: sitk.Image, path: Path, units: str = "", source: str | None = None) -> None:
         """A heatmap in 8 bits with its scale and units in the header where the format allows (see
