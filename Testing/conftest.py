@@ -37,6 +37,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained T1→T2 bundle (``bundles.make_bundle``), one per test module that asks for it."""
+    from bundles import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

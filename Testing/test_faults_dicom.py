@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from bundles import make_bundle
 from DualDSynthesisLib.cli import synthesize as cli
 from DualDSynthesisLib.imaging import dicom_export, io
 from DualDSynthesisLib.imaging.dicom_slices import place_slices
@@ -21,10 +20,6 @@ from test_synthesize_cli import _write_dicom_series
 
 SLICES = 20
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def _series(folder: Path, spacing: float = 2.0, direction: tuple[float, ...] | None = None) -> sitk.Image:

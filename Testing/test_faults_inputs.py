@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from bundles import make_bundle
+from _cli import run_quiet
 from DualDSynthesisLib.cli import synthesize as cli
 from DualDSynthesisLib.core.errors import DualDError
 from DualDSynthesisLib.core.resources import DEFAULT_MODEL
@@ -20,16 +20,6 @@ from DualDSynthesisLib.imaging.bundle import METADATA_KEY, BundleError, load_bun
 from DualDSynthesisLib.inference import engine as engine_module
 from safetensors.torch import load_file, save_file
 from test_engine import head
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
-def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, list[str]]:
-    code = cli.main(["-q", *argv])
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def _write(image: sitk.Image, path: Path) -> Path:
@@ -46,7 +36,7 @@ def test_a_huge_spacing_first_in_a_cohort_is_one_line_and_the_rest_run(model, tm
     _write(head(size=(240, 240, 2), spacing=(50.0, 50.0, 1.0)), inputs / "a_bad_t1.nii.gz")  # sorted first
     _write(head(), inputs / "b_good_t1.nii.gz")
     out = tmp_path / "out"
-    code, err = _run(capsys, str(inputs), "-o", str(out), "--model", str(model), "--device", "cpu")
+    code, err = run_quiet(capsys, str(inputs), "-o", str(out), "--model", str(model), "--device", "cpu")
     assert code == 2
     assert err[0].startswith("duald-synthesize: error: a_bad_t1.nii.gz: ") and "12000×12000" in err[0]
     assert "maximum 4096" in err[0] and err[-1] == "duald-synthesize: 1 of 2 input(s) failed"
@@ -83,7 +73,7 @@ def test_itk_allocation_failure_is_one_line_per_input(model, tmp_path, capsys, m
         return real(self, image, **kwargs)
 
     monkeypatch.setattr(engine_module.SynthesisEngine, "run", first_fails)
-    code, err = _run(capsys, str(inputs), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu")
+    code, err = run_quiet(capsys, str(inputs), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu")
     assert code == 2 and err[0] == "duald-synthesize: error: a_t1.nii.gz: not enough memory to process it " \
                                    "(ITK could not allocate the image)"
     assert (tmp_path / "out" / "b_t1_synthetic.nii.gz").is_file()
@@ -144,7 +134,7 @@ def test_nan_weights_are_refused_at_load(model, tmp_path, capsys) -> None:
     with pytest.raises(BundleError, match="NaN or infinite weights"):
         load_bundle(bad)
     source = _write(head(), tmp_path / "s_t1.nii.gz")
-    code, err = _run(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--model", str(bad), "--device", "cpu")
+    code, err = run_quiet(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--model", str(bad), "--device", "cpu")
     assert code == 2 and len(err) == 1 and "NaN or infinite weights" in err[0]
     assert not (tmp_path / "o.nii.gz").exists()
 
@@ -158,7 +148,7 @@ def test_nan_weights_are_refused_at_load(model, tmp_path, capsys) -> None:
 def test_absurd_metadata_that_still_parses_is_one_sentence(model, tmp_path, capsys, edit, words) -> None:
     bad = _edited(model, tmp_path / "edited.safetensors", edit_meta=edit)
     source = _write(head(), tmp_path / "s_t1.nii.gz")
-    code, err = _run(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--model", str(bad), "--device", "cpu")
+    code, err = run_quiet(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--model", str(bad), "--device", "cpu")
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("duald-synthesize: error: ") and words in err[0]
 
@@ -174,7 +164,8 @@ def test_nan_voxels_are_refused_in_every_format(model, tmp_path, capsys, suffix)
     source = _write(io.array_to_image(arr), tmp_path / f"nan_t1{suffix}")
     if suffix != ".nrrd":  # the reason for this row: ITK's NIfTI reader returns 0 for them
         assert np.isfinite(sitk.GetArrayViewFromImage(sitk.ReadImage(str(source)))).all()
-    code, err = _run(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--model", str(model), "--device", "cpu")
+    code, err = run_quiet(capsys, str(source), "-o", str(tmp_path / "o.nii.gz"), "--model", str(model),
+                          "--device", "cpu")
     assert code == 2 and len(err) == 1 and "2 NaN or infinite voxels" in err[0], err
     assert not (tmp_path / "o.nii.gz").exists()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from bundles import make_bundle
+from _cli import run_quiet
 from DualDSynthesisLib.cli import demo
 from DualDSynthesisLib.cli import synthesize as cli
 from DualDSynthesisLib.core.errors import OutputWriteError
@@ -29,14 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NIFTI_COMPLAINT = b"** ERROR: NWAD: wrote only 0 of 1000 bytes to file\n"  # what the C library prints
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
-
-def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, list[str]]:
-    code = cli.main(["-q", *argv])
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def _dead_pid() -> int:
@@ -138,7 +131,7 @@ def test_a_killed_exports_staged_folder_is_swept_by_the_next_run(model, tmp_path
     staged = staged.with_name(staged.name.replace(f"-{os.getpid()}-", f"-{_dead_pid()}-"))
     (staged / "SYNTHETIC").mkdir(parents=True)
     (staged / "SYNTHETIC" / "0001.dcm").write_bytes(b"\0" * 2048)
-    code, err = _run(capsys, str(source), "--dicom-out", str(tmp_path / "out" / "dicom"), "--model", str(model),
+    code, err = run_quiet(capsys, str(source), "--dicom-out", str(tmp_path / "out" / "dicom"), "--model", str(model),
                      "--device", "cpu", "--overwrite")
     assert code == 0, err
     assert not staged.exists()
@@ -162,7 +155,7 @@ def test_an_output_onto_the_input_is_refused_as_such(model, tmp_path, capsys, op
     sitk.WriteImage(head(), str(source))
     before = source.read_bytes()
     extra = ["-o", str(tmp_path / "syn.nii.gz")] if option != "-o" else []
-    code, err = _run(capsys, str(source), option, str(source), *extra, "--model", str(model), "--device", "cpu",
+    code, err = run_quiet(capsys, str(source), option, str(source), *extra, "--model", str(model), "--device", "cpu",
                      *(["--overwrite"] if overwrite else []))
     assert code == 2 and len(err) == 1, err
     assert "is the input file itself" in err[0] and "pass --overwrite" not in err[0]
@@ -177,7 +170,7 @@ def test_a_link_to_the_input_is_the_input(model, tmp_path, capsys) -> None:
         link.symlink_to(source)
     except OSError:
         pytest.skip("no symbolic links here")
-    code, err = _run(capsys, str(source), "-o", str(link), "--model", str(model), "--device", "cpu")
+    code, err = run_quiet(capsys, str(source), "-o", str(link), "--model", str(model), "--device", "cpu")
     assert code == 2 and "is the input file itself" in err[0]
 
 
@@ -188,7 +181,7 @@ def test_an_output_onto_the_brain_mask_is_refused(model, tmp_path, capsys) -> No
     sitk.WriteImage(image, str(source))
     sitk.WriteImage(sitk.Cast(image > 0, sitk.sitkUInt8), str(mask))
     before = mask.read_bytes()
-    code, err = _run(capsys, str(source), "--mask", str(mask), "-o", str(mask), "--model", str(model),
+    code, err = run_quiet(capsys, str(source), "--mask", str(mask), "-o", str(mask), "--model", str(model),
                      "--device", "cpu", "--overwrite")
     assert code == 2 and len(err) == 1, err
     assert "is the --mask file itself" in err[0]
@@ -204,9 +197,9 @@ def test_a_cohort_run_into_its_own_folder_twice_skips_its_outputs(model, tmp_pat
     for name in ("a_t1.nii.gz", "b_t1.nii.gz"):
         sitk.WriteImage(head(), str(folder / name))
     argv = (str(folder), "-o", str(folder), "--heatmap", str(folder), "--model", str(model), "--device", "cpu")
-    assert _run(capsys, *argv)[0] == 0
+    assert run_quiet(capsys, *argv)[0] == 0
     first = sorted(p.name for p in folder.iterdir())
-    code, err = _run(capsys, *argv, "--overwrite")
+    code, err = run_quiet(capsys, *argv, "--overwrite")
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == first  # no a_t1_synthetic_synthetic.nii.gz
     assert any("skipped 4 file(s) named as this program names its outputs" in line for line in err)
@@ -214,7 +207,7 @@ def test_a_cohort_run_into_its_own_folder_twice_skips_its_outputs(model, tmp_pat
 
 def test_a_folder_of_outputs_only_is_refused(model, tmp_path, capsys) -> None:
     sitk.WriteImage(head(), str(tmp_path / f"a{SYNTHETIC_SUFFIX}"))
-    code, err = _run(capsys, str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu")
+    code, err = run_quiet(capsys, str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(model), "--device", "cpu")
     assert code == 2 and len(err) == 1 and "only outputs of an earlier run" in err[0]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from _cli import run_quiet
 from bundles import make_bundle
 from DualDSynthesisLib.cli import synthesize as cli
 from DualDSynthesisLib.core.errors import DualDError, OutputWriteError
@@ -26,11 +27,6 @@ from DualDSynthesisLib.imaging import atomic, io
 from DualDSynthesisLib.imaging.bundle import load_bundle, save_bundle
 from DualDSynthesisLib.imaging.overview import MAX_SIDE, overview_image
 from test_engine import head
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 @pytest.fixture
@@ -41,9 +37,6 @@ def source(tmp_path: Path) -> Path:
     return path
 
 
-def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, list[str]]:
-    code = cli.main(["-q", *argv])
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -78,7 +71,7 @@ def _fill(folder: Path, leave_bytes: int) -> None:
 def test_disk_full_on_a_real_tmpfs_is_one_line_and_leaves_nothing(model, source, tmp_path, capsys, suffix) -> None:
     with _small_tmpfs(tmp_path / "full") as out:
         _fill(out, 8 * 1024)  # 8 kB free: the 48×48×6 float32 result (55 kB raw) cannot fit
-        code, err = _run(capsys, str(source), "-o", str(out / f"syn{suffix}"), "--model", str(model),
+        code, err = run_quiet(capsys, str(source), "-o", str(out / f"syn{suffix}"), "--model", str(model),
                          "--device", "cpu")
         assert code == 2 and len(err) == 1, err
         assert f"could not write {out / f'syn{suffix}'}: disk full (" in err[0] and "MB free)" in err[0]
@@ -258,7 +251,7 @@ def test_sigterm_during_the_write_exits_143_and_leaves_nothing(model, source, tm
     monkeypatch.setattr(sitk, "WriteImage", write_then_term)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "out"
-    code, err = _run(capsys, str(source), "-o", str(out / "syn.nii.gz"), "--heatmap", str(out / "h.nii.gz"),
+    code, err = run_quiet(capsys, str(source), "-o", str(out / "syn.nii.gz"), "--heatmap", str(out / "h.nii.gz"),
                      "--model", str(model), "--device", "cpu")
     assert code == 143 and err == [f"duald-synthesize: terminated (SIGTERM); no output was written for {source.name}"]
     assert _leftovers(out) == []
@@ -354,7 +347,7 @@ def test_stale_partials_of_our_naming_are_removed_on_the_next_run(model, source,
     foreign = out / ".user-file.partial.nii.gz"  # not our naming: never touched
     for path in (alive, foreign):
         path.write_bytes(b"x")
-    code, err = _run(capsys, str(source), "-o", str(out / "syn.nii.gz"), "--model", str(model), "--device", "cpu")
+    code, err = run_quiet(capsys, str(source), "-o", str(out / "syn.nii.gz"), "--model", str(model), "--device", "cpu")
     assert code == 0, err
     removed = f"duald-synthesize: note: removed 2 unfinished file(s) (0.0 MB) left in {out} by an interrupted run"
     assert err[0] == removed

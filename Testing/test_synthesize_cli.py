@@ -15,11 +15,6 @@ from DualDSynthesisLib.inference import engine as engine_module
 from test_engine import head
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
 def _write(image: sitk.Image, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
