@@ -72,3 +72,19 @@ def test_the_viewer_accepts_a_models_folder_and_refuses_a_missing_one(folder: Pa
     assert view_cli.main(["--models", str(missing)]) == view_cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert str(missing) in err and "models folder" in err and err.count("\n") == 0
+
+
+def test_the_panel_lists_only_readable_bundles_and_says_which_were_not(folder: Path) -> None:
+    listed, note = models.folder_models(folder)
+    assert [e.path.name for e in listed] == ["a_plain.safetensors", "b_tuned.safetensors"]
+    assert "c_broken" in note and "a_plain" not in note
+    assert models.folder_models("") == ([], "") == models.folder_models(None)
+    gone, why = models.folder_models(folder / "nowhere")
+    assert gone == [] and "does not exist" in why
+
+
+def test_a_chosen_bundle_is_described_or_its_problem_said(folder: Path) -> None:
+    assert models.describe_model(None) == ""
+    plain = folder / "a_plain.safetensors"
+    assert models.describe_model(plain) == read_metadata(plain).summary()
+    assert "c_broken.safetensors" in models.describe_model(folder / "c_broken.safetensors")

@@ -133,6 +133,8 @@ class DualDSynthesisLogic:
     torch_available = staticmethod(models.torch_available)
     missing_requirements = staticmethod(models.missing_requirements)
     models_in = staticmethod(models.models_in)
+    folder_models = staticmethod(models.folder_models)
+    describe_model = staticmethod(models.describe_model)
 
     def load_engine(self, bundle_path: str | Path, device: str = "auto",
                     heatmap_source: str | None = None) -> SynthesisEngine:

@@ -61,6 +61,30 @@ def models_in(folder: str | Path) -> list[ModelEntry]:
     return entries
 
 
+def folder_models(folder: str | Path | None) -> tuple[list[ModelEntry], str]:
+    """A model list's share of a models folder: its readable bundles, and one line per file not listed (or why
+    the folder cannot be listed) for a tooltip or a note. No folder (None, "" or an unset path's "."): nothing."""
+    if folder is None or str(folder) in ("", "."):
+        return [], ""
+    try:
+        entries = models_in(folder)
+    except DualDError as error:
+        return [], str(error)
+    return [e for e in entries if e.readable], "\n".join(f"not listed: {e.label}" for e in entries if not e.readable)
+
+
+def describe_model(path: str | Path | None) -> str:
+    """The panel's line about a chosen bundle: its metadata's summary, or why it cannot be read."""
+    if path is None:
+        return ""
+    try:
+        return read_metadata(path).summary()
+    except ImportError:
+        return "model details need PyTorch"
+    except (OSError, ValueError) as error:  # BundleError, the metadata's own checks, an unreadable file
+        return str(error)
+
+
 def bundled_models(models_dir: Path = MODELS_DIR) -> list[Path]:
     """Model bundles shipped with the extension: the documented default (T1 → T2) first, so a panel
     or a self-test that takes the first entry gets it, then the others sorted by file name."""
