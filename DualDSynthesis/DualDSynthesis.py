@@ -47,6 +47,7 @@ class DualDSynthesisParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     bundledModel: str = ""
     bundlePath: Path
+    modelsFolder: Path  # the user's own bundles, listed after the bundled ones
     device: str = "auto"
     skullHandling: Annotated[str, Choice(list(SKULL_HANDLING))] = "auto"
     brainMaskNode: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]  # noqa: UP007 (wrapper needs Union)
@@ -82,6 +83,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._populateModels()
         self._populateDevices()
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.modelsFolderLineEdit.currentPathChanged.connect(
+            lambda *_: (self._populateModels(), self.onModelChanged()))
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
         self.ui.opacitySlider.valueChanged.connect(self.onOpacityChanged)
         self.ui.thresholdSlider.valueChanged.connect(self.onThresholdChanged)
@@ -147,10 +150,20 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- model and device ----
 
     def _populateModels(self) -> None:
+        """The bundled models, then the models folder's (the chosen one stays chosen if still listed)."""
+        current = self.ui.modelComboBox.currentData
+        self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         for path in self.logic.bundled_models():
             self.ui.modelComboBox.addItem(path.stem, str(path))
+        entries, note = self.logic.folder_models(self.ui.modelsFolderLineEdit.currentPath)
+        for entry in entries:
+            self.ui.modelComboBox.addItem(entry.label, str(entry.path))
+        self.ui.modelsFolderLineEdit.toolTip = note or _("A folder of your own model bundles (e.g. fine-tuned).")
         self.ui.modelComboBox.addItem(BUNDLE_FILE_ITEM, "")
+        index = self.ui.modelComboBox.findData(current) if current is not None else 0
+        self.ui.modelComboBox.setCurrentIndex(max(index, 0))
+        self.ui.modelComboBox.blockSignals(False)
 
     def _populateDevices(self) -> None:
         self.ui.deviceComboBox.clear()
@@ -177,21 +190,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.bundlePathLineEdit.visible = isFile
         if self._parameterNode:
             self._parameterNode.bundledModel = self.ui.modelComboBox.currentText
-        self.ui.modelInfoLabel.text = self._describeModel(self._selectedBundle())
+        self.ui.modelInfoLabel.text = self.logic.describe_model(self._selectedBundle())
         self._checkCanApply()
-
-    def _describeModel(self, path) -> str:
-        if path is None:
-            return ""
-        try:
-            from DualDSynthesisLib.imaging.bundle import read_metadata
-
-            meta = read_metadata(path)
-        except ImportError:
-            return _("Model details need PyTorch.")
-        except ValueError as exc:
-            return str(exc)
-        return meta.summary()
 
     def onDeviceChanged(self, *_args) -> None:
         if self._parameterNode:

@@ -61,7 +61,8 @@ def _qa_items(rows: list, columns: list[tuple[str, str]]) -> list[dict[str, Any]
 class DualDViewer:
     """One server, one Slicer scene, one :class:`ViewerSession`; every tab sees the same session."""
 
-    def __init__(self, server: Any = None, models: list[Path] | None = None, device: str = "auto") -> None:
+    def __init__(self, server: Any = None, models: list[Path] | None = None, device: str = "auto",
+                 models_folder: Path | None = None) -> None:
         self.server = get_server(server, client_type="vue3")
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer_app = SlicerApp()
@@ -78,11 +79,17 @@ class DualDViewer:
         bundled = DualDSynthesisLogic.bundled_models()
         given = [str(p) for p in models or []]
         self.models = given + [str(p) for p in bundled if str(p) not in given]
+        # The user's folder after the bundled ones, labelled with parent and site; unreadable ones are not
+        # offered, their reasons are kept for the command line to print.
+        folder = DualDSynthesisLogic.models_in(models_folder) if models_folder is not None else []
+        self.skipped_models = [entry.label for entry in folder if not entry.readable]
+        labels = {str(e.path): e.label for e in folder if e.readable}
+        self.models += [m for m in labels if m not in self.models]
         default = str(DEFAULT_MODEL) if str(DEFAULT_MODEL) in self.models else (self.models[0] if self.models else "")
         self.state.update({
             "trame__title": "DualD QA viewer", "source_path": "", "segmentation_path": "", "reference_path": "",
             "model": str(models[0]) if models else default,
-            "models": [{"title": Path(m).name, "value": m} for m in self.models],
+            "models": [{"title": labels.get(m, Path(m).name), "value": m} for m in self.models],
             "error": "", "status": "Load a source volume.", "progress": 0, "running": False,
             "has_source": False, "has_result": False, "background": "synthetic",
             "opacity": DISPLAY_DEFAULTS.opacity, "threshold": DISPLAY_DEFAULTS.threshold,

@@ -1,7 +1,7 @@
 """``duald-view``: the DualD QA viewer in a browser (trame-slicer over the desktop module's logic).
 
     duald-view [SOURCE [SEGMENTATION [REFERENCE]]] [--port 8080] [--host 127.0.0.1 --allow-remote]
-               [--model BUNDLE] [--device auto] [--synthetic PATH [--heatmap PATH]] [--open]
+               [--model BUNDLE] [--models DIR] [--device auto] [--synthetic PATH [--heatmap PATH]] [--open]
                [--idle-exit 300]
 
 --synthetic/--heatmap show an earlier run's outputs (e.g. demo-output/) over SOURCE without synthesizing.
@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other than loopback; the viewer has NO authentication")
     p.add_argument("--model", type=Path, action="append", help="model bundle(s) offered first in the page")
+    p.add_argument("--models", type=Path, metavar="DIR",
+                   help="a folder of your own (e.g. fine-tuned) bundles, added to the model choice")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--synthetic", type=Path, help="show this earlier synthetic volume over SOURCE")
     p.add_argument("--heatmap", type=Path, help="and this earlier heatmap (needs --synthetic)")
@@ -90,6 +92,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--synthetic and --heatmap are shown over a source volume; give the SOURCE file too"
     if args.heatmap and not args.synthetic:
         return "--heatmap needs --synthetic"
+    if args.models is not None and not args.models.is_dir():
+        return f"the models folder {args.models} does not exist or is not a folder"
     extra = [p for p in (args.synthetic, args.heatmap) if p is not None]
     for path in [*args.files, *(args.model or []), *extra]:
         if not path.exists():
@@ -110,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from .app import DualDViewer  # imports trame and slicer: only once the arguments are fine
 
-    viewer = DualDViewer(models=args.model, device=args.device)
+    viewer = DualDViewer(models=args.model, device=args.device, models_folder=args.models)
+    for skipped in viewer.skipped_models:
+        print(f"{PROG}: note: not offered: {skipped}", file=sys.stderr)
     for kind, path in zip(("source", "segmentation", "reference"), args.files, strict=False):
         if not viewer.load(kind, path.resolve()):
             print(f"{PROG}: error: {viewer.state.error}", file=sys.stderr)

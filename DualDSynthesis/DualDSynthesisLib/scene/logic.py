@@ -17,9 +17,6 @@ removed again.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,20 +26,17 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from ..core.resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
 from ..imaging import heatmap_kinds
 from ..imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
 from ..imaging.preprocess import PreprocessingSpec
 from ..inference.contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
-from . import dicom_marking, display, mrml_io, qa
+from . import dicom_marking, display, models, mrml_io, qa
 
 __all__ = [
     "CancelCallback", "DisplayOptions", "DualDSynthesisLogic", "ProgressCallback", "QAOptions", "SynthesisCancelled",
     "SynthesisEngine", "SynthesisInput", "SynthesisOutputs", "SynthesisResult",
 ]
 
-REQUIREMENTS_FILE = RESOURCES_DIR / "requirements.txt"
-BUNDLE_SUFFIX = ".safetensors"
 _ENGINE_SHARE = 0.9  # progress fraction given to the engine; the rest is writing results and QA
 
 
@@ -132,52 +126,15 @@ class DualDSynthesisLogic:
 
     # ---- models, devices, dependencies ----
 
-    @staticmethod
-    def bundled_models(models_dir: Path = MODELS_DIR) -> list[Path]:
-        """Model bundles shipped with the extension: the documented default (T1 → T2) first, so a panel
-        or a self-test that takes the first entry gets it, then the others sorted by file name."""
-        found = sorted(models_dir.glob(f"*{BUNDLE_SUFFIX}")) if models_dir.is_dir() else []
-        return sorted(found, key=lambda p: p.name != DEFAULT_MODEL.name)  # stable: the rest stay sorted
-
-    @staticmethod
-    def default_model_name() -> str:
-        """The name (file stem) of the documented default model, as the panel's model list shows it."""
-        return DEFAULT_MODEL.stem
-
-    @staticmethod
-    def available_devices() -> list[str]:
-        """``auto``, ``cpu`` and ``cuda:<i>`` for each visible GPU (only if torch is already importable)."""
-        devices = ["auto", "cpu"]
-        if importlib.util.find_spec("torch") is None:
-            return devices
-        import torch
-
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            devices.append("mps")
-        return devices
-
-    @staticmethod
-    def torch_available() -> bool:
-        return importlib.util.find_spec("torch") is not None
-
-    @staticmethod
-    def missing_requirements(requirements_file: Path = REQUIREMENTS_FILE) -> list[str]:
-        """Requirement lines of ``requirements_file`` whose distribution is not installed
-        (torch excluded: it comes from the PyTorch extension). Versions are not checked."""
-        missing = []
-        for line in requirements_file.read_text(encoding="utf-8").splitlines():
-            requirement = line.split("#", 1)[0].strip()
-            if not requirement:
-                continue
-            name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
-            if name.lower() == "torch":
-                continue
-            try:
-                importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                missing.append(requirement)
-        return missing
+    # The module's static helpers live in ``models``; kept here as aliases for the panel and the tests.
+    bundled_models = staticmethod(models.bundled_models)
+    default_model_name = staticmethod(models.default_model_name)
+    available_devices = staticmethod(models.available_devices)
+    torch_available = staticmethod(models.torch_available)
+    missing_requirements = staticmethod(models.missing_requirements)
+    models_in = staticmethod(models.models_in)
+    folder_models = staticmethod(models.folder_models)
+    describe_model = staticmethod(models.describe_model)
 
     def load_engine(self, bundle_path: str | Path, device: str = "auto",
                     heatmap_source: str | None = None) -> SynthesisEngine:
