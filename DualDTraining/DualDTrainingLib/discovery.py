@@ -29,7 +29,7 @@ from pathlib import Path
 from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
 
 from .errors import DiscoveryError
-from .pair_files import check_pair, load_foreground, load_pair  # the last two: re-exported for older callers
+from .pair_files import check_pair
 
 __all__ = [
     "CONTRAST_ALIASES",
@@ -41,8 +41,6 @@ __all__ = [
     "SubjectPair",
     "contrast_of",
     "discover",
-    "load_foreground",
-    "load_pair",
 ]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

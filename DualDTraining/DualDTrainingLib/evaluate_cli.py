@@ -41,8 +41,9 @@ from DualDSynthesisLib.imaging.atomic import atomic_write_json, same_file
 from DualDSynthesisLib.imaging.preprocess import validate_volume
 from DualDSynthesisLib.inference.engine import SynthesisEngine
 
-from .discovery import DiscoveryError, SubjectPair, discover, load_pair
+from .discovery import DiscoveryError, SubjectPair, discover
 from .evaluation import EDGE_MAP, SubjectEvaluation, evaluate_images, format_table, hu_report, summarise
+from .pair_files import load_pair
 
 DESCRIPTION = """Check a model bundle on your own paired volumes: every subject found (the same discovery as
 duald-train) is synthesised through the engine a user runs and compared with its real target.

@@ -180,12 +180,12 @@ class Run:
         ctx = self.ctx
         mine, shard_slices = shard_pairs(train, ctx.rank, ctx.world_size)
         subjects, dropped = prepare_each(mine, spec, self.cfg.workers)
-        dropped = [d for per_rank in ctx.gather_objects(dropped) for d in per_rank]
-        for subject, reason in dict(dropped).items():
+        rejected = dict(d for per_rank in ctx.gather_objects(dropped) for d in per_rank)
+        for subject, reason in rejected.items():
             self.say(f"rejected {subject}: {reason}")
         if not all(ctx.gather_objects(bool(subjects))):
             raise TrainingError("no training subject could be prepared (see the rejected lines above)")
-        train = [p for p in train if p.subject not in dict(dropped)]
+        train = [p for p in train if p.subject not in rejected]
         fitted = [p for per_rank in ctx.gather_objects([s.target_params for s in subjects]) for p in per_rank]
         stats = [s for per_rank in ctx.gather_objects([s.source_stats for s in subjects]) for s in per_rank]
         self.fingerprint = fingerprint([s for s in stats[: len(train)] if s is not None]).to_dict() if stats else {}
