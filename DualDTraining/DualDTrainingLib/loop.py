@@ -62,7 +62,7 @@ from .finetune import Parent, fine_tuned_metadata, hold_out_slab, load_parent, p
 from .loss_window import LossWindow
 from .option_values import parse_spacing
 from .preparation import default_spacing, prepare_each, size_multiple
-from .reporting import Progress, Reporter, sample_grid
+from .reporting import Progress, Reporter, sample_grid, say
 from .resume import capture_streams, check_resume, restore_streams, set_learning_rates
 from .run_folder import prepare_output, remove_if_only_logs
 from .signals import StopSignals
@@ -118,9 +118,7 @@ class Run:
         if self.progress is not None:
             self.progress.write(message)
         else:
-            import sys
-
-            print(message, file=sys.stdout if self.cfg.slicer else sys.stderr, flush=True)
+            say(message, self.cfg.slicer)
 
     def setup(self) -> None:
         cfg, ctx = self.cfg, self.ctx

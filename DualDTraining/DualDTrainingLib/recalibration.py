@@ -10,7 +10,6 @@ loaded, the data read and scored before the output folder is created: a refusal 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ from .errors import TrainingError
 from .finetune import Parent, load_parent, site_calibration
 from .init_from import site_name
 from .preparation import prepare_each
+from .reporting import say as log_line
 from .run_folder import prepare_output
 from .validation import jsonable_metrics, validate
 
@@ -46,7 +46,7 @@ def site_ratios(parent: Parent, subjects: list[PreparedSubject], device: torch.d
 def recalibrate_only(cfg: RunConfig, say: Callable[[str], None] | None = None) -> int:
     """Write the parent with its expected-error factor re-fitted on every subject of ``cfg.data``; messages
     go where duald-train's go (stdout in Slicer, else stderr)."""
-    say = say or (lambda m: print(m, file=sys.stdout if cfg.slicer else sys.stderr, flush=True))
+    say = say or (lambda m: log_line(m, cfg.slicer))
     cfg.check()
     if not cfg.init_from:
         raise TrainingError("--recalibrate-only needs --init-from BUNDLE (the model to recalibrate)")

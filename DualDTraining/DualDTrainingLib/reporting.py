@@ -35,6 +35,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def say(message: str, slicer: bool) -> None:
+    """One log line where duald-train's go: stdout in Slicer (a CLI module's stderr means failure), else stderr."""
+    print(message, file=sys.stdout if slicer else sys.stderr, flush=True)
+
+
 class Progress:
     """A tqdm bar on stderr, or Slicer's ``<filter-progress>`` lines on stdout (``slicer=True``)."""
 
@@ -75,7 +80,7 @@ class Progress:
         if self._bar is not None:
             self._bar.write(message, file=sys.stderr)
         else:
-            print(message, file=sys.stdout if self.slicer else sys.stderr, flush=True)
+            say(message, self.slicer)
 
     def close(self) -> None:
         if self._bar is not None:
