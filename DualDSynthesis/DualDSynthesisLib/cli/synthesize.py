@@ -306,10 +306,8 @@ def _main(args: argparse.Namespace) -> int:
     except SynthesisError as exc:
         return _fail(str(exc))  # e.g. "this model has no d2 map; it offers expected_error"
     if args.heatmap is not None and not engine.has_heatmap:
-        return _fail(
-            f"the model {Path(model).name} ({engine.metadata.variant}) has neither an expected-error head nor a "
-            "trained local discriminator, so it cannot produce a heatmap; drop --heatmap"
-        )
+        return _fail(f"the model {Path(model).name} {engine.no_heatmap_reason}, so it cannot produce a heatmap; "
+                     "drop --heatmap")
     folders = {Path(p).parent for job in jobs for p in (job["output"], job["heatmap_path"], job["png"]) if p}
     folders |= {job["dicom"].folder.parent for job in jobs if job["dicom"] is not None}  # its staged folder
     for folder in sorted(folders):

@@ -7,9 +7,14 @@ cohort down; these checks turn such input into one sentence before anything is a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 SPACING_RANGE_MM = (0.05, 20.0)  # a model's in-plane spacing outside this is edited or broken metadata
 MAX_SLICE_SIDE = 4096  # voxels per side of a resampled slice: more means a wrong spacing, not anatomy
 BYTES_PER_PREPARED_VOXEL = 16  # prepared slices, synthetic, heatmap and restore buffers (float32 each)
+# Voxels per slab of a voxel-wise pass that works in float64: its temporaries stay ~32 MB, not a whole-volume copy
+# (the quantisation of a 512×512×300 map at once took ~2 GB).
+SLAB_VOXELS = 1 << 22
 
 
 def available_memory() -> int | None:
@@ -43,3 +48,10 @@ def slice_size_problem(name: str, width: int, height: int, padded_voxels: int) -
         return (f"{name} needs about {needed / 2**30:.1f} GB of memory once resampled, more than the "
                 f"{available / 2**30:.1f} GB available.")
     return None
+
+
+def slabs(depth: int, slice_voxels: int) -> Iterator[slice]:
+    """Consecutive ranges of ``depth`` slices of ``slice_voxels`` voxels each, about :data:`SLAB_VOXELS` a range."""
+    step = max(1, SLAB_VOXELS // max(1, slice_voxels))
+    for k in range(0, depth, step):
+        yield slice(k, k + step)

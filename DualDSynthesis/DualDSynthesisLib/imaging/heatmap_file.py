@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.limits import slabs
 from . import heatmap_kinds
 from .compression import write_gzipped
 from .heatmap_kinds import NAME_CHARS, HeatmapKind
@@ -49,8 +50,6 @@ _DESCRIP_CHARS = 79  # NIfTI-1 descrip is 80 bytes, NUL-terminated
 # (scl_slope offset, scl_inter offset, struct format, intent_name offset) by header size: NIfTI-1 floats,
 # NIfTI-2 doubles; intent_name is 16 bytes in both.
 _SCALE_FIELDS = {348: (112, 116, "f", 328), 540: (176, 184, "d", 508)}
-# Voxels per slab of the quantisation: its float64 arithmetic on a 512×512×300 map at once took ~2 GB.
-_SLAB_VOXELS = 1 << 22
 
 
 def ascii_text(text: str) -> str:
@@ -92,9 +91,8 @@ def _levels_of(view: np.ndarray, slope: float, inter: float, levels: int, dtype:
     it stands for), as ``dtype``: computed in float64 as always, but a slab of slices at a time, so no
     whole-volume float64 copy is made."""
     stored = np.empty(view.shape, dtype)
-    step = max(1, _SLAB_VOXELS // max(1, view[:1].size))
-    for k in range(0, len(view), step):
-        values = view[k : k + step].astype(np.float64)
+    for slab in slabs(len(view), view[:1].size):
+        values = view[slab].astype(np.float64)
         values -= inter
         values /= slope
         np.rint(values, out=values)
@@ -102,7 +100,7 @@ def _levels_of(view: np.ndarray, slope: float, inter: float, levels: int, dtype:
         if snap:
             values *= slope
             values += inter
-        stored[k : k + step] = values
+        stored[slab] = values
     return stored
 
 

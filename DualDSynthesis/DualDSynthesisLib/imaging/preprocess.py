@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.limits import slice_size_problem, spacing_problem
+from ..core.limits import slabs, slice_size_problem, spacing_problem
 from ..model.intensity import (
     CT_BODY_THRESHOLD_HU,
     CT_HU_RANGE,
@@ -45,7 +45,6 @@ __all__ = [  # the intensity names and Grid (grid.py) are re-exported: callers p
 
 _SPACING_RTOL = 1e-3  # in-plane spacings closer than this (relative) are not resampled
 _ROLES = ("source", "target", "mask")
-_SLAB_VOXELS = 1 << 22  # voxels per slab of the intensity mapping
 
 
 # ----------------------------------------------------------------------------- spec
@@ -301,9 +300,8 @@ def _finish(
         params = mapping.fit(arr, fg) if params is None else params
         # A slab of slices at a time: the mappings are voxel-wise (same values), and one of them (rank's
         # np.interp) works in float64, a whole-volume copy twice the float32 volume's size.
-        step = max(1, _SLAB_VOXELS // max(1, arr[:1].size))
-        for k in range(0, len(arr), step):
-            mapping.forward(arr[k : k + step], params, out=inner[k : k + step])
+        for slab in slabs(len(arr), arr[:1].size):
+            mapping.forward(arr[slab], params, out=inner[slab])
         if mapping.zero_outside_foreground:
             inner[~fg] = 0.0  # background exactly 0, as in the convention
     foreground = np.zeros(context.padded_shape, dtype=bool)

@@ -32,15 +32,19 @@ OUTSIDE_MASK = "; outside the given mask the outputs are background"
 
 @dataclass(frozen=True)
 class SkullDecision:
-    """``strip``: synthesise inside a brain mask only (the given one, else BET's: ``estimate``); else keep the
-    input as it is. ``why``: the reason, named in the note. ``fallible``: a failed brain extraction keeps the
+    """``strip``: synthesise inside a brain mask only (the given one, else BET's: :attr:`estimate`); else keep
+    the input as it is. ``why``: the reason, named in the note. ``fallible``: a failed brain extraction keeps the
     head with a warning (the user did not ask for stripping) instead of failing the run."""
 
     strip: bool
-    estimate: bool
     why: str
     fallible: bool = False
     mask_given: bool = False
+
+    @property
+    def estimate(self) -> bool:
+        """Whether the brain mask is BET's: a strip without a given mask."""
+        return self.strip and not self.mask_given
 
     def note(self, brain_ml: float | None = None) -> str:
         """What was done and why; for a strip with the brain mask's volume in mL."""
@@ -69,21 +73,21 @@ def decide_skull(skull: str, *, mask_given: bool, ct: bool, fingerprint: Trainin
     check_skull(skull, ct)
     given = {"mask_given": mask_given}
     if skull == "strip":
-        return SkullDecision(True, not mask_given, "skull handling 'strip'", **given)
+        return SkullDecision(True, "skull handling 'strip'", **given)
     if skull == "keep":
-        return SkullDecision(False, False, "skull handling 'keep'", **given)
+        return SkullDecision(False, "skull handling 'keep'", **given)
     if ct:
-        return SkullDecision(False, False, "skull handling 'auto': a CT model needs the skull", **given)
+        return SkullDecision(False, "skull handling 'auto': a CT model needs the skull", **given)
     if mask_given:
-        return SkullDecision(True, False, "skull handling 'auto' with a brain mask", fallible=True, **given)
+        return SkullDecision(True, "skull handling 'auto' with a brain mask", fallible=True, **given)
     if fingerprint is None:
-        return SkullDecision(False, False, "skull handling 'auto': the model records no training statistics to "
-                                           "tell whether it saw whole heads")
+        return SkullDecision(False, "skull handling 'auto': the model records no training statistics to "
+                                    "tell whether it saw whole heads")
     if "head" in fingerprint.skull_kinds:
-        return SkullDecision(False, False, "skull handling 'auto': the model was trained on whole heads too")
+        return SkullDecision(False, "skull handling 'auto': the model was trained on whole heads too")
     ml = input_ml()
     if ml <= SKULL_ML:
-        return SkullDecision(False, False, f"skull handling 'auto': the input's foreground ({ml:.0f} mL) is not "
-                                           "a whole head")
-    return SkullDecision(True, True, "skull handling 'auto': the input is a whole head and the model saw "
-                                     "skull-stripped brains only", fallible=True)
+        return SkullDecision(False, f"skull handling 'auto': the input's foreground ({ml:.0f} mL) is not "
+                                    "a whole head")
+    return SkullDecision(True, "skull handling 'auto': the input is a whole head and the model saw "
+                               "skull-stripped brains only", fallible=True)

@@ -170,6 +170,12 @@ class SynthesisEngine(NetworkPass):
         return self.heatmap_source is not None
 
     @property
+    def no_heatmap_reason(self) -> str:
+        """Why a model without a heatmap has none: one clause, shared by the engine's and the CLI's sentences."""
+        return (f"({self.metadata.variant}) has neither an expected-error head nor a trained local "
+                "discriminator")
+
+    @property
     def heatmap_units(self) -> str:
         """What the heatmap's values mean, for legends and file headers."""
         if self.heatmap_source is None:
@@ -247,10 +253,7 @@ class SynthesisEngine(NetworkPass):
             warnings.append(mismatch)
         source = self.heatmap_source if heatmap else None
         if heatmap and source is None:
-            warnings.append(
-                f"this model ({self.bundle.metadata.variant}) has neither an expected-error head nor a trained "
-                "local discriminator, so no heatmap was produced"
-            )
+            warnings.append(f"this model {self.no_heatmap_reason}, so no heatmap was produced")
         return source
 
     def _prepare_input(self, image: sitk.Image, mask: sitk.Image | None, skull: str, warnings: list[str],
@@ -385,8 +388,7 @@ def synthesize_file(
     if engine is None:
         engine = SynthesisEngine(model, device=device, batch_size=batch_size)
     if heatmap_path is not None and not engine.has_heatmap:
-        raise SynthesisError(f"this model ({engine.metadata.variant}) has neither an expected-error head nor a "
-                             "trained local discriminator, so it cannot write a heatmap")
+        raise SynthesisError(f"this model {engine.no_heatmap_reason}, so it cannot write a heatmap")
     images, mask_image = _read_inputs(input, series_uid, mask)
     report = progress or _noop_progress
     source = images[0] if png is not None else None  # the overview shows it; else the engine frees it once prepared

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from ..imaging import heatmap_kinds
 from ..imaging import io as vio
+from ..imaging.atomic import same_file
 from ..imaging.brainmask import BrainMaskError, mask_on_grid, volume_ml
 from ..imaging.grid import Grid
 from ..imaging.preprocess import PreparedVolume, PreprocessError, restore_volume, validate_volume
@@ -144,5 +145,5 @@ def check_output_paths(input: str | Path, output: Path | None, heatmap_path: str
         outputs.check(Path(path), (".png",) if path is png else vio.VOLUME_SUFFIXES)
     if len({Path(p).resolve() for p in wanted}) != len(wanted):
         raise SynthesisError("the synthetic, heatmap and PNG outputs must be different files")
-    if Path(input).resolve() in {Path(p).resolve() for p in wanted}:
+    if any(same_file(input, p) for p in wanted):  # a link or a second name of the input included
         raise SynthesisError("an output path is the input volume itself")
