@@ -102,11 +102,16 @@ def app():
     return display.create_headless_slicer()
 
 
+def loaded_scene(app=None):
+    """(headless Slicer, the module logic on its scene, the source volume node "T1")."""
+    app = app or display.create_headless_slicer()
+    node = mrml_io.new_volume_node_from_image(app.scene, source_image(), "T1")
+    return app, DualDSynthesisLogic(scene=app.scene, application_logic=app.application_logic), node
+
+
 @pytest.fixture
 def loaded(app):
-    node = mrml_io.new_volume_node_from_image(app.scene, source_image(), "T1")
-    logic = DualDSynthesisLogic(scene=app.scene, application_logic=app.application_logic)
-    return app, logic, node
+    return loaded_scene(app)
 
 
 def node_ids(scene) -> set[str]:

@@ -14,8 +14,8 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 from bundles import spec as bundle_spec  # noqa: E402
 from DualDSynthesisLib.model.intensity import foreground_mask  # noqa: E402
 from DualDSynthesisLib.model.metrics import ssim  # noqa: E402
-from DualDSynthesisLib.scene import display, mrml_io, qa  # noqa: E402
-from DualDSynthesisLib.scene.logic import DualDSynthesisLogic, QAOptions  # noqa: E402
+from DualDSynthesisLib.scene import mrml_io, qa  # noqa: E402
+from DualDSynthesisLib.scene.logic import QAOptions  # noqa: E402
 from DualDTrainingLib.evaluation import evaluate_arrays  # noqa: E402
 from test_slicer_logic import (  # noqa: E402
     SHAPE,
@@ -23,6 +23,7 @@ from test_slicer_logic import (  # noqa: E402
     FakeEngine,
     _column,
     _segmentation_from_labels,
+    loaded_scene,
     source_array,
     source_image,
 )
@@ -30,9 +31,7 @@ from test_slicer_logic import (  # noqa: E402
 
 @pytest.fixture
 def loaded():
-    app = display.create_headless_slicer()
-    node = mrml_io.new_volume_node_from_image(app.scene, source_image(), "T1")
-    return app, DualDSynthesisLogic(scene=app.scene, application_logic=app.application_logic), node
+    return loaded_scene()
 
 
 def test_qa_table_matches_direct_numpy(loaded):

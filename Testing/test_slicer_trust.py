@@ -15,7 +15,7 @@ from bundles import spec as bundle_spec  # noqa: E402
 from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE  # noqa: E402
 from DualDSynthesisLib.imaging.heatmap_kinds import DISPLAY_PERCENTILE  # noqa: E402
 from DualDSynthesisLib.model.intensity import foreground_mask  # noqa: E402
-from DualDSynthesisLib.scene import display, mrml_io, qa  # noqa: E402
+from DualDSynthesisLib.scene import mrml_io, qa  # noqa: E402
 from DualDSynthesisLib.scene.logic import DisplayOptions, DualDSynthesisLogic, QAOptions  # noqa: E402
 from test_slicer_logic import (  # noqa: E402
     SHAPE,
@@ -23,6 +23,7 @@ from test_slicer_logic import (  # noqa: E402
     FakeEngine,
     _column,
     _segmentation_from_labels,
+    loaded_scene,
     source_array,
     source_image,
 )
@@ -44,9 +45,7 @@ class ExpectedErrorEngine(FakeEngine):
 
 @pytest.fixture
 def loaded():
-    app = display.create_headless_slicer()
-    node = mrml_io.new_volume_node_from_image(app.scene, source_image(), "T1")
-    return app, DualDSynthesisLogic(scene=app.scene, application_logic=app.application_logic), node
+    return loaded_scene()
 
 
 def _legend(node):
