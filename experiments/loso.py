@@ -137,7 +137,14 @@ def _jobs(stage: str, recipe: str, folds, seconds: float, steps: int, args, extr
 def _sources_and_folds(args: argparse.Namespace) -> tuple[dict[str, str], list]:
     """The prepared subjects' sources and the LOSO folds over them (the first ``--max-folds``, if given)."""
     sources = {name: info["source"] for name, info in prepared_meta(args.prepared)["subjects"].items()}
-    return sources, loso_folds(sources)[: args.max_folds or None]
+    folds = loso_folds(sources)
+    wanted = [name for name in getattr(args, "held_out", "").split(",") if name]
+    unknown = sorted(set(wanted) - {fold.held_out for fold in folds})
+    if unknown:
+        raise SystemExit(f"--held-out: no source named {', '.join(unknown)} in {args.prepared}")
+    if wanted:
+        folds = [fold for fold in folds if fold.held_out in wanted]
+    return sources, folds[: args.max_folds or None]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -209,6 +216,8 @@ def confirm(args: argparse.Namespace) -> None:
                 job["id"] += _seed_suffix(seed, seeds)
                 job["bundle"] = f"bundles/{job['id']}.safetensors"
             jobs += fold_jobs
+        if args.no_final:
+            continue
         final = _jobs("D", recipe, folds[:1], args.seconds, steps, args,
                       {"variant": args.variant, "name": f"{recipe}-{args.variant}", "seed": seeds[0]})[0]
         final.update(id=f"D-{recipe}-final".replace("+", "_").replace(".", "_"), fold="all", train=sorted(sources),
@@ -351,6 +360,8 @@ def main() -> None:
     d.add_argument("--ablation-steps", type=int, default=0,
                    help="also run the ablation (stage B) with the first recipe, this many steps per job")
     d.add_argument("--max-folds", type=int, default=0)
+    d.add_argument("--held-out", default="", help="only the folds holding out these sources (comma-separated)")
+    d.add_argument("--no-final", action="store_true", help="fold models only (e.g. the few-shot benchmark's)")
     c = sub.add_parser("baseline")
     c.add_argument("bundle")
     c.add_argument("--prepared", required=True)
