@@ -24,8 +24,8 @@ VIEW = ROOT / "DualDView" / "DualDViewLib"
 # layer's folder, or test_every_module_has_a_layer fails.
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "limits", "resources", "console"),
-    "model": ("architecture", "networks", "losses", "slicestack", "intensity_base", "intensity_rank", "intensity",
-              "metrics"),
+    "model": ("architecture", "networks", "losses", "slicestack", "inputs", "intensity_base", "intensity_rank",
+              "intensity", "metrics"),
     "imaging": ("heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names", "grid",
                 "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
                 "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
@@ -38,8 +38,9 @@ RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module 
 INFERENCE = list(LAYERS).index("inference")
 
 # Modules that must import without torch: no torch import at module level (a function may import it).
-TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensity_base", "intensity_rank", "intensity",
-                        "metrics", "heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names",
+TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "inputs", "intensity_base", "intensity_rank",
+                        "intensity", "metrics", "heatmap_kinds", "atomic", "compression", "concurrent_writes",
+                        "output_names",
                         "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
                         "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import DualDError, OutputExistsError
-from ..core.vocabulary import VARIANTS
+from ..core.vocabulary import VARIANTS, canonical_contrast
 from ..model.architecture import ArchitectureConfig
+from ..model.inputs import InputDeclaration, InputError
 from . import heatmap_kinds
 from .atomic import atomic_write, safetensors_problem
 from .calibration import CalibrationError, ErrorCalibration
@@ -34,9 +35,10 @@ if TYPE_CHECKING:  # torch is imported only where weights are saved or loaded
 
 # Version 2 added the architecture's g_error_head/d2_head, the preprocessing's context_slices and
 # mri_peak mapping, and the training-data fingerprint; a version-1 bundle is a version-2 bundle with
-# their defaults, so both load. Version 3 added ``error_calibration`` (absent = uncalibrated).
-FORMAT_VERSION = 3
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
+# their defaults, so both load. Version 3 added ``error_calibration`` (absent = uncalibrated). Version 4 added
+# ``inputs`` (absent = the one required source_modality, model/inputs.py).
+FORMAT_VERSION = 4
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4)
 METADATA_KEY = "duald"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -65,6 +67,8 @@ class BundleMetadata:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     # The factor the expected-error map is multiplied by, and its held-out evidence (calibration.py).
     error_calibration: ErrorCalibration = field(default_factory=ErrorCalibration)
+    # The input contrasts G reads (model/inputs.py); None = the one required ``source_modality``.
+    inputs: InputDeclaration | None = None
 
     def __post_init__(self) -> None:
         # Here, not at the top: HEATMAP_SOURCES (duald-synthesize's parser) must not import SimpleITK and scipy.
@@ -95,8 +99,28 @@ class BundleMetadata:
                 raise BundleError(str(exc)) from None
         if not isinstance(self.has_local_discriminator, bool):
             raise BundleError("the bundle's has_local_discriminator must be true or false")
+        self._check_inputs()
         if self.variant not in VARIANTS:
             raise BundleError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+
+    def _check_inputs(self) -> None:
+        """Parse ``inputs`` and check it against the source modality and G's input channels."""
+        try:
+            # one input is the source modality (also after ``dataclasses.replace(meta, source_modality=...)``)
+            if self.inputs is None or len(self.inputs) == 1:
+                self.inputs = InputDeclaration.single(self.source_modality)
+            elif not isinstance(self.inputs, InputDeclaration):
+                self.inputs = InputDeclaration.from_list(self.inputs)
+        except InputError as exc:
+            raise BundleError(f"the bundle's inputs are invalid: {str(exc).rstrip('.')}") from None
+        if self.inputs.reference != (canonical_contrast(self.source_modality) or self.source_modality):
+            raise BundleError(f"the bundle's first input ({self.inputs.reference}) is not its source modality "
+                              f"({self.source_modality})")
+        wanted = self.inputs.channels(self.preprocessing.context_slices)
+        if len(self.inputs) > 1 and self.architecture.in_channels != wanted:
+            raise BundleError(f"the bundle's generator reads {self.architecture.in_channels} channels, but its "
+                              f"inputs ({self.inputs.describe()}) with {self.preprocessing.context_slices} context "
+                              f"slice(s) make {wanted}")
 
     @property
     def heatmap_sources(self) -> tuple[str, ...]:
@@ -108,7 +132,8 @@ class BundleMetadata:
         """One line for the Slicer panel and logs (needs no torch)."""
         offered = [heatmap_kinds.kind(m) for m in self.heatmap_sources]
         heat = " and ".join(f"{k.title} heatmap" for k in offered) or "no heatmap"
-        line = f"{self.name}: {self.source_modality} → {self.target_modality} ({self.variant}, {heat})"
+        source = self.inputs.describe() if len(self.inputs) > 1 else self.source_modality
+        line = f"{self.name}: {source} → {self.target_modality} ({self.variant}, {heat})"
         if any(k.in_target_units for k in offered):  # the calibration factor is that of the error map
             line += f"; {self.error_calibration.describe()}"
         return line
@@ -118,6 +143,7 @@ class BundleMetadata:
         data["architecture"] = self.architecture.to_dict()
         data["preprocessing"] = self.preprocessing.to_dict()
         data["error_calibration"] = self.error_calibration.to_dict()
+        data["inputs"] = self.inputs.to_list()
         return data
 
     def to_json(self) -> str:
