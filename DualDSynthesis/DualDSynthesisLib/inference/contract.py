@@ -7,7 +7,7 @@ implements :class:`SynthesisEngine`; test doubles implement it too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -74,11 +74,18 @@ class SynthesisEngine(Protocol):
         *,
         mask: sitk.Image | None = None,
         skull: str = "auto",
+        others: Mapping[str, sitk.Image] | None = None,
     ) -> SynthesisResult:
         """Synthesise ``image`` (``skull``: whole-head handling, ``vocabulary.SKULL_HANDLING``). ``mask`` (any grid,
         nonzero = inside): the outputs are background outside it; when the engine strips (``skull="strip"``, or
         "auto" with a mask or on a whole head: ``skull_policy.decide_skull``) it is also the brain the networks
         see instead of an estimated one, and ``result.notes`` says what was done. Calls
         ``progress`` as work advances, checks ``cancel`` between steps and
-        raises :class:`SynthesisCancelled` when it is set, :class:`SynthesisError` for bad input."""
+        raises :class:`SynthesisCancelled` when it is set, :class:`SynthesisError` for bad input.
+
+        ``image`` is the model's reference input (``metadata.inputs.reference``); ``others`` maps the canonical
+        contrast name of every other input given (``model/inputs.py``) to its image, on any grid: the engine
+        brings them onto ``image``'s grid (resampling, a rigid registration when they are misaligned) and says
+        so in ``result.notes``. Inputs that do not fit the model's declaration (unknown, repeated, not read by
+        this model) or do not overlap ``image`` raise :class:`SynthesisError` naming the input."""
         ...
