@@ -92,6 +92,12 @@ def adapted(row: str, fold_bundle: Path, job: dict, site: Path, out: Path, args:
     if args.iterations:
         base["iterations"] = args.iterations
         given.add("iterations")
+    if args.lr_g and row == "fine-tuned":
+        base["lr_g"] = args.lr_g
+        given.add("lr_g")
+    if args.freeze_encoder and row == "fine-tuned":
+        base["freeze_encoder"] = True
+        given.add("freeze_encoder")
     if row == "recalibration only":
         recalibrate_only(RunConfig(**base, init_from=str(fold_bundle), recalibrate_only=True), say=lambda m: None)
         return out / OUTPUT_NAME
@@ -102,10 +108,11 @@ def adapted(row: str, fold_bundle: Path, job: dict, site: Path, out: Path, args:
     recipe = {name: value_of(meta) for name, value_of in RECIPE.items()}
     settings = job.get("recipe_settings", {})
     crop = args.crop if args.crop is not None else int(settings.get("crop", 0))
-    tuned = resolve(RunConfig(**base, init_from=str(fold_bundle)), given)  # the same steps, lr, batch
+    tuned = resolve(RunConfig(**base, init_from=str(fold_bundle)), given)  # the same steps and batch
+    # the learning rate of training from scratch (RunConfig's default), not the fine-tuning one: 5e-5 is meant
+    # to stay near a parent's weights and would handicap random ones
     run_training(RunConfig(**base | {"iterations": tuned.iterations}, **recipe, variant=meta.variant,
-                           lr_g=tuned.lr_g, batch_size=tuned.batch_size, augment=float(settings.get("augment", 1.0)),
-                           crop_size=crop))
+                           batch_size=tuned.batch_size, augment=float(settings.get("augment", 1.0)), crop_size=crop))
     return out / "model-final.safetensors"
 
 
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             site = _site_folder(args.data, tune, args.work)
             entry: dict[str, Any] = {"fold model": score(fold_bundle, data[test], norm)}
             for seed in args.seeds:
-                for row in ROWS[1:]:
+                for row in args.rows:
                     if row == "recalibration only" and seed != args.seeds[0]:
                         continue  # no randomness: one run
                     out = args.work / "runs" / f"{fold}-{tune}-{row.replace(' ', '_')}-s{seed}"
@@ -156,8 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds of the trained rows")
     p.add_argument("--iterations", type=int, default=0, help="steps of the trained rows (0: the fine-tuning default)")
     p.add_argument("--crop", type=int, default=None, help="from-scratch crop size (default: the fold job's)")
+    p.add_argument("--lr-g", type=float, default=0.0, help="fine-tuned rows' learning rate (0: default)")
+    p.add_argument("--freeze-encoder", action="store_true", help="fine-tuned rows with the encoder frozen")
+    p.add_argument("--rows", default=",".join(ROWS[1:]), help="the adapted rows to run (comma-separated; a sweep of "
+                   "the fine-tuning settings runs 'fine-tuned' alone)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ROWS[1:]]
+    if unknown:
+        p.error(f"--rows: unknown row {unknown[0]!r}; expected some of {', '.join(ROWS[1:])}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     print(table(run(args)))
     return 0
