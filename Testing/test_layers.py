@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                 "dicom_slices", "dicom_export"),
     "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "logic"),
-    "cli": ("synthesize", "demo"),
+    "cli": ("input_plan", "synthesize", "demo"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 INFERENCE = list(LAYERS).index("inference")
@@ -44,7 +44,7 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "inputs",
                         "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults", "model_choice", "heatmap_file", "skull_policy", "scoring", "overview",
                         "dicom_slices", "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"],
-                        "synthesize")
+                        "input_plan", "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
                        "pair_files", "init_from")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")

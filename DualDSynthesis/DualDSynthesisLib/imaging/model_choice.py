@@ -47,17 +47,18 @@ class ModelChoice:
                 f"{self.metadata.target_modality}): {why}{unused}")
 
 
-def bundled_models(models_dir: Path = MODELS_DIR) -> list[Path]:
-    """Model bundles shipped with the extension: the documented default (T1 → T2) first, so a panel
-    or a self-test that takes the first entry gets it, then the others sorted by file name."""
+def bundled_models(models_dir: Path | None = None) -> list[Path]:
+    """Model bundles shipped with the extension (``MODELS_DIR``): the documented default (T1 → T2) first, so a
+    panel or a self-test that takes the first entry gets it, then the others sorted by file name."""
+    models_dir = MODELS_DIR if models_dir is None else Path(models_dir)  # read at call time: tests point it elsewhere
     found = sorted(models_dir.glob(f"*{BUNDLE_SUFFIX}")) if models_dir.is_dir() else []
     return sorted(found, key=lambda p: p.name != DEFAULT_MODEL.name)  # stable: the rest stay sorted
 
 
-def default_target(default: Path = DEFAULT_MODEL) -> str | None:
+def default_target(default: Path | None = None) -> str | None:
     """The default model's target contrast (what a user gets without ``--target``); None when not installed."""
     try:
-        return read_metadata(default).target_modality
+        return read_metadata(DEFAULT_MODEL if default is None else default).target_modality
     except (OSError, ValueError, ImportError):
         return None
 
@@ -89,10 +90,11 @@ def _reads(meta: BundleMetadata, given: Sequence[str], partial: bool, unnamed: b
 
 def choose_model(given: Iterable[str], target: str | None = None, *, partial: bool = False,
                  unnamed_reference: bool = False, candidates: Iterable[Path] | None = None,
-                 default: Path = DEFAULT_MODEL) -> ModelChoice:
+                 default: Path | None = None) -> ModelChoice:
     """The model to run for the ``given`` contrasts (names or aliases; see the module's rule), or
     :class:`ModelChoiceError` naming what the candidates offer. ``unnamed_reference``: one more input was given
     whose contrast is not known (a positional input named ``patient.nii.gz``): it is taken as the reference."""
+    default = DEFAULT_MODEL if default is None else Path(default)
     names = [canonical_contrast(g) or g for g in given]
     wanted = canonical_contrast(target) if target else canonical_contrast(default_target(default))
     models = _readable(bundled_models() if candidates is None else candidates)
