@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                 "model_choice", "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview",
                 "dicom_slices", "dicom_export"),
     "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
-    "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "logic"),
+    "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "input_nodes", "logic"),
     "cli": ("input_plan", "synthesize", "demo"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
