@@ -103,3 +103,10 @@ def test_an_output_node_that_is_another_input_is_refused() -> None:
     flair = _other_node(app, "FLAIR")
     with pytest.raises(ValueError, match="an output volume is the input volume"):
         logic.synthesize(node, RecordingEngine(), other_nodes={"flair": flair}, synthetic_node=flair)
+
+
+def test_the_module_parameter_node_is_one_singleton() -> None:
+    app, _logic, _node = loaded_scene()
+    first = mrml_io.module_parameter_node(app.scene, "DualDSynthesis")
+    assert mrml_io.module_parameter_node(app.scene, "DualDSynthesis") is first
+    assert first.GetAttribute("ModuleName") == "DualDSynthesis" and first.GetSingletonTag() == "DualDSynthesis"
