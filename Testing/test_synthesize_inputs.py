@@ -163,3 +163,15 @@ def test_cohort_refuses_two_files_of_one_contrast(calls, models, tmp_path, capsy
                           "--model", str(models["t1flair_to_t2"]))
     assert code == 2 and not calls and not (tmp_path / "out").exists()
     assert "subject a: several t1 files (a_t1.nii.gz, a_t1w.nii.gz)" in err[0]
+
+
+def test_a_subject_folder_of_files_named_by_contrast_alone_is_one_synthesis(calls, models, tmp_path, capsys) -> None:
+    _cohort(tmp_path / "case", ["T1.nii.gz", "FLAIR.nii.gz", "T2.nii.gz"])
+    code, err = run_quiet(capsys, str(tmp_path / "case"), "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    assert [(c["input"].name, c.get("others")) for c in calls] == [("T1.nii.gz",
+                                                                     {"flair": tmp_path / "case" / "FLAIR.nii.gz"})]
+    _cohort(tmp_path / "only_flair", ["FLAIR.nii.gz"])
+    code, err = run_quiet(capsys, str(tmp_path / "only_flair"), "-o", str(tmp_path / "out2"),
+                          "--model", str(models["t1flair_to_t2"]))
+    assert code == 2 and "the files named by their contrast alone: no t1 file" in err[-1]

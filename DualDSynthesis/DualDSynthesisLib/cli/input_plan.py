@@ -202,14 +202,14 @@ def _pair(plan: Plan, files: list[Path], named: list[tuple[str, str] | None]) ->
         else:
             unused.append(path)
     for subject, found in subjects.items():
-        label = subject or "the folder's"
+        label = f"subject {subject}" if subject else "the files named by their contrast alone"
         several = next((k for k, v in found.items() if len(v) > 1), None)
         missing = next((k for k in inputs.required if k not in found), None)
         if several is not None:
-            plan.problems.append(f"subject {label}: several {several} files "
+            plan.problems.append(f"{label}: several {several} files "
                                  f"({', '.join(p.name for p in found[several])}); keep one per contrast")
         elif missing is not None:
-            plan.problems.append(f"subject {label}: no {missing} file, which the model {plan.model.stem} needs "
+            plan.problems.append(f"{label}: no {missing} file, which the model {plan.model.stem} needs "
                                  f"(it reads {inputs.describe()})")
         else:
             plan.items.append((found[inputs.reference][0], {k: v[0] for k, v in found.items()
