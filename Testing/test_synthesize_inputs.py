@@ -17,6 +17,7 @@ from DualDSynthesisLib.inference import engine as engine_module
 from DualDSynthesisLib.inference.contract import SynthesisResult
 from input_bundles import models_folder
 from test_engine import head
+from test_synthesize_cli import _write_dicom_series
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,14 @@ def test_inputs_reach_the_engine_as_reference_and_others(calls, models, subject,
                           "--model", str(models["t1flair_to_t2"]))
     assert code == 0, err
     assert calls[1]["input"] == subject["t1"] and calls[1]["others"] == {"flair": subject["flair"]}
+
+
+def test_an_input_may_be_a_dicom_series_folder(calls, models, subject, tmp_path, capsys) -> None:
+    _write_dicom_series(head(), tmp_path / "flair_series", "MR")
+    code, err = run_quiet(capsys, "--input", f"t1={subject['t1']}", "--input", f"flair={tmp_path / 'flair_series'}",
+                          "-o", str(tmp_path / "o.nii.gz"), "--model", str(models["t1flair_to_t2"]))
+    assert code == 0, err
+    assert calls[0]["others"] == {"flair": tmp_path / "flair_series"}
 
 
 def test_a_positional_input_alone_runs_as_before(calls, models, subject, tmp_path, capsys) -> None:
