@@ -1,6 +1,7 @@
 """``duald-synthesize``: synthetic volume (and trust heatmap, overview PNG) from the command line.
 
-    duald-synthesize INPUT -o OUTPUT [--heatmap PATH [--heatmap-source KIND]] [--model BUNDLE]
+    duald-synthesize [INPUT] [--input CONTRAST=PATH ...] [--target CONTRAST] -o OUTPUT
+                     [--heatmap PATH [--heatmap-source KIND]] [--model BUNDLE]
                      [--device auto|cpu|cuda|cuda:N|mps] [--batch-size N] [--mask PATH] [--png PATH]
                      [--skull auto|keep|strip] [--overwrite] [--source-modality NAME]
                      [--dicom-out DIR [--patient-id ID] [--patient-name NAME]] [--series-uid UID]
@@ -19,6 +20,9 @@ in an output folder are removed by the next run there.
 treatment-planning system (see ``dicom_export``): ``DIR/SYNTHETIC`` (CT Image Storage for a CT model,
 one file per slice) and ``DIR/DIFFICULTY`` (the heatmap as a parametric map); with several inputs,
 ``DIR/<stem>/...``.
+
+A multi-input model's other inputs (issue 23): ``--input CONTRAST=PATH`` (INPUT is the reference input), the
+model chosen for them when ``--model`` is omitted, and a cohort's files paired by contrast: ``input_plan.py``.
 """
 
 from __future__ import annotations
