@@ -8,6 +8,7 @@ from typing import Annotated, Union
 import slicer
 import vtk
 from DualDSynthesisLib.core.vocabulary import SKULL_HANDLING
+from DualDSynthesisLib.scene import mrml_io
 from DualDSynthesisLib.scene.logic import (
     DisplayOptions,
     DualDSynthesisLogic,
@@ -70,6 +71,7 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = False
         self._cancelRequested = False
+        self._otherSelectors = {}  # contrast → volume selector, one per further input the chosen model declares
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -120,7 +122,8 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(DualDSynthesisParameterNode(_moduleParameterNode()))
+        self.setParameterNode(DualDSynthesisParameterNode(mrml_io.module_parameter_node(slicer.mrmlScene,
+                                                                                        "DualDSynthesis")))
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -191,7 +194,26 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.bundledModel = self.ui.modelComboBox.currentText
         self.ui.modelInfoLabel.text = self.logic.describe_model(self._selectedBundle())
+        self._showInputSelectors()
         self._checkCanApply()
+
+    def _showInputSelectors(self) -> None:
+        """The source selector is the model's reference input (its label names it); one volume selector more per
+        other input it declares (an optional one may stay empty), in the frame the .ui leaves for them."""
+        layout = self.ui.otherInputsWidget.layout()
+        for selector in self._otherSelectors.values():
+            layout.removeRow(selector)  # the row's label too
+        slots = self.logic.input_slots(self._selectedBundle())
+        self.ui.inputLabel.text = slots[0].label if len(slots) > 1 else _("Source volume:")
+        self._otherSelectors = {}
+        for slot in slots[1:]:
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes, selector.noneEnabled = ["vtkMRMLScalarVolumeNode"], not slot.required
+            selector.addEnabled = selector.removeEnabled = selector.showChildNodeTypes = False
+            selector.toolTip = slot.tooltip
+            selector.setMRMLScene(slicer.mrmlScene)
+            layout.addRow(slot.label, selector)
+            self._otherSelectors[slot.contrast] = selector
 
     def onDeviceChanged(self, *_args) -> None:
         if self._parameterNode:
@@ -238,13 +260,9 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self._onProgress(0.0, _("Loading the model…"))
         engine = self.logic.load_engine(self._selectedBundle(), p.device)
-        qaOptions = None
-        if p.computeQA or p.regionNode or p.referenceVolume:
-            qaOptions = QAOptions(
-                region_node=p.regionNode,
-                segment_ids=list(self.ui.segmentsSelector.selectedSegmentIDs()) if p.regionNode else None,
-                reference_node=p.referenceVolume,
-            )
+        segments = list(self.ui.segmentsSelector.selectedSegmentIDs()) if p.regionNode else None
+        qaOptions = QAOptions(region_node=p.regionNode, segment_ids=segments, reference_node=p.referenceVolume) \
+            if p.computeQA or p.regionNode or p.referenceVolume else None
         outputs = self.logic.synthesize(
             p.inputVolume,
             engine,
@@ -255,11 +273,9 @@ class DualDSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             skull=p.skullHandling,
             brain_mask_node=p.brainMaskNode,
             brain_segment_ids=list(self.ui.brainSegmentsSelector.selectedSegmentIDs()) if p.brainMaskNode else None,
-            display_options=DisplayOptions(
-                opacity=p.heatmapOpacity,
-                lower_threshold=p.lowerThreshold,
-                background="source" if p.showSourceAsBackground else "synthetic",
-            ),
+            other_nodes={contrast: selector.currentNode() for contrast, selector in self._otherSelectors.items()},
+            display_options=DisplayOptions(opacity=p.heatmapOpacity, lower_threshold=p.lowerThreshold,
+                                           background="source" if p.showSourceAsBackground else "synthetic"),
             qa_options=qaOptions,
         )
         p.syntheticVolume = outputs.synthetic_node
@@ -350,7 +366,7 @@ class DualDSynthesisTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Loading MRHead")
         source = SampleData.downloadSample("MRHead")
         before = slicer.util.arrayFromVolume(source).copy()
-        beforeMatrix = slicer.util.arrayFromVTKMatrix(_ijkToRas(source))
+        beforeMatrix = mrml_io.ijk_to_ras_matrix(source)
 
         progress = []
         outputs = logic.synthesize(
@@ -365,7 +381,7 @@ class DualDSynthesisTest(ScriptedLoadableModuleTest):
         synthetic = slicer.util.arrayFromVolume(outputs.synthetic_node)
         self.assertEqual(synthetic.shape, before.shape)
         self.assertTrue(np.isfinite(synthetic).all())
-        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(_ijkToRas(outputs.synthetic_node)), beforeMatrix)
+        np.testing.assert_allclose(mrml_io.ijk_to_ras_matrix(outputs.synthetic_node), beforeMatrix)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(source), before)
         if outputs.heatmap_node is not None:
             heat = slicer.util.arrayFromVolume(outputs.heatmap_node)
@@ -379,21 +395,3 @@ def _showSegments(selector, node) -> None:  # a segment selector follows its nod
     selector.setCurrentNode(node if node and node.IsA("vtkMRMLSegmentationNode") else None)
     selector.enabled = selector.currentNode() is not None
 
-
-def _moduleParameterNode():
-    """The scene's singleton parameter node of this module (what ScriptedLoadableModuleLogic does)."""
-    node = slicer.mrmlScene.GetSingletonNode("DualDSynthesis", "vtkMRMLScriptedModuleNode")
-    if node is None:
-        node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
-        node.UnRegister(None)
-        node.SetSingletonTag("DualDSynthesis")
-        node.SetName(slicer.mrmlScene.GenerateUniqueName("DualDSynthesis"))
-        node.SetAttribute("ModuleName", "DualDSynthesis")
-        node = slicer.mrmlScene.AddNode(node)
-    return node
-
-
-def _ijkToRas(node):
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return matrix

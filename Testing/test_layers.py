@@ -23,16 +23,16 @@ VIEW = ROOT / "DualDView" / "DualDViewLib"
 # module imports only from its own layer or a lower one. A new module must be placed here and in its
 # layer's folder, or test_every_module_has_a_layer fails.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("errors", "vocabulary", "limits", "resources", "console"),
+    "core": ("errors", "vocabulary", "file_contrasts", "limits", "resources", "console"),
     "model": ("architecture", "networks", "losses", "slicestack", "inputs", "intensity_base", "intensity_rank",
               "intensity", "metrics"),
     "imaging": ("heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names", "grid",
                 "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
-                "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
-                "dicom_export"),
+                "model_choice", "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview",
+                "dicom_slices", "dicom_export"),
     "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
-    "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "logic"),
-    "cli": ("synthesize", "demo"),
+    "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "input_nodes", "logic"),
+    "cli": ("input_plan", "synthesize", "demo"),
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 INFERENCE = list(LAYERS).index("inference")
@@ -42,8 +42,9 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "inputs",
                         "intensity", "metrics", "heatmap_kinds", "atomic", "compression", "concurrent_writes",
                         "output_names",
                         "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
-                        "defaults", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
-                        "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
+                        "defaults", "model_choice", "heatmap_file", "skull_policy", "scoring", "overview",
+                        "dicom_slices", "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"],
+                        "input_plan", "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
                        "pair_files", "init_from")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")

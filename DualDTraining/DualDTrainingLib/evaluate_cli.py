@@ -1,6 +1,6 @@
 """``duald-evaluate``: check a model bundle on your own paired volumes.
 
-    duald-evaluate --model BUNDLE --data FOLDER_OR_CSV --source t1 --target t2 [--json PATH]
+    duald-evaluate --model BUNDLE --data FOLDER_OR_CSV --source t1[,flair,...] --target t2 [--json PATH]
 
 Every subject found (same discovery as ``duald-train``) is synthesised with the bundle through the
 same engine a user runs, then compared with its real target: PSNR, MAE and SSIM over the whole
@@ -10,6 +10,13 @@ offers (``expected_error``: G's expected |error|; ``d2``: 1 − D2 confidence) a
 foreground's error voxels and its Spearman correlation with |error| there. For a CT target an HU
 quality report follows: MAE, ME (bias), PSNR, SSIM in the body and the MAE in air, soft tissue and
 bone. See ``evaluation.py`` for the units.
+
+A multi-input model (issue 23) is evaluated with the inputs ``--source`` lists (``t1,flair``: the model's
+reference first): each subject's file of every listed contrast is found as training discovery pairs a subject's
+files (in its folder, or named with its prefix in a flat layout; ``core/file_contrasts``) and given to the engine
+as its other inputs. A subject without one of them is skipped with the reason, so the scores are those of that
+input subset; list fewer contrasts to score a smaller subset. A manifest names one source per row, so several
+sources need a data folder.
 
 Before any subject is scored: ``--json`` must not be the model, the manifest or a file it evaluates
 (``atomic.same_file``; ``--overwrite`` replaces an earlier report only), the target must be of the
@@ -36,14 +43,16 @@ from pathlib import Path
 
 from DualDSynthesisLib.core.console import HelpFormatter, safe_console
 from DualDSynthesisLib.core.errors import DualDError, OutputExistsError, OutputWriteError
-from DualDSynthesisLib.core.vocabulary import canonical_contrast, modality_family, modality_warning
+from DualDSynthesisLib.core.file_contrasts import subject_and_contrast
+from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, canonical_contrast, modality_family, modality_warning
 from DualDSynthesisLib.imaging.atomic import atomic_write_json, same_file
 from DualDSynthesisLib.imaging.preprocess import validate_volume
 from DualDSynthesisLib.inference.engine import SynthesisEngine
+from DualDSynthesisLib.model.inputs import InputDeclaration, InputError
 
 from .discovery import DiscoveryError, SubjectPair, discover
 from .evaluation import EDGE_MAP, SubjectEvaluation, evaluate_images, format_table, hu_report, summarise
-from .pair_files import load_pair
+from .pair_files import _read_full, load_pair
 
 DESCRIPTION = """Check a model bundle on your own paired volumes: every subject found (the same discovery as
 duald-train) is synthesised through the engine a user runs and compared with its real target.
@@ -59,7 +68,8 @@ metrics (per subject and mean (std) over subjects):
          Spearman = its rank correlation with |error| there"""
 EXAMPLES = """examples:
   duald-evaluate --model runs/t1t2/model-best.safetensors --data /data/brats --source t1 --target t2
-  duald-evaluate --model sct.safetensors --data pairs.csv --source t1 --target ct --split test --json eval.json"""
+  duald-evaluate --model sct.safetensors --data pairs.csv --source t1 --target ct --split test --json eval.json
+  duald-evaluate --model t1flair_to_t2.safetensors --data /data/brats --source t1,flair --target t2"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EXAMPLES)
     p.add_argument("--model", required=True, type=Path, help="model bundle (.safetensors)")
     p.add_argument("--data", required=True, type=Path, help="BraTS-like folder or CSV manifest")
-    p.add_argument("--source", required=True, help="source contrast, e.g. t1")
+    p.add_argument("--source", required=True,
+                   help="source contrast, e.g. t1; a multi-input model's inputs to evaluate it with, e.g. t1,flair "
+                        "(the model's reference first; subjects without one of them are skipped)")
     p.add_argument("--target", required=True, help="target contrast, e.g. t2 or ct")
     p.add_argument("--subjects", nargs="*", help="evaluate only these subject ids")
     p.add_argument("--split", help="evaluate only subjects of this split (manifest column / split folder)")
@@ -112,6 +124,8 @@ def _inputs(args: argparse.Namespace, pairs: list[SubjectPair]) -> Iterator[tupl
             path = getattr(pair, role)
             if path is not None:
                 yield f"the {role} file of subject {pair.subject}", path
+        for contrast, path in getattr(args, "other_inputs", {}).get(pair.subject, {}).items():
+            yield f"the {contrast} file of subject {pair.subject}", path
 
 
 def _check_json_is_no_input(args: argparse.Namespace, pairs: list[SubjectPair]) -> None:
@@ -133,18 +147,80 @@ def _check_modalities(args: argparse.Namespace, engine: SynthesisEngine) -> None
     if modality_family(model) == "mr" and target != (canonical_contrast(model) or model):
         print(f"duald-evaluate: warning: this model synthesises {model} images but --target is {given}, so the "
               "scores compare two different contrasts", file=sys.stderr)
-    source = modality_warning(args.source, engine.source_modality)  # what duald-synthesize says for the same input
+    source = modality_warning(_sources(args)[0], engine.source_modality)  # what duald-synthesize says for it
     if source is not None:
         print(f"duald-evaluate: warning: {source}", file=sys.stderr)
 
 
+def _sources(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--source``'s contrasts, canonical, the reference first (``InputDeclaration.parse``'s checks)."""
+    try:
+        return InputDeclaration.parse(args.source).names
+    except InputError as exc:
+        raise DualDError(str(exc)) from None
+
+
+def _check_inputs(args: argparse.Namespace, engine: SynthesisEngine) -> None:
+    """Several listed sources are inputs this model reads, its reference first. One source is the reference
+    whatever its name (another contrast is warned about, as duald-synthesize does: ``_check_modalities``)."""
+    names, declared = _sources(args), engine.metadata.inputs
+    if len(names) == 1:
+        return
+    try:
+        declared.check_given(names)
+    except InputError as exc:
+        raise DualDError(f"--source {args.source}: {exc}") from None
+    if names[0] != declared.reference:
+        raise DualDError(f"--source {args.source}: list the model's reference input {declared.reference} first")
+
+
+def _other_files(pair: SubjectPair, data: Path, contrasts: tuple[str, ...]) -> dict[str, Path]:
+    """The subject's file of each further contrast, paired as discovery pairs a subject's files: any file of that
+    contrast in the subject's own folder, or in a flat data folder the one named with the subject's prefix."""
+    folder = pair.source.parent
+    flat = folder.resolve() == data.resolve()
+    found: dict[str, Path] = {}
+    for contrast in contrasts:
+        named = [(p, subject_and_contrast(p)) for p in sorted(folder.iterdir()) if p.is_file()]
+        matches = [p for p, n in named if n is not None and n[1] == contrast and (not flat or n[0] == pair.subject)]
+        if not matches:
+            raise DiscoveryError(f"no {contrast} image (a name ending in {'/'.join(CONTRAST_ALIASES[contrast])})")
+        if len(matches) > 1:
+            raise DiscoveryError(f"several {contrast} images ({', '.join(p.name for p in matches)})")
+        found[contrast] = matches[0]
+    return found
+
+
+def _with_other_inputs(args: argparse.Namespace, pairs: list[SubjectPair]) -> list[SubjectPair]:
+    """The pairs that have a file of every further ``--source`` contrast (``args.other_inputs`` holds them)."""
+    others = _sources(args)[1:]
+    args.other_inputs = {}
+    if not others:
+        return pairs
+    if args.data.is_file():
+        raise DiscoveryError(f"--source {args.source} lists several inputs, but a manifest names one source per "
+                             "row; give a data folder")
+    kept = []
+    for pair in pairs:
+        try:
+            args.other_inputs[pair.subject] = _other_files(pair, args.data, others)
+        except DiscoveryError as exc:
+            print(f"skipped {pair.subject}: {exc}", file=sys.stderr)
+            continue
+        kept.append(pair)
+    if not kept:
+        raise DiscoveryError(f"no subject has a file of every --source contrast ({', '.join(_sources(args))})")
+    return kept
+
+
 def _pairs(args: argparse.Namespace) -> tuple[list[SubjectPair], list[SubjectPair]]:
     """(every usable pair found, the pairs chosen by --subjects and --split)."""
-    found = discover(args.data, args.source, args.target)
+    found = discover(args.data, _sources(args)[0], args.target)
     for note in found.notes:
         print(f"note: {note}", file=sys.stderr)
     for rejection in found.rejected:
         print(f"skipped {rejection.subject}: {rejection.reason}", file=sys.stderr)
+    found.pairs = _with_other_inputs(args, found.pairs)
     pairs = found.pairs
     if args.subjects:
         unknown = sorted(set(args.subjects) - {p.subject for p in pairs})
@@ -159,15 +235,17 @@ def _pairs(args: argparse.Namespace) -> tuple[list[SubjectPair], list[SubjectPai
 
 
 def _evaluate(pair: SubjectPair, engine: SynthesisEngine, others: dict[str, SynthesisEngine],
-              source_modality: str) -> SubjectEvaluation:
+              source_modality: str, inputs: dict[str, Path]) -> SubjectEvaluation:
     source, target, labels = load_pair(pair)
     validate_volume(target, f"target file {pair.target.name}")  # e.g. constant: say so, by name
+    # the further inputs, on their own grids: the engine brings them onto the source's (contract.run)
+    given = {"others": {c: _read_full(p, pair.subject, c) for c, p in inputs.items()}} if inputs else {}
     # skull="keep": the scores cover the source's whole foreground, so a stripped prediction would count
     # its background outside the brain as error (experiments/skull_handling.py scores the brain region)
-    out = engine.run(source, source_modality=source_modality, skull="keep")
+    out = engine.run(source, source_modality=source_modality, skull="keep", **given)
     maps = {} if out.heatmap is None else {engine.heatmap_source: out.heatmap}
     for name, other in others.items():
-        maps[name] = other.run(source, source_modality=source_modality, skull="keep").heatmap
+        maps[name] = other.run(source, source_modality=source_modality, skull="keep", **given).heatmap
     res = evaluate_images(pair.subject, out.synthetic, target, source, engine.spec, out.heatmap, labels, maps)
     res.warnings += out.warnings
     return res
@@ -190,6 +268,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.json is not None:
         _check_json_is_no_input(args, found)
     engine = SynthesisEngine(args.model, device=args.device)
+    _check_inputs(args, engine)
     _check_modalities(args, engine)
     # One engine per further map, sharing the loaded bundle: each run gives one heatmap.
     others = {name: SynthesisEngine(engine.bundle, device=args.device, heatmap_source=name)
@@ -198,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
     for pair in pairs:
         t0 = time.perf_counter()
         try:
-            res = _evaluate(pair, engine, others, args.source)
+            res = _evaluate(pair, engine, others, _sources(args)[0], args.other_inputs.get(pair.subject, {}))
         except DualDError as exc:  # one bad subject (e.g. a constant target) must not lose the others
             message = str(exc).rstrip(".").replace(f"subject {pair.subject}: ", "")
             print(f"skipped {pair.subject}: {message}", file=sys.stderr)
@@ -215,6 +294,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": str(args.model),
         "variant": engine.metadata.variant,
         "source_modality": engine.source_modality,
+        "inputs": list(_sources(args)),  # the contrasts every subject was synthesised from
         "target_modality": engine.target_modality,
         "target_units": engine.spec.target.description,  # HU, or what one normalised MRI unit is
         "heatmap_source": engine.heatmap_source,  # what --heatmap writes: the bundle's preferred map

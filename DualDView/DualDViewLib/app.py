@@ -96,7 +96,9 @@ class DualDViewer:
             "qa_items": [], **self._heatmap_state(None),
             "confirm_overwrite": False, "existing": "", "saved": "", "source_upload": None,
             "segmentation_upload": None, "reference_upload": None, "legend": _legend_gradient(),
+            "input_slots": [], "other_paths": {},
         })
+        self.state.change("model")(self._on_model)
         self.state.change("opacity")(self._on_opacity)
         self.state.change("threshold")(self._on_threshold)
         self.state.change("background")(self._on_background)
@@ -139,6 +141,23 @@ class DualDViewer:
                                "source_path": str(path) if save_dir is None else self.state.source_path})
             self._fit_views()
         return ok
+
+    def _on_model(self, model, **_) -> None:
+        """One path row per further input the chosen model declares (``input_nodes.input_slots``)."""
+        slots = self.session.logic.input_slots(model or None)[1:]
+        self.state.input_slots = [{"contrast": s.contrast, "label": s.label.rstrip(":")} for s in slots]
+
+    def load_other(self, contrast: str, path: str | Path | None) -> bool:
+        """One more input of the source's subject (``--input CONTRAST=PATH`` or the page's row for it)."""
+        if self.session.running:
+            self.state.update({"error": "a synthesis is running; cancel it or wait before loading another volume"})
+            return False
+        if not str(path or "").strip():
+            self.state.update({"error": f"type the {contrast} file path first"})
+            return False
+        path = Path(str(path).strip()).expanduser()
+        return self._report(self.session.load_other, contrast, path,
+                            success=f"Loaded the {contrast} input {path.name}.")
 
     def show_result(self, synthetic: Path, heatmap: Path | None) -> bool:
         ok = self._report(self.session.load_result, synthetic, heatmap, success=f"Showing {synthetic.name}.")
@@ -345,6 +364,11 @@ class DualDViewer:
                           v_show="true" if kind == "source" else ("has_source",))
         v3.VSelect(label="Model", v_model=("model",), items=("models",), density="compact", hide_details=True,
                    classes="mb-2", id="model")
+        with html.Div(v_for="slot in input_slots", key="slot.contrast", classes="d-flex align-center mb-2"):
+            v3.VTextField(label=("`${slot.label} path`",), v_model=("other_paths[slot.contrast]",), density="compact",
+                          hide_details=True)
+            v3.VBtn("Load", click=(self.load_other, "[slot.contrast, other_paths[slot.contrast]]"), size="small",
+                    classes="ml-1", disabled=("running || !has_source",))
         with html.Div(classes="d-flex"):
             v3.VBtn("Synthesize", click=self.synthesize, disabled=("running || !has_source",), color="primary",
                     id="synthesize")

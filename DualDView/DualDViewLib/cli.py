@@ -1,8 +1,12 @@
 """``duald-view``: the DualD QA viewer in a browser (trame-slicer over the desktop module's logic).
 
-    duald-view [SOURCE [SEGMENTATION [REFERENCE]]] [--port 8080] [--host 127.0.0.1 --allow-remote]
-               [--model BUNDLE] [--models DIR] [--device auto] [--synthetic PATH [--heatmap PATH]] [--open]
-               [--idle-exit 300]
+    duald-view [SOURCE [SEGMENTATION [REFERENCE]]] [--input CONTRAST=PATH ...] [--port 8080]
+               [--host 127.0.0.1 --allow-remote] [--model BUNDLE] [--models DIR] [--device auto]
+               [--synthetic PATH [--heatmap PATH]] [--open] [--idle-exit 300]
+
+--input CONTRAST=PATH: one more input of SOURCE's subject for a multi-input model (as duald-synthesize's; the
+page has a row per input the chosen model declares); without --model, the bundled model that reads SOURCE and
+the given inputs is offered first (``model_choice.choose_model``), and a note says which.
 
 --synthetic/--heatmap show an earlier run's outputs (e.g. demo-output/) over SOURCE without synthesizing.
 
@@ -19,7 +23,9 @@ import ipaddress
 import sys
 from pathlib import Path
 
+from DualDSynthesisLib.cli.input_plan import parse_input_options
 from DualDSynthesisLib.core.console import safe_console
+from DualDSynthesisLib.core.errors import DualDError
 
 from .ports import BIND_ERRNOS, bind_problem, port_number, usable_port
 
@@ -59,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other than loopback; the viewer has NO authentication")
+    p.add_argument("--input", dest="inputs", action="append", metavar="CONTRAST=PATH",
+                   help="one more input of SOURCE's subject for a multi-input model (repeatable), e.g. flair=F.nii.gz")
     p.add_argument("--model", type=Path, action="append", help="model bundle(s) offered first in the page")
     p.add_argument("--models", type=Path, metavar="DIR",
                    help="a folder of your own (e.g. fine-tuned) bundles, added to the model choice")
@@ -92,6 +100,12 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--synthetic and --heatmap are shown over a source volume; give the SOURCE file too"
     if args.heatmap and not args.synthetic:
         return "--heatmap needs --synthetic"
+    if args.inputs and not args.files:
+        return "--input gives more inputs of SOURCE's subject; give the SOURCE file too"
+    try:
+        args.named_inputs = parse_input_options(args.inputs)  # contrast → path, the CLI's checks and sentences
+    except DualDError as exc:
+        return str(exc)
     if args.models is not None and not args.models.is_dir():
         return f"the models folder {args.models} does not exist or is not a folder"
     extra = [p for p in (args.synthetic, args.heatmap) if p is not None]
@@ -112,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.named_inputs and not args.model:
+        from DualDSynthesisLib.imaging.model_choice import choose_model
+
+        try:  # SOURCE is the reference input of whichever model
+            choice = choose_model(args.named_inputs, unnamed_reference=True)
+        except DualDError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"{PROG}: note: {choice.note}", file=sys.stderr)
+        args.model = [choice.path]
     from .app import DualDViewer  # imports trame and slicer: only once the arguments are fine
 
     viewer = DualDViewer(models=args.model, device=args.device, models_folder=args.models)
@@ -119,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: note: not offered: {skipped}", file=sys.stderr)
     for kind, path in zip(("source", "segmentation", "reference"), args.files, strict=False):
         if not viewer.load(kind, path.resolve()):
+            print(f"{PROG}: error: {viewer.state.error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    for contrast, path in args.named_inputs.items():
+        if not viewer.load_other(contrast, path.resolve()):
             print(f"{PROG}: error: {viewer.state.error}", file=sys.stderr)
             return EXIT_BAD_INPUT
     if args.synthetic and not viewer.show_result(args.synthetic.resolve(), args.heatmap and args.heatmap.resolve()):

@@ -19,6 +19,7 @@ from typing import Any
 
 import SimpleITK as sitk
 from DualDSynthesisLib.core.errors import DualDError, naming_input
+from DualDSynthesisLib.core.vocabulary import LABEL_CONTRAST, canonical_contrast, known_contrasts_text
 from DualDSynthesisLib.imaging import io as vio
 from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE, stored_kind, stored_units
 from DualDSynthesisLib.imaging.output_names import SYNTHETIC_SUFFIX, heatmap_suffix
@@ -71,6 +72,7 @@ class ViewerSession:
         self.save_dir: Path | None = None  # where Save writes; the source's folder unless it was uploaded
         self.region_node: Any = None
         self.reference_node: Any = None
+        self.other_nodes: dict[str, Any] = {}  # a multi-input model's other inputs: canonical contrast → node
         self.outputs: SynthesisOutputs | None = None
         self.display = DisplayOptions()
         self._lock = threading.Lock()
@@ -82,10 +84,11 @@ class ViewerSession:
     def load_source(self, path: Path, display_name: str | None = None, save_dir: Path | None = None) -> Any:
         image = read_source(path, display_name)
         self.clear_outputs()
-        # A new case: the previous case's segmentation and reference no longer apply.
-        for node in (self.source_node, self.region_node, self.reference_node):
+        # A new case: the previous case's segmentation, reference and other inputs no longer apply.
+        for node in (self.source_node, self.region_node, self.reference_node, *self.other_nodes.values()):
             self._remove(node)
         self.region_node = self.reference_node = None
+        self.other_nodes = {}
         name = vio.split_name(display_name or path)[0]
         self.source_node = mrml_io.new_volume_node_from_image(self.scene, image, name)
         self.source_path = path
@@ -119,6 +122,19 @@ class ViewerSession:
         )
         return self.reference_node
 
+    def load_other(self, contrast: str, path: Path, display_name: str | None = None) -> Any:
+        """One more input of the loaded source's subject for a multi-input model (``contrast``: its name or an
+        alias; any grid: the engine brings it onto the source's); replaces that contrast's earlier one."""
+        self._require_source()
+        key = canonical_contrast(contrast)
+        if key is None or key == LABEL_CONTRAST:
+            raise ViewerError(f"input {contrast!r} is not a known image contrast; known: {known_contrasts_text()}")
+        image = read_source(path, display_name)
+        self._remove(self.other_nodes.pop(key, None))
+        self.other_nodes[key] = mrml_io.new_volume_node_from_image(
+            self.scene, image, f"{vio.split_name(display_name or path)[0]} ({key})")
+        return self.other_nodes[key]
+
     def load_result(self, synthetic_path: Path, heatmap_path: Path | None = None) -> SynthesisOutputs:
         """Show an earlier run's files (e.g. ``make demo``'s) over the loaded source, without synthesizing."""
         self._require_source()
@@ -148,7 +164,7 @@ class ViewerSession:
             raise BusyError("a synthesis is already running in this viewer; wait for it or cancel it")
         self._cancel.clear()
         try:
-            self._input = self.logic.read_input(self.source_node)
+            self._input = self.logic.read_input(self.source_node, other_nodes=self.other_nodes)
         except Exception:
             self._lock.release()
             raise

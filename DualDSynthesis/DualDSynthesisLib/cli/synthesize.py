@@ -1,6 +1,7 @@
 """``duald-synthesize``: synthetic volume (and trust heatmap, overview PNG) from the command line.
 
-    duald-synthesize INPUT -o OUTPUT [--heatmap PATH [--heatmap-source KIND]] [--model BUNDLE]
+    duald-synthesize [INPUT] [--input CONTRAST=PATH ...] [--target CONTRAST] -o OUTPUT
+                     [--heatmap PATH [--heatmap-source KIND]] [--model BUNDLE]
                      [--device auto|cpu|cuda|cuda:N|mps] [--batch-size N] [--mask PATH] [--png PATH]
                      [--skull auto|keep|strip] [--overwrite] [--source-modality NAME]
                      [--dicom-out DIR [--patient-id ID] [--patient-name NAME]] [--series-uid UID]
@@ -19,6 +20,9 @@ in an output folder are removed by the next run there.
 treatment-planning system (see ``dicom_export``): ``DIR/SYNTHETIC`` (CT Image Storage for a CT model,
 one file per slice) and ``DIR/DIFFICULTY`` (the heatmap as a parametric map); with several inputs,
 ``DIR/<stem>/...``.
+
+A multi-input model's other inputs (issue 23): ``--input CONTRAST=PATH`` (INPUT is the reference input), the
+model chosen for them when ``--model`` is omitted, and a cohort's files paired by contrast: ``input_plan.py``.
 """
 
 from __future__ import annotations
@@ -36,13 +40,8 @@ from ..core.resources import DEFAULT_MODEL  # torch-free: the SIGTERM handler is
 from ..core.vocabulary import SKULL_HANDLING
 from ..imaging import heatmap_kinds
 from ..imaging.atomic import remove_stale_partials, same_file, stale_note
-from ..imaging.output_names import (
-    OVERVIEW_SUFFIX,
-    SYNTHETIC_SUFFIX,
-    derived_suffixes,
-    heatmap_suffix,
-    is_derived_output,
-)
+from ..imaging.output_names import OVERVIEW_SUFFIX, SYNTHETIC_SUFFIX, heatmap_suffix
+from .input_plan import plan as input_plan
 
 # Start-up: the parser needs only the names above (no numpy, SimpleITK, scipy or pydicom), so ``--help`` and
 # a usage error answer at once; the volume modules are imported where a run needs them (docs/performance.md).
@@ -95,18 +94,27 @@ def _parser() -> argparse.ArgumentParser:
 
 examples:
   duald-synthesize t1.nii.gz -o t2_synthetic.nii.gz --heatmap expected_error.nii.gz --png overview.png
+  duald-synthesize --input t1=T1.nii.gz --input flair=FLAIR.nii.gz -o T2_synthetic.nii.gz
   duald-synthesize "cohort/*.nii.gz" -o out/              # several inputs: the model is loaded once
   duald-synthesize dicom_mr_folder/ --model mri_to_ct.safetensors --dicom-out sct_dicom/""",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("input", metavar="INPUT", help="volume file, DICOM series folder, folder of volumes, or glob")
+    p.add_argument("input", metavar="INPUT", nargs="?",
+                   help="volume file, DICOM series folder, folder of volumes, or glob; one subject's file is the "
+                        "model's reference input (its first, e.g. t1)")
+    p.add_argument("--input", dest="inputs", action="append", metavar="CONTRAST=PATH",
+                   help="one more input of the same subject (repeatable; a volume file or DICOM folder), e.g. "
+                        "--input t1=T1.nii.gz --input flair=FLAIR.nii.gz; the reference's too when INPUT is omitted")
+    p.add_argument("--target", help="the contrast to synthesise (e.g. t2, flair), for the automatic model choice; "
+                                    "default: the default model's")
     p.add_argument("-o", "--output", help="output volume (a folder for several inputs)")
     p.add_argument("--heatmap", help="heatmap output: where not to trust the synthetic image (see --heatmap-source)")
     kinds = heatmap_kinds.kinds()
     p.add_argument("--heatmap-source", choices=heatmap_kinds.names(),
                    help="; ".join(f"{k.name}: {k.title}, {k.help}" for k in kinds)
                    + f"; default: the model's first, {kinds[0].name} when it has one (it ranks errors best)")
-    p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name}")
+    p.add_argument("--model", type=Path, help=f"model bundle (.safetensors); default: {DEFAULT_MODEL.name} for one "
+                                              "input, else the bundled model that reads the most of the given inputs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, help="slices per batch (default: automatic)")
     p.add_argument("--mask", type=Path, help="the brain: with --skull auto or strip an MRI model synthesises inside "
@@ -149,9 +157,9 @@ def _as_folder(option: str | None) -> bool:
     return option is not None and (option.endswith(("/", "\\")) or Path(option).is_dir())
 
 
-def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[dict]:
-    """Input → output paths. Single input: the given paths (a folder, or a name ending in /, gets the
-    derived name)."""
+def _jobs(args: argparse.Namespace, inputs: list[tuple[Path, dict[str, Path]]], cohort: bool) -> list[dict]:
+    """(reference input, other inputs) → output paths, named after the reference. Single input: the given paths
+    (a folder, or a name ending in /, gets the derived name)."""
     from ..imaging import io as vio
 
     folders = {option: cohort or _as_folder(getattr(args, option)) for option in ("output", "heatmap", "png")}
@@ -166,7 +174,7 @@ def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[di
         if args.mask is not None and not args.mask.is_dir():
             raise NotADirectoryError(f"with several inputs, --mask must be a folder of masks, but {args.mask} is not")
     jobs = []
-    for path in inputs:
+    for path, others in inputs:
         stem = vio.split_name(path)[0]
 
         def place(option: str, suffix: str, stem: str = stem) -> Path | None:
@@ -184,14 +192,22 @@ def _jobs(args: argparse.Namespace, inputs: list[Path], cohort: bool) -> list[di
             "mask": (_mask_for(args.mask, stem) if cohort else args.mask) if args.mask is not None else None,
             "dicom": None if args.dicom_out is None else _dicom_request(
                 args.dicom_out / stem if cohort else args.dicom_out, args.patient_id, args.patient_name),
+            **({"others": others} if others else {}),  # synthesize_file(..., others=): a multi-input model's
         })
     return jobs
 
 
-def _without_our_outputs(inputs: list[Path]) -> tuple[list[Path], list[Path]]:
-    """(inputs, skipped): a cohort run into its own folder must not synthesise its earlier outputs."""
-    skipped = [p for p in inputs if is_derived_output(p)]
-    return [p for p in inputs if not is_derived_output(p)], skipped
+def _plan(args: argparse.Namespace):
+    """The positional INPUT expanded (one subject, or a cohort: a folder of volumes or a glob) and the
+    ``--input`` options: what each synthesis reads and the model (``cli/input_plan.plan``)."""
+    from ..imaging import io as vio
+
+    files, cohort = [], False
+    if args.input is not None:
+        files = vio.expand_inputs(args.input)
+        given = Path(args.input)
+        cohort = not (given.is_file() or (given.is_dir() and vio.dicom_series(given)))
+    return input_plan(args, cohort, files)
 
 
 def _writes_onto_input(jobs: list[dict]) -> str | None:
@@ -199,8 +215,10 @@ def _writes_onto_input(jobs: list[dict]) -> str | None:
     included). Checked before the existing-output check, so the advice is never "pass --overwrite" on a source."""
     options = {"output": "-o", "heatmap_path": "--heatmap", "png": "--png"}
     for job in jobs:
+        reads = [("the input file", job["input"]), ("the --mask file", job["mask"]),
+                 *((f"the {contrast} input", path) for contrast, path in job.get("others", {}).items())]
         for key, option in options.items():
-            for what, read in (("the input file", job["input"]), ("the --mask file", job["mask"])):
+            for what, read in reads:
                 if job[key] is not None and read is not None and same_file(job[key], read):
                     return (f"{option} {job[key]} is {what} itself; what a run reads is never written over, "
                             "so choose another output name")
@@ -267,33 +285,24 @@ def _main(args: argparse.Namespace) -> int:
         return _fail("--patient-id and --patient-name only apply to a DICOM export; add --dicom-out DIR")
     if args.batch_size is not None and args.batch_size < 1:
         return _fail(f"--batch-size must be a positive integer, got {args.batch_size}")
-    from ..imaging import io as vio
-
-    model = args.model or DEFAULT_MODEL
-    if args.model is None and not DEFAULT_MODEL.is_file():
+    if args.model is None and not args.inputs and not args.target and not DEFAULT_MODEL.is_file():
         return _fail(
             f"the default model {DEFAULT_MODEL.name} is not installed (expected in {DEFAULT_MODEL.parent}); "
             "pass a model bundle with --model"
         )
     try:
-        inputs = vio.expand_inputs(args.input)
-    except ValueError as exc:
+        plan = _plan(args)
+        for line in plan.notes:
+            print(f"{PROG}: note: {line}", file=sys.stderr)
+        for line in plan.problems:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
+        if not plan.items:
+            return _fail(f"nothing in {args.input} is an input of the model {plan.model.stem}") if not plan.problems \
+                else EXIT_BAD_INPUT
+        jobs = _jobs(args, plan.items, plan.cohort)
+    except (OSError, ValueError) as exc:  # DualDError is a ValueError: the input plan's refusals
         return _fail(str(exc))
-    given = Path(args.input)
-    cohort = not (given.is_file() or (given.is_dir() and vio.dicom_series(given)))
-    if cohort:
-        inputs, skipped = _without_our_outputs(inputs)
-        if skipped and not inputs:
-            return _fail(f"{args.input} holds only outputs of an earlier run ({skipped[0].name}, ...); "
-                         "give the folder or glob of the source volumes")
-        if skipped:
-            print(f"{PROG}: note: skipped {len(skipped)} file(s) named as this program names its outputs "
-                  f"({', '.join(f'*{s}' for s in derived_suffixes())}), e.g. {skipped[0].name}",
-                  file=sys.stderr)
-    try:
-        jobs = _jobs(args, inputs, cohort)
-    except OSError as exc:
-        return _fail(str(exc))
+    model = plan.model
     onto_input = _writes_onto_input(jobs)
     if onto_input:
         return _fail(onto_input)
@@ -314,7 +323,8 @@ def _main(args: argparse.Namespace) -> int:
         removed = remove_stale_partials(folder)
         if removed:
             print(f"{PROG}: note: {stale_note(folder, removed)}", file=sys.stderr)
-    return _run_jobs(_name_heatmaps(jobs, engine.heatmap_source), engine, args, synthesize_file, SynthesisCancelled)
+    return _run_jobs(_name_heatmaps(jobs, engine.heatmap_source), engine, args, synthesize_file, SynthesisCancelled,
+                     len(plan.problems))
 
 
 def _name_heatmaps(jobs: list[dict], kind: str | None) -> list[dict]:
@@ -326,11 +336,12 @@ def _name_heatmaps(jobs: list[dict], kind: str | None) -> list[dict]:
     return jobs
 
 
-def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_file, cancelled_type) -> int:
+def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_file, cancelled_type,
+              failed_before: int = 0) -> int:
     error_map = engine.heatmap_source is not None and heatmap_kinds.kind(engine.heatmap_source).in_target_units
     if args.heatmap is not None and error_map and not args.quiet:
         print(f"{PROG}: {engine.error_calibration.describe()}", file=sys.stderr)  # what the heatmap's values mean
-    failures = 0
+    failures = failed_before  # cohort subjects refused before the run (cli/input_plan.py), already reported
     for n, job in enumerate(jobs, 1):
         name = job["input"].name
         label = f"[{n}/{len(jobs)}] {name}" if len(jobs) > 1 else name
@@ -362,10 +373,11 @@ def _run_jobs(jobs: list[dict], engine, args: argparse.Namespace, synthesize_fil
         written = [str(p) for p in (job["output"], job["heatmap_path"], job["png"]) if p is not None]
         if job["dicom"] is not None:
             written.append(f"DICOM {job['dicom'].folder}")
-        print(f"{name} → {', '.join(written)} ({result.seconds:.1f} s on {result.device})")
+        read = "".join(f" + {contrast}" for contrast in job.get("others", {}))
+        print(f"{name}{read} → {', '.join(written)} ({result.seconds:.1f} s on {result.device})")
     if failures:
-        if len(jobs) > 1:
-            print(f"{PROG}: {failures} of {len(jobs)} input(s) failed", file=sys.stderr)
+        if len(jobs) + failed_before > 1:
+            print(f"{PROG}: {failures} of {len(jobs) + failed_before} input(s) failed", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

@@ -17,7 +17,7 @@ removed again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from ..imaging import heatmap_kinds
 from ..imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE
 from ..imaging.preprocess import PreprocessingSpec
 from ..inference.contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisEngine, SynthesisResult
-from . import dicom_marking, display, models, mrml_io, qa
+from . import dicom_marking, display, input_nodes, models, mrml_io, qa
 
 __all__ = [
     "CancelCallback", "DisplayOptions", "DualDSynthesisLogic", "ProgressCallback", "QAOptions", "SynthesisCancelled",
@@ -84,6 +84,7 @@ class SynthesisInput:
     image: sitk.Image  # its voxels and geometry
     mask: sitk.Image | None = None  # the user's brain on ``image``'s grid (UInt8 0/1); None: none given
     skull: str = "auto"  # whole-head handling (``vocabulary.SKULL_HANDLING``)
+    others: Mapping[str, sitk.Image] = field(default_factory=dict)  # a multi-input model's other inputs, any grid
 
 
 def _check_nodes(input_node: Any, *output_nodes: Any) -> None:
@@ -135,6 +136,7 @@ class DualDSynthesisLogic:
     models_in = staticmethod(models.models_in)
     folder_models = staticmethod(models.folder_models)
     describe_model = staticmethod(models.describe_model)
+    input_slots = staticmethod(input_nodes.input_slots)  # one selector per input the chosen model declares
 
     def load_engine(self, bundle_path: str | Path, device: str = "auto",
                     heatmap_source: str | None = None) -> SynthesisEngine:
@@ -166,6 +168,7 @@ class DualDSynthesisLogic:
         skull: str = "auto",
         brain_mask_node: Any = None,
         brain_segment_ids: list[str] | None = None,
+        other_nodes: Mapping[str, Any] | None = None,
     ) -> SynthesisOutputs:
         """Run ``engine`` on ``input_node`` and put the results in the scene: :meth:`read_input`,
         :meth:`run_engine`, then :meth:`show_result` (the viewer calls the three itself, the engine in a worker).
@@ -175,11 +178,14 @@ class DualDSynthesisLogic:
         ``brain_mask_node``: the user's brain (``mrml_io.brain_mask_from_region_node``: ``brain_segment_ids`` of a
         segmentation, or a labelmap), given to the engine with ``skull`` as the CLI's ``--mask`` and ``--skull``:
         the engine's one rule (``skull_policy.decide_skull``) decides, and its note, in ``notes``, says what was done.
+        ``other_nodes``: a multi-input model's other inputs, ``{contrast: node}`` (None: an optional one left
+        empty; ``input_nodes``); ``input_node`` is its reference input.
         Raises ``SynthesisCancelled`` (scene untouched) or ``ValueError`` for bad input.
         """
-        _check_nodes(input_node, synthetic_node, heatmap_node)  # before the engine's minutes, not after
+        for node in (input_node, *(n for n in (other_nodes or {}).values() if n is not None)):
+            _check_nodes(node, synthetic_node, heatmap_node)  # before the engine's minutes, not after
         given = self.read_input(input_node, skull=skull, brain_mask_node=brain_mask_node,
-                                brain_segment_ids=brain_segment_ids)
+                                brain_segment_ids=brain_segment_ids, other_nodes=other_nodes)
         result = self.run_engine(given, engine, progress=progress, cancel=cancel)
         return self.show_result(given, engine, result, synthetic_node=synthetic_node, heatmap_node=heatmap_node,
                                 progress=progress, display_options=display_options, qa_options=qa_options)
@@ -191,15 +197,18 @@ class DualDSynthesisLogic:
         skull: str = "auto",
         brain_mask_node: Any = None,
         brain_segment_ids: list[str] | None = None,
+        other_nodes: Mapping[str, Any] | None = None,
     ) -> SynthesisInput:
-        """Running, part 1 (the scene's thread): the input node's image and the brain mask on its grid, read
-        without changing the scene. Raises ``ValueError`` for a missing input or a bad brain mask."""
+        """Running, part 1 (the scene's thread): the input node's image, the brain mask on its grid and the other
+        inputs' images (``other_nodes``, as in :meth:`synthesize`), read without changing the scene. Raises
+        ``ValueError`` for a missing input, a bad brain mask or bad other inputs (``input_nodes.read_other_inputs``)."""
         _check_nodes(input_node)
+        others = input_nodes.read_other_inputs(input_node, other_nodes)
         image = mrml_io.image_from_volume_node(input_node)
         mask = None
         if brain_mask_node is not None:
             mask = mrml_io.brain_mask_from_region_node(brain_mask_node, input_node, image, brain_segment_ids)
-        return SynthesisInput(input_node, image, mask, skull)
+        return SynthesisInput(input_node, image, mask, skull, others)
 
     @staticmethod
     def run_engine(
@@ -211,7 +220,9 @@ class DualDSynthesisLogic:
     ) -> SynthesisResult:
         """Running, part 2 (any thread: touches no MRML): the engine's result for ``given``, its progress
         reported as the first ``_ENGINE_SHARE`` of the whole. Raises ``SynthesisCancelled`` when ``cancel``
-        is set by the end, the engine's ``SynthesisError`` for bad input."""
+        is set by the end, the engine's ``SynthesisError`` for bad input (``ValueError`` for other inputs that do
+        not fit the engine's model, before it runs)."""
+        input_nodes.check_against_model(engine, given.others)
         report = progress or (lambda _f, _m: None)
 
         def engine_progress(fraction: float, message: str) -> None:
@@ -219,7 +230,9 @@ class DualDSynthesisLogic:
 
         report(0.0, "Synthesizing…")
         # SynthesisCancelled propagates
-        result = engine.run(given.image, progress=engine_progress, cancel=cancel, mask=given.mask, skull=given.skull)
+        others = {"others": dict(given.others)} if given.others else {}  # a one-input run calls run() as before
+        result = engine.run(given.image, progress=engine_progress, cancel=cancel, mask=given.mask, skull=given.skull,
+                            **others)
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
         return result

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import DualDError
-from ..core.resources import DEFAULT_MODEL, MODELS_DIR, RESOURCES_DIR
+from ..core.resources import DEFAULT_MODEL, RESOURCES_DIR
 from ..imaging.bundle import BundleMetadata, read_metadata
+from ..imaging.model_choice import BUNDLE_SUFFIX
+from ..imaging.model_choice import bundled_models as bundled_models  # the panel's list (logic.bundled_models)
 
 REQUIREMENTS_FILE = RESOURCES_DIR / "requirements.txt"
-BUNDLE_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,6 @@ def describe_model(path: str | Path | None) -> str:
         return "model details need PyTorch"
     except (OSError, ValueError) as error:  # BundleError, the metadata's own checks, an unreadable file
         return str(error)
-
-
-def bundled_models(models_dir: Path = MODELS_DIR) -> list[Path]:
-    """Model bundles shipped with the extension: the documented default (T1 → T2) first, so a panel
-    or a self-test that takes the first entry gets it, then the others sorted by file name."""
-    found = sorted(models_dir.glob(f"*{BUNDLE_SUFFIX}")) if models_dir.is_dir() else []
-    return sorted(found, key=lambda p: p.name != DEFAULT_MODEL.name)  # stable: the rest stay sorted
 
 
 def default_model_name() -> str:

@@ -35,6 +35,19 @@ def ijk_to_ras_matrix(node: slicer.vtkMRMLVolumeNode) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def module_parameter_node(scene: slicer.vtkMRMLScene, module: str) -> slicer.vtkMRMLScriptedModuleNode:
+    """The scene's singleton parameter node of ``module`` (what ScriptedLoadableModuleLogic does), created once."""
+    node = scene.GetSingletonNode(module, "vtkMRMLScriptedModuleNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(module)
+        node.SetName(scene.GenerateUniqueName(module))
+        node.SetAttribute("ModuleName", module)
+        node = scene.AddNode(node)
+    return node
+
+
 def _geometry_from_node(node: slicer.vtkMRMLVolumeNode) -> tuple[tuple, tuple, tuple]:
     """(origin, spacing, direction) in LPS, as ITK wants them."""
     dirs = vtk.vtkMatrix4x4()
