@@ -29,7 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "imaging": ("heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names", "grid",
                 "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
                 "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
-                "dicom_export"),
+                "dicom_export", "rigid_registration", "input_alignment"),
     "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "logic"),
     "cli": ("synthesize", "demo"),
@@ -42,7 +42,8 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "intensit
                         "metrics", "heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names",
                         "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
-                        "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
+                        "dicom_export", "rigid_registration", "input_alignment", "contract", "input_stats", "outputs",
+                        *LAYERS["scene"], "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
                        "pair_files", "init_from")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
