@@ -109,18 +109,35 @@ def _other(name: str, ref: sitk.Image, moving: sitk.Image) -> dict:
 
 def _outcome(ref: sitk.Image, moving: sitk.Image) -> dict:
     """What ``align_inputs`` does with the pair (NIfTI: no frames of reference), and its time."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         note = align_inputs("t1", {"t1": ref, "input": moving})["input"].note
     except InputAlignmentError as exc:
         note = f"refused: {exc}"
-    return {"align_inputs_s": time.perf_counter() - start, "note": note}
+    # CPU time (both ITK threads) is less disturbed than wall time by other work on a shared machine
+    return {"align_inputs_s": time.perf_counter() - start, "align_inputs_cpu_s": time.process_time() - cpu,
+            "note": note}
+
+
+def summary(rows: list[dict]) -> None:
+    """Each measure's range per case, and how many pairs align_inputs refused."""
+    for case in ("coregistered", "moved", "other_patient"):
+        picked = [r for r in rows if r["case"] == case]
+        ranges = {k: (min(r[k] for r in picked), float(np.median([r[k] for r in picked])), max(r[k] for r in picked))
+                  for k, v in picked[0].items() if isinstance(v, float)}
+        refused = sum(r["note"].startswith("refused") for r in picked)
+        print(f"{case} ({len(picked)} pairs, {refused} refused): " + ", ".join(
+            f"{k} {lo:.3f}–{hi:.3f} (median {mid:.3f})" for k, (lo, mid, hi) in ranges.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--summary", type=Path, help="only print the summary of an earlier --json")
     args = parser.parse_args()
+    if args.summary:
+        summary(json.loads(args.summary.read_text()))
+        return
     if not DATA.is_dir():
         sys.exit(f"no data at {DATA}")
     rng = np.random.default_rng(7)
@@ -138,6 +155,7 @@ def main() -> None:
             if other != s:
                 rows.append(_other(f"{s.name} t1/{other.name} flair", ref, read(_find(other, FLAIR))))
                 print(json.dumps(rows[-1]), flush=True)
+    summary(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

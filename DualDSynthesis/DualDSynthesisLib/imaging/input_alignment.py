@@ -128,10 +128,10 @@ def _align_one(name: str, image: sitk.Image, ref_name: str, reference: sitk.Imag
                                   "share no point in the scanner's coordinates.")
     pair = rr.Pair(reference, moving)
     register = not same_frame or rr.misalignment(pair) > rr.CHECK_MARGIN
-    transform = _registered(name, pair, same_frame) if register else None
+    transform = _registered(name, ref_name, pair, same_frame) if register else None
     quality = rr.similarity(pair, transform)
     if not register and not _passes(quality):  # grossly misaligned in one frame: the quick check cannot see it
-        transform = _registered(name, pair, same_frame=False)
+        transform = _registered(name, ref_name, pair, same_frame=False)
         quality = rr.similarity(pair, transform)
     if not _passes(quality):
         raise InputAlignmentError(
@@ -150,12 +150,13 @@ def _passes(quality: rr.Similarity) -> bool:
     return quality.dice >= MIN_DICE and quality.edges >= MIN_EDGES
 
 
-def _registered(name: str, pair: rr.Pair, same_frame: bool) -> sitk.Euler3DTransform:
+def _registered(name: str, ref_name: str, pair: rr.Pair, same_frame: bool) -> sitk.Euler3DTransform:
     try:
         return rr.register(pair, same_frame)
-    except RuntimeError as exc:  # ITK gives up when the input leaves the reference's head during the search
-        raise InputAlignmentError(f"input {name} could not be registered to the reference input "
-                                  f"({str(exc).strip().splitlines()[-1][:120]}).") from None
+    except RuntimeError:  # ITK gives up when every sample of the reference's head falls outside the input
+        raise InputAlignmentError(
+            f"input {name} could not be registered to the reference input {ref_name}: the search moved it off "
+            "the reference's head (no overlap after registration): is it another patient's scan?") from None
 
 
 def _overlaps(moving: sitk.Image, reference: sitk.Image) -> bool:
