@@ -6,10 +6,11 @@ from different frames of reference. :func:`align_inputs` brings every input onto
 1. an input whose frame of reference (DICOM ``FrameOfReferenceUID``) differs from the reference's is always
    registered (rigid, Mattes mutual information; :mod:`rigid_registration`);
 2. otherwise (same frame, or unknown as for NIfTI) its field must overlap the reference's, and a quick check on
-   4 mm grids (is the identity better than ±2 mm / ±2° trial poses?) decides whether to register it;
-3. the result must pass a quality check — the Dice of both heads and their normalised mutual information on 2 mm
-   grids — or the input is refused as another patient's scan (an unregistered input that fails is registered
-   first and checked again), and its field must cover at least :data:`MIN_COVERED` of the reference's head;
+   4 mm grids (is the identity better than ±3 mm / ±3° trial poses?) decides whether to register it;
+3. the result must pass a quality check — the Dice of both heads and how well their edges line up, on 2 mm
+   grids — or the input is refused as another patient's scan (in one frame, an input that fails is registered
+   once more from its head's centroid and checked again), and its field must cover at least
+   :data:`MIN_COVERED` of the reference's head;
 4. it is resampled (linear) onto the reference grid; outside its field the value is its own background.
 
 Every refusal is an :class:`InputAlignmentError` whose one sentence names the input. Nothing is written: the
@@ -130,7 +131,9 @@ def _align_one(name: str, image: sitk.Image, ref_name: str, reference: sitk.Imag
     register = not same_frame or rr.misalignment(pair) > rr.CHECK_MARGIN
     transform = _registered(name, ref_name, pair, same_frame) if register else None
     quality = rr.similarity(pair, transform)
-    if not register and not _passes(quality):  # grossly misaligned in one frame: the quick check cannot see it
+    if same_frame and not _passes(quality):
+        # grossly misaligned in one frame (the quick check and a search from the identity only see small moves):
+        # once more from the better of the identity and the head centroids superposed
         transform = _registered(name, ref_name, pair, same_frame=False)
         quality = rr.similarity(pair, transform)
     if not _passes(quality):
