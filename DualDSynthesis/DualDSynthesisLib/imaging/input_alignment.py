@@ -147,7 +147,7 @@ def _align_one(name: str, image: sitk.Image, ref_name: str, reference: sitk.Imag
             f"input {name} does not match the reference input {ref_name} even after a rigid registration "
             f"(head overlap Dice {quality.dice:.2f}, edge alignment {quality.edges:.2f}; scans of one head give "
             f"at least {MIN_DICE:.2f} and {MIN_EDGES:.2f}): is it another patient's scan?")
-    covered = coverage(pair, transform)
+    covered = _coverage(pair, transform)
     if covered < MIN_COVERED:
         raise InputAlignmentError(f"input {name} covers only {covered:.0%} of the reference input {ref_name}'s "
                                   f"head (at least {MIN_COVERED:.0%} is needed).")
@@ -174,7 +174,7 @@ def _overlaps(moving: sitk.Image, reference: sitk.Image) -> bool:
     return bool(sitk.GetArrayViewFromImage(field).any())
 
 
-def coverage(pair: rr.Pair, transform: sitk.Transform | None = None) -> float:
+def _coverage(pair: rr.Pair, transform: sitk.Transform | None = None) -> float:
     """The fraction of the reference's head (on the 2 mm check grid) inside the input's field through
     ``transform`` (reference → input)."""
     fixed = pair.levels[rr.FINE_MM][0]
@@ -183,7 +183,7 @@ def coverage(pair: rr.Pair, transform: sitk.Transform | None = None) -> float:
     return float(np.count_nonzero(head & (sitk.GetArrayViewFromImage(field) > 0)) / max(1, np.count_nonzero(head)))
 
 
-def background(image: sitk.Image) -> float:
+def _background(image: sitk.Image) -> float:
     """The value an input takes outside its field: its own background, 0 for MRI (the lowest half-percent
     of its voxels when that is negative, e.g. air in CT), so the padding invents no tissue."""
     arr = sitk.GetArrayViewFromImage(image).reshape(-1)
@@ -197,7 +197,7 @@ def _on_reference(moving: sitk.Image, reference: sitk.Image, transform: sitk.Tra
         image = sitk.Image(moving)
         image.CopyInformation(reference)  # equal within the tolerance of "same grid": one geometry exactly
         return image
-    return rr.on_grid(moving, grid, transform, sitk.sitkLinear, background(moving))
+    return rr.on_grid(moving, grid, transform, sitk.sitkLinear, _background(moving))
 
 
 def _grid_words(image: sitk.Image) -> str:
