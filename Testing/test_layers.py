@@ -29,7 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "imaging": ("heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names", "grid",
                 "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
                 "model_choice", "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview",
-                "dicom_slices", "dicom_export"),
+                "dicom_slices", "dicom_export", "rigid_registration", "input_alignment"),
     "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "input_nodes", "logic"),
     "cli": ("input_plan", "synthesize", "demo"),
@@ -43,8 +43,8 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "inputs",
                         "output_names",
                         "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults", "model_choice", "heatmap_file", "skull_policy", "scoring", "overview",
-                        "dicom_slices", "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"],
-                        "input_plan", "synthesize")
+                        "dicom_slices", "dicom_export", "rigid_registration", "input_alignment", "contract",
+                        "input_stats", "outputs", *LAYERS["scene"], "input_plan", "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
                        "pair_files", "init_from")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
