@@ -280,17 +280,20 @@ def test_fine_tuning_flags_need_init_from(capsys: pytest.CaptureFixture[str], si
 # ----------------------------------------------------------------------------- several site subjects, bad scans
 
 
-def test_two_site_subjects_calibrate_on_the_validation_subject(capsys: pytest.CaptureFixture[str], parent: Path,
-                                                                tmp_path: Path) -> None:
+def test_two_site_subjects_can_calibrate_on_the_validation_subject(capsys: pytest.CaptureFixture[str],
+                                                                    parent: Path, tmp_path: Path) -> None:
     site = write_subjects(tmp_path / "Twoville", n=2, seed=9)
     out = tmp_path / "ft"
-    assert cli.main(_argv(site, parent, out, "--iterations", "1")) == 0
-    assert "held-out slices" not in capsys.readouterr().err
+    assert cli.main(_argv(site, parent, out, "--iterations", "1", "--site-calibration", "validation")) == 0
+    log = capsys.readouterr().err
+    assert "held-out slices" not in log and "extra fine-tunes" not in log
     meta = read_metadata(out / "model-final.safetensors")
     assert meta.provenance["validation_subjects"] == ["TCGA-DU-7001"]  # the last subject, as without --init-from
     evidence = meta.error_calibration.evidence
     assert "site recalibration on 1 scan(s) of Twoville" in evidence and "not leave-one-subject-out" in evidence
     assert set(meta.error_calibration.held_out_ratios) == {"TCGA-DU-7001"}
+    assert meta.provenance["site_calibration"]["ratios"] == meta.error_calibration.held_out_ratios
+    assert not (out / "site-calibration").exists()
 
 
 def test_a_site_scan_failing_the_training_checks_is_refused_with_its_reason(
