@@ -426,8 +426,8 @@ def run_training(cfg: RunConfig) -> int:
             try:
                 run.setup()
                 if run.site_method == LOSO:
-                    run.held_out = leave_one_subject_out(cfg, run.train_names, lambda c: _fold(c, ctx, signals),
-                                                         run.say)
+                    run.held_out = leave_one_subject_out(cfg, ctx, run.train_names,
+                                                         lambda c: _fold(c, ctx, signals), run.say)
                 run.build()
             except DiscoveryError as exc:
                 raise TrainingError(str(exc)) from None

@@ -7,7 +7,8 @@ and the leave-one-subject-out fine-tunes that give that evidence.
   the run's settings, on the others predicts it; the held-out subjects' ratios are fitted with the one fit
   (``calibration.ErrorCalibration.from_ratios`` through ``validation.held_out_calibration``), and the final
   model, trained on every site subject, gets that factor. The fold runs live in ``OUTPUT/site-calibration/``
-  (each its bundle, log and samples: the evidence can be re-scored); ``--resume`` reuses finished ones.
+  (each its bundle, log and samples: the evidence can be re-scored); ``--resume`` reuses the ones that
+  finished with the same ``--iterations``.
 - ``validation``: the validation subjects (``--val-subjects``, the data's split, else the last) are held out of
   fine-tuning, as in a run from scratch.
 
@@ -27,6 +28,7 @@ from DualDSynthesisLib.imaging.bundle import read_metadata
 
 from .config import LOSO_MOST_SUBJECTS, RunConfig
 from .dataset import TEST_SPLITS, VAL_SPLITS, PreparedSubject, choose_splits
+from .distributed import DistContext, on_main
 from .errors import TrainingError, TrainingStopped
 from .finetune import hold_out_slab
 from .run_folder import SITE_CALIBRATION_DIR
@@ -114,11 +116,12 @@ def plan_text(cfg: RunConfig, names: Sequence[str]) -> str:
             "skips them (and holds a subject out of training instead)")
 
 
-def leave_one_subject_out(cfg: RunConfig, names: Sequence[str], run_fold: Callable[[RunConfig], None],
-                          say: Callable[[str], None]) -> dict[str, Any]:
+def leave_one_subject_out(cfg: RunConfig, ctx: DistContext, names: Sequence[str],
+                          run_fold: Callable[[RunConfig], None], say: Callable[[str], None]) -> dict[str, Any]:
     """Run (or, with ``--resume``, reuse) one fold per site subject in ``names``; the held-out record: each
     subject's metrics from the fine-tune that never saw it (``per_subject``, with its expected-error ratio),
-    their mean, the method and where the fold models are. ``run_fold``: trains one fold's RunConfig."""
+    their mean, the method and where the fold models are. ``run_fold``: trains one fold's RunConfig in every
+    rank of ``ctx``; only rank 0 reads and writes the fold folders."""
     if len(names) < 2:
         raise TrainingError(f"leave-one-subject-out needs two or more site subjects, but only {len(names)} could "
                             "be prepared (see the rejected lines above): use --site-calibration slab")
@@ -128,25 +131,30 @@ def leave_one_subject_out(cfg: RunConfig, names: Sequence[str], run_fold: Callab
     for i, name in enumerate(names, 1):
         fold = fold_config(cfg, i, name)
         bundle = fold.output / "model-final.safetensors"
-        if not (cfg.resume and bundle.is_file()):
+        if not on_main(ctx, lambda b=bundle: _reusable(b, cfg)):
             say(f"leave-one-subject-out {i}/{len(names)}: fine-tuning without {name}, then predicting it")
-            _run_one(fold, name, run_fold)
-        per_subject[name] = _held_out_metrics(bundle, name)
+            _run_one(fold, name, run_fold, ctx.is_main)
+        per_subject[name] = on_main(ctx, lambda b=bundle, n=name: _held_out_metrics(b, n))
         models[name] = bundle.relative_to(cfg.output).as_posix()
     mean = average({k: {m: v for m, v in d.items() if isinstance(v, float)} for k, d in per_subject.items()})
     return {"method": loso_note(len(names)), "per_subject": per_subject, "metrics": jsonable_metrics(mean),
             "held_out_models": models}
 
 
-def _run_one(fold: RunConfig, name: str, run_fold: Callable[[RunConfig], None]) -> None:
+def _run_one(fold: RunConfig, name: str, run_fold: Callable[[RunConfig], None], main: bool) -> None:
     try:
         run_fold(fold)
     except TrainingStopped as exc:
         raise TrainingStopped(f"stopped during the leave-one-subject-out fine-tune without {name} ({exc}); the "
                               "final model was not trained yet: run the command again with --overwrite",
                               exc.exit_code) from None
-    for leftover in FOLD_LEFTOVERS:  # the fold's bundle is the evidence; its checkpoints are only bulk
+    for leftover in FOLD_LEFTOVERS if main else ():  # the fold's bundle is the evidence; the rest is bulk
         (fold.output / leftover).unlink(missing_ok=True)
+
+
+def _reusable(bundle: Path, cfg: RunConfig) -> bool:
+    """With --resume, a fold that finished with this run's --iterations is not trained again."""
+    return cfg.resume and bundle.is_file() and read_metadata(bundle).provenance.get("iterations") == cfg.iterations
 
 
 def _held_out_metrics(bundle: Path, name: str) -> dict[str, Any]:
