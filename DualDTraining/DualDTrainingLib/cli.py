@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
               + ", ".join(flag(n) for n in RECIPE) + ") and the contrasts come from the "
               "bundle; giving one of those flags with another value is refused. Without --variant: the "
               f"bundle's. Options you do not give take the fine-tuning defaults: {FINETUNE_DEFAULTS.text()}. "
-              "With one subject, a slab of its slices is held out for validation and recalibration")
+              "Which site scans recalibrate the expected error: --site-calibration")
     _add(ft, "--freeze-encoder", action="store_true",
          help="with --init-from: G's encoder (the down path and bottleneck) gets no gradient and keeps its "
               "batch-norm statistics, so it stays exactly the parent's")
