@@ -368,6 +368,11 @@ def test_two_to_five_site_subjects_recalibrate_leave_one_subject_out(capsys: pyt
     assert not any((fold.parent / "checkpoint-last.pt").exists()
                    for fold in (out / m for m in record["held_out_models"].values()))
     assert _sha(parent) == before
+    # --resume reuses the folds that finished with the same --iterations (nothing is trained again here)
+    folds = {m: _sha(out / m) for m in record["held_out_models"].values()}
+    assert cli.main(_argv(site, parent, out, "--iterations", "2", "--resume")) == 0
+    assert "fine-tuning without" not in capsys.readouterr().err
+    assert {m: _sha(out / m) for m in folds} == folds
 
 
 def test_one_site_subject_recalibrates_on_its_slab(capsys: pytest.CaptureFixture[str], site: Path, parent: Path,
