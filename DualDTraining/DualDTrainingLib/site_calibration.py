@@ -74,6 +74,8 @@ def split_subjects(cfg: RunConfig, pairs: Sequence[Any]) -> tuple[list[Any], lis
     usable site subject; otherwise ``dataset.choose_splits``."""
     method = site_method(cfg, pairs)
     if method in (LOSO, SLAB):
+        if not _usable(pairs):
+            raise TrainingError("every site subject is in the test split; nothing is left to fine-tune on")
         return _usable(pairs), [], method
     train, val = choose_splits(pairs, cfg.val_subjects)
     return train, val, method
