@@ -12,6 +12,10 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
 from bundles import spec as bundle_spec  # noqa: E402
+from DualDSynthesisLib.core.resources import MODELS_DIR  # noqa: E402
+from DualDSynthesisLib.imaging import heatmap_kinds  # noqa: E402
+from DualDSynthesisLib.imaging.bundle import read_metadata  # noqa: E402
+from DualDSynthesisLib.imaging.calibration import ErrorCalibration  # noqa: E402
 from DualDSynthesisLib.imaging.heatmap_file import SOURCE_ATTRIBUTE, UNITS_ATTRIBUTE  # noqa: E402
 from DualDSynthesisLib.imaging.heatmap_kinds import DISPLAY_PERCENTILE  # noqa: E402
 from DualDSynthesisLib.model.intensity import foreground_mask  # noqa: E402
@@ -99,6 +103,28 @@ def test_qa_table_has_expected_mae_per_segment_without_reference(loaded) -> None
     assert _column(table, "Expected MAE (T2 intensity units)") == pytest.approx(expected, rel=1e-6)
     assert expected[1] == pytest.approx(90.0, rel=1e-6)  # the tumour's expected error, by construction
     assert [r.expected_mae for r in out.qa_rows] == pytest.approx(expected, rel=1e-6)
+
+
+def test_qa_table_says_how_its_expected_error_is_calibrated(loaded) -> None:
+    """A site-recalibrated bundle: the expected-error columns' descriptions (Slicer's tooltip) and the viewer's
+    caption name the factor, the site and the method; a relative map's columns get none."""
+    _app, logic, node = loaded
+    site = ErrorCalibration.from_ratios({"a": 2.0, "b": 0.5}, "site recalibration on 2 scan(s) of Testville: "
+                                        "leave-one-subject-out over 2 site subjects")
+    engine = ExpectedErrorEngine()
+    engine.metadata = dataclasses.replace(read_metadata(MODELS_DIR / "t1_to_t2.safetensors"), error_calibration=site)
+    out = logic.synthesize(node, engine, qa_options=QAOptions())
+    heat_fields = {field for _title, field in heatmap_kinds.kind("expected_error").qa_columns}
+    for title, field in out.qa_columns:
+        wanted = site.describe() if field in heat_fields else ""
+        assert out.qa_table_node.GetColumnDescription(title) == wanted, title
+    assert "of Testville: leave-one-subject-out over 2 site subjects" in site.describe()
+    assert qa.calibration_caption(out.qa_notes) == site.describe()  # the viewer's caption
+    relative = FakeEngine()
+    relative.metadata = engine.metadata
+    out = logic.synthesize(node, relative, qa_options=QAOptions())
+    assert out.qa_notes == {} and qa.calibration_caption(out.qa_notes) == ""
+    assert all(out.qa_table_node.GetColumnDescription(t) == "" for t, _ in out.qa_columns)
 
 
 def test_qa_expected_mae_hand_values_and_ct_units() -> None:

@@ -137,8 +137,8 @@ def test_xml_descriptor_matches_the_parser() -> None:
             continue
         action = accepted[longflag.strip()]
         default = param.findtext("default").strip()
-        if action.required:  # the panel pre-fills a suggestion (t1, t2); the console script needs it given
-            continue
+        if action.required or longflag.strip() in ("source", "target"):  # the panel pre-fills a suggestion (t1,
+            continue  # t2); the console script needs it given, or --init-from's bundle gives it
         if param.tag == "boolean":
             assert default == "false" and action.default is False
         elif param.tag == "string-vector":
@@ -180,7 +180,7 @@ def _xml_matches_run_config(root: ET.Element) -> None:
     from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, D2_TARGETS, VARIANTS
     from DualDSynthesisLib.model.architecture import D2_HEADS
     from DualDSynthesisLib.model.intensity import SOURCE_NORMS
-    from DualDTrainingLib.config import TARGET_KINDS, RunConfig
+    from DualDTrainingLib.config import SITE_CALIBRATIONS, TARGET_KINDS, RunConfig
 
     defaults = RunConfig.defaults()
     xml = _xml_defaults(root)
@@ -190,7 +190,7 @@ def _xml_matches_run_config(root: ET.Element) -> None:
         assert _same(value, defaults[field]), field
     assert set(xml) == set(defaults) - {"slicer"}, "every RunConfig option has a panel field"
     enumerations = {"variant": VARIANTS, "d2_target": D2_TARGETS, "d2_head": D2_HEADS, "target_kind": TARGET_KINDS,
-                    "source_norm": tuple(SOURCE_NORMS)}
+                    "source_norm": tuple(SOURCE_NORMS), "site_calibration": SITE_CALIBRATIONS}
     for param in root.iter():
         name = (param.findtext("name") or "").strip()
         if name in enumerations:

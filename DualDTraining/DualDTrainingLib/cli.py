@@ -49,7 +49,7 @@ from DualDSynthesisLib.core.vocabulary import D2_TARGETS, VARIANTS, known_contra
 from DualDSynthesisLib.model.architecture import D2_HEADS
 from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 
-from .config import FINETUNE_DEFAULTS, TARGET_KINDS, RunConfig
+from .config import FINETUNE_DEFAULTS, LOSO_MOST_SUBJECTS, SITE_CALIBRATIONS, TARGET_KINDS, RunConfig
 from .errors import EXIT_NON_FINITE, TrainingStopped
 from .init_from import RECIPE, flag, resolve
 
@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(io, "--data", required=True, metavar="FOLDER_OR_CSV",
          help="a folder with one sub-folder per subject (BraTS-like names), or a CSV manifest with columns "
               "source,target[,mask,foreground,split,subject]")
-    _add(io, "--source", required=True, help=f"source contrast: {known_contrasts_text()}")
-    _add(io, "--target", required=True, help="target contrast, e.g. t2 or ct")
+    _add(io, "--source", default="", help=f"source contrast: {known_contrasts_text()}; with --init-from, "
+         "default: the bundle's")
+    _add(io, "--target", default="", help="target contrast, e.g. t2 or ct; with --init-from, default: the bundle's")
     _add(io, "--output", required=True, metavar="DIR", help="output folder (checkpoints, bundles, logs)")
     _add(io, "--val-subjects", nargs="+", default=DEFAULTS["val_subjects"], metavar="SUBJECT",
          help="held-out subject ids (space- or comma-separated); default: the data's split, else the last subject")
@@ -117,13 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
               + ", ".join(flag(n) for n in RECIPE) + ") and the contrasts come from the "
               "bundle; giving one of those flags with another value is refused. Without --variant: the "
               f"bundle's. Options you do not give take the fine-tuning defaults: {FINETUNE_DEFAULTS.text()}. "
-              "With one subject, a slab of its slices is held out for validation and recalibration")
+              "Which site scans recalibrate the expected error: --site-calibration")
     _add(ft, "--freeze-encoder", action="store_true",
          help="with --init-from: G's encoder (the down path and bottleneck) gets no gradient and keeps its "
               "batch-norm statistics, so it stays exactly the parent's")
     _add(ft, "--recalibrate-only", action="store_true",
          help="with --init-from: no training; re-fit the bundle's expected-error factor on every subject of "
               "--data and write OUTPUT/model-recalibrated.safetensors (the parent is never modified)")
+    _add(ft, "--site-calibration", default=DEFAULTS["site_calibration"], choices=SITE_CALIBRATIONS,
+         help="which site scans the fine-tuned bundle's expected-error factor is re-fitted on. loso: leave one "
+              "subject out: for each site subject one more fine-tune with the same settings on the others "
+              "predicts it (N site subjects cost N extra fine-tunes, each as long as the final one), and the "
+              "final model trains on all of them; validation: the validation subjects, held out of "
+              "fine-tuning (no extra cost, but they do not train the model); slab: a slab of each subject's "
+              "slices is held out of training. auto: slab with one site subject, loso with 2-"
+              f"{LOSO_MOST_SUBJECTS}, validation with more or when --val-subjects (or the data's split) names "
+              "them. --recalibrate-only needs none of these: the weights never saw the site's scans, so every "
+              "one is used directly")
     _add(ft, "--site", default=DEFAULTS["site"],
          help="the site's name, recorded in the fine-tuned bundle (default: the data folder's name)")
 
@@ -212,15 +223,27 @@ def given_options(argv: Sequence[str] | None, cfg: RunConfig, slicer: bool) -> f
     return frozenset(present)
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line parsed; usage errors exit 2. --source and --target are required unless --init-from
+    gives them (the bundle's contrasts)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    missing = [f"--{name}" for name in ("source", "target") if not getattr(args, name)]
+    if missing and not args.init_from:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --init-from BUNDLE, "
+                     "whose contrasts they default to)")
+    return args
+
+
 def resolved_config(argv: Sequence[str] | None, slicer: bool = False) -> RunConfig:
     """The run's RunConfig from the command line, with ``--init-from``'s recipe and defaults applied."""
-    cfg = _config(build_parser().parse_args(argv), slicer)
+    cfg = _config(parse(argv), slicer)
     return resolve(cfg, given_options(argv, cfg, slicer))
 
 
 def main(argv: Sequence[str] | None = None, slicer: bool = False) -> int:
     safe_console()
-    build_parser().parse_args(argv)  # usage errors (exit 2) before anything else
+    parse(argv)  # usage errors (exit 2) before anything else
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tag = f"[rank {rank}] " if world > 1 else ""

@@ -24,6 +24,10 @@ from .option_values import check_fraction, parse_spacing
 from .training_config import FIXED_SETTINGS, TrainingConfig
 
 TARGET_KINDS = ("auto", "mri", "ct")  # --target-kind: which target intensity mapping (auto: ct when the target is ct)
+# --site-calibration: which site scans a fine-tune's expected-error factor is re-fitted on (site_calibration.py);
+# auto: slab with one site subject, loso with 2..LOSO_MOST_SUBJECTS, else the validation subjects
+SITE_CALIBRATIONS = ("auto", "loso", "validation", "slab")
+LOSO_MOST_SUBJECTS = 5  # above this many site subjects, auto holds out the validation subjects instead
 
 
 @dataclass
@@ -74,6 +78,7 @@ class RunConfig:
     init_from: str = ""  # a parent bundle to fine-tune (init_from.py); "" = train from scratch
     freeze_encoder: bool = False  # G's down path gets no gradient (fine-tuning on very few subjects)
     recalibrate_only: bool = False  # with init_from: re-fit only the expected-error factor, no training
+    site_calibration: str = "auto"  # with init_from: SITE_CALIBRATIONS
     site: str = ""  # the site's name in a fine-tuned bundle's provenance; "" = the data folder's name
     slicer: bool = False  # progress as Slicer <filter-progress> lines on stdout
 
@@ -114,6 +119,7 @@ class RunConfig:
         if (self.freeze_encoder or self.recalibrate_only) and not self.init_from:
             flag = "--freeze-encoder" if self.freeze_encoder else "--recalibrate-only"
             raise TrainingError(f"{flag} needs --init-from BUNDLE (a model to start from)")
+        self._check_site_calibration()
         try:
             check_metric_name(self.best_metric)
             self.training()
@@ -124,6 +130,19 @@ class RunConfig:
             check_fraction(self.tumour_fraction, "--tumour-fraction")
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
+
+    def _check_site_calibration(self) -> None:
+        if self.site_calibration not in SITE_CALIBRATIONS:
+            raise TrainingError(f"--site-calibration must be one of {', '.join(SITE_CALIBRATIONS)}, got "
+                                f"{self.site_calibration!r}")
+        if self.site_calibration == "auto":
+            return
+        if not self.init_from:
+            raise TrainingError("--site-calibration needs --init-from BUNDLE (it chooses how a fine-tune "
+                                "recalibrates at the site)")
+        if self.recalibrate_only:
+            raise TrainingError(f"--site-calibration {self.site_calibration} contradicts --recalibrate-only, "
+                                "which trains nothing and so recalibrates on every site subject directly")
 
     def resolved_target_kind(self) -> str:
         if self.target_kind != "auto":

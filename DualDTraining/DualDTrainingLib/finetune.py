@@ -119,17 +119,29 @@ def site_calibration(validation: dict[str, Any] | None, site: str, how: str) -> 
     return held_out_calibration(validation, f"site recalibration on {n} scan(s) of {site}: {how}")
 
 
+def calibration_record(calibration: ErrorCalibration, how: str, **more: Any) -> dict[str, Any]:
+    """What a site bundle's provenance says about its recalibration: the method and each scan's ratio."""
+    return {"method": how, "ratios": dict(calibration.held_out_ratios), **more}
+
+
 def fine_tuned_metadata(meta: BundleMetadata, parent: Parent, cfg: RunConfig, validation: dict[str, Any] | None,
-                        how: str) -> BundleMetadata:
-    """A run's bundle metadata as a fine-tune of ``parent`` at the site records it."""
+                        how: str, held_out: dict[str, Any] | None = None) -> BundleMetadata:
+    """A run's bundle metadata as a fine-tune of ``parent`` at the site records it. ``held_out``: the
+    leave-one-subject-out record (``site_calibration.leave_one_subject_out``), which then is the evidence and
+    the metrics, instead of ``validation``."""
     site = site_name(cfg)
+    if held_out is not None:
+        validation, how = held_out, held_out["method"]
+    calibration = site_calibration(validation, site, how)
+    models = {"held_out_models": held_out["held_out_models"]} if held_out is not None else {}
     provenance = {**meta.provenance, "parent": parent.record, "site": site,
-                  "fine_tuning": {"freeze_encoder": cfg.freeze_encoder, "validation": how}}
+                  "fine_tuning": {"freeze_encoder": cfg.freeze_encoder, "validation": how},
+                  "site_calibration": calibration_record(calibration, how, **models)}
     steps = meta.provenance.get("iterations")
     return dataclasses.replace(
         meta, name=f"{parent.meta.name}, fine-tuned at {site}", provenance=provenance,
-        fingerprint=site_fingerprint(parent, meta.fingerprint),
-        error_calibration=site_calibration(validation, site, how),
+        fingerprint=site_fingerprint(parent, meta.fingerprint), error_calibration=calibration,
+        metrics=validation or {},
         description=f"Fine-tuned from {parent.record['file']} ({parent.meta.name}) with duald-train on "
                     f"{len(meta.provenance.get('training_subjects', []))} subject(s) of {site} for {steps} "
                     "iterations.")

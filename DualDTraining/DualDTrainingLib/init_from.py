@@ -3,7 +3,8 @@
 The parent fixes the architecture, the input recipe (source normalisation, context slices, in-plane
 spacing when the bundle records one) and the target mapping: those options take the bundle's values, and
 one the user *gave* with another value is refused naming both (:func:`resolve`). The source and target
-contrasts must be the bundle's. The options the user did not give take :data:`config.FINETUNE_DEFAULTS`.
+contrasts must be the bundle's (not given, they are). The options the user did not give take
+:data:`config.FINETUNE_DEFAULTS`.
 Which options count as given is the command line's business (``cli.given_options``): this module only
 receives their names. Torch-free: ``duald-train`` refuses a wrong parent before it imports PyTorch.
 """
@@ -115,6 +116,8 @@ def resolve(cfg: RunConfig, given: Collection[str]) -> RunConfig:
         return cfg
     path = Path(cfg.init_from).expanduser()
     meta = read_parent(path)
+    cfg = dataclasses.replace(cfg, source=cfg.source or meta.source_modality,
+                              target=cfg.target or meta.target_modality)  # not given: the parent's task
     check_task(cfg, meta, path)
     check_output(cfg, path)
     updates: dict[str, Any] = {}

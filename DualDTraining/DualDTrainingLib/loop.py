@@ -46,19 +46,12 @@ from . import checkpoint as ckpt
 from .augment import SourceAugmentation
 from .best_metric import is_better
 from .config import RunConfig
-from .dataset import (
-    PreparedSubject,
-    SliceSampler,
-    base_spec,
-    choose_splits,
-    finish_spec,
-    shard_pairs,
-)
+from .dataset import PreparedSubject, SliceSampler, base_spec, finish_spec, shard_pairs
 from .device_sampler import DeviceSliceSampler
 from .discovery import DiscoveryError, discover
 from .distributed import DistContext, PeerNonFiniteError, init_from_env, on_main, stop_together
 from .errors import EXIT_NON_FINITE, TrainingError, TrainingStopped
-from .finetune import Parent, fine_tuned_metadata, hold_out_slab, load_parent, parent_spec, start_from_parent
+from .finetune import Parent, fine_tuned_metadata, load_parent, parent_spec, start_from_parent
 from .loss_window import LossWindow
 from .option_values import parse_spacing
 from .preparation import default_spacing, prepare_each, size_multiple
@@ -66,6 +59,7 @@ from .reporting import Progress, Reporter, sample_grid, say
 from .resume import capture_streams, check_resume, restore_streams, set_learning_rates
 from .run_folder import prepare_output, remove_if_only_logs
 from .signals import StopSignals
+from .site_calibration import LOSO, hold_out, leave_one_subject_out, split_subjects
 from .step import DualDTrainer, NonFiniteLossError
 from .validation import held_out_calibration, jsonable_metrics, sample_captions, validate
 
@@ -109,7 +103,8 @@ class Run:
         self.best: dict[str, Any] | None = None
         self.commit = _git_commit() if ctx.is_main else None
         self.parent: Parent | None = None
-        self.validation_note = "validation subjects"  # how the held-out scans were chosen (fine-tuning records it)
+        self.site_method: str | None = None  # a fine-tune's --site-calibration, decided (site_calibration.py)
+        self.held_out: dict[str, Any] | None = None  # its leave-one-subject-out evidence
 
     # -- messages (rank 0 only; stdout in Slicer, where anything on stderr marks the run as failed)
     def say(self, message: str) -> None:
@@ -131,11 +126,11 @@ class Run:
 
         def find() -> tuple:
             found = discover(cfg.data, cfg.source, cfg.target)
-            train, val = choose_splits(found.pairs, cfg.val_subjects)
+            train, val, method = split_subjects(cfg, found.pairs)
             spacing = parse_spacing(cfg.spacing) or default_spacing(train)
-            return found, train, val, spacing
+            return found, train, val, spacing, method
 
-        found, train, val, spacing = on_main(ctx, find)
+        found, train, val, spacing, self.site_method = on_main(ctx, find)
         self.say(f"{found.summary()}: {len(train)} for training, {len(val)} for validation "
                  f"({', '.join(p.subject for p in val) or 'none'})")
         for note in found.notes:
@@ -152,15 +147,10 @@ class Run:
                              source_norm=cfg.source_norm, context_slices=cfg.context_slices)
         t0 = time.time()
         subjects, train, shard_slices = self._prepare_training(train, spec)
-        slab = None
-        if self.parent is not None and not val and len(train) == 1:
-            subjects, slab = hold_out_slab(subjects[0], self.spec.context_slices)
-            self.validation_note = (f"held-out slices of the one subject ({slab.name}), never sampled for "
-                                    "training" if slab else "none: the one subject is too thin to spare slices")
-            self.say(f"one site subject: validation and recalibration on {self.validation_note}")
-        elif self.parent is not None:
-            self.validation_note = "the validation subject(s), held out of fine-tuning (not leave-one-subject-out)"
-        self._prepare_validation(val, slab)
+        subjects, slabs, self.validation_note = hold_out(self.site_method, subjects, self.spec.context_slices)
+        if self.site_method is not None:
+            self.say(f"site calibration: {self.validation_note}")
+        self._prepare_validation(val, slabs)
         self._make_samplers(subjects, shard_slices)
         del subjects
         self.train_names = [p.subject for p in train]
@@ -192,8 +182,8 @@ class Run:
         self.spec = spec if self.state is not None else finish_spec(spec, fitted)
         return subjects, train, shard_slices
 
-    def _prepare_validation(self, val: list, slab: PreparedSubject | None = None) -> None:
-        self.val_subjects = [slab] if slab is not None and self.ctx.is_main else []
+    def _prepare_validation(self, val: list, slabs: list[PreparedSubject]) -> None:
+        self.val_subjects = list(slabs) if self.ctx.is_main else []
         if self.ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
             self.val_subjects, val_dropped = prepare_each(val, self.spec, self.cfg.workers)
             for subject, reason in val_dropped:
@@ -271,7 +261,7 @@ class Run:
                         f"{self.trainer.step_count} iterations.",
         )
         if self.parent is not None:
-            meta = fine_tuned_metadata(meta, self.parent, cfg, validation, self.validation_note)
+            meta = fine_tuned_metadata(meta, self.parent, cfg, validation, self.validation_note, self.held_out)
         local = self.trainer.local if v.uses_local else None
         return save_bundle(cfg.output / name, self.trainer.generator, local, meta, overwrite=True)
 
@@ -411,6 +401,17 @@ class Run:
             self.reporter.close()
 
 
+def _fold(cfg: RunConfig, ctx: DistContext, signals: StopSignals) -> None:
+    """One leave-one-subject-out fine-tune (``site_calibration.leave_one_subject_out``), in the caller's ranks."""
+    run = Run(cfg, ctx)
+    try:
+        run.setup()
+        run.build()
+        run.train(signals)
+    finally:
+        run.close()
+
+
 def run_training(cfg: RunConfig) -> int:
     """Train as ``cfg`` says; returns the exit code (0) or raises TrainingError/TrainingStopped."""
     cfg.check()
@@ -424,6 +425,9 @@ def run_training(cfg: RunConfig) -> int:
         with StopSignals() as signals:
             try:
                 run.setup()
+                if run.site_method == LOSO:
+                    run.held_out = leave_one_subject_out(cfg, ctx, run.train_names,
+                                                         lambda c: _fold(c, ctx, signals), run.say)
                 run.build()
             except DiscoveryError as exc:
                 raise TrainingError(str(exc)) from None

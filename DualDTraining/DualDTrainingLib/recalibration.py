@@ -1,9 +1,10 @@
 """``duald-train --init-from BUNDLE --recalibrate-only``: the parent's weights unchanged, its expected-error
 factor re-fitted on the site's scans, written as a NEW bundle (``OUTPUT/model-recalibrated.safetensors``).
 
-Every subject of ``--data`` is held out (the model never trained on any of them), so each one's ratio of the
-expected-error map's foreground mean to its real mean |error| is evidence, and the factor is their geometric
-mean (``calibration.ErrorCalibration.from_ratios``), exactly as at the end of a training run. The parent is
+Every subject of ``--data`` is used directly: the weights never saw any of them, so none needs holding out
+(``--site-calibration`` does not apply). Each one's ratio of the expected-error map's foreground mean to its
+real mean |error| is evidence, and the factor is their geometric mean
+(``calibration.ErrorCalibration.from_ratios``), exactly as at the end of a training run. The parent is
 loaded, the data read and scored before the output folder is created: a refusal writes nothing.
 """
 
@@ -22,11 +23,12 @@ from .dataset import PreparedSubject
 from .discovery import DiscoveryError, discover
 from .distributed import resolve_device
 from .errors import TrainingError
-from .finetune import Parent, load_parent, site_calibration
+from .finetune import Parent, calibration_record, load_parent, site_calibration
 from .init_from import site_name
 from .preparation import prepare_each
 from .reporting import say as log_line
 from .run_folder import prepare_output
+from .site_calibration import DIRECT
 from .validation import jsonable_metrics, validate
 
 OUTPUT_NAME = "model-recalibrated.safetensors"
@@ -66,14 +68,15 @@ def recalibrate_only(cfg: RunConfig, say: Callable[[str], None] | None = None) -
         raise TrainingError("no site subject could be prepared (see the rejected lines above)")
     validation = site_ratios(parent, subjects, resolve_device(cfg.device), cfg.batch_size)
     site = site_name(cfg)
-    calibration = site_calibration(validation, site, "every subject of the data, no training in this run")
+    calibration = site_calibration(validation, site, DIRECT)
     if not calibration.calibrated:
         raise TrainingError("no site subject gave a usable expected-error ratio (perfect predictions?), so "
                             "nothing was recalibrated")
     meta = parent.meta
     provenance = {**meta.provenance, "parent": parent.record, "site": site,
                   "recalibration": {"subjects": [s.name for s in subjects], "metrics": validation["metrics"],
-                                    "date": time.strftime("%Y-%m-%d")}}
+                                    "date": time.strftime("%Y-%m-%d")},
+                  "site_calibration": calibration_record(calibration, DIRECT)}
     meta = dataclasses.replace(meta, name=f"{meta.name}, recalibrated at {site}", provenance=provenance,
                                error_calibration=calibration, metrics=validation,
                                description=f"{meta.description} Expected error recalibrated at {site} "

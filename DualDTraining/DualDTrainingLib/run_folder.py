@@ -14,7 +14,8 @@ from .init_from import OUTPUT_BUNDLES
 
 # What a run writes: --overwrite removes these and nothing else.
 ARTEFACTS = ("checkpoint-last.pt", "checkpoint-best.pt", *OUTPUT_BUNDLES, "metrics.jsonl", "run.json")
-ARTEFACT_DIRS = ("tensorboard", "samples")
+SITE_CALIBRATION_DIR = "site-calibration"  # a fine-tune's leave-one-subject-out runs (site_calibration.py)
+ARTEFACT_DIRS = ("tensorboard", "samples", SITE_CALIBRATION_DIR)
 
 
 def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:

@@ -93,7 +93,7 @@ class DualDViewer:
             "error": "", "status": "Load a source volume.", "progress": 0, "running": False,
             "has_source": False, "has_result": False, "background": "synthetic",
             "opacity": DISPLAY_DEFAULTS.opacity, "threshold": DISPLAY_DEFAULTS.threshold,
-            "qa_items": [], **self._heatmap_state(None),
+            "qa_items": [], "qa_note": "", **self._heatmap_state(None),
             "confirm_overwrite": False, "existing": "", "saved": "", "source_upload": None,
             "segmentation_upload": None, "reference_upload": None, "legend": _legend_gradient(),
             "input_slots": [], "other_paths": {},
@@ -136,7 +136,7 @@ class DualDViewer:
         args = (path, name, save_dir) if kind == "source" else (path, name)
         ok = self._report(loader, *args, success=f"Loaded {kind} {name or path.name}.")
         if ok and kind == "source":
-            self.state.update({"has_source": True, "has_result": False, "qa_items": [], "saved": "",
+            self.state.update({"has_source": True, "has_result": False, "qa_items": [], "qa_note": "", "saved": "",
                                "segmentation_path": "", "reference_path": "",
                                "source_path": str(path) if save_dir is None else self.state.source_path})
             self._fit_views()
@@ -246,6 +246,7 @@ class DualDViewer:
                                        result.target_modality or engine.target_modality)
             self.state.update({
                 "has_result": True, "progress": 100, "qa_items": _qa_items(outputs.qa_rows, columns),
+                "qa_note": qa.calibration_caption(outputs.qa_notes),
                 **self._heatmap_state(outputs.heatmap_node, columns),
                 "status": "Done." + (f" Warning: {warnings}" if warnings else ""),
             })
@@ -406,3 +407,4 @@ class DualDViewer:
         html.Div("Region QA (per label; PSNR/MAE/SSIM need a reference)", classes="text-subtitle-2 pa-2")
         v3.VDataTable(headers=("qa_headers",), items=("qa_items",), density="compact", id="qa-table",
                       items_per_page=-1, hide_default_footer=True)
+        html.Div("{{ qa_note }}", v_if=("qa_note",), classes="text-caption pa-2", id="qa-note")

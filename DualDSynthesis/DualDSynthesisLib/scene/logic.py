@@ -70,6 +70,7 @@ class SynthesisOutputs:
     difference_node: Any = None
     qa_rows: list[qa.RegionMetrics] = field(default_factory=list)
     qa_columns: list[tuple[str, str]] = field(default_factory=list)  # qa.table_columns of the QA table
+    qa_notes: dict[str, str] = field(default_factory=dict)  # qa.calibration_notes: a column's calibration
     warnings: list[str] = field(default_factory=list)  # the engine's, for the status line
     notes: list[str] = field(default_factory=list)  # what the engine did that the user should know (skull)
 
@@ -274,6 +275,7 @@ class DualDSynthesisLogic:
                 self._describe_heatmap(outputs.heatmap_node, result, given.node.GetName(), created)
             outputs.qa_columns = qa.table_columns(heatmap_source, engine.spec, modality, heatmap is not None,
                                                   qa_inputs is not None and qa_inputs[1] is not None)
+            outputs.qa_notes = qa.calibration_notes(heatmap_source, engine.metadata)
             marking = dicom_marking.marking_from_engine(engine)
             if marking is not None:  # what "Export to DICOM" (and Slicer's DICOM export) reads from the node
                 dicom_marking.mark_node(outputs.synthetic_node, marking, given.node)
@@ -296,7 +298,7 @@ class DualDSynthesisLogic:
         rows, reference = qa_inputs
         outputs.qa_rows = rows
         outputs.qa_table_node = qa.write_qa_table(
-            self.scene, rows, outputs.qa_columns, name=f"{input_node.GetName()} DualD QA")
+            self.scene, rows, outputs.qa_columns, name=f"{input_node.GetName()} DualD QA", notes=outputs.qa_notes)
         created.append(outputs.qa_table_node)
         if reference is not None:
             outputs.difference_node = qa.new_difference_node(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,6 +21,9 @@ from ..imaging import heatmap_kinds
 from ..imaging.preprocess import PreprocessingSpec
 from ..imaging.scoring import comparable
 from ..model import metrics
+
+if TYPE_CHECKING:
+    from ..imaging.bundle import BundleMetadata
 
 FOREGROUND_ROW = "foreground"
 BODY_ROW = "body (HU > -500)"
@@ -184,8 +188,25 @@ def table_columns(
     return columns
 
 
-def write_qa_table(scene, rows: list[RegionMetrics], columns: list[tuple[str, str]], name: str = "DualD QA"):
-    """A new ``vtkMRMLTableNode`` with one row per region and ``columns`` (:func:`table_columns`)."""
+def calibration_notes(heatmap_source: str | None, metadata: BundleMetadata | None) -> dict[str, str]:
+    """{``RegionMetrics`` field: sentence} for the QA columns the bundle's expected-error calibration scales: its
+    factor and where it was fitted (for a site recalibration, the site and the method: ``ErrorCalibration.
+    describe``). {} for a relative map (D2's difficulty) or without a bundle."""
+    if heatmap_source is None or metadata is None or not heatmap_kinds.kind(heatmap_source).in_target_units:
+        return {}
+    sentence = metadata.error_calibration.describe()
+    return {field: sentence for _title, field in heatmap_kinds.kind(heatmap_source).qa_columns}
+
+
+def calibration_caption(notes: dict[str, str]) -> str:
+    """One caption for a QA table without tooltips (the viewer's): the distinct sentences of ``notes``."""
+    return " ".join(dict.fromkeys(notes.values()))
+
+
+def write_qa_table(scene, rows: list[RegionMetrics], columns: list[tuple[str, str]], name: str = "DualD QA",
+                   notes: dict[str, str] | None = None):
+    """A new ``vtkMRMLTableNode`` with one row per region and ``columns`` (:func:`table_columns`); ``notes``
+    ({field: sentence}, :func:`calibration_notes`) become those columns' descriptions (Slicer's tooltip)."""
     import vtk
 
     arrays = []
@@ -205,6 +226,9 @@ def write_qa_table(scene, rows: list[RegionMetrics], columns: list[tuple[str, st
     try:
         for array in arrays:
             table_node.AddColumn(array)
+        for title, field in columns:
+            if (notes or {}).get(field):
+                table_node.SetColumnDescription(title, notes[field])
         table_node.SetLocked(True)  # computed results: editing them in the table view makes no sense
     finally:
         table_node.EndModify(was_modifying)
