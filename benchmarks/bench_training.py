@@ -40,6 +40,7 @@ from DualDSynthesisLib.model.networks import ArchitectureConfig  # noqa: E402
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler  # noqa: E402
 from DualDTrainingLib.device_sampler import DeviceSliceSampler  # noqa: E402
 from DualDTrainingLib.step import DualDTrainer, TrainingConfig, Variant  # noqa: E402
+from DualDTrainingLib.training_config import D1_LAYOUTS, D1_PRECISIONS  # noqa: E402
 
 CPU_DEFAULTS = {"batch": 8, "height": 160, "width": 192, "g_base_width": DEFAULT_ARCHITECTURE.g_base_width,
                 "steps": 5, "warmup": 2, "chunk": 1, "subjects": 2, "slices": 24}
@@ -112,12 +113,13 @@ def floor_step(arch: ArchitectureConfig, device: torch.device, batch: int, h: in
 
 
 def trainer_step(arch: ArchitectureConfig, variant: Variant, device: torch.device, amp: bool,
-                 draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], gp_every: int = 1) -> Callable[[], object]:
+                 draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], gp_every: int = 1, gp_batch: int = 0,
+                 d1_precision: str = "auto", d1_layout: str = "auto") -> Callable[[], object]:
     """``DualDTrainer.step`` as ``duald-train`` runs it in one process: finiteness checked on the device,
     read only every 10 steps (``--log-every``'s default), so no host sync per step."""
     torch.manual_seed(0)
-    trainer = DualDTrainer(arch, TrainingConfig(variant=variant, gp_every=gp_every), device, amp=amp,
-                           defer_checks=True)
+    trainer = DualDTrainer(arch, TrainingConfig(variant=variant, gp_every=gp_every, gp_batch=gp_batch), device,
+                           amp=amp, defer_checks=True, d1_precision=d1_precision, d1_layout=d1_layout)
 
     def step() -> object:
         terms = trainer.step(*draw())
@@ -142,6 +144,9 @@ def main() -> int:
     p.add_argument("--slices", type=int, help="slices per synthetic subject")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--gp-every", type=int, default=1, help="lazy gradient penalty of D1 (duald-train --gp-every)")
+    p.add_argument("--gp-batch", type=int, default=0, help="penalty on a sub-batch (duald-train --gp-batch)")
+    p.add_argument("--d1-precision", default="auto", choices=D1_PRECISIONS, help="duald-train --d1-precision")
+    p.add_argument("--d1-layout", default="auto", choices=D1_LAYOUTS, help="duald-train --d1-layout")
     p.add_argument("--variants", default=",".join(v.value for v in Variant), help="comma-separated variants")
     p.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = p.parse_args()
@@ -170,6 +175,9 @@ def main() -> int:
     timing = {"device": device, "steps": args.steps, "warmup": args.warmup, "chunk": min(args.chunk, args.steps)}
     print(f"{name}\nbatch {b} of {h}×{w} slices, {'bf16 autocast' if amp else 'fp32'}, architecture {arch.to_dict()}")
     print(f"{args.steps} timed steps after {args.warmup} warm-up steps, median of chunks of {timing['chunk']}")
+    d1 = {"gp_every": args.gp_every, "gp_batch": args.gp_batch, "d1_precision": args.d1_precision,
+          "d1_layout": args.d1_layout}
+    print("D1: " + ", ".join(f"{k} {v}" for k, v in d1.items()))
 
     t0 = time.perf_counter()
     subjects = synthetic_subjects(args.subjects, args.slices, h, w)
@@ -211,7 +219,7 @@ def main() -> int:
 
     row("floor", median_ms(floor_step(arch, device, b, h, w, amp), **timing))
     for variant in variants:
-        row(variant.value, median_ms(trainer_step(arch, variant, device, amp, on_device, args.gp_every), **timing))
+        row(variant.value, median_ms(trainer_step(arch, variant, device, amp, on_device, **d1), **timing))
     if Variant.UNET in variants:
         row("unet (host SliceSampler)", median_ms(trainer_step(arch, Variant.UNET, device, amp, from_host), **timing))
     print()
