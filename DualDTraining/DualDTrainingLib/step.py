@@ -237,8 +237,8 @@ class DualDTrainer:
             self._update(d2, self.local, self.opt_d2)
             out["d2"] = d2
 
-        # G's loss flows through D1/D2 to G only: their weights' gradients would be computed (126 M for D1's
-        # first FC layer at 256×240) and thrown away at their next update, so they are not asked for.
+        # G's loss flows through D1/D2 to G only: their weights' gradients would be computed (2.55 M for D1)
+        # and thrown away at their next update, so they are not asked for.
         with _frozen([net for net, used in ((self.critic, v.uses_global), (self.local, v.uses_local)) if used]):
             terms, fake = self._generator_update(source, target)
         with torch.no_grad():
