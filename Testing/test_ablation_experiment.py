@@ -28,6 +28,8 @@ def test_ablation_jobs_cover_every_variant_fold_and_seed_at_equal_steps(experime
         (name, f.held_out, s) for name, *_ in loso.ABLATION for f in folds for s in (0, 1, 2)}
     assert {j["steps"] for j in jobs} == {250} and {j["seconds"] for j in jobs} == {loso.NO_TIME_CAP}
     assert all(j["stage"] == "B" and "bundle" not in j for j in jobs)
+    costs = [loso.STEP_COST[j["name"]] for j in jobs]
+    assert costs == sorted(costs, reverse=True) and set(loso.STEP_COST) == {name for name, *_ in loso.ABLATION}
     one_seed = loso._ablation_jobs("rank+aug+2.5d", folds[:1], [4], 10, argparse.Namespace(batch=16, seed=0))
     assert all(not j["id"].endswith("-s4") and j["seed"] == 4 for j in one_seed)  # one seed: ids as before
 

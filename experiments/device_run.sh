@@ -24,7 +24,8 @@
 #   time for it: 540 s − set-up 15 − synthesis ≈ 90 − training benchmarks ≈ 70 − table/packing 10 ≈ 355 s, less
 #   two waves of start-up + evaluation (48 processes at once fit the H200's 141 GB at ≤ 2.4 GB each; 90 do not)
 #   ≈ 2 × 45 s → ≈ 265 s of training → 265 / 0.81 ≈ 325 steps on an H100 (the H200 is no slower); 250 leaves
-#   ~25 % for the estimate's error. If it still runs out, $OUT/FAILED says so and the table counts the jobs.
+#   ~25 % for the estimate's error (the pool starts the costliest variants first: loso.py's STEP_COST). If it still
+#   runs out, $OUT/FAILED says so and the table counts the jobs.
 set -uo pipefail
 START=$(date +%s)
 PREPARED=${1:-.loso/loso.npz}
@@ -109,7 +110,7 @@ if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
   [ "$mps" = on ] || unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 fi
 left=$(( (DEADLINE - $(elapsed) - 15) / LIMIT_SCALE ))  # step stretches it back
-say "MPS $mps; ablation: $RECIPE, seeds $SEEDS, $ABLATION_STEPS steps per job, $left s left for it"
+say "MPS $mps; ablation: $RECIPE, seeds $SEEDS, $ABLATION_STEPS steps per job, $(( left * LIMIT_SCALE )) s left for it"
 ( while sleep 45; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader >>"$log" 2>&1 \
   || break; done ) &
 monitor=$!

@@ -69,6 +69,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "rank+aug+2.5d": {"source_norm": "rank", "augment": 1.0, "context": 1, "width": 16, "crop": 160},
 }
 NO_TIME_CAP = 1e9  # seconds: a job that must run its steps whatever they take (the equal-step ablation)
+# Step cost of each ablation variant relative to unet, from the per-job rates of stage F's pool (H100, MPS):
+# the equal-step ablation starts the costliest jobs first, so the cheap ones fill the pool's tail.
+STEP_COST = {"unet": 1.0, "local": 1.8, "global": 3.5, "dual": 4.0, "dual_attention": 4.7,
+             "dual_attention+pixelD2": 4.5}
 ABLATION = [  # (name, variant, D2 head, D2 labels)
     ("unet", "unet", "patch", "binary"),
     ("global", "global", "patch", "binary"),
@@ -230,7 +234,7 @@ def _ablation_jobs(recipe: str, folds: list, seeds: list[int], steps: int, args:
             for job in fold_jobs:
                 job["id"] += _seed_suffix(seed, seeds)
             jobs += fold_jobs
-    return jobs
+    return sorted(jobs, key=lambda job: -STEP_COST[job["name"]])  # stable: seeds and folds keep their order
 
 
 def _confirm_jobs(recipes: list[str], seeds: list[int], sources: dict[str, str], folds: list,
