@@ -206,7 +206,8 @@ def confirm(args: argparse.Namespace) -> None:
     ``--seeds``) and the final model (all subjects, first seed) of each at once, so the shipped recipe is
     judged at the budget it ships with. ``--ablation-steps N`` adds stage B in the same pool: the paper's
     variants (and the per-pixel D2) with the first recipe on every fold and every seed, exactly N steps each
-    (no time cap: equal steps is the point; ``--ablation-only`` leaves stage D out)."""
+    (no time cap: equal steps is the point; ``--ablation-only`` leaves stage D out). ``results.json`` is written
+    either way; a failed job makes the command exit non-zero, naming it."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sources, folds = _sources_and_folds(args)
