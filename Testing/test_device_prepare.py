@@ -96,3 +96,43 @@ def test_hole_filling_equals_scipys_fill_holes_per_plane() -> None:
             mask[:, : shape[1] // 3] = False  # a bounding box away from the border
         expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
         assert np.array_equal(_fill_holes_per_slice(mask.copy()), expected)
+
+
+def test_device_hole_filling_equals_scipys_fill_holes_per_plane() -> None:
+    """The device path's flood fill (forced on the CPU) gives exactly the host's mask, here on random masks and
+    on a spiral corridor whose background needs many more iterations than one convergence check."""
+    from DualDSynthesisLib.imaging.device_prepare import TORCH_OPS, fill_holes_per_slice
+
+    rng = np.random.default_rng(1)
+    masks = []
+    for _ in range(200):
+        shape = tuple(int(v) for v in rng.integers(1, 24, size=3))
+        mask = rng.random(shape) < rng.random()
+        if rng.random() < 0.5:
+            mask[:, : shape[1] // 3] = False
+        masks.append(mask)
+    spiral = np.ones((2, 41, 41), bool)  # plane 0: walls with a one-voxel corridor winding inwards from the border
+    y0, y1, x0, x1, y, x = 0, 40, 0, 40, 0, 0
+    spiral[0, 0, 0] = False
+    while y0 <= y1 and x0 <= x1:
+        for x in range(x0, x1 + 1):
+            spiral[0, y0, x] = False
+        for y in range(y0, y1 + 1):
+            spiral[0, y, x1] = False
+        y0, x1 = y0 + 2, x1 - 2
+        for x in range(x1 + 2, x0 - 1, -1):
+            spiral[0, y1, x] = False
+        for y in range(y1, y0 - 1, -1):
+            spiral[0, y, x0] = False
+        y1, x0 = y1 - 2, x0 + 2
+    spiral[1] = spiral[0]
+    spiral[1, [0, -1], :] = True  # plane 1: the border closed, so all of the corridor is a hole
+    spiral[1, :, [0, -1]] = True
+    masks.append(spiral)
+    for mask in masks:
+        expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+        got = fill_holes_per_slice(torch.from_numpy(mask), check_every=3)
+        assert np.array_equal(got.numpy(), expected)
+        assert np.array_equal(TORCH_OPS.fill_holes(torch.from_numpy(mask)), expected)
+    assert not fill_holes_per_slice(torch.from_numpy(spiral))[0].all()  # the open corridor stays background
+    assert fill_holes_per_slice(torch.from_numpy(spiral))[1].all()

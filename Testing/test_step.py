@@ -229,3 +229,115 @@ def test_lazy_penalty_skips_the_penalty_forward() -> None:
     for _ in range(3):  # D1 updates 0..5: the penalty on updates 0 and 3
         trainer.step(*toy_pair(2, 32))
     assert len(calls) == 6 * 2 + 2 + 3  # fake + real per update, 2 interpolates, G's term per step
+
+
+def test_sub_batch_penalty_averages_to_the_batch_penalty_over_every_subset() -> None:
+    """gp_batch=n: the penalty on n of the B slices. With the interpolation ε fixed, its mean over every
+    n-subset equals the whole batch's penalty exactly (each slice lies in the same number of subsets), and the
+    lazy factor k multiplies both alike: no statistics, only rounding (float64)."""
+    from itertools import combinations
+
+    torch.manual_seed(0)
+    critic = ARCH.global_critic().double()
+    real, fake = (t.double() for t in toy_pair(5, 32, seed=7))
+    eps = torch.rand(5, 1, 1, 1, dtype=torch.float64)
+    whole = losses.gradient_penalty(critic, real, fake, 10.0, eps)
+    assert whole > 0
+    for n in (1, 2, 4):
+        for k in (1, 4):
+            subsets = [torch.tensor(c) for c in combinations(range(5), n)]
+            parts = [losses.gradient_penalty(critic, real, fake, 10.0 * k, eps, subset=s) for s in subsets]
+            torch.testing.assert_close(torch.stack(parts).mean(), k * whole, rtol=1e-12, atol=0)
+    # a single subset is not the batch's value: the option really computes on fewer slices
+    assert not torch.isclose(losses.gradient_penalty(critic, real, fake, 10.0, eps, subset=torch.tensor([0])), whole)
+
+
+def test_trainer_draws_the_sub_batch_and_scales_by_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[float, torch.Tensor | None]] = []
+    penalty = losses.gradient_penalty
+
+    def recording(critic, real, fake, weight, epsilon=None, subset=None):
+        calls.append((weight, subset))
+        return penalty(critic, real, fake, weight, epsilon, subset)
+
+    monkeypatch.setattr(losses, "gradient_penalty", recording)
+    for gp_batch, expected in ((0, None), (3, 3), (6, None), (9, None)):  # ≥ the batch of 6: all of it
+        calls.clear()
+        trainer = DualDTrainer(ARCH, TrainingConfig(variant="global", gp_every=2, gp_batch=gp_batch))
+        for _ in range(2):
+            trainer.step(*toy_pair(6, 32))
+        assert len(calls) == 1  # updates 0 and 1: the penalty on update 0 only
+        weight, subset = calls[0]
+        assert weight == 10.0 * 2
+        if expected is None:
+            assert subset is None
+        else:
+            assert subset.shape == (expected,) and len(set(subset.tolist())) == expected
+            assert int(subset.min()) >= 0 and int(subset.max()) < 6
+
+
+def test_whole_batch_sub_batch_is_bit_identical_to_the_default() -> None:
+    def weights(gp_batch: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        trainer = DualDTrainer(ARCH, TrainingConfig(variant="dual_attention", gp_batch=gp_batch))
+        for i in range(2):
+            trainer.step(*toy_pair(4, 32, seed=i))
+        return _weights(trainer)
+
+    plain = weights(0)
+    for same in (4, 8):
+        got = weights(same)
+        assert all(torch.equal(plain[k], got[k]) for k in plain)
+    smaller = weights(2)
+    assert any(not torch.equal(plain[k], smaller[k]) for k in plain if k.startswith("critic"))
+
+
+def _first_conv_inputs(trainer: DualDTrainer) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    trainer.critic.features[0].register_forward_hook(lambda m, inp, out: seen.append(out.detach()))
+    return seen
+
+
+def test_d1_bf16_runs_on_the_cpu_and_leaves_g_in_fp32() -> None:
+    """--d1-precision bf16: D1's convolutions in bf16 autocast (the CPU has it too), G's in fp32, every
+    loss term finite, and the D1 terms near the fp32 ones (bf16 keeps ~3 significant digits)."""
+    _, plain = _run(1)
+    torch.manual_seed(0)
+    trainer = DualDTrainer(ARCH, TrainingConfig(variant="dual_attention"), d1_precision="bf16")
+    d1_out = _first_conv_inputs(trainer)
+    g_out: list[torch.Tensor] = []
+    trainer.generator.register_forward_hook(lambda m, inp, out: g_out.append(out.detach()))
+    terms = [trainer.step(*toy_pair(2, 32, seed=i)) for i in range(3)]
+    assert d1_out and all(t.dtype == torch.bfloat16 for t in d1_out)
+    assert g_out and all(t.dtype == torch.float32 for t in g_out)
+    assert all(torch.isfinite(v) for step in terms for v in step.values())
+    for k in ("d1", "d1_gp", "d1_wasserstein"):
+        torch.testing.assert_close(terms[0][k].float(), plain[0][k], rtol=5e-2, atol=1e-2, msg=k)
+    assert any(not torch.equal(terms[0][k].float(), plain[0][k]) for k in ("d1_gp", "d1_wasserstein"))
+
+
+def test_d1_forced_fp32_contiguous_is_the_cpu_default_bit_for_bit() -> None:
+    """On the CPU 'auto' is fp32 and contiguous: forcing them changes no bit (the fp32 path is untouched)."""
+    plain, plain_terms = _run(2)
+    forced, forced_terms = _run(2, d1_precision="fp32", d1_layout="contiguous")
+    a, b = _weights(plain), _weights(forced)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(plain_terms, forced_terms, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_d1_channels_last_alone() -> None:
+    """--d1-layout channels_last: D1's weights and inputs in channels_last, G's untouched; the D1 terms of the
+    first step (before any update) equal the contiguous ones within rounding."""
+    _, plain = _run(1)
+    torch.manual_seed(0)
+    trainer = DualDTrainer(ARCH, TrainingConfig(variant="dual_attention"), d1_layout="channels_last")
+    seen = _first_conv_inputs(trainer)
+    terms = trainer.step(*toy_pair(2, 32, seed=0))
+    assert trainer.critic.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not trainer.generator.ups[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert seen and all(t.is_contiguous(memory_format=torch.channels_last) for t in seen)
+    for k in ("d1", "d1_gp", "d1_wasserstein"):
+        torch.testing.assert_close(terms[k], plain[0][k], rtol=1e-4, atol=1e-6, msg=k)
+    with pytest.raises(ValueError, match="d1_layout"):
+        DualDTrainer(ARCH, TrainingConfig(), d1_layout="nhwc")

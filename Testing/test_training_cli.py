@@ -181,6 +181,7 @@ def _xml_matches_run_config(root: ET.Element) -> None:
     from DualDSynthesisLib.model.architecture import D2_HEADS
     from DualDSynthesisLib.model.intensity import SOURCE_NORMS
     from DualDTrainingLib.config import SITE_CALIBRATIONS, TARGET_KINDS, RunConfig
+    from DualDTrainingLib.training_config import D1_LAYOUTS, D1_PRECISIONS
 
     defaults = RunConfig.defaults()
     xml = _xml_defaults(root)
@@ -190,7 +191,8 @@ def _xml_matches_run_config(root: ET.Element) -> None:
         assert _same(value, defaults[field]), field
     assert set(xml) == set(defaults) - {"slicer"}, "every RunConfig option has a panel field"
     enumerations = {"variant": VARIANTS, "d2_target": D2_TARGETS, "d2_head": D2_HEADS, "target_kind": TARGET_KINDS,
-                    "source_norm": tuple(SOURCE_NORMS), "site_calibration": SITE_CALIBRATIONS}
+                    "source_norm": tuple(SOURCE_NORMS), "site_calibration": SITE_CALIBRATIONS,
+                    "d1_precision": D1_PRECISIONS, "d1_layout": D1_LAYOUTS}
     for param in root.iter():
         name = (param.findtext("name") or "").strip()
         if name in enumerations:
@@ -222,8 +224,10 @@ def test_step_settings_agree_in_argparse_xml_and_both_dataclasses() -> None:
             assert _same(value, step[name]), f"{where}'s {name} default is {value!r}, TrainingConfig's {step[name]!r}"
     assert cli._config(cli.build_parser().parse_args(required), slicer=False).training() == TrainingConfig()
     changed = cli._config(cli.build_parser().parse_args([*required, "--lambda1", "0.5", "--gp-every", "3",
-                                                         "--d2-target", "error", "--variant", "unet"]), False)
-    assert changed.training() == TrainingConfig(variant="unet", lambda1=0.5, gp_every=3, d2_target="error")
+                                                         "--gp-batch", "4", "--d2-target", "error",
+                                                         "--variant", "unet"]), False)
+    assert changed.training() == TrainingConfig(variant="unet", lambda1=0.5, gp_every=3, gp_batch=4,
+                                                d2_target="error")
 
 
 def test_argparse_defaults_are_run_configs() -> None:

@@ -10,7 +10,10 @@ Prints, in one run, median milliseconds per step of:
 - **each variant** (``unet`` … ``dual_attention``): ``DualDTrainer.step`` on batches drawn by
   :class:`DeviceSliceSampler` from synthetic subjects resident on the device (draw + step timed), and
   ``unet`` once more with the host :class:`SliceSampler` (draw, copy to the device, step) for comparison;
-- the ratios the issue sets targets for: ``unet / floor`` (≤ 1.3) and ``dual_attention / unet`` (≤ 2).
+- the ratios the issue sets targets for: ``unet / floor`` (≤ 1.3) and ``dual_attention / unet`` (≤ 2);
+- with ``--also "gp_every=4;gp_every=4,gp_batch=4,d1_precision=fp32"``: one more ``dual_attention`` row per
+  set of D1 settings (``duald-train``'s ``--gp-every``, ``--gp-batch``, ``--d1-precision``, ``--d1-layout``),
+  each with its ratio to ``unet``: issue 24's levers measured in one process.
 
 Defaults by device: CPU as before this benchmark learnt the floor (batch 8 of 160×192, the shipped
 ``g_base_width`` 8, fp32, 5 timed steps); CUDA as issue 12 measured (batch 16 of 256×240, 32-wide
@@ -40,6 +43,7 @@ from DualDSynthesisLib.model.networks import ArchitectureConfig  # noqa: E402
 from DualDTrainingLib.dataset import PreparedSubject, SliceSampler  # noqa: E402
 from DualDTrainingLib.device_sampler import DeviceSliceSampler  # noqa: E402
 from DualDTrainingLib.step import DualDTrainer, TrainingConfig, Variant  # noqa: E402
+from DualDTrainingLib.training_config import D1_LAYOUTS, D1_PRECISIONS  # noqa: E402
 
 CPU_DEFAULTS = {"batch": 8, "height": 160, "width": 192, "g_base_width": DEFAULT_ARCHITECTURE.g_base_width,
                 "steps": 5, "warmup": 2, "chunk": 1, "subjects": 2, "slices": 24}
@@ -112,12 +116,13 @@ def floor_step(arch: ArchitectureConfig, device: torch.device, batch: int, h: in
 
 
 def trainer_step(arch: ArchitectureConfig, variant: Variant, device: torch.device, amp: bool,
-                 draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], gp_every: int = 1) -> Callable[[], object]:
+                 draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], gp_every: int = 1, gp_batch: int = 0,
+                 d1_precision: str = "auto", d1_layout: str = "auto") -> Callable[[], object]:
     """``DualDTrainer.step`` as ``duald-train`` runs it in one process: finiteness checked on the device,
     read only every 10 steps (``--log-every``'s default), so no host sync per step."""
     torch.manual_seed(0)
-    trainer = DualDTrainer(arch, TrainingConfig(variant=variant, gp_every=gp_every), device, amp=amp,
-                           defer_checks=True)
+    trainer = DualDTrainer(arch, TrainingConfig(variant=variant, gp_every=gp_every, gp_batch=gp_batch), device,
+                           amp=amp, defer_checks=True, d1_precision=d1_precision, d1_layout=d1_layout)
 
     def step() -> object:
         terms = trainer.step(*draw())
@@ -126,6 +131,18 @@ def trainer_step(arch: ArchitectureConfig, variant: Variant, device: torch.devic
         return terms
 
     return step
+
+
+def parse_d1_settings(text: str) -> dict[str, int | str]:
+    """``"gp_every=4,d1_precision=bf16"`` → ``{"gp_every": 4, "d1_precision": "bf16"}`` (names checked)."""
+    known = {"gp_every": int, "gp_batch": int, "d1_precision": str, "d1_layout": str}
+    settings: dict[str, int | str] = {}
+    for item in text.split(","):
+        name, _, value = item.strip().partition("=")
+        if name not in known or not value:
+            raise ValueError(f"{item.strip()!r} is not NAME=VALUE with NAME one of {', '.join(known)}")
+        settings[name] = known[name](value)
+    return settings
 
 
 def main() -> int:
@@ -142,6 +159,11 @@ def main() -> int:
     p.add_argument("--slices", type=int, help="slices per synthetic subject")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--gp-every", type=int, default=1, help="lazy gradient penalty of D1 (duald-train --gp-every)")
+    p.add_argument("--gp-batch", type=int, default=0, help="penalty on a sub-batch (duald-train --gp-batch)")
+    p.add_argument("--d1-precision", default="auto", choices=D1_PRECISIONS, help="duald-train --d1-precision")
+    p.add_argument("--d1-layout", default="auto", choices=D1_LAYOUTS, help="duald-train --d1-layout")
+    p.add_argument("--also", default="", help="';'-separated sets of D1 settings (k=v,...) for extra "
+                   "dual_attention rows, e.g. 'gp_every=4;gp_every=4,gp_batch=4'")
     p.add_argument("--variants", default=",".join(v.value for v in Variant), help="comma-separated variants")
     p.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = p.parse_args()
@@ -157,6 +179,11 @@ def main() -> int:
     except ValueError as exc:
         print(f"--variants: {exc}", file=sys.stderr)
         return 2
+    try:
+        extra = [parse_d1_settings(text) for text in args.also.split(";") if text.strip()]
+    except ValueError as exc:
+        print(f"--also: {exc}", file=sys.stderr)
+        return 2
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     amp = device.type == "cuda" and not args.fp32
@@ -170,6 +197,9 @@ def main() -> int:
     timing = {"device": device, "steps": args.steps, "warmup": args.warmup, "chunk": min(args.chunk, args.steps)}
     print(f"{name}\nbatch {b} of {h}×{w} slices, {'bf16 autocast' if amp else 'fp32'}, architecture {arch.to_dict()}")
     print(f"{args.steps} timed steps after {args.warmup} warm-up steps, median of chunks of {timing['chunk']}")
+    d1 = {"gp_every": args.gp_every, "gp_batch": args.gp_batch, "d1_precision": args.d1_precision,
+          "d1_layout": args.d1_layout}
+    print("D1: " + ", ".join(f"{k} {v}" for k, v in d1.items()))
 
     t0 = time.perf_counter()
     subjects = synthetic_subjects(args.subjects, args.slices, h, w)
@@ -202,16 +232,22 @@ def main() -> int:
             src, tgt = src.pin_memory(), tgt.pin_memory()
         return src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
 
-    print(f"{'what':<34}{'ms/step':>10}{'slices/s':>10}{'× floor':>9}")
+    print(f"{'what':<58}{'ms/step':>10}{'slices/s':>10}{'× floor':>9}")
     times: dict[str, float] = {}
 
     def row(label: str, ms: float) -> None:
         times[label] = ms
-        print(f"{label:<34}{ms:>10.1f}{b / ms * 1e3:>10.0f}{ms / times['floor']:>9.2f}", flush=True)
+        print(f"{label:<58}{ms:>10.1f}{b / ms * 1e3:>10.0f}{ms / times['floor']:>9.2f}", flush=True)
 
     row("floor", median_ms(floor_step(arch, device, b, h, w, amp), **timing))
     for variant in variants:
-        row(variant.value, median_ms(trainer_step(arch, variant, device, amp, on_device, args.gp_every), **timing))
+        row(variant.value, median_ms(trainer_step(arch, variant, device, amp, on_device, **d1), **timing))
+    for settings in extra:
+        label = "dual_attention " + " ".join(f"{k}={v}" for k, v in settings.items())
+        row(label, median_ms(trainer_step(arch, Variant.DUAL_ATTENTION, device, amp, on_device, **{**d1, **settings}),
+                             **timing))
+        if "unet" in times:
+            print(f"    {label} / unet = {times[label] / times['unet']:.2f}")
     if Variant.UNET in variants:
         row("unet (host SliceSampler)", median_ms(trainer_step(arch, Variant.UNET, device, amp, from_host), **timing))
     print()

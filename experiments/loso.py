@@ -68,6 +68,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "aug+2.5d": {"source_norm": "p99.5", "augment": 1.0, "context": 1, "width": 16, "crop": 160},
     "rank+aug+2.5d": {"source_norm": "rank", "augment": 1.0, "context": 1, "width": 16, "crop": 160},
 }
+NO_TIME_CAP = 1e9  # seconds: a job that must run its steps whatever they take (the equal-step ablation)
+# Step cost of each ablation variant relative to unet, from the per-job rates of stage F's pool (H100, MPS):
+# the equal-step ablation starts the costliest jobs first, so the cheap ones fill the pool's tail.
+STEP_COST = {"unet": 1.0, "local": 1.8, "global": 3.5, "dual": 4.0, "dual_attention": 4.7,
+             "dual_attention+pixelD2": 4.5}
 ABLATION = [  # (name, variant, D2 head, D2 labels)
     ("unet", "unet", "patch", "binary"),
     ("global", "global", "patch", "binary"),
@@ -200,12 +205,42 @@ def confirm(args: argparse.Namespace) -> None:
     """Stage D: the candidate recipes with the chosen variant at a longer budget, every fold (each seed of
     ``--seeds``) and the final model (all subjects, first seed) of each at once, so the shipped recipe is
     judged at the budget it ships with. ``--ablation-steps N`` adds stage B in the same pool: the paper's
-    variants (and the per-pixel D2) with the first recipe on every fold, N steps each (``--seconds`` caps it)."""
+    variants (and the per-pixel D2) with the first recipe on every fold and every seed, exactly N steps each
+    (no time cap: equal steps is the point; ``--ablation-only`` leaves stage D out). ``results.json`` is written
+    either way; a failed job makes the command exit non-zero, naming it."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sources, folds = _sources_and_folds(args)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     recipes = args.recipes.split(",")
+    if args.ablation_only and not args.ablation_steps:
+        raise SystemExit("--ablation-only needs --ablation-steps N")
+    jobs = [] if args.ablation_only else _confirm_jobs(recipes, seeds, sources, folds, args)
+    if args.ablation_steps:
+        jobs += _ablation_jobs(recipes[0], folds, seeds, args.ablation_steps, args)
+    results = _run_parallel(jobs, args, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    failed = [r["id"] for r in results if r.get("failed")]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(results)} jobs failed: {', '.join(failed)}")
+
+
+def _ablation_jobs(recipe: str, folds: list, seeds: list[int], steps: int, args: argparse.Namespace) -> list[dict]:
+    """Stage B at equal steps: every variant of ``ABLATION`` × fold × seed, ``steps`` each and no time cap."""
+    jobs = []
+    for seed in seeds:
+        for name, variant, head, target in ABLATION:
+            fold_jobs = _jobs("B", recipe, folds, NO_TIME_CAP, steps, args,
+                              {"name": name, "variant": variant, "d2_head": head, "d2_target": target, "seed": seed})
+            for job in fold_jobs:
+                job["id"] += _seed_suffix(seed, seeds)
+            jobs += fold_jobs
+    return sorted(jobs, key=lambda job: -STEP_COST[job["name"]])  # stable: seeds and folds keep their order
+
+
+def _confirm_jobs(recipes: list[str], seeds: list[int], sources: dict[str, str], folds: list,
+                  args: argparse.Namespace) -> list[dict]:
+    """Stage D: every recipe's fold jobs for each seed, and its final model (all subjects, first seed)."""
     steps = args.steps or 10**9
     jobs = []
     for recipe in recipes:
@@ -223,12 +258,7 @@ def confirm(args: argparse.Namespace) -> None:
         final.update(id=f"D-{recipe}-final".replace("+", "_").replace(".", "_"), fold="all", train=sorted(sources),
                      test=[], bundle=f"final-{recipe}.safetensors".replace("+", "_"), half=False)
         jobs.append(final)
-    if args.ablation_steps:
-        for name, variant, head, target in ABLATION:
-            jobs += _jobs("B", recipes[0], folds, args.seconds, args.ablation_steps, args,
-                          {"name": name, "variant": variant, "d2_head": head, "d2_target": target, "seed": seeds[0]})
-    results = _run_parallel(jobs, args, out)
-    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return jobs
 
 
 def _seed_suffix(seed: int, seeds: list[int]) -> str:
@@ -358,7 +388,9 @@ def main() -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--seeds", default="", help="comma-separated seeds of the fold jobs (default: --seed)")
     d.add_argument("--ablation-steps", type=int, default=0,
-                   help="also run the ablation (stage B) with the first recipe, this many steps per job")
+                   help="also run the ablation (stage B) with the first recipe, every seed, exactly this many "
+                        "steps per job (no time cap)")
+    d.add_argument("--ablation-only", action="store_true", help="the ablation alone (no stage-D jobs)")
     d.add_argument("--max-folds", type=int, default=0)
     d.add_argument("--held-out", default="", help="only the folds holding out these sources (comma-separated)")
     d.add_argument("--no-final", action="store_true", help="fold models only (e.g. the few-shot benchmark's)")

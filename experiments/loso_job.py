@@ -61,10 +61,13 @@ def evaluate(trainer, subject, context: int, device, has_d2: bool, target) -> di
                                           # the prediction rescaled by its own 99.5th percentile instead
                                           "psnr_own_scale": metrics.psnr(
                                               np.clip(p / np.percentile(p[fg], 99.5), 0, 2), t, 1.0, fg)}}
+    # detail (issue 24): the synthetic's in-plane edge content and lesion contrast, each over the real one's
+    out["detail"] = {"gradient_ratio": metrics.gradient_ratio(p, t, fg, h.spacing_kji[1:])}
     if subject.tumour is not None and subject.tumour[:, ys, xs].any():
         m = subject.tumour[:, ys, xs]
         out["lesion"] = {"psnr": metrics.psnr(p, t, 1.0, m), "mae": metrics.mae(p, t, m),
                          "ssim": metrics.masked_mean(smap, m)}
+        out["detail"]["lesion_contrast_ratio"] = metrics.lesion_contrast_ratio(p, t, m, fg)
     maps = {"edge": gradient_magnitude(p, h.spacing_kji)}
     if h.expected_error is not None:
         maps["expected_error"] = h.expected_error

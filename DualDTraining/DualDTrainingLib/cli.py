@@ -52,6 +52,7 @@ from DualDSynthesisLib.model.intensity import SOURCE_NORMS
 from .config import FINETUNE_DEFAULTS, LOSO_MOST_SUBJECTS, SITE_CALIBRATIONS, TARGET_KINDS, RunConfig
 from .errors import EXIT_NON_FINITE, TrainingStopped
 from .init_from import RECIPE, flag, resolve
+from .training_config import D1_LAYOUTS, D1_PRECISIONS
 
 PROG = "duald-train"
 EXAMPLES = """examples:
@@ -153,7 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(tr, "--gp-every", type=int, default=DEFAULTS["gp_every"],
          help="lazy gradient penalty: compute it on every k-th D1 update, scaled by k (1 = every update)")
     _add(tr, "--seed", type=int, default=DEFAULTS["seed"], help="random seed")
+    _add(tr, "--gp-batch", type=int, default=DEFAULTS["gp_batch"],
+         help="gradient penalty on a random sub-batch of this many slices, an unbiased estimate of the whole "
+              "batch's (0 = the whole batch)")
     _add(tr, "--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
+    _add(tr, "--d1-precision", default=DEFAULTS["d1_precision"], choices=D1_PRECISIONS,
+         help="D1's forward passes: auto (as the rest of the step), fp32, or bf16 autocast on any device")
+    _add(tr, "--d1-layout", default=DEFAULTS["d1_layout"], choices=D1_LAYOUTS,
+         help="D1's memory format: auto (channels_last on CUDA), contiguous or channels_last")
     _add(tr, "--d2-target", default=DEFAULTS["d2_target"], choices=D2_TARGETS,
          help="D2's labels for fake slices: binary (the paper: 0) or error (1 - local |error| / --error-tau)")
     _add(tr, "--error-weight", type=float, default=DEFAULTS["error_weight"],

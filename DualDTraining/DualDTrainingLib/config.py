@@ -21,7 +21,7 @@ from DualDSynthesisLib.model.slicestack import channels
 from .best_metric import check_metric_name
 from .errors import TrainingError
 from .option_values import check_fraction, parse_spacing
-from .training_config import FIXED_SETTINGS, TrainingConfig
+from .training_config import D1_LAYOUTS, D1_PRECISIONS, FIXED_SETTINGS, TrainingConfig
 
 TARGET_KINDS = ("auto", "mri", "ct")  # --target-kind: which target intensity mapping (auto: ct when the target is ct)
 # --site-calibration: which site scans a fine-tune's expected-error factor is re-fitted on (site_calibration.py);
@@ -71,7 +71,10 @@ class RunConfig:
     error_weight: float = TrainingConfig.error_weight
     error_tau: float = TrainingConfig.error_tau
     gp_every: int = TrainingConfig.gp_every
+    gp_batch: int = TrainingConfig.gp_batch
     amp: bool = False
+    d1_precision: str = "auto"  # D1's forwards: auto (as the step: bf16 with --amp on CUDA), fp32 or bf16 (any device)
+    d1_layout: str = "auto"  # D1's memory format: auto (channels_last on CUDA), contiguous or channels_last
     workers: int = 2
     log_every: int = 10
     checkpoint_every: int = 200
@@ -116,6 +119,10 @@ class RunConfig:
             raise TrainingError(
                 f"--crop-size must be 0 or a multiple of {2**self.depth} of at least 32, got {self.crop_size}"
             )
+        for name, value, choices in (("--d1-precision", self.d1_precision, D1_PRECISIONS),
+                                     ("--d1-layout", self.d1_layout, D1_LAYOUTS)):
+            if value not in choices:
+                raise TrainingError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if (self.freeze_encoder or self.recalibrate_only) and not self.init_from:
             flag = "--freeze-encoder" if self.freeze_encoder else "--recalibrate-only"
             raise TrainingError(f"{flag} needs --init-from BUNDLE (a model to start from)")

@@ -209,7 +209,8 @@ class Run:
         torch.manual_seed(cfg.seed)
         grad_sync = ctx.grad_sync if ctx.active else None
         self.trainer = DualDTrainer(self.arch, cfg.training(), ctx.device, grad_sync=grad_sync, amp=cfg.amp,
-                                    defer_checks=not ctx.active, freeze_encoder=cfg.freeze_encoder)
+                                    defer_checks=not ctx.active, freeze_encoder=cfg.freeze_encoder,
+                                    d1_precision=cfg.d1_precision, d1_layout=cfg.d1_layout)
         if self.parent is not None and self.state is None:
             self.say(start_from_parent(self.trainer, self.parent))
         torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)  # the gradient penalty's noise differs per rank

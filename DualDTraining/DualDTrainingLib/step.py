@@ -26,7 +26,13 @@ both can be forced on the CPU (``channels_last=True``, ``fused=True``) so tests 
 
 D1's gradient penalty can be lazy (``TrainingConfig.gp_every = k``): computed on every k-th D1 update
 and multiplied by k, so its expected contribution to D1's gradient is unchanged while k − 1 of every
-k updates skip its double backward (StyleGAN2's lazy regularisation). ``k = 1`` is Eq. 3 exactly.
+k updates skip its double backward (StyleGAN2's lazy regularisation). ``k = 1`` is Eq. 3 exactly. It can
+also be computed on a random sub-batch (``TrainingConfig.gp_batch = n``): the mean over n slices drawn
+without replacement is an unbiased estimate of the batch's mean, so no factor is needed beside k's.
+
+D1's precision and layout can be forced apart from the rest of the step (``d1_precision``: ``"fp32"`` or
+``"bf16"`` autocast on any device, the CPU included; ``d1_layout``: ``"contiguous"`` or ``"channels_last"``),
+so their effect on the step time is measured on its own; ``"auto"`` runs D1 as the rest of the step.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from DualDSynthesisLib.model import losses
 from DualDSynthesisLib.model.architecture import ArchitectureConfig
 from torch import nn
 
-from .training_config import TrainingConfig  # torch-free (RunConfig builds it); the trainer takes it
+from .training_config import D1_LAYOUTS, D1_PRECISIONS, TrainingConfig  # torch-free; the trainer takes them
 
 __all__ = ["D2_TARGETS", "DualDTrainer", "NonFiniteLossError", "TrainingConfig", "Variant"]
 
@@ -89,7 +95,12 @@ class DualDTrainer:
         channels_last: bool | None = None,
         fused: bool | None = None,
         freeze_encoder: bool = False,
+        d1_precision: str = "auto",
+        d1_layout: str = "auto",
     ) -> None:
+        if d1_precision not in D1_PRECISIONS or d1_layout not in D1_LAYOUTS:
+            raise ValueError(f"d1_precision must be one of {', '.join(D1_PRECISIONS)} and d1_layout one of "
+                             f"{', '.join(D1_LAYOUTS)}, got {d1_precision!r} and {d1_layout!r}")
         self.architecture, self.config = architecture, config
         self.device = torch.device(device)
         self.grad_sync = grad_sync
@@ -101,8 +112,11 @@ class DualDTrainer:
         self.memory_format = torch.channels_last if (cuda if channels_last is None else channels_last) \
             else torch.contiguous_format
         fused = cuda if fused is None else fused
+        self.d1_precision = d1_precision
+        self.d1_format = {"auto": self.memory_format, "contiguous": torch.contiguous_format,
+                          "channels_last": torch.channels_last}[d1_layout]
         self.generator = architecture.generator().to(self.device, memory_format=self.memory_format)
-        self.critic = architecture.global_critic().to(self.device, memory_format=self.memory_format)
+        self.critic = architecture.global_critic().to(self.device, memory_format=self.d1_format)
         self.local = architecture.local_discriminator().to(self.device, memory_format=self.memory_format)
         v = config.variant
         # Fine-tuning on a few subjects: G's down path (and bottleneck) keeps the parent's weights and its
@@ -125,6 +139,23 @@ class DualDTrainer:
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def _d1_autocast(self) -> Any:
+        """D1's precision inside the step's autocast: forced bf16 or fp32, or (auto) the step's own."""
+        if self.d1_precision == "auto":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.d1_precision == "bf16")
+
+    def _d1_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in D1's memory format (itself when D1 shares the networks' format)."""
+        return x if self.d1_format == self.memory_format else x.contiguous(memory_format=self.d1_format)
+
+    def _penalty_subset(self, batch: int) -> torch.Tensor | None:
+        """The samples of a ``batch`` the penalty is computed on (None: all), drawn on the device (no sync)."""
+        n = self.config.gp_batch
+        if n == 0 or n >= batch:
+            return None
+        return torch.randperm(batch, device=self.device)[:n]
 
     def _check(self, values: dict[str, torch.Tensor]) -> None:
         """Queue the finiteness check of the terms that guard the next update; read it now unless deferred."""
@@ -180,11 +211,13 @@ class DualDTrainer:
                 fake_d = self.generator(source)[:, :1].float()
         if v.uses_global:
             self.critic.train()
+            real_d1, fake_d1 = self._d1_input(target), self._d1_input(fake_d)
             for i in range(cfg.n_critic):
-                with self._autocast():
-                    wdist = losses.critic_loss(self.critic(fake_d), self.critic(target))
+                with self._autocast(), self._d1_autocast():
+                    wdist = losses.critic_loss(self.critic(fake_d1), self.critic(real_d1))
                     if self._penalty_due(self.step_count * cfg.n_critic + i):
-                        gp = losses.gradient_penalty(self.critic, target, fake_d, cfg.gp_weight * cfg.gp_every)
+                        gp = losses.gradient_penalty(self.critic, real_d1, fake_d1, cfg.gp_weight * cfg.gp_every,
+                                                     subset=self._penalty_subset(real_d1.shape[0]))
                         d1 = wdist + gp
                     else:  # a lazy update: no penalty (reported as 0, so the logged mean is its expectation)
                         gp = torch.zeros((), device=self.device)
@@ -204,8 +237,8 @@ class DualDTrainer:
             self._update(d2, self.local, self.opt_d2)
             out["d2"] = d2
 
-        # G's loss flows through D1/D2 to G only: their weights' gradients would be computed (126 M for D1's
-        # first FC layer at 256×240) and thrown away at their next update, so they are not asked for.
+        # G's loss flows through D1/D2 to G only: their weights' gradients would be computed (2.55 M for D1)
+        # and thrown away at their next update, so they are not asked for.
         with _frozen([net for net, used in ((self.critic, v.uses_global), (self.local, v.uses_local)) if used]):
             terms, fake = self._generator_update(source, target)
         with torch.no_grad():
@@ -223,7 +256,10 @@ class DualDTrainer:
         with self._autocast():
             output = self.generator(source).float()
             fake = output[:, :1]
-            adv1 = losses.generator_global_loss(self.critic(fake)) if v.uses_global else None
+            adv1 = None
+            if v.uses_global:
+                with self._d1_autocast():
+                    adv1 = losses.generator_global_loss(self.critic(self._d1_input(fake)))
             adv2 = None
             logits = None
             if v.uses_local:

@@ -16,6 +16,12 @@ from DualDSynthesisLib.core.vocabulary import D2_TARGETS, Variant
 # TrainingConfig settings that no option of duald-train sets (RunConfig has a field for every other one).
 FIXED_SETTINGS = ("betas_g", "betas_d1", "betas_d2", "gp_weight")
 
+# How D1 (the global critic) runs, beside G: "auto" as the rest of the step (bf16 autocast with --amp on CUDA,
+# channels_last on CUDA); the others force it on any device, so each can be measured on its own (--d1-precision,
+# --d1-layout; DualDTrainer's d1_precision and d1_layout). Execution options: the arithmetic is Eq. 2-3's.
+D1_PRECISIONS = ("auto", "fp32", "bf16")
+D1_LAYOUTS = ("auto", "contiguous", "channels_last")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -37,6 +43,7 @@ class TrainingConfig:
     n_critic: int = 1  # D1 updates per step; 1 keeps a dual_attention step within 2x a unet step
     gp_weight: float = 10.0  # lambda of the gradient penalty (Eq. 3)
     gp_every: int = 1  # lazy penalty: on every k-th D1 update, scaled by k (1 = every update, Eq. 3 exactly)
+    gp_batch: int = 0  # the penalty on a random sub-batch of this many slices (0, or ≥ the batch: all of them)
     error_weight: float = 0.1  # weight of the Laplace NLL that trains G's expected-error head (if it has one)
     d2_target: str = "binary"  # "binary": the paper's fake → 0; "error": fake → 1 − local|error|/tau
     error_tau: float = 0.1  # normalised-intensity error that counts as "completely fake" for d2_target="error"
@@ -57,6 +64,8 @@ class TrainingConfig:
             raise ValueError(f"n_critic must be at least 1, got {self.n_critic!r}")
         if self.gp_every < 1:
             raise ValueError(f"gp_every must be at least 1, got {self.gp_every!r}")
+        if self.gp_batch < 0:
+            raise ValueError(f"gp_batch must be ≥ 0 (0 = the whole batch), got {self.gp_batch!r}")
         for name in ("lambda1", "lambda2", "beta", "gp_weight", "error_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")

@@ -9,9 +9,10 @@ Here the geometry (validation, ``DICOMOrient``, in-plane resampling) stays Simpl
 (:func:`preprocess.prepare_geometry`, a permutation or a resampling on the CPU); a volume that needs
 no resampling travels to the device in its own pixel type (int16: half the bytes of float32), through
 pinned host memory with a non-blocking copy, and is cast there. On the device: the robust maximum,
-the foreground threshold, the scale's percentile, the intensity mapping and the padding. Only the
-per-plane hole filling goes back to the host (a boolean mask, scipy's labelling), since a connected-
-component labelling has no torch kernel. The slices stay on the device for the networks.
+the foreground threshold, the per-plane hole filling (:func:`fill_holes_per_slice`: a flood fill from each
+plane's border, where the host labels components with scipy), the scale's percentile, the intensity mapping
+and the padding; the foreground then comes to the host once (the engine's crop box and slice skipping read
+it). The slices stay on the device for the networks.
 
 The foreground threshold, the fit and the mapping are the mapping class's own methods
 (``model.intensity``), run on tensors with :data:`TORCH_OPS` for the reductions numpy and torch spell
@@ -64,6 +65,41 @@ def _to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:
     return pinned.to(device, non_blocking=True) if device.type == "cuda" else pinned
 
 
+def fill_holes_per_slice(mask: torch.Tensor, check_every: int = 16) -> torch.Tensor:
+    """``intensity_base._fill_holes_per_slice`` on ``mask``'s device (a new tensor): in each plane, background
+    4-connected to the plane's border stays background, the rest (foreground and holes) is foreground.
+
+    A flood fill: the border's background grows by one 4-neighbour step per iteration, inside the background,
+    until an iteration changes nothing (read every ``check_every`` iterations, one host sync each). Exact, as
+    the host's labelling is. Only planes with foreground, inside their joint bounding box grown by one voxel
+    (everything outside it is background reached from the border; the host path's argument)."""
+    filled = mask.clone()
+    planes = mask.flatten(1).any(dim=1).nonzero().flatten()
+    if planes.numel() == 0:
+        return filled
+    rows = mask.any(dim=0).any(dim=1).nonzero().flatten()
+    cols = mask.any(dim=0).any(dim=0).nonzero().flatten()
+    y0, y1 = max(0, int(rows[0]) - 1), int(rows[-1]) + 2
+    x0, x1 = max(0, int(cols[0]) - 1), int(cols[-1]) + 2
+    background = ~mask[planes, y0:y1, x0:x1]
+    reach = torch.zeros_like(background)
+    for edge in ((slice(None), 0), (slice(None), -1), (slice(None), slice(None), 0), (slice(None), slice(None), -1)):
+        reach[edge] = background[edge]
+    while True:
+        before = reach
+        for _ in range(check_every):
+            grown = reach.clone()
+            grown[:, 1:] |= reach[:, :-1]
+            grown[:, :-1] |= reach[:, 1:]
+            grown[:, :, 1:] |= reach[:, :, :-1]
+            grown[:, :, :-1] |= reach[:, :, 1:]
+            reach = grown & background
+        if torch.equal(reach, before):
+            break
+    filled[planes, y0:y1, x0:x1] = ~reach
+    return filled
+
+
 class TorchOps(ArrayOps):
     """:class:`intensity.ArrayOps` for tensors, on their device."""
 
@@ -76,6 +112,9 @@ class TorchOps(ArrayOps):
 
     def to_host(self, x: torch.Tensor) -> np.ndarray:
         return x.cpu().numpy()
+
+    def fill_holes(self, mask: torch.Tensor) -> np.ndarray:
+        return fill_holes_per_slice(mask).cpu().numpy()
 
 
 TORCH_OPS = TorchOps()
@@ -95,7 +134,7 @@ def prepare_volume_on_device(image: sitk.Image, spec: PreprocessingSpec, device:
     raw = _to_device(sitk.GetArrayViewFromImage(on_grid), device)  # [K, H, W] in the image's pixel type
     arr = raw.float()  # float32, as sitk.Cast gives (every ITK pixel type converts exactly or rounds alike)
     del raw
-    fg_host = mapping.foreground(arr, TORCH_OPS)  # the threshold on the device, the hole filling on the host
+    fg_host = mapping.foreground(arr, TORCH_OPS)  # the threshold and the hole filling on the device
     fg = _to_device(fg_host, device)
     if params is None:
         params = mapping.fit(arr, fg, TORCH_OPS)

@@ -55,6 +55,11 @@ class ArrayOps:
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
+    def fill_holes(self, mask: Any) -> np.ndarray:
+        """The host copy of the boolean ``mask`` [K, H, W] with the holes of each plane filled (see
+        :func:`_fill_holes_per_slice`)."""
+        return _fill_holes_per_slice(self.to_host(mask))
+
 
 NUMPY_OPS = ArrayOps()
 
@@ -222,7 +227,7 @@ class IntensityMapping(ABC):
         filled in each ``arr[k]`` plane."""
         if len(arr.shape) != 3:
             raise PreprocessError(f"the foreground needs a 3-D array, got {len(arr.shape)}-D.")
-        return _fill_holes_per_slice(ops.to_host(self.threshold(arr, ops)))
+        return ops.fill_holes(self.threshold(arr, ops))
 
     def fit(self, arr: Any, foreground: Any = None, ops: ArrayOps = NUMPY_OPS) -> IntensityParams:
         """The volume's parameters, from the voxels of ``foreground`` (default: :meth:`foreground`)."""

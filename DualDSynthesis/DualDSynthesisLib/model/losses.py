@@ -67,14 +67,23 @@ def gradient_penalty(
     fake: torch.Tensor,
     weight: float = 10.0,
     epsilon: torch.Tensor | None = None,
+    subset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 3's penalty ``λ·E[(‖∇D1(x̂)‖₂ − 1)²]`` with ``x̂ = ε·real + (1 − ε)·fake``, ε ~ U[0, 1] per sample.
 
     The gradient is taken with ``create_graph=True`` so the penalty itself back-propagates into
     the critic's parameters.
+
+    ``subset`` (indices into the batch) computes the penalty on those samples only: the mean over a
+    sub-batch drawn uniformly without replacement is an unbiased estimate of the mean over the batch, so
+    it needs no factor (each sample's gradient is its own: D1 normalises per sample). ``epsilon``, when
+    given, has one value per sample of the whole batch; the subset picks from it too.
     """
     if real.shape != fake.shape:
         raise ValueError(f"real and fake shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
+    if subset is not None:
+        real, fake = real[subset], fake[subset]
+        epsilon = None if epsilon is None else epsilon[subset]
     if epsilon is None:
         epsilon = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = (epsilon * real.detach() + (1.0 - epsilon) * fake.detach()).requires_grad_(True)
