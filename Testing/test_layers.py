@@ -30,7 +30,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                 "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
                 "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
                 "dicom_export"),
-    "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
+    "inference": ("contract", "input_stats", "outputs", "multi_input", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "logic"),
     "cli": ("synthesize", "demo"),
 }
@@ -43,9 +43,10 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "inputs",
                         "output_names",
                         "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults", "heatmap_file", "skull_policy", "scoring", "overview", "dicom_slices",
-                        "dicom_export", "contract", "input_stats", "outputs", *LAYERS["scene"], "synthesize")
+                        "dicom_export", "contract", "input_stats", "outputs", "multi_input", *LAYERS["scene"],
+                        "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
-                       "pair_files", "init_from")
+                       "pair_files", "init_from", "input_dropout")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 

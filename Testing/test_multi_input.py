@@ -14,7 +14,7 @@ from DualDSynthesisLib.imaging.bundle import read_metadata
 from DualDSynthesisLib.imaging.fingerprint import TrainingFingerprint
 from DualDSynthesisLib.model.inputs import InputDeclaration
 from DualDTrainingLib import cli
-from DualDTrainingLib.discovery import discover
+from DualDTrainingLib.discovery import contrast_of, discover
 from DualDTrainingLib.errors import TrainingError
 
 
@@ -119,3 +119,131 @@ def test_a_device_sampler_run_trains_a_multi_input_model(data: Path, tmp_path: P
     assert cli.main(_train(data, out, "--iterations", "2", "--crop-size", "32", "--input-dropout", "1")) == 0
     assert read_metadata(out / "model-final.safetensors").inputs.names == ("t1", "flair")
     assert np.isfinite(read_metadata(out / "model-final.safetensors").metrics["metrics"]["psnr_foreground"])
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def _study(data: Path, subject: str = "TCGA-DU-7001") -> tuple[sitk.Image, sitk.Image]:
+    files = {contrast_of(p.name): p for p in (data / subject).iterdir()}
+    return tuple(sitk.ReadImage(str(files[c]), sitk.sitkFloat32) for c in ("t1", "flair"))  # type: ignore[return-value]
+
+
+def _array(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image)
+
+
+@pytest.fixture(scope="module")
+def engine(bundle: Path):
+    from DualDSynthesisLib.inference.engine import SynthesisEngine
+
+    return SynthesisEngine(bundle, "cpu")
+
+
+def test_a_multi_input_bundle_synthesises_with_and_without_its_optional_input(engine, data: Path) -> None:
+    t1, flair = _study(data)
+    alone, both = engine.run(t1), engine.run(t1, others={"FLAIR": flair})
+    for result in (alone, both):
+        assert result.synthetic.GetSize() == t1.GetSize() and result.synthetic.GetOrigin() == t1.GetOrigin()
+        assert np.isfinite(_array(result.synthetic)).all() and result.heatmap is not None
+    assert not np.array_equal(_array(alone.synthetic), _array(both.synthetic))  # G reads the FLAIR
+    # the availability channel, not only the FLAIR's slices, reaches G: a given all-zero FLAIR is not "absent"
+    from DualDSynthesisLib.model.slicestack import slice_stack
+
+    stack = slice_stack(np.ones((3, 4, 4), np.float32), [1], 1)
+    assert engine.metadata.inputs.stack_inputs([stack, None])[0, -1].max() == 0
+    assert engine.metadata.inputs.stack_inputs([stack, stack])[0, -1].min() == 1
+
+
+def test_inputs_on_another_grid_equal_inputs_pre_resampled_to_the_reference_grid(engine, data: Path) -> None:
+    t1, flair = _study(data)
+    # the FLAIR on its own grid: another orientation, finer, shifted (another acquisition of the same study)
+    flipped = sitk.DICOMOrient(flair, "RAS" if flair.GetDirection()[0] > 0 else "LPS")
+    grid = sitk.Image([int(s * 1.6) for s in flipped.GetSize()], sitk.sitkFloat32)
+    grid.SetSpacing([s / 1.6 for s in flipped.GetSpacing()])
+    grid.SetDirection(flipped.GetDirection())
+    grid.SetOrigin([o + 0.3 for o in flipped.GetOrigin()])
+    own = sitk.Resample(flipped, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+    assert own.GetDirection() != t1.GetDirection() and own.GetSize() != t1.GetSize()
+    pre = sitk.Resample(own, t1, sitk.Transform(), sitk.sitkLinear, 0.0)  # done by hand, onto the T1's grid
+    a, b = engine.run(t1, others={"flair": own}), engine.run(t1, others={"flair": pre})
+    np.testing.assert_allclose(_array(a.synthetic), _array(b.synthetic), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_array(a.heatmap), _array(b.heatmap), rtol=0, atol=1e-5)
+    assert any("flair input was resampled" in n for n in a.notes)
+    assert not any("resampled" in n for n in b.notes)
+
+
+def test_bad_other_inputs_are_refused_by_name(engine, data: Path, tmp_path: Path) -> None:
+    from DualDSynthesisLib.inference.contract import SynthesisError
+
+    t1, flair = _study(data)
+    far = sitk.Image(flair)
+    far.SetOrigin([1000.0, 1000.0, 1000.0])
+    for others, words in (({"bogus": flair}, "'bogus' is not a known image contrast"),
+                          ({"t1w": flair}, "given twice"),
+                          ({"t2": flair}, "does not read t2"),
+                          ({"flair": far}, "flair input does not overlap"),
+                          ({"flair": sitk.Image(flair.GetSize(), sitk.sitkFloat32)}, "the flair input")):
+        with pytest.raises(SynthesisError, match=words):
+            engine.run(t1, others=others)
+
+
+def test_a_one_input_bundle_given_two_inputs_is_refused_naming_the_extra(data: Path, tmp_path: Path) -> None:
+    from bundles import make_bundle
+    from DualDSynthesisLib.inference.contract import SynthesisError
+    from DualDSynthesisLib.inference.engine import SynthesisEngine, synthesize_file
+
+    one = SynthesisEngine(make_bundle(tmp_path / "one.safetensors"), "cpu")
+    t1, flair = _study(data)
+    with pytest.raises(SynthesisError, match="this model reads only t1; it does not use the flair input"):
+        one.run(t1, others={"flair": flair})
+    folder = data / "TCGA-DU-7001"
+    with pytest.raises(SynthesisError, match="it does not use the flair input"):
+        synthesize_file(next(folder.glob("*_t1_*")), tmp_path / "out.nii.gz", engine=one,
+                        others={"flair": next(folder.glob("*flair*"))})
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_synthesize_file_reads_the_other_inputs_and_never_overwrites_them(engine, data: Path,
+                                                                          tmp_path: Path) -> None:
+    from DualDSynthesisLib.inference.contract import SynthesisError
+    from DualDSynthesisLib.inference.engine import synthesize_file
+
+    folder = data / "TCGA-DU-7001"
+    t1, flair = next(folder.glob("*_t1_*")), next(folder.glob("*flair*"))
+    out = tmp_path / "t2.nii.gz"
+    result = synthesize_file(t1, out, engine=engine, others={"flair": flair})
+    direct = engine.run(sitk.ReadImage(str(t1)), others={"flair": sitk.ReadImage(str(flair))})
+    np.testing.assert_array_equal(_array(sitk.ReadImage(str(out))), _array(direct.synthetic))
+    assert result.warnings == direct.warnings
+    before = flair.read_bytes()
+    with pytest.raises(SynthesisError, match="the flair input itself"):
+        synthesize_file(t1, flair, engine=engine, others={"flair": flair}, overwrite=True)
+    with pytest.raises(SynthesisError, match="the flair input"):
+        synthesize_file(t1, tmp_path / "x.nii.gz", engine=engine, others={"flair": tmp_path / "missing.nii.gz"})
+    assert flair.read_bytes() == before and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_the_out_of_distribution_warning_covers_each_input(engine, data: Path) -> None:
+    t1, flair = _study(data, "BraTS-GLI-00002-000")  # a training subject: inside the fingerprint
+    inverted = sitk.Mask(sitk.InvertIntensity(flair, 1000.0), sitk.Cast(flair > 0, sitk.sitkUInt8))
+    warned = engine.run(t1, others={"flair": inverted}).warnings
+    assert any(w.startswith("the flair input: the input's normalised intensities") for w in warned), warned
+    assert not any(w.startswith("the flair input") for w in engine.run(t1, others={"flair": flair}).warnings)
+
+
+def test_device_preparation_and_a_brain_mask_treat_every_input_alike(engine, bundle: Path, data: Path) -> None:
+    from DualDSynthesisLib.inference.engine import SynthesisEngine
+
+    t1, flair = _study(data)
+    device = SynthesisEngine(bundle, "cpu", device_preprocessing=True)  # the CUDA path, forced on the CPU
+    a, b = engine.run(t1, others={"flair": flair}), device.run(t1, others={"flair": flair})
+    np.testing.assert_allclose(_array(b.synthetic), _array(a.synthetic), rtol=1e-5, atol=1e-5)
+    # stripping inside a brain mask strips the FLAIR too: outside the brain nothing of it reaches G
+    brain = sitk.Cast(t1 > 0, sitk.sitkUInt8)
+    brain[:, :, : t1.GetSize()[2] // 2] = 0
+    noisy = sitk.Image(flair)
+    noisy[:, :, : t1.GetSize()[2] // 2] = 5000.0  # changes only outside the brain
+    clean = engine.run(t1, others={"flair": flair}, mask=brain, skull="strip")
+    dirty = engine.run(t1, others={"flair": noisy}, mask=brain, skull="strip")
+    np.testing.assert_array_equal(_array(clean.synthetic), _array(dirty.synthetic))

@@ -24,7 +24,7 @@ from ..imaging.atomic import same_file
 from ..imaging.brainmask import BrainMaskError, mask_on_grid, volume_ml
 from ..imaging.grid import Grid
 from ..imaging.preprocess import PreparedVolume, PreprocessError, restore_volume, validate_volume
-from .contract import SynthesisError
+from .contract import SynthesisError, SynthesisResult
 
 if TYPE_CHECKING:
     from ..imaging.dicom_export import DicomRequest
@@ -147,3 +147,11 @@ def check_output_paths(input: str | Path, output: Path | None, heatmap_path: str
         raise SynthesisError("the synthetic, heatmap and PNG outputs must be different files")
     if any(same_file(input, p) for p in wanted):  # a link or a second name of the input included
         raise SynthesisError("an output path is the input volume itself")
+
+
+def write_overview(outputs: vio.AtomicOutputs, png: Path, source: sitk.Image, result: SynthesisResult) -> None:
+    """The overview PNG (input, synthetic, heatmap) among the run's atomic outputs."""
+    from ..imaging.overview import overview_image
+
+    figure = overview_image(source, result.synthetic, result.heatmap, result.heatmap_units, result.heatmap_source)
+    outputs.write_image(figure, png, (".png",))
