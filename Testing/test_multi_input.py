@@ -67,6 +67,17 @@ def test_discovery_finds_every_input_and_rejects_a_missing_required_one(data: Pa
     assert len(required.pairs) == 2
     (rejection,) = required.rejected
     assert rejection.subject == "BraTS-GLI-00000-000" and "no flair image" in rejection.reason
+    # a manifest: a column per other input, named by its contrast; an empty required cell rejects the row
+    rows = ["subject,source,target,flair"]
+    for pair in found.pairs:
+        rows.append(f"{pair.subject},{pair.source},{pair.target},{dict(pair.others).get('flair', '')}")
+    (data.parent / "pairs.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    listed = discover(data.parent / "pairs.csv", "t1,flair", "t2")
+    assert {p.subject: dict(p.others) for p in listed.pairs} == by_subject
+    listed = discover(data.parent / "pairs.csv", "t1,flair", "t2", required="flair")
+    assert len(listed.pairs) == 2 and "empty flair cell" in listed.rejected[0].reason
+    with pytest.raises(Exception, match="needs a 't1c' column"):
+        discover(data.parent / "pairs.csv", "t1,t1c", "t2", required="t1c")
     with pytest.raises(Exception, match="unknown source contrast 'bogus'"):
         discover(data, "t1,bogus", "t2")
     with pytest.raises(Exception, match="both t2"):

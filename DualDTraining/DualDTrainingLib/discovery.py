@@ -221,22 +221,8 @@ def _discover_csv(manifest: Path, inputs: InputDeclaration | None = None) -> tup
                                                                                  list[Rejection], list[str]]:
     """A manifest's pairs; a multi-input model's other inputs come from columns named by their contrast
     (``flair``), the ``source`` column being the reference."""
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DiscoveryError(f"manifest {manifest} cannot be read ({exc}).") from exc
-    lines = text.splitlines()
-    delimiter = next((d for d in (",", ";", "\t") if lines and d in lines[0]), ",")
-    reader = csv.DictReader(lines, delimiter=delimiter)
-    columns = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-    if "source" not in columns or "target" not in columns:
-        raise DiscoveryError(
-            f"manifest {manifest} needs header columns 'source' and 'target' (found: {', '.join(columns) or 'none'})."
-        )
+    reader = _manifest_rows(manifest, inputs)
     others = () if inputs is None else inputs.names[1:]
-    absent = [c for c in others if c not in columns and c in inputs.required]
-    if absent:
-        raise DiscoveryError(f"manifest {manifest} needs a '{absent[0]}' column for the required {absent[0]} input.")
     base = manifest.parent
     rows: list[tuple[int, dict[str, str], dict[str, Path | None]]] = []
     for line_no, row in enumerate(reader, start=2):
@@ -284,6 +270,26 @@ def _discover_csv(manifest: Path, inputs: InputDeclaration | None = None) -> tup
             )
         )
     return candidates, rejected, notes
+
+
+def _manifest_rows(manifest: Path, inputs: InputDeclaration | None) -> csv.DictReader:
+    """The manifest's rows, after checking its header: ``source``, ``target`` and a column per required input."""
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DiscoveryError(f"manifest {manifest} cannot be read ({exc}).") from exc
+    lines = text.splitlines()
+    delimiter = next((d for d in (",", ";", "\t") if lines and d in lines[0]), ",")
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    columns = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+    if "source" not in columns or "target" not in columns:
+        raise DiscoveryError(
+            f"manifest {manifest} needs header columns 'source' and 'target' (found: {', '.join(columns) or 'none'})."
+        )
+    absent = [c for c in (inputs.required[1:] if inputs else ()) if c not in columns]
+    if absent:
+        raise DiscoveryError(f"manifest {manifest} needs a '{absent[0]}' column for the required {absent[0]} input.")
+    return reader
 
 
 def _derive_subjects(sources: list[Path]) -> tuple[dict[Path, str], list[str]]:

@@ -50,6 +50,7 @@ from .outputs import apply_mask, check_mask, check_output_paths, constant_value,
 
 if TYPE_CHECKING:
     from ..imaging.dicom_export import DicomRequest
+    from ..model.inputs import InputDeclaration
 
 __all__ = ["DEFAULT_MODEL", "SynthesisCancelled", "SynthesisEngine", "SynthesisError", "SynthesisResult",
            "modality_warning", "synthesize_file"]
@@ -388,31 +389,24 @@ def synthesize_file(
     skull: str = "auto",
     others: Mapping[str, str | Path] | None = None,
 ) -> SynthesisResult:
-    """Read ``input`` (file or DICOM folder; ``series_uid`` picks one of several series) and a multi-input
-    model's ``others`` (contrast → file), synthesise, write ``output`` (and the heatmap, the overview PNG, a
-    DICOM export folder). Every file is written under a temporary name and renamed only when all are done: a
-    cancel or a failure leaves nothing. Existing outputs are refused unless ``overwrite``."""
+    """Read ``input`` (file or DICOM folder; ``series_uid`` picks one of several series) and a multi-input model's
+    ``others`` (contrast → file), synthesise, write ``output`` (and the heatmap, the overview PNG, a DICOM export
+    folder), each under a temporary name renamed when all are done: a cancel or a failure leaves nothing."""
     output = None if output is None else Path(output)
     outputs = vio.AtomicOutputs(overwrite)
-    check_output_paths(input, output, heatmap_path, png, dicom, outputs)
-    multi.check_not_inputs(others, [p for p in (output, heatmap_path, png) if p is not None])
+    check_output_paths(input, output, heatmap_path, png, dicom, outputs, others)
     if engine is None:
         engine = SynthesisEngine(model, device=device, batch_size=batch_size)
     if heatmap_path is not None and not engine.has_heatmap:
         raise SynthesisError(f"this model {engine.no_heatmap_reason}, so it cannot write a heatmap")
-    multi.checked_others(engine.metadata.inputs, others)  # the names, before any file is read
-    images, mask_image = _read_inputs(input, series_uid, mask)
+    images, mask_image, other_images = _read_inputs(input, series_uid, mask, engine.metadata.inputs, others)
     report = progress or _noop_progress
     source = images[0] if png is not None else None  # the overview shows it; else the engine frees it once prepared
     result = engine.run(
         images.pop(),  # handed over: this frame keeps no reference
         progress=lambda f, m: report(0.95 * f, m if f < 1.0 else "Synthesised"),  # one "Done", at the very end
-        cancel=cancel,
+        cancel=cancel, mask=mask_image, source_modality=source_modality, skull=skull, others=other_images,
         heatmap=heatmap_path is not None or png is not None or (dicom is not None and engine.has_heatmap),
-        mask=mask_image,
-        source_modality=source_modality,
-        skull=skull,
-        others=multi.read_others(others),
     )
     if cancel is not None and cancel():
         raise SynthesisCancelled("synthesis cancelled")
@@ -435,10 +429,15 @@ def synthesize_file(
     return result
 
 
-def _read_inputs(input: str | Path, series_uid: str | None,
-                 mask: str | Path | sitk.Image | None) -> tuple[list[sitk.Image], sitk.Image | None]:
-    """([the input volume], the mask image) read from files; a list, so that the caller can hand the volume over."""
+def _read_inputs(input: str | Path, series_uid: str | None, mask: str | Path | sitk.Image | None,
+                 inputs: InputDeclaration, others: Mapping[str, str | Path] | None,
+                 ) -> tuple[list[sitk.Image], sitk.Image | None, dict[str, sitk.Image]]:
+    """([the input volume], the mask image, the other inputs) read from files; a list, so that the caller can hand
+    the volume over. The other inputs' names are checked against the model's before any file is read."""
+    multi.checked_others(inputs, others)
     try:
-        return [vio.read_volume(input, series_uid)], vio.read_volume(mask) if isinstance(mask, str | Path) else mask
+        images = [vio.read_volume(input, series_uid)]
+        mask_image = vio.read_volume(mask) if isinstance(mask, str | Path) else mask
     except vio.VolumeReadError as exc:
         raise SynthesisError(str(exc)) from None
+    return images, mask_image, multi.read_others(others)

@@ -61,15 +61,6 @@ def read_others(paths: Mapping[str, str | Path] | None) -> dict[str, sitk.Image]
     return images
 
 
-def check_not_inputs(others: Mapping[str, str | Path] | None, outputs: list[str | Path]) -> None:
-    """No output may be one of the other inputs' files (a link or a second name included)."""
-    from ..imaging.atomic import same_file
-
-    for name, path in (others or {}).items():
-        if any(same_file(path, out) for out in outputs):
-            raise SynthesisError(f"an output path is the {name} input itself")
-
-
 def onto_reference(reference: sitk.Image, others: Mapping[str, sitk.Image]) -> tuple[dict[str, sitk.Image],
                                                                                      list[str]]:
     """(every other input on ``reference``'s grid, notes saying what was done). The one seam where inputs are
