@@ -97,6 +97,10 @@ def test_the_bundle_declares_its_inputs_and_fingerprints_each(bundle: Path) -> N
     assert fp.n_subjects == 2
     assert TrainingFingerprint.from_dict(fp.to_dict()) == fp  # the per-input fingerprint round-trips
     assert "t1 + optional flair" in meta.summary()
+    # validation scores the subject with every input it has, and with the reference alone
+    scores = meta.metrics["per_subject"]["TCGA-DU-7001"]
+    assert {"psnr_foreground", "psnr_foreground_required_only", "mae_volume_required_only"} <= set(scores)
+    assert scores["psnr_foreground"] != scores["psnr_foreground_required_only"]
 
 
 def test_required_sources_needs_several_sources(data: Path, tmp_path: Path) -> None:
@@ -119,6 +123,20 @@ def test_init_from_takes_the_inputs_and_refuses_contradicting_sources(data: Path
         assert "t1,flair" in message
     with pytest.raises(TrainingError, match="--required-sources flair contradicts"):
         cli.resolved_config(_train(data, tmp_path / "o", "--init-from", str(bundle), "--required-sources", "flair"))
+
+
+def test_a_multi_input_run_resumes_exactly(data: Path, tmp_path: Path) -> None:
+    """The dropout draws come from the sampler's stream, which the checkpoint carries: 2 + 2 steps = 4 steps."""
+    from DualDSynthesisLib.imaging.bundle import load_bundle
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli.main(_train(data, straight, "--checkpoint-every", "2")) == 0
+    assert cli.main(_train(data, split, "--iterations", "2", "--checkpoint-every", "2")) == 0
+    assert cli.main(_train(data, split, "--resume", "--checkpoint-every", "2")) == 0
+    a = load_bundle(straight / "model-final.safetensors").generator.state_dict()
+    b = load_bundle(split / "model-final.safetensors").generator.state_dict()
+    for key in a:
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_a_device_sampler_run_trains_a_multi_input_model(data: Path, tmp_path: Path,

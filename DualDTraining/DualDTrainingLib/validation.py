@@ -157,6 +157,9 @@ def validate(
         if target is not None:
             pred = target.normalised_output(pred, subject.target_params)
         per_subject[subject.name] = subject_metrics(pred, subject, data_range, err)
+        if inputs is not None and any(n in subject.others for n in inputs.optional):
+            per_subject[subject.name].update(_required_only(generator, subject, device, batch_size, amp, context,
+                                                            target, inputs))
         if i == 0:
             ks = sample_slices(subject)
             ys, xs = subject.crop
@@ -172,6 +175,19 @@ def validate(
             rows = [(subject.source[k][ys, xs], subject.target[k][ys, xs], fake[j][ys, xs],
                      *(m[j][ys, xs] for m in maps)) for j, k in enumerate(ks)]
     return average(per_subject), per_subject, rows
+
+
+def _required_only(generator: torch.nn.Module, subject: PreparedSubject, device: torch.device, batch_size: int,
+                   amp: bool, context: int, target: IntensityMapping | None,
+                   inputs: InputDeclaration) -> dict[str, float]:
+    """A multi-input model's PSNR and MAE with every optional input withheld (``<metric>_required_only``): how
+    much the optional inputs the subject has are worth, next to the metrics with all of them."""
+    required = {n: v for n, v in subject.others.items() if n in inputs.required}
+    pred, _ = predict(generator, subject.source, device, batch_size, amp, context, required, inputs)
+    if target is not None:
+        pred = target.normalised_output(pred, subject.target_params)
+    found = subject_metrics(pred, subject, 1.0 if target is None else target.data_range)
+    return {f"{k}_required_only": v for k, v in found.items() if k.startswith(("psnr", "mae"))}
 
 
 def held_out_calibration(validation: dict[str, Any] | None, evidence: str | None = None) -> ErrorCalibration:
