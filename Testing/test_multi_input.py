@@ -217,6 +217,16 @@ def test_bad_other_inputs_are_refused_by_name(engine, data: Path, tmp_path: Path
             engine.run(t1, others=others)
 
 
+def test_a_missing_required_input_is_refused_by_name() -> None:
+    from DualDSynthesisLib.inference.contract import SynthesisError
+    from DualDSynthesisLib.inference.multi_input import checked_others
+
+    inputs = InputDeclaration.parse("t1,flair,t1c", required="flair")
+    with pytest.raises(SynthesisError, match="this model needs a flair input"):
+        checked_others(inputs, {"t1c": object()})
+    assert list(checked_others(inputs, {"T1ce": 1, "t2f": 2})) == ["flair", "t1c"]  # canonical, declared order
+
+
 def test_a_one_input_bundle_given_two_inputs_is_refused_naming_the_extra(data: Path, tmp_path: Path) -> None:
     from bundles import make_bundle
     from DualDSynthesisLib.inference.contract import SynthesisError
