@@ -88,3 +88,25 @@ def test_an_old_bundle_reads_as_its_one_source() -> None:
 def test_inconsistent_declarations_in_a_bundle_are_refused(inputs, in_channels: int, match: str) -> None:
     with pytest.raises(BundleError, match=match):
         _meta(inputs, in_channels)
+
+
+def test_stack_inputs_lays_out_the_channels_alike_for_numpy_and_torch() -> None:
+    import numpy as np
+    import torch
+
+    d = InputDeclaration.parse("t1,flair,t1c", required="t1c")
+    a = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    withheld = np.array([[False], [True]])  # sample 0 sees the FLAIR, sample 1 has it withheld
+    got = d.stack_inputs([a, a + 1, a + 2], ~withheld)
+    assert got.shape == (2, d.channels(1), 4, 4) == (2, 10, 4, 4)
+    np.testing.assert_array_equal(got[:, :3], a)  # the reference, then the inputs in declaration order
+    np.testing.assert_array_equal(got[0, 3:6], a[0] + 1)
+    assert not got[1, 3:6].any()  # a withheld input is zeros ...
+    np.testing.assert_array_equal(got[:, 6:9], a + 2)  # ... a required one never is
+    assert got[0, 9].min() == 1 and got[1, 9].max() == 0  # and its availability channel says so
+    t = torch.from_numpy(a)
+    assert torch.equal(d.stack_inputs([t, t + 1, t + 2], torch.from_numpy(~withheld)), torch.from_numpy(got))
+    one = InputDeclaration.single("t1")
+    assert one.stack_inputs([a]) is a  # a one-input model's batch is its stack itself
+    with pytest.raises(InputError, match="t1c is missing"):
+        d.stack_inputs([a, a, None])

@@ -30,7 +30,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                 "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
                 "model_choice", "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview",
                 "dicom_slices", "dicom_export", "rigid_registration", "input_alignment"),
-    "inference": ("contract", "input_stats", "outputs", "network_pass", "engine"),
+    "inference": ("contract", "input_stats", "outputs", "multi_input", "network_pass", "engine"),
     "scene": ("mrml_io", "display", "qa", "dicom_marking", "models", "input_nodes", "logic"),
     "cli": ("input_plan", "synthesize", "demo"),
 }
@@ -44,9 +44,9 @@ TORCH_FREE_SYNTHESIS = (*LAYERS["core"], "architecture", "slicestack", "inputs",
                         "grid", "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle",
                         "defaults", "model_choice", "heatmap_file", "skull_policy", "scoring", "overview",
                         "dicom_slices", "dicom_export", "rigid_registration", "input_alignment", "contract",
-                        "input_stats", "outputs", *LAYERS["scene"], "input_plan", "synthesize")
+                        "input_stats", "outputs", "multi_input", *LAYERS["scene"], "input_plan", "synthesize")
 TORCH_FREE_TRAINING = ("config", "cli", "errors", "discovery", "training_config", "best_metric", "option_values",
-                       "pair_files", "init_from")
+                       "pair_files", "init_from", "input_dropout")
 FORBIDDEN_EVERYWHERE = ("qt", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 
 

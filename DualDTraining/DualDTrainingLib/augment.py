@@ -45,9 +45,13 @@ def _legendre(x: torch.Tensor, degree: int) -> list[torch.Tensor]:
 class SourceAugmentation:
     """Callable ``[B, C, H, W] → [B, C, H, W]`` for normalised source batches."""
 
-    def __init__(self, strength: float, seed: int = 0, degree: int = 3) -> None:
+    def __init__(self, strength: float, seed: int = 0, degree: int = 3, inputs: int = 1, passthrough: int = 0) -> None:
+        """``inputs``: a multi-input model's batch holds that many equal blocks of image channels, each another
+        sequence (augmented independently: each has its own contrast curve), then ``passthrough`` channels
+        (the availability channels) left as they are."""
         check_fraction(strength, "the augmentation strength")
         self.strength, self.degree, self.seed = float(strength), degree, seed
+        self.inputs, self.passthrough = inputs, passthrough
         self.generator = torch.Generator().manual_seed(seed)
         self._noise_generators: dict[str, torch.Generator] = {}
 
@@ -123,6 +127,15 @@ class SourceAugmentation:
             return batch
         if batch.ndim != 4:
             raise ValueError(f"expected a [B, C, H, W] batch, got shape {tuple(batch.shape)}")
+        if self.inputs == 1 and not self.passthrough:
+            return self._augment(batch)
+        images = batch.shape[1] - self.passthrough
+        per = images // self.inputs
+        blocks = [self._augment(batch[:, i * per : (i + 1) * per]) for i in range(self.inputs)]
+        return torch.cat([*blocks, batch[:, images:]], 1)
+
+    def _augment(self, batch: torch.Tensor) -> torch.Tensor:
+        """One sequence's channels (a slice stack) with one set of parameters per sample."""
         b, _c, h, w = batch.shape
         dev = batch.device
         table, any_blur = self._parameters(b)

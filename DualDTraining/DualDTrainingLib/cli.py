@@ -101,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add(io, "--data", required=True, metavar="FOLDER_OR_CSV",
          help="a folder with one sub-folder per subject (BraTS-like names), or a CSV manifest with columns "
               "source,target[,mask,foreground,split,subject]")
-    _add(io, "--source", default="", help=f"source contrast: {known_contrasts_text()}; with --init-from, "
-         "default: the bundle's")
+    _add(io, "--source", default="",
+         help=f"source contrast: {known_contrasts_text()}; several, comma-separated (t1,flair,t1c), train a "
+              "multi-input model: the first is the required reference (the outputs are on its grid), the others "
+              "optional inputs a subject may lack; with --init-from, default: the bundle's")
+    _add(io, "--required-sources", default=DEFAULTS["required_sources"], metavar="CONTRASTS",
+         help="with several --source contrasts: which of them must be given (comma-separated; default: the first)")
     _add(io, "--target", default="", help="target contrast, e.g. t2 or ct; with --init-from, default: the bundle's")
     _add(io, "--output", required=True, metavar="DIR", help="output folder (checkpoints, bundles, logs)")
     _add(io, "--val-subjects", nargs="+", default=DEFAULTS["val_subjects"], metavar="SUBJECT",
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="adjacent slices on each side fed to the generator as channels (2.5-D); 0 = 2-D")
     _add(da, "--augment", type=float, default=DEFAULTS["augment"],
          help="strength 0..1 of the source's scanner/contrast augmentation (bias field, gamma, scale, blur, noise)")
+    _add(da, "--input-dropout", type=float, default=DEFAULTS["input_dropout"],
+         help="with several --source contrasts: the probability of withholding each optional input per training "
+              "sample (always withheld where a subject lacks it), so one model serves every subset of its inputs")
     _add(da, "--crop-size", type=int, default=DEFAULTS["crop_size"],
          help="train on random square crops of this size centred in the foreground (0 = whole slices); "
               "a multiple of 2^depth, at least 32. Validation and inference always use whole slices")

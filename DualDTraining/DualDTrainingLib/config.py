@@ -15,8 +15,8 @@ from typing import Any
 
 from DualDSynthesisLib.core.vocabulary import canonical_contrast
 from DualDSynthesisLib.model.architecture import ArchitectureConfig
+from DualDSynthesisLib.model.inputs import InputDeclaration, InputError
 from DualDSynthesisLib.model.intensity import source_mapping
-from DualDSynthesisLib.model.slicestack import channels
 
 from .best_metric import check_metric_name
 from .errors import TrainingError
@@ -33,7 +33,7 @@ LOSO_MOST_SUBJECTS = 5  # above this many site subjects, auto holds out the vali
 @dataclass
 class RunConfig:
     data: Path
-    source: str
+    source: str  # one contrast, or several ("t1,flair": the first the required reference; model/inputs.py)
     target: str
     output: Path
     variant: str = TrainingConfig.variant.value
@@ -65,6 +65,8 @@ class RunConfig:
     source_norm: str = "rank"
     context_slices: int = 1
     augment: float = 1.0
+    required_sources: str = ""  # with several --source contrasts: the others that must be given ("" = the first only)
+    input_dropout: float = 0.5  # probability of withholding each optional input per training sample
     error_head: bool = True
     d2_head: str = "patch"
     d2_target: str = TrainingConfig.d2_target
@@ -96,8 +98,21 @@ class RunConfig:
                 found[f.name] = f.default_factory()
         return found
 
+    def inputs(self) -> InputDeclaration:
+        """The model's input contrasts from ``--source`` and ``--required-sources`` (``TrainingError`` naming a
+        bad one)."""
+        try:
+            return InputDeclaration.parse(self.source, self.required_sources or None)
+        except InputError as exc:
+            raise TrainingError(str(exc)) from None
+
+    @property
+    def reference(self) -> str:
+        """The reference input's contrast as the user spelled it (the first ``--source`` name)."""
+        return self.source.split(",")[0].strip()
+
     def architecture(self) -> ArchitectureConfig:
-        return ArchitectureConfig(in_channels=channels(self.context_slices), g_base_width=self.base_width,
+        return ArchitectureConfig(in_channels=self.inputs().channels(self.context_slices), g_base_width=self.base_width,
                                   g_depth=self.depth, d2_base_width=self.d2_base_width, g_error_head=self.error_head,
                                   d2_head=self.d2_head)
 
@@ -127,6 +142,8 @@ class RunConfig:
             flag = "--freeze-encoder" if self.freeze_encoder else "--recalibrate-only"
             raise TrainingError(f"{flag} needs --init-from BUNDLE (a model to start from)")
         self._check_site_calibration()
+        if self.required_sources and len(self.inputs()) == 1:
+            raise TrainingError("--required-sources needs several --source contrasts (e.g. --source t1,flair)")
         try:
             check_metric_name(self.best_metric)
             self.training()
@@ -135,6 +152,7 @@ class RunConfig:
             source_mapping(self.source_norm)
             check_fraction(self.augment, "--augment")
             check_fraction(self.tumour_fraction, "--tumour-fraction")
+            check_fraction(self.input_dropout, "--input-dropout")
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
 

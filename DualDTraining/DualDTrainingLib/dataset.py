@@ -35,12 +35,14 @@ from DualDSynthesisLib.imaging.preprocess import (
     prepare_volume,
     source_mapping,
 )
+from DualDSynthesisLib.model.inputs import InputDeclaration
 from DualDSynthesisLib.model.intensity import HounsfieldWindow, PercentileScale
 from DualDSynthesisLib.model.slicestack import check_context, slice_stack
 
 from .discovery import SubjectPair
+from .input_dropout import input_batch
 from .option_values import check_fraction
-from .pair_files import load_foreground, load_pair
+from .pair_files import load_foreground, load_others, load_pair
 
 FOREGROUND_MIN_FRACTION = 0.01
 EMPTY_SLICE_WEIGHT = 0.05
@@ -59,6 +61,10 @@ class PreparedSubject:
     target_params: IntensityParams
     context: RestoreContext
     source_stats: VolumeStats | None = None  # for the bundle's training-data fingerprint
+    # A multi-input model's other inputs the subject has (contrast → normalised [K, H, W] on the source's
+    # prepared grid) and their statistics (the fingerprint per input).
+    others: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    other_stats: dict[str, VolumeStats] = dataclasses.field(default_factory=dict)
 
     @property
     def crop(self) -> tuple[slice, slice]:
@@ -110,8 +116,12 @@ def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubje
     if fg_img is not None:
         foreground |= prepare_on_grid(fg_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
     stats = volume_stats(src, spec.source)  # before the foreground is merged with the target's: as the engine sees it
+    others, other_stats = {}, {}
+    for key, image in load_others(pair).items():  # each normalised by itself with the source mapping, as the engine
+        other = prepare_on_grid(image, src, spec, "source", sitk.sitkLinear)
+        others[key], other_stats[key] = other.slices, volume_stats(other, spec.source)
     return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.params, tgt.params,
-                           src.context, stats)
+                           src.context, stats, others, other_stats)
 
 
 def choose_splits(pairs: Sequence[SubjectPair], val_subjects: Sequence[str] | None) -> tuple[list[SubjectPair],
@@ -184,11 +194,14 @@ class SliceSampler:
     border changes nothing but speed."""
 
     def __init__(self, subjects: Sequence[PreparedSubject], rng: np.random.Generator, tumour_fraction: float = 0.5,
-                 flip: bool = True, slice_shard: tuple[int, int] = (0, 1), crop: int = 0, context: int = 0) -> None:
+                 flip: bool = True, slice_shard: tuple[int, int] = (0, 1), crop: int = 0, context: int = 0,
+                 inputs: InputDeclaration | None = None, input_dropout: float = 0.0) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
         check_fraction(tumour_fraction, "--tumour-fraction")
+        check_fraction(input_dropout, "--input-dropout")
         self.rng, self.flip = rng, flip
+        self.inputs, self.input_dropout = inputs, input_dropout
         self.context = check_context(context)
         h = max(s.source.shape[1] for s in subjects)
         w = max(s.source.shape[2] for s in subjects)
@@ -205,6 +218,8 @@ class SliceSampler:
         ])
         self.source = np.concatenate([pad_to(s.source, h, w) for s in subjects])
         self.target = np.concatenate([pad_to(s.target, h, w) for s in subjects])
+        # The other inputs (zeros where a subject lacks one) and, per slice, which optional ones it has.
+        self.others, self.present = other_inputs(subjects, inputs, (h, w))
         fg_frac = np.concatenate([s.foreground.mean(axis=(1, 2)) for s in subjects])
         has_tumour = np.concatenate([
             s.tumour.any(axis=(1, 2)) if s.tumour is not None else np.zeros(len(s.source), bool) for s in subjects
@@ -253,22 +268,53 @@ class SliceSampler:
         return int(np.clip(cy - half, 0, h - self.crop)), int(np.clip(cx - half, 0, w - self.crop))
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(source ``[B, 2·context + 1, H, W]``, target ``[B, 1, H, W]``)."""
+        """(source ``[B, C, H, W]``: ``2·context + 1`` channels per input, then a multi-input model's
+        availability channels (``input_dropout.input_batch``); target ``[B, 1, H, W]``)."""
         idx, for_tumour = self.sample_indices(batch_size)
-        stacks = slice_stack(self.source, idx, self.context, self.first[idx], self.last[idx])
+        first, last = self.first[idx], self.last[idx]
+        stacks = [slice_stack(v, idx, self.context, first, last) for v in (self.source, *self.others)]
         if self.crop:
             c = self.crop
-            src = np.empty((batch_size, stacks.shape[1], c, c), np.float32)
+            srcs = [np.empty((batch_size, stacks[0].shape[1], c, c), np.float32) for _ in stacks]
             tgt = np.empty((batch_size, 1, c, c), np.float32)
             for b, (i, t) in enumerate(zip(idx, for_tumour, strict=True)):
                 y, x = self._crop_origin(self.tumour_box[i] if t else self.fg_box[i])
-                src[b] = stacks[b, :, y : y + c, x : x + c]
+                for src, stack in zip(srcs, stacks, strict=True):
+                    src[b] = stack[b, :, y : y + c, x : x + c]
                 tgt[b, 0] = self.target[i, y : y + c, x : x + c]
         else:
-            src = stacks
+            srcs = stacks
             tgt = self.target[idx][:, None]
         if self.flip:
             flips = self.rng.random(batch_size) < 0.5
-            src[flips] = src[flips, :, :, ::-1]
+            for src in srcs:
+                src[flips] = src[flips, :, :, ::-1]
             tgt[flips] = tgt[flips, :, :, ::-1]
+        src = srcs[0]
+        if self.inputs is not None and len(self.inputs) > 1:
+            present = self.present[idx]  # one draw per sample and optional input, only for a multi-input model
+            uniform = self.rng.random(present.shape) if present.shape[1] else None
+            src = input_batch(self.inputs, srcs, present, self.input_dropout, uniform)
         return torch.from_numpy(np.ascontiguousarray(src)), torch.from_numpy(np.ascontiguousarray(tgt))
+
+
+def other_inputs(subjects: Sequence[PreparedSubject], inputs: InputDeclaration | None,
+                 canvas: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """A multi-input model's other inputs of every subject, concatenated on one ``canvas`` (zeros where a
+    subject lacks one: [N, H, W] each, declaration order), and ``[N, len(inputs.optional)]`` bool: which
+    optional inputs each slice's subject has. A subject without a required input is refused by name."""
+    names = () if inputs is None else inputs.names[1:]
+    sizes = [len(s.source) for s in subjects]
+    present = np.zeros((sum(sizes), 0 if inputs is None else len(inputs.optional)), bool)
+    volumes = []
+    for name in names:
+        parts = []
+        for s in subjects:
+            if name not in s.others and name in inputs.required:
+                raise ValueError(f"subject {s.name} has no {name} image, a required input")
+            parts.append(pad_to(s.others[name], *canvas) if name in s.others
+                         else np.zeros((len(s.source), *canvas), np.float32))
+        volumes.append(np.concatenate(parts))
+    for column, name in enumerate(() if inputs is None else inputs.optional):
+        present[:, column] = np.repeat([name in s.others for s in subjects], sizes)
+    return volumes, present

@@ -35,9 +35,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from DualDSynthesisLib.model.inputs import InputDeclaration
 from DualDSynthesisLib.model.slicestack import check_context, stack_indices
 
-from .dataset import EMPTY_SLICE_WEIGHT, FOREGROUND_MIN_FRACTION, PreparedSubject, pad_to, slice_boxes
+from .dataset import EMPTY_SLICE_WEIGHT, FOREGROUND_MIN_FRACTION, PreparedSubject, other_inputs, pad_to, slice_boxes
+from .input_dropout import input_batch
 from .option_values import check_fraction
 
 # Largest storage rounding error allowed (documented above): the tests check the batches against it.
@@ -53,10 +55,13 @@ class DeviceSliceSampler:
 
     def __init__(self, subjects: Sequence[PreparedSubject], device: torch.device | str = "cpu", seed: int = 0,
                  tumour_fraction: float = 0.5, flip: bool = True, slice_shard: tuple[int, int] = (0, 1),
-                 crop: int = 0, context: int = 0, storage: torch.dtype | None = None) -> None:
+                 crop: int = 0, context: int = 0, storage: torch.dtype | None = None,
+                 inputs: InputDeclaration | None = None, input_dropout: float = 0.0) -> None:
         if not subjects:
             raise ValueError("no training subject to sample from")
         check_fraction(tumour_fraction, "--tumour-fraction")
+        check_fraction(input_dropout, "--input-dropout")
+        self.inputs, self.input_dropout = inputs, input_dropout
         self.device = torch.device(device)
         self.context = check_context(context)
         self.flip = flip
@@ -119,6 +124,12 @@ class DeviceSliceSampler:
         self._fg_box = dev(np.concatenate(fg_box), torch.int64)
         self._tu_box = dev(np.concatenate(tu_box), torch.int64)
         self._table = dev(np.concatenate(table), torch.int64)  # [N, 2c + 1] source slices of each slice
+        # A multi-input model's other inputs (zeros where a subject lacks one) and which optional ones each has;
+        # filled one input at a time, so the host holds one padded copy of one input at a time.
+        others, present = other_inputs(subjects, inputs, (h, w))
+        self.others = [torch.from_numpy(v).to(self.device, storage) for v in others]
+        del others
+        self._present = dev(present, torch.bool)
         self._canvas_box = dev(np.array([0, h, 0, w]), torch.int64)  # built once: a per-batch copy would sync
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
@@ -177,6 +188,12 @@ class DeviceSliceSampler:
         idx, for_tumour = self.sample_indices(batch_size)
         rows, cols = self._windows(idx, for_tumour)
         r, c = rows[:, None, :, None], cols[:, None, None, :]
-        src = self.source[self._table[idx][:, :, None, None], r, c]
+        table = self._table[idx][:, :, None, None]
+        src = self.source[table, r, c].float()
         tgt = self.target[idx[:, None, None, None], r, c]
-        return src.float(), tgt.float()
+        if self.inputs is not None and len(self.inputs) > 1:  # input_dropout.py: only a multi-input model draws
+            present = self._present[idx]
+            uniform = self._rand(*present.shape) if present.shape[1] else None
+            stacks = [src, *(v[table, r, c].float() for v in self.others)]
+            src = input_batch(self.inputs, stacks, present, self.input_dropout, uniform)
+        return src, tgt.float()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
+from DualDSynthesisLib.model.inputs import InputDeclaration, InputError
 
 from .errors import DiscoveryError
 from .pair_files import check_pair
@@ -65,6 +66,9 @@ class SubjectPair:
     mask: Path | None = None  # tumour/region labels
     foreground: Path | None = None  # body/brain mask
     split: str | None = None
+    # The other inputs of a multi-input model (model/inputs.py), (canonical contrast, file) in declaration
+    # order; an optional input the subject lacks is left out (training then always withholds it).
+    others: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,20 +150,22 @@ def _subject_folders(data: Path) -> list[tuple[Path, str | None]]:
 
 
 def _pair_from_files(
-    subject: str, files: list[Path], src: str, tgt: str, split: str | None, rejected: list[Rejection], notes: list[str]
+    subject: str, files: list[Path], inputs: InputDeclaration, tgt: str, split: str | None, rejected: list[Rejection],
+    notes: list[str]
 ) -> SubjectPair | None:
+    src = inputs.reference
     by_key: dict[str, list[Path]] = {}
     for path in files:
         parts = _split_name(_stem(path.name) or "")
         if parts is not None:
             by_key.setdefault(parts[1], []).append(path)
-    missing = [k for k in (src, tgt) if k not in by_key]
+    missing = [k for k in (*inputs.required, tgt) if k not in by_key]
     if missing:
         what = " or ".join(f"{k} image (a name ending in {_looked_for(k)})" for k in missing)
         rejected.append(Rejection(subject, f"no {what}"))
         return None
-    for key in (src, tgt):
-        if len(by_key[key]) > 1:
+    for key in (*inputs.names, tgt):
+        if len(by_key.get(key, ())) > 1:
             names = ", ".join(p.name for p in by_key[key])
             rejected.append(Rejection(subject, f"several {key} images ({names})"))
             return None
@@ -167,13 +173,26 @@ def _pair_from_files(
     if len(labels) > 1:
         notes.append(f"subject {subject}: several label files ({', '.join(p.name for p in labels)}); none used")
     mask = labels[0] if len(labels) == 1 else None
-    return SubjectPair(subject, by_key[src][0], by_key[tgt][0], mask=mask, split=split)
+    others = tuple((key, by_key[key][0]) for key in inputs.names[1:] if key in by_key)
+    return SubjectPair(subject, by_key[src][0], by_key[tgt][0], mask=mask, split=split, others=others)
 
 
-def _discover_folder(data: Path, source: str, target: str) -> tuple[list[SubjectPair], list[Rejection], list[str]]:
-    src, tgt = _contrast_key(source, "source"), _contrast_key(target, "target")
-    if src == tgt:
-        raise DiscoveryError(f"source and target are both {src}; pick two different contrasts.")
+def source_inputs(source: str, required: str | None = None) -> InputDeclaration:
+    """The input declaration of a ``--source`` value (one contrast or several, comma-separated); an unknown or
+    label contrast is a :class:`DiscoveryError` naming it."""
+    for name in source.split(",") if source.strip() else [source]:
+        _contrast_key(name.strip(), "source")
+    try:
+        return InputDeclaration.parse(source, required)
+    except InputError as exc:
+        raise DiscoveryError(str(exc)) from None
+
+
+def _discover_folder(data: Path, target: str,
+                     inputs: InputDeclaration) -> tuple[list[SubjectPair], list[Rejection], list[str]]:
+    tgt = _contrast_key(target, "target")
+    if tgt in inputs.names:
+        raise DiscoveryError(f"source and target are both {tgt}; pick two different contrasts.")
     candidates: list[SubjectPair] = []
     rejected: list[Rejection] = []
     notes: list[str] = []
@@ -182,7 +201,7 @@ def _discover_folder(data: Path, source: str, target: str) -> tuple[list[Subject
         if not files:
             rejected.append(Rejection(folder.name, "no image files in the folder"))
             continue
-        pair = _pair_from_files(folder.name, files, src, tgt, split, rejected, notes)
+        pair = _pair_from_files(folder.name, files, inputs, tgt, split, rejected, notes)
         if pair is not None:
             candidates.append(pair)
     # Also accept subjects laid out flat in `data` itself, grouped by the name before the contrast.
@@ -192,25 +211,18 @@ def _discover_folder(data: Path, source: str, target: str) -> tuple[list[Subject
         if parts is not None and parts[0]:
             flat.setdefault(parts[0], []).append(path)
     for subject, files in sorted(flat.items()):
-        pair = _pair_from_files(subject, files, src, tgt, None, rejected, notes)
+        pair = _pair_from_files(subject, files, inputs, tgt, None, rejected, notes)
         if pair is not None:
             candidates.append(pair)
     return candidates, rejected, notes
 
 
-def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], list[str]]:
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DiscoveryError(f"manifest {manifest} cannot be read ({exc}).") from exc
-    lines = text.splitlines()
-    delimiter = next((d for d in (",", ";", "\t") if lines and d in lines[0]), ",")
-    reader = csv.DictReader(lines, delimiter=delimiter)
-    columns = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-    if "source" not in columns or "target" not in columns:
-        raise DiscoveryError(
-            f"manifest {manifest} needs header columns 'source' and 'target' (found: {', '.join(columns) or 'none'})."
-        )
+def _discover_csv(manifest: Path, inputs: InputDeclaration | None = None) -> tuple[list[SubjectPair],
+                                                                                 list[Rejection], list[str]]:
+    """A manifest's pairs; a multi-input model's other inputs come from columns named by their contrast
+    (``flair``), the ``source`` column being the reference."""
+    reader = _manifest_rows(manifest, inputs)
+    others = () if inputs is None else inputs.names[1:]
     base = manifest.parent
     rows: list[tuple[int, dict[str, str], dict[str, Path | None]]] = []
     for line_no, row in enumerate(reader, start=2):
@@ -222,7 +234,7 @@ def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], l
             value = cells.get(column, "")
             return None if not value else (base / Path(value).expanduser()).resolve()
 
-        rows.append((line_no, cells, {c: path_of(c) for c in ("source", "target", "mask", "foreground")}))
+        rows.append((line_no, cells, {c: path_of(c) for c in ("source", "target", "mask", "foreground", *others)}))
     derived, notes = _derive_subjects([p["source"] for _n, c, p in rows if not c.get("subject") and p["source"]])
     candidates: list[SubjectPair] = []
     rejected: list[Rejection] = []
@@ -237,6 +249,10 @@ def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], l
         if subject in seen:
             rejected.append(Rejection(subject, f"line {line_no}: duplicate subject id"))
             continue
+        lacking = [c for c in others if paths[c] is None and c in inputs.required]
+        if lacking:
+            rejected.append(Rejection(subject, f"line {line_no}: empty {lacking[0]} cell (a required input)"))
+            continue
         seen.add(subject)
         for path in (src, tgt):  # the same file under two ids leaks training data into validation
             if owner.setdefault(path, subject) != subject:
@@ -250,9 +266,30 @@ def _discover_csv(manifest: Path) -> tuple[list[SubjectPair], list[Rejection], l
                 mask=paths["mask"],
                 foreground=paths["foreground"],
                 split=cells.get("split") or None,
+                others=tuple((c, paths[c]) for c in others if paths[c] is not None),
             )
         )
     return candidates, rejected, notes
+
+
+def _manifest_rows(manifest: Path, inputs: InputDeclaration | None) -> csv.DictReader:
+    """The manifest's rows, after checking its header: ``source``, ``target`` and a column per required input."""
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DiscoveryError(f"manifest {manifest} cannot be read ({exc}).") from exc
+    lines = text.splitlines()
+    delimiter = next((d for d in (",", ";", "\t") if lines and d in lines[0]), ",")
+    reader = csv.DictReader(lines, delimiter=delimiter)
+    columns = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+    if "source" not in columns or "target" not in columns:
+        raise DiscoveryError(
+            f"manifest {manifest} needs header columns 'source' and 'target' (found: {', '.join(columns) or 'none'})."
+        )
+    absent = [c for c in (inputs.required[1:] if inputs else ()) if c not in columns]
+    if absent:
+        raise DiscoveryError(f"manifest {manifest} needs a '{absent[0]}' column for the required {absent[0]} input.")
+    return reader
 
 
 def _derive_subjects(sources: list[Path]) -> tuple[dict[Path, str], list[str]]:
@@ -286,8 +323,10 @@ def _subject_from(path: Path | None) -> str | None:
 # ----------------------------------------------------------------------------- public
 
 
-def discover(data: Path, source: str, target: str) -> Discovery:
-    """Find and check the (source, target) pairs in a subject folder or a CSV manifest.
+def discover(data: Path, source: str, target: str, required: str | None = None) -> Discovery:
+    """Find and check the (source, target) pairs in a subject folder or a CSV manifest. ``source``: one
+    contrast or several (``t1,flair``: the first the reference, the others optional unless ``required``
+    lists them; a subject without a required one is rejected, one without an optional one kept).
 
     Raises :class:`DiscoveryError` for a missing path, an unknown contrast (folder layout), a manifest
     without ``source``/``target`` columns, or when no usable pair remains; per-subject problems are
@@ -298,12 +337,14 @@ def discover(data: Path, source: str, target: str) -> Discovery:
     if data.is_file():
         if data.suffix.lower() != ".csv":
             raise DiscoveryError(f"{data} is a file but not a .csv manifest; give a folder or a manifest.")
-        candidates, rejected, notes = _discover_csv(data)
+        inputs = source_inputs(source, required) if "," in source else None
+        candidates, rejected, notes = _discover_csv(data, inputs)
         looked_for = f"rows with readable source and target files in manifest {data}"
     else:
-        candidates, rejected, notes = _discover_folder(data, source, target)
+        inputs = source_inputs(source, required)
+        candidates, rejected, notes = _discover_folder(data, target, inputs)
         looked_for = (
-            f"sub-folders of {data} holding a {source} ({_looked_for(_contrast_key(source, 'source'))})"
+            f"sub-folders of {data} holding a {' and a '.join(f'{k} ({_looked_for(k)})' for k in inputs.required)}"
             f" and a {target} ({_looked_for(_contrast_key(target, 'target'))}) image"
         )
     pairs: list[SubjectPair] = []

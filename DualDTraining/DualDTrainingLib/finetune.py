@@ -92,7 +92,8 @@ def hold_out_slab(subject: PreparedSubject, context: int) -> tuple[list[Prepared
     def part(lo: int, hi: int, name: str) -> PreparedSubject:
         tumour = None if subject.tumour is None else subject.tumour[lo:hi]
         return dataclasses.replace(subject, name=name, source=subject.source[lo:hi], target=subject.target[lo:hi],
-                                   foreground=subject.foreground[lo:hi], tumour=tumour)
+                                   foreground=subject.foreground[lo:hi], tumour=tumour,
+                                   others={k: v[lo:hi] for k, v in subject.others.items()})
 
     # the slices next to the slab are left out of training too when 2.5-D stacks would read them
     pieces = [part(lo, hi, subject.name) for lo, hi in ((0, a - context), (b + context, len(area))) if hi > lo]

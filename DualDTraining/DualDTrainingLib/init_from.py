@@ -53,7 +53,11 @@ RECIPE: dict[str, Callable[[BundleMetadata], Any]] = {
     "source_norm": source_norm_name,
     "spacing": _spacing_text,
     "target_kind": lambda m: "ct" if m.preprocessing.target.kind == "ct_hu" else "mri",
+    # the input contrasts (model/inputs.py): G's channels are laid out for them
+    "source": lambda m: ",".join(m.inputs.names),
+    "required_sources": lambda m: ",".join(m.inputs.required[1:]),
 }
+_INPUTS = ("source", "required_sources")  # compared as declarations (aliases, order of the required ones)
 
 
 def flag(name: str) -> str:
@@ -62,6 +66,14 @@ def flag(name: str) -> str:
 
 
 def _same(name: str, given: Any, parent: Any, cfg: RunConfig) -> bool:
+    if name in _INPUTS:
+        mine = dataclasses.replace(cfg, **{name: given})
+        theirs = dataclasses.replace(cfg, source=parent) if name == "source" else \
+            dataclasses.replace(cfg, required_sources=parent)
+        try:
+            return mine.inputs() == theirs.inputs()
+        except TrainingError:
+            return False
     if name == "spacing":
         return parse_spacing(given) == parse_spacing(parent)
     if name == "target_kind":
@@ -89,13 +101,14 @@ def read_parent(path: str | Path) -> BundleMetadata:
 
 def check_task(cfg: RunConfig, meta: BundleMetadata, path: Path) -> None:
     """The fine-tune's contrasts must be the parent's (another task is another model, not a fine-tune)."""
-    for role, mine, parents in (("source", cfg.source, meta.source_modality),
+    sources = ",".join(meta.inputs.names) if len(meta.inputs) > 1 else meta.source_modality
+    for role, mine, parents in (("source", cfg.reference, meta.source_modality),
                                 ("target", cfg.target, meta.target_modality)):
         if (canonical_contrast(mine) or mine.lower()) != (canonical_contrast(parents) or parents.lower()):
             raise TrainingError(
-                f"--init-from {path.name} maps {meta.source_modality} → {meta.target_modality}, but this run's "
-                f"{role} is {mine}: a fine-tune keeps its parent's task, so start from a "
-                f"{cfg.source} → {cfg.target} bundle or train from scratch")
+                f"--init-from {path.name} maps {sources} → {meta.target_modality}, but this run's "
+                f"{role} is {cfg.source if role == 'source' else mine}: a fine-tune keeps its parent's task, so "
+                f"start from a {cfg.source} → {cfg.target} bundle or train from scratch")
 
 
 def check_output(cfg: RunConfig, path: Path) -> None:
@@ -127,10 +140,12 @@ def resolve(cfg: RunConfig, given: Collection[str]) -> RunConfig:
             continue  # a mapping with settings no --source-norm name has: the bundle's own spec is used
         if name in given and not _same(name, getattr(cfg, name), parent, cfg):
             mine = "given" if name == "error_head" else _shown(name, getattr(cfg, name))
+            advice = f"give {flag(name)} {parent}" if name in _INPUTS and parent else f"leave {flag(name)} out"
             raise TrainingError(f"{flag(name)} {mine} contradicts --init-from {path.name}, whose "
                                 f"{name.replace('_', ' ')} is {_shown(name, parent) or 'the data’s'}: the "
-                                f"architecture and input recipe come from the parent, so leave {flag(name)} out")
-        updates[name] = parent
+                                f"architecture and input recipe come from the parent, so {advice}")
+        if name not in _INPUTS or not _same(name, getattr(cfg, name), parent, cfg):
+            updates[name] = parent  # the user's spelling of the same inputs is kept (t1w for t1)
     if "variant" not in given:
         updates["variant"] = meta.variant
     for name, value in FINETUNE_DEFAULTS.as_dict().items():

@@ -125,7 +125,7 @@ class Run:
             check_resume(self.state["run"], cfg)
 
         def find() -> tuple:
-            found = discover(cfg.data, cfg.source, cfg.target)
+            found = discover(cfg.data, cfg.source, cfg.target, cfg.required_sources or None)
             train, val, method = split_subjects(cfg, found.pairs)
             spacing = parse_spacing(cfg.spacing) or default_spacing(train)
             return found, train, val, spacing, method
@@ -138,6 +138,7 @@ class Run:
         for r in found.rejected:
             self.say(f"rejected {r.subject}: {r.reason}")
         self.arch = cfg.architecture() if self.parent is None else self.parent.meta.architecture
+        self.inputs = cfg.inputs() if self.parent is None else self.parent.meta.inputs  # model/inputs.py
         if self.state is not None:
             spec = PreprocessingSpec.from_dict(self.state["preprocessing"])
         elif self.parent is not None:
@@ -176,7 +177,10 @@ class Run:
         train = [p for p in train if p.subject not in rejected]
         fitted = [p for per_rank in ctx.gather_objects([s.target_params for s in subjects]) for p in per_rank]
         stats = [s for per_rank in ctx.gather_objects([s.source_stats for s in subjects]) for s in per_rank]
-        self.fingerprint = fingerprint([s for s in stats[: len(train)] if s is not None]).to_dict() if stats else {}
+        others = [o for per_rank in ctx.gather_objects([s.other_stats for s in subjects]) for o in per_rank]
+        per_input = [(k, [o[k] for o in others[: len(train)] if k in o]) for k in self.inputs.names[1:]]
+        self.fingerprint = fingerprint([s for s in stats[: len(train)] if s is not None],
+                                       per_input).to_dict() if stats else {}
         if shard_slices:
             fitted = fitted[: len(train)]  # every rank prepared all subjects: count each once
         self.spec = spec if self.state is not None else finish_spec(spec, fitted)
@@ -198,11 +202,13 @@ class Run:
         if use_device_sampler(ctx.device):
             self.sampler: SliceSampler | DeviceSliceSampler = DeviceSliceSampler(
                 subjects, ctx.device, cfg.seed * 1000 + ctx.rank, cfg.tumour_fraction, cfg.flip, shard,
-                cfg.crop_size, self.spec.context_slices)
+                cfg.crop_size, self.spec.context_slices, inputs=self.inputs, input_dropout=cfg.input_dropout)
         else:
             self.sampler = SliceSampler(subjects, self.sampler_rng, cfg.tumour_fraction, cfg.flip, shard,
-                                        cfg.crop_size, self.spec.context_slices)
-        self.augment = SourceAugmentation(cfg.augment, seed=cfg.seed * 7919 + ctx.rank)
+                                        cfg.crop_size, self.spec.context_slices, self.inputs, cfg.input_dropout)
+        # each input's slices augmented on their own; a multi-input model's availability channels never
+        self.augment = SourceAugmentation(cfg.augment, seed=cfg.seed * 7919 + ctx.rank, inputs=len(self.inputs),
+                                          passthrough=len(self.inputs.optional))
 
     def build(self) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -254,9 +260,10 @@ class Run:
             "training_config": self.trainer.config.to_dict(),
         }
         meta = BundleMetadata(
-            architecture=self.arch.to_dict(), variant=v.value, source_modality=cfg.source,
+            architecture=self.arch.to_dict(), variant=v.value, source_modality=cfg.reference,
             target_modality=cfg.target, preprocessing=self.spec.to_dict(), has_local_discriminator=v.uses_local,
-            provenance=provenance, metrics=validation or {}, name=f"DualD {cfg.source}→{cfg.target} ({v.value})",
+            provenance=provenance, metrics=validation or {}, inputs=self.inputs,
+            name=f"DualD {cfg.source.replace(',', '+')}→{cfg.target} ({v.value})",
             fingerprint=self.fingerprint, error_calibration=held_out_calibration(validation),
             description=f"Trained with duald-train on {len(self.train_names)} subject(s) for "
                         f"{self.trainer.step_count} iterations.",
@@ -275,7 +282,7 @@ class Run:
             local = self.trainer.local if self.trainer.config.variant.uses_local else None
             mean, per_subject, rows = validate(self.trainer.generator, local, self.val_subjects, self.ctx.device,
                                                self.cfg.batch_size, self.cfg.amp, self.spec.context_slices,
-                                               self.spec.target)
+                                               self.spec.target, self.inputs)
             self.reporter.log("validation", step, {**mean, "per_subject": per_subject,
                                                    "seconds": round(time.time() - t0, 2)})
             if rows:

@@ -74,7 +74,8 @@ def _same_grid(a: _Header, b: _Header) -> bool:
 def check_pair(pair: SubjectPair) -> tuple[str | None, list[str]]:
     """(rejection reason or None, notes) for one pair, from headers and NIfTI integrity only."""
     headers: dict[str, _Header] = {}
-    roles = (("source", pair.source), ("target", pair.target), ("mask", pair.mask), ("foreground", pair.foreground))
+    roles = (("source", pair.source), ("target", pair.target), ("mask", pair.mask), ("foreground", pair.foreground),
+             *pair.others)  # a multi-input model's other inputs, named by their contrast
     for role, path in roles:
         if path is None:
             continue
@@ -156,6 +157,12 @@ def load_pair(pair: SubjectPair) -> tuple[sitk.Image, sitk.Image, sitk.Image | N
         mask = _read_full(pair.mask, pair.subject, "mask")
         mask = _onto(source, mask, sitk.sitkNearestNeighbor, 0.0, mask.GetPixelID())
     return source, target, mask
+
+
+def load_others(pair: SubjectPair) -> dict[str, sitk.Image]:
+    """A multi-input pair's other inputs (contrast → image as stored; preparation resamples each onto the
+    source's prepared grid in physical space: a subject's contrasts are co-registered)."""
+    return {key: _read_full(path, pair.subject, key) for key, path in pair.others}
 
 
 def load_foreground(pair: SubjectPair, source: sitk.Image) -> sitk.Image | None:

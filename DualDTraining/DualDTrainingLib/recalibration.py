@@ -40,7 +40,7 @@ def site_ratios(parent: Parent, subjects: list[PreparedSubject], device: torch.d
     generator = parent.bundle.generator.to(device)
     spec = parent.meta.preprocessing
     mean, per_subject, _ = validate(generator, None, subjects, device, batch_size, False, spec.context_slices,
-                                    spec.target)
+                                    spec.target, parent.meta.inputs)
     return {"metrics": jsonable_metrics(mean),
             "per_subject": {k: jsonable_metrics(m) for k, m in per_subject.items()}}
 
@@ -57,7 +57,7 @@ def recalibrate_only(cfg: RunConfig, say: Callable[[str], None] | None = None) -
         raise TrainingError(f"--init-from {parent.path.name} has no expected-error head, so there is no factor "
                             "to recalibrate")
     try:
-        found = discover(cfg.data, cfg.source, cfg.target)
+        found = discover(cfg.data, cfg.source, cfg.target, cfg.required_sources or None)
     except DiscoveryError as exc:
         raise TrainingError(str(exc)) from None
     t0 = time.time()

@@ -17,8 +17,8 @@ from .errors import TrainingError
 from .step import DualDTrainer
 
 # Options a checkpoint fixes: its weights or its prepared data would not fit other values.
-FIXED_ON_RESUME = ("variant", "base_width", "depth", "d2_base_width", "source", "target", "source_norm",
-                   "context_slices", "error_head", "d2_head", "freeze_encoder", "site_calibration")
+FIXED_ON_RESUME = ("variant", "base_width", "depth", "d2_base_width", "source", "required_sources", "target",
+                   "source_norm", "context_slices", "error_head", "d2_head", "freeze_encoder", "site_calibration")
 
 
 def check_resume(saved: dict[str, Any], cfg: RunConfig) -> None:

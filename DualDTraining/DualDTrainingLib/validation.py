@@ -13,25 +13,29 @@ SSIM averages the full SSIM map inside the mask (one map per volume, shared by t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from DualDSynthesisLib.imaging.calibration import CalibrationError, ErrorCalibration, error_ratio
 from DualDSynthesisLib.model import metrics
+from DualDSynthesisLib.model.inputs import InputDeclaration
 from DualDSynthesisLib.model.intensity_base import IntensityMapping
 from DualDSynthesisLib.model.losses import difficulty_from_logits, expected_error
 from DualDSynthesisLib.model.slicestack import slice_stack
 
 from .dataset import PreparedSubject
+from .input_dropout import input_batch
 
 
 @torch.no_grad()
 def predict(generator: torch.nn.Module, source: np.ndarray, device: torch.device, batch_size: int,
-            amp: bool = False, context: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+            amp: bool = False, context: int = 0, others: Mapping[str, np.ndarray] | None = None,
+            inputs: InputDeclaration | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """G over all slices of a prepared volume [K, H, W] (eval mode, as at inference) → (float32 [K, H, W],
-    the expected |error| [K, H, W] in normalised units when G has that head, else None)."""
+    the expected |error| [K, H, W] in normalised units when G has that head, else None). A multi-input model
+    (``inputs``) also reads ``others`` (contrast → volume on the same grid; an input not given is withheld)."""
     was_training = generator.training
     generator.eval()
     out = np.empty_like(source, dtype=np.float32)
@@ -39,7 +43,12 @@ def predict(generator: torch.nn.Module, source: np.ndarray, device: torch.device
     try:
         for k0 in range(0, len(source), batch_size):
             idx = np.arange(k0, min(k0 + batch_size, len(source)))
-            x = torch.from_numpy(np.ascontiguousarray(slice_stack(source, idx, context))).to(device)
+            x = slice_stack(source, idx, context)
+            if inputs is not None and len(inputs) > 1:
+                extra = [None if others is None or n not in others else slice_stack(others[n], idx, context)
+                         for n in inputs.names[1:]]
+                x = input_batch(inputs, [x, *extra])
+            x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 y = generator(x)
             out[idx] = y[:, 0].float().cpu().numpy()
@@ -134,18 +143,23 @@ def validate(
     amp: bool = False,
     context: int = 0,
     target: IntensityMapping | None = None,
+    inputs: InputDeclaration | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[tuple[np.ndarray, ...]]]:
     """(mean metrics, per-subject metrics, sample rows source|real|synthetic|heatmap of the first subject).
     ``target``: the target mapping: the prediction is scored as the product writes it (clipped by its inverse),
-    over its data range (1.0 without one)."""
+    over its data range (1.0 without one). ``inputs``: a multi-input model's declaration (every input a subject
+    has is given)."""
     data_range = 1.0 if target is None else target.data_range
     per_subject: dict[str, dict[str, float]] = {}
     rows: list[tuple[np.ndarray, ...]] = []
     for i, subject in enumerate(subjects):
-        pred, err = predict(generator, subject.source, device, batch_size, amp, context)
+        pred, err = predict(generator, subject.source, device, batch_size, amp, context, subject.others, inputs)
         if target is not None:
             pred = target.normalised_output(pred, subject.target_params)
         per_subject[subject.name] = subject_metrics(pred, subject, data_range, err)
+        if inputs is not None and any(n in subject.others for n in inputs.optional):
+            per_subject[subject.name].update(_required_only(generator, subject, device, batch_size, amp, context,
+                                                            target, inputs))
         if i == 0:
             ks = sample_slices(subject)
             ys, xs = subject.crop
@@ -161,6 +175,19 @@ def validate(
             rows = [(subject.source[k][ys, xs], subject.target[k][ys, xs], fake[j][ys, xs],
                      *(m[j][ys, xs] for m in maps)) for j, k in enumerate(ks)]
     return average(per_subject), per_subject, rows
+
+
+def _required_only(generator: torch.nn.Module, subject: PreparedSubject, device: torch.device, batch_size: int,
+                   amp: bool, context: int, target: IntensityMapping | None,
+                   inputs: InputDeclaration) -> dict[str, float]:
+    """A multi-input model's PSNR and MAE with every optional input withheld (``<metric>_required_only``): how
+    much the optional inputs the subject has are worth, next to the metrics with all of them."""
+    required = {n: v for n, v in subject.others.items() if n in inputs.required}
+    pred, _ = predict(generator, subject.source, device, batch_size, amp, context, required, inputs)
+    if target is not None:
+        pred = target.normalised_output(pred, subject.target_params)
+    found = subject_metrics(pred, subject, 1.0 if target is None else target.data_range)
+    return {f"{k}_required_only": v for k, v in found.items() if k.startswith(("psnr", "mae"))}
 
 
 def held_out_calibration(validation: dict[str, Any] | None, evidence: str | None = None) -> ErrorCalibration:

@@ -18,8 +18,7 @@ What is measured (on the volume exactly as the networks see it, from ``preproces
   resampling), the foreground's fraction of the grid and its volume in mL;
 - **skull**: foreground above :data:`SKULL_ML` mL. Skull-stripped brains on the shared data hold
   1085–1639 mL (intracranial volumes rarely exceed 1.9 L); whole heads 2383–2789 mL with 144 mm of
-  coverage, the CT template 2867 mL (HU) or 4588 mL (raw Cormack units). A head scanned with less
-  than ~12 cm of coverage can fall under the threshold and read as stripped (a known limit).
+  coverage, the CT template 2867 mL (HU), 4588 mL (raw). A head with < ~12 cm coverage can read as stripped.
 
 Intensity, bright-core and foreground ranges are kept per skull kind ("stripped", "head"): a whole
 head's foreground includes scalp, fat and marrow, so mixing both kinds in one range widens it until
@@ -41,10 +40,9 @@ Tolerances (why a decision does not flip on noise):
   averaged; slices (z) are never resampled, so thinner and thicker both warn.
 
 Measured on the shared data (``Testing/test_fingerprint.py``): with all eight T1s none of them warns and
-every T2, FLAIR, 6 mm T1 and the CT template (raw or in HU) warns; the whole-head T2s only just (by
-0.01–0.02: two heads make a narrow range). Held out by source, BraTS-GLI and Kirby21 T1s pass, while
-BraTS-MET, Ljubljana-MS and TCGA T1s warn: eight subjects do not cover the spread of T1 protocols.
-The decisions are the same whether the bundle's source mapping is p99.5, median or peak.
+every T2, FLAIR, 6 mm T1 and the CT template warns (the whole-head T2s only just). Held out by source,
+BraTS-GLI and Kirby21 T1s pass, BraTS-MET, Ljubljana-MS and TCGA T1s warn; the same under p99.5, median, peak.
+A multi-input model records one fingerprint per input (``others``, JSON ``inputs``), each checked alike.
 """
 
 from __future__ import annotations
@@ -214,6 +212,8 @@ class TrainingFingerprint:
     field_of_view: tuple[Pair, Pair, Pair]
     stripped: ContentRanges | None  # None: no skull-stripped training volume
     head: ContentRanges | None  # None: no whole-head training volume
+    # A multi-input model's other inputs (model/inputs.py), each its own fingerprint: (contrast, fingerprint)
+    others: tuple[tuple[str, TrainingFingerprint], ...] = ()
 
     @property
     def skull_kinds(self) -> tuple[str, ...]:
@@ -228,12 +228,15 @@ class TrainingFingerprint:
         def content(a: ContentRanges | None, b: ContentRanges | None) -> ContentRanges | None:
             return a.merged(b) if a and b else a or b
 
+        mine, theirs = dict(self.others), dict(other.others)
         return TrainingFingerprint(
             n_subjects=self.n_subjects + other.n_subjects,
             spacing=span(self.spacing, other.spacing),  # type: ignore[arg-type]
             field_of_view=span(self.field_of_view, other.field_of_view),  # type: ignore[arg-type]
             stripped=content(self.stripped, other.stripped),
             head=content(self.head, other.head),
+            others=tuple((k, mine[k].merged(theirs[k]) if k in mine and k in theirs else mine.get(k) or theirs[k])
+                         for k in dict.fromkeys([*mine, *theirs])),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,10 +248,15 @@ class TrainingFingerprint:
             "field_of_view_mm": [list(p) for p in self.field_of_view],
             "stripped": _content_to_dict(self.stripped),
             "head": _content_to_dict(self.head),
+            **({"inputs": {k: fp.to_dict() for k, fp in self.others}} if self.others else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Any) -> TrainingFingerprint:
+        others = d.get("inputs", {}) if isinstance(d, dict) else {}  # the other inputs' (absent: one input)
+        if not isinstance(others, dict):
+            raise FingerprintError(f"the training fingerprint's inputs must be a JSON object, got {others!r}.")
+        d = {k: v for k, v in d.items() if k != "inputs"} if isinstance(d, dict) else d
         _check_keys(d, _TOP_KEYS, "the training fingerprint")
         if d["version"] != _VERSION:
             raise FingerprintError(f"training fingerprint version {d['version']!r} is not supported (expected 1).")
@@ -267,11 +275,14 @@ class TrainingFingerprint:
             field_of_view=_pairs(d["field_of_view_mm"], "field_of_view_mm", 3),  # type: ignore[arg-type]
             stripped=stripped,
             head=head,
+            others=tuple((str(k), cls.from_dict(v)) for k, v in others.items()),
         )
 
 
-def fingerprint(stats: Sequence[VolumeStats]) -> TrainingFingerprint:
-    """The fingerprint of the training source volumes' statistics (at least one)."""
+def fingerprint(stats: Sequence[VolumeStats],
+                others: Iterable[tuple[str, Sequence[VolumeStats]]] = ()) -> TrainingFingerprint:
+    """The fingerprint of the training source volumes' statistics (at least one); ``others``: a multi-input
+    model's other inputs, (contrast, the statistics of the volumes that had it) each."""
     stats = list(stats)
     if not stats:
         raise FingerprintError("a training fingerprint needs the statistics of at least one volume.")
@@ -283,6 +294,7 @@ def fingerprint(stats: Sequence[VolumeStats]) -> TrainingFingerprint:
         field_of_view=tuple(_span(s.field_of_view[a] for s in stats) for a in range(3)),  # type: ignore[arg-type]
         stripped=ContentRanges.of(stripped) if stripped else None,
         head=ContentRanges.of(head) if head else None,
+        others=tuple((k, fingerprint(v)) for k, v in others if v),
     )
 
 

@@ -8,26 +8,21 @@ Pipeline (one call of :meth:`SynthesisEngine.run`):
 2. G, then D2 on G's output, slice by slice in batches under ``torch.inference_mode`` (bf16/fp16
    autocast on CUDA). The heatmap is ``1 − sigmoid(D2(G(x)))`` brought to the slice grid with
    ``losses.confidence_to_grid``: the shipped D2 itself, never an approximation.
-3. Back to target units with the target mapping's ``inverse`` and the bundle's reference parameters
-   (Hounsfield units for CT; for MRI e.g. the normalised value times ``reference_scale``, the median
-   intensity scale of the training targets, since an MRI has no absolute unit), then
-   ``preprocess.restore_volume`` undoes padding, resampling and reorientation: both outputs have exactly
-   the input's size, spacing, origin and direction (float32).
+3. Back to target units with the target mapping's ``inverse`` and the bundle's reference parameters (HU for
+   CT; for MRI the median intensity scale of the training targets), then ``preprocess.restore_volume``
+   undoes padding, resampling and reorientation: both outputs are on exactly the input's grid (float32).
 
-Speed without changing what the networks compute where it matters (crop to the foreground's box,
-skip empty slices, fill the rest with the networks' response to a blank input): ``network_pass.py``.
-
-Memory: the prepared input slices and the two output arrays are allocated once; batches are
-streamed through the networks; the input slices are released before the outputs are restored, and
-each output array as soon as its image exists (``outputs.py``); float64 work (the rank mapping, the
-heatmap file's quantisation) goes a slab of slices at a time. Files: the networks' side is
-``network_pass.py``, the restoring and the output checks ``outputs.py``.
+Speed without changing what the networks compute where it matters (crop, skip empty slices, fill the rest
+with the networks' response to a blank input): ``network_pass.py``. Memory: the prepared slices and the two
+output arrays are allocated once; the input slices are released before the outputs are restored, each output
+array as soon as its image exists. Files: ``network_pass.py`` (the networks), ``outputs.py`` (restoring, the
+output checks), ``multi_input.py`` (a multi-input model's other inputs).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,13 +42,15 @@ from ..imaging.devices import DeviceError, resolve_device
 from ..imaging.fingerprint import TrainingFingerprint, foreground_ml
 from ..imaging.preprocess import PreparedVolume, PreprocessError, prepare_volume, validate_volume
 from ..imaging.skull_policy import check_skull, decide_skull
+from . import multi_input as multi
 from .contract import CancelCallback, ProgressCallback, SynthesisCancelled, SynthesisError, SynthesisResult
 from .input_stats import InputStats
 from .network_pass import NETWORKS_DONE, PREPARED, NetworkPass, fold_batchnorm
-from .outputs import apply_mask, check_mask, check_output_paths, constant_value, restore_outputs
+from .outputs import apply_mask, check_mask, check_output_paths, constant_value, restore_outputs, write_overview
 
 if TYPE_CHECKING:
     from ..imaging.dicom_export import DicomRequest
+    from ..model.inputs import InputDeclaration
 
 __all__ = ["DEFAULT_MODEL", "SynthesisCancelled", "SynthesisEngine", "SynthesisError", "SynthesisResult",
            "modality_warning", "synthesize_file"]
@@ -124,7 +121,7 @@ class SynthesisEngine(NetworkPass):
         # Preprocessing on the device only on CUDA (on the CPU the host path is ~3× faster); tests force it.
         self.device_preprocessing = self.device.type == "cuda" if device_preprocessing is None \
             else device_preprocessing
-        self._blank: dict[tuple[str, str | None], tuple[float, float]] = {}
+        self._blank: dict[tuple[str | bool | None, ...], tuple[float, float]] = {}
         # BatchNorm folded into the preceding conv (exact up to float rounding, ~10 % faster on the CPU): in
         # copies when the caller gave a loaded bundle (left as it is), in place when the engine loaded it.
         own = self.bundle_path is not None
@@ -199,16 +196,17 @@ class SynthesisEngine(NetworkPass):
         mask: sitk.Image | None = None,
         source_modality: str | None = None,
         skull: str = "auto",
+        others: Mapping[str, sitk.Image] | None = None,
     ) -> SynthesisResult:
-        """Synthesise ``image``. ``progress(fraction, message)`` is called as work advances; ``cancel()``
-        is checked between batches and raises :class:`SynthesisCancelled`. ``mask``: outputs are set to
-        the target's background (0, or -1024 HU for CT) and difficulty 0 outside it. ``source_modality``:
-        what the caller knows the input is (a DICOM modality tag on the image is used otherwise).
-        ``skull`` (:data:`vocabulary.SKULL_HANDLING`): "strip" synthesises inside the brain only (``mask`` is
-        the brain when given, else it is estimated), "auto" strips inside a given mask or a whole head a
-        stripped-only model gets (``skull_policy.decide_skull``; ``result.notes`` says what was done).
-        ``image`` itself is never modified; once prepared the engine holds no reference to it, so a caller
-        that handed it over (kept none either) gets its memory back before the networks run."""
+        """Synthesise ``image``, the reference input (``others``: a multi-input model's other inputs, any grid:
+        ``multi_input.py``). ``progress(fraction, message)`` is called as work advances; ``cancel()`` is checked
+        between batches and raises :class:`SynthesisCancelled`. ``mask``: outputs are set to the target's
+        background (0, or -1024 HU for CT) and difficulty 0 outside it. ``source_modality``: what the caller
+        knows the input is (else a DICOM modality tag on the image). ``skull`` (``vocabulary.SKULL_HANDLING``):
+        "strip" synthesises inside the brain only (``mask`` is the brain when given, else it is estimated),
+        "auto" strips inside a given mask or a whole head a stripped-only model gets (``skull_policy``;
+        ``result.notes`` says what was done). ``image`` is never modified; once prepared the engine holds no
+        reference to it, so a caller that handed it over gets its memory back before the networks run."""
         start = time.perf_counter()
         report = progress or _noop_progress
         warnings: list[str] = []
@@ -217,6 +215,7 @@ class SynthesisEngine(NetworkPass):
             check_skull(skull, ct=not self.strips_skulls)
         except BrainMaskError as exc:
             raise SynthesisError(str(exc)) from None
+        others = multi.checked_others(self.metadata.inputs, others)  # named refusals before any work
 
         def check_cancel() -> None:
             if cancel is not None and cancel():
@@ -225,12 +224,14 @@ class SynthesisEngine(NetworkPass):
         check_cancel()
         source = self._request_warnings(image, heatmap, source_modality, warnings)
         report(0.0, "Preparing the volume")
-        prepared, mask = self._prepare_input(image, mask, skull, warnings, notes, report, check_cancel)
+        prepared, mask, others = self._prepare_input(image, mask, skull, warnings, notes, report, check_cancel,
+                                                     others)
         del image
-        outputs, box = self._network_step(prepared, source, warnings, report, check_cancel)
+        outputs, box = self._network_step(prepared, source, warnings, report, check_cancel, others)
         check_cancel()
         report(NETWORKS_DONE, "Restoring the input's geometry")
-        synthetic, heat_image = restore_outputs(outputs, prepared, box, source, self._blank_synthetic(source))
+        given = tuple(name in others for name in self.metadata.inputs.optional)
+        synthetic, heat_image = restore_outputs(outputs, prepared, box, source, self._blank_synthetic(source, given))
         if mask is not None:
             try:
                 synthetic, heat_image = apply_mask(mask, synthetic, heat_image, self.spec.target.background_value)
@@ -257,13 +258,17 @@ class SynthesisEngine(NetworkPass):
         return source
 
     def _prepare_input(self, image: sitk.Image, mask: sitk.Image | None, skull: str, warnings: list[str],
-                       notes: list[str], report: ProgressCallback,
-                       check_cancel: Callable[[], None]) -> tuple[PreparedVolume, sitk.Image | None]:
-        """(the prepared input, the mask to apply to the outputs): validation, the skull handling, preparation."""
+                       notes: list[str], report: ProgressCallback, check_cancel: Callable[[], None],
+                       others: Mapping[str, sitk.Image]) -> tuple[PreparedVolume, sitk.Image | None,
+                                                                  dict[str, PreparedVolume]]:
+        """(the prepared input, the mask to apply to the outputs, the other inputs prepared on its grid):
+        validation, the other inputs onto the input's grid, the skull handling (of every input), preparation."""
         try:
             validate_volume(image, "the input volume", spec=self.spec)
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
+        others, placed = multi.onto_reference(image, others)
+        notes.extend(placed)
         if mask is not None:
             check_mask(mask, image, warnings, notes)
         prepared = None
@@ -290,6 +295,7 @@ class SynthesisEngine(NetworkPass):
             check_cancel()  # brain extraction takes 10-20 s: honour a cancel before preparing again
         if brain is not None:
             image, mask, prepared = stripped, brain, None
+            others = {name: strip(other, brain) for name, other in others.items()}  # the same brain for every input
             notes.append(decision.note(volume_ml(brain)))
         elif not decision.strip:
             notes.append(decision.note())
@@ -301,13 +307,15 @@ class SynthesisEngine(NetworkPass):
                     raise
                 raise SynthesisError(f"inside the brain mask the input is empty ({exc}); check that the mask "
                                      "belongs to this volume, or use --skull keep to only blank outside it") from None
-        return prepared, mask
+        return prepared, mask, multi.prepare_others(others, prepared, self.spec)
 
     def _network_step(self, prepared: PreparedVolume, source: str | None, warnings: list[str],
                       report: ProgressCallback, check_cancel: Callable[[], None],
+                      others: Mapping[str, PreparedVolume],
                       ) -> tuple[dict[str, np.ndarray | None], tuple[slice, slice, slice]]:
-        """The networks over ``prepared``'s foreground slices, with the input's statistics and the synthetic's
-        sanity check: ({"synthetic", "heatmap"} arrays on the prepared grid, the processed box)."""
+        """The networks over ``prepared``'s foreground slices (with the other inputs' slices), with every input's
+        statistics and the synthetic's sanity check: ({"synthetic", "heatmap"} arrays on the prepared grid, the
+        processed box)."""
         slice_has_fg = prepared.foreground.any(axis=(1, 2))
         indices = np.flatnonzero(slice_has_fg)
         if indices.size == 0:
@@ -320,9 +328,11 @@ class SynthesisEngine(NetworkPass):
             prepared, self.spec.source, background=self.device.type != "cpu" or self.device_preprocessing)
         device_warnings: list[str] = []
         syn, diff = self._run_networks(prepared.slices, indices, (y0, y1, x0, x1), source,
-                                       device_warnings, report, check_cancel)
+                                       device_warnings, report, check_cancel,
+                                       multi.input_volumes(self.metadata.inputs, others))
         if stats is not None:  # warn, and still synthesise: the user decides
             warnings.extend(stats.warnings(self.fingerprint))
+        warnings.extend(multi.other_warnings(self.fingerprint, others, self.spec))
         warnings.extend(device_warnings)
         prepared.slices = None  # type: ignore[assignment]
         value = constant_value(syn, prepared.foreground, indices, (y0, y1, x0, x1))
@@ -377,29 +387,26 @@ def synthesize_file(
     dicom: DicomRequest | None = None,
     series_uid: str | None = None,
     skull: str = "auto",
+    others: Mapping[str, str | Path] | None = None,
 ) -> SynthesisResult:
-    """Read ``input`` (file or DICOM folder; ``series_uid`` picks one of several series), synthesise,
-    write ``output`` (and the heatmap, the overview PNG, a DICOM export folder). Every file is written
-    under a temporary name and renamed only when all are done: a cancel or a failure leaves nothing.
-    Existing outputs are refused unless ``overwrite``."""
+    """Read ``input`` (file or DICOM folder; ``series_uid`` picks one of several series) and a multi-input model's
+    ``others`` (contrast → file), synthesise, write ``output`` (and the heatmap, the overview PNG, a DICOM export
+    folder), each under a temporary name renamed when all are done: a cancel or a failure leaves nothing."""
     output = None if output is None else Path(output)
     outputs = vio.AtomicOutputs(overwrite)
-    check_output_paths(input, output, heatmap_path, png, dicom, outputs)
+    check_output_paths(input, output, heatmap_path, png, dicom, outputs, others)
     if engine is None:
         engine = SynthesisEngine(model, device=device, batch_size=batch_size)
     if heatmap_path is not None and not engine.has_heatmap:
         raise SynthesisError(f"this model {engine.no_heatmap_reason}, so it cannot write a heatmap")
-    images, mask_image = _read_inputs(input, series_uid, mask)
+    images, mask_image, other_images = _read_inputs(input, series_uid, mask, engine.metadata.inputs, others)
     report = progress or _noop_progress
     source = images[0] if png is not None else None  # the overview shows it; else the engine frees it once prepared
     result = engine.run(
         images.pop(),  # handed over: this frame keeps no reference
         progress=lambda f, m: report(0.95 * f, m if f < 1.0 else "Synthesised"),  # one "Done", at the very end
-        cancel=cancel,
+        cancel=cancel, mask=mask_image, source_modality=source_modality, skull=skull, others=other_images,
         heatmap=heatmap_path is not None or png is not None or (dicom is not None and engine.has_heatmap),
-        mask=mask_image,
-        source_modality=source_modality,
-        skull=skull,
     )
     if cancel is not None and cancel():
         raise SynthesisCancelled("synthesis cancelled")
@@ -411,32 +418,26 @@ def synthesize_file(
                                                         result.heatmap_source))
         side_by_side(writes)
         if png is not None:
-            _write_overview(outputs, Path(png), source, result)
+            write_overview(outputs, Path(png), source, result)
         if dicom is not None:
-            _dicom_export().write_dicom(dicom, outputs, input, series_uid, result, engine)
+            from ..imaging import dicom_export  # pydicom takes ~0.5 s to import: only a DICOM export needs it
+
+            dicom_export.write_dicom(dicom, outputs, input, series_uid, result, engine)
         if cancel is not None and cancel():
             raise SynthesisCancelled("synthesis cancelled")
     report(1.0, "Done")
     return result
 
 
-def _dicom_export():
-    from ..imaging import dicom_export  # pydicom takes ~0.5 s to import: only a DICOM export needs it
-
-    return dicom_export
-
-
-def _read_inputs(input: str | Path, series_uid: str | None,
-                 mask: str | Path | sitk.Image | None) -> tuple[list[sitk.Image], sitk.Image | None]:
-    """([the input volume], the mask image) read from files; a list, so that the caller can hand the volume over."""
+def _read_inputs(input: str | Path, series_uid: str | None, mask: str | Path | sitk.Image | None,
+                 inputs: InputDeclaration, others: Mapping[str, str | Path] | None,
+                 ) -> tuple[list[sitk.Image], sitk.Image | None, dict[str, sitk.Image]]:
+    """([the input volume], the mask image, the other inputs) read from files; a list, so that the caller can hand
+    the volume over. The other inputs' names are checked against the model's before any file is read."""
+    multi.checked_others(inputs, others)
     try:
-        return [vio.read_volume(input, series_uid)], vio.read_volume(mask) if isinstance(mask, str | Path) else mask
+        images = [vio.read_volume(input, series_uid)]
+        mask_image = vio.read_volume(mask) if isinstance(mask, str | Path) else mask
     except vio.VolumeReadError as exc:
         raise SynthesisError(str(exc)) from None
-
-
-def _write_overview(outputs: vio.AtomicOutputs, png: Path, source: sitk.Image, result: SynthesisResult) -> None:
-    from ..imaging.overview import overview_image
-
-    figure = overview_image(source, result.synthetic, result.heatmap, result.heatmap_units, result.heatmap_source)
-    outputs.write_image(figure, png, (".png",))
+    return images, mask_image, multi.read_others(others)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from ..imaging.devices import auto_batch_size, autocast, free_cached_memory, is_
 from ..model.intensity_base import foreground_box
 from ..model.losses import difficulty_from_logits, expected_error
 from ..model.slicestack import slice_stack
+
+if TYPE_CHECKING:
+    from ..imaging.bundle import BundleMetadata
 
 PREPARED = 0.1  # progress fraction at which preparation ends and the networks start
 NETWORKS_DONE = 0.9
@@ -55,7 +59,8 @@ def fold_batchnorm(module: torch.nn.Module, in_place: bool = False) -> torch.nn.
 class NetworkPass:
     """G and the heatmap over a prepared volume; mixed into :class:`engine.SynthesisEngine`."""
 
-    _blank: dict[tuple[str, str | None], tuple[float, float]]
+    _blank: dict[tuple[str | bool | None, ...], tuple[float, float]]
+    metadata: BundleMetadata
     _generator: torch.nn.Module
     _local: torch.nn.Module | None
 
@@ -93,14 +98,18 @@ class NetworkPass:
     def _d2_stride(self) -> int:
         return self.arch.d2_downsampling if heatmap_kinds.needs_d2(self.heatmap_source) else 1
 
-    def _blank_response(self, heatmap: str | None) -> tuple[float, float]:
-        """(G, heatmap) at the centre of a blank slice wide enough that no edge reaches the centre."""
-        key = (str(self.device), heatmap)
+    def _blank_response(self, heatmap: str | None, given: tuple[bool, ...] = ()) -> tuple[float, float]:
+        """(G, heatmap) at the centre of a blank slice wide enough that no edge reaches the centre; ``given``: which
+        of a multi-input model's optional inputs are given (their availability channels are 1 even there)."""
+        key = (str(self.device), heatmap, *given)  # a one-input model's: (device, heatmap)
         if key not in self._blank:
             step = math.lcm(self.spec.size_multiple, self._d2_stride)
             size = step * math.ceil((2 * self.arch.receptive_margin(heatmap_kinds.needs_d2(heatmap)) + step) / step)
-            channels = 2 * self.spec.context_slices + 1
-            syn, heat = self._infer(np.zeros((1, channels, size, size), np.float32), heatmap)
+            inputs = self.metadata.inputs
+            blank = np.zeros((1, 2 * self.spec.context_slices + 1, size, size), np.float32)
+            optional = iter(given or (False,) * len(inputs.optional))
+            stacks = [blank if spec.required or next(optional) else None for spec in inputs.inputs]
+            syn, heat = self._infer(inputs.stack_inputs(stacks), heatmap)
             c = size // 2
             self._blank[key] = (float(syn[0, c, c]), float(heat[0, c, c]) if heat is not None else 0.0)
         return self._blank[key]
@@ -131,18 +140,25 @@ class NetworkPass:
             return self.batch_size
         return auto_batch_size(self.device, pixels, bytes_per_pixel=4 * 12 * self.arch.g_base_width)
 
-    def _blank_synthetic(self, heatmap: str | None) -> float:
+    def _blank_synthetic(self, heatmap: str | None, given: tuple[bool, ...] = ()) -> float:
         """G's output on empty input, in target units: the synthetic volume's value outside the processed region."""
-        return float(self.spec.target.inverse(np.float32(self._blank_response(heatmap)[0]), self.output_params))
+        blank = self._blank_response(heatmap, given)[0]
+        return float(self.spec.target.inverse(np.float32(blank), self.output_params))
 
-    def _run_networks(self, slices, indices, box, heatmap, warnings, report, check_cancel):
+    def _run_networks(self, slices, indices, box, heatmap, warnings, report, check_cancel, others=()):
         """G (and the heatmap) on ``indices`` inside ``box``. Elsewhere the synthetic holds G's blank response and
-        the heatmap 0: it is zeroed outside the foreground anyway, and the foreground lies inside the box."""
+        the heatmap 0: it is zeroed outside the foreground anyway, and the foreground lies inside the box.
+        ``others``: a multi-input model's other inputs' prepared slices in declaration order (None: not given)."""
         y0, y1, x0, x1 = box
         k, h, w = slices.shape
         target = self.spec.target
+        inputs = self.metadata.inputs
+        if isinstance(slices, torch.Tensor):  # device-prepared reference: the others join it there
+            others = [None if v is None else torch.from_numpy(v).to(slices.device) for v in others]
+        given = tuple(v is not None for name, v in zip(inputs.names[1:], others, strict=True)
+                      if name in inputs.optional)
         syn = np.empty((k, h, w), np.float32)
-        syn.fill(self._blank_synthetic(heatmap))
+        syn.fill(self._blank_synthetic(heatmap, given))
         diff = np.zeros((k, h, w), np.float32) if heatmap else None  # no pass over the array (calloc)
         batch = self._batch_size_for((y1 - y0) * (x1 - x0))
         done = 0
@@ -151,6 +167,9 @@ class NetworkPass:
             idx = indices[done : done + batch]
             try:
                 stack = slice_stack(slices, idx, self.spec.context_slices)[:, :, y0:y1, x0:x1]
+                if len(inputs) > 1:  # model/inputs.py: every input's stack, then the availability channels
+                    stack = inputs.stack_inputs([stack, *(None if v is None else slice_stack(
+                        v, idx, self.spec.context_slices)[:, :, y0:y1, x0:x1] for v in others)])
                 if isinstance(stack, np.ndarray):
                     stack = np.ascontiguousarray(stack)
                 out, difficulty = self._infer(stack, heatmap)

@@ -12,6 +12,7 @@ image that holds one value on the whole foreground (what an untrained model writ
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from ..imaging.atomic import same_file
 from ..imaging.brainmask import BrainMaskError, mask_on_grid, volume_ml
 from ..imaging.grid import Grid
 from ..imaging.preprocess import PreparedVolume, PreprocessError, restore_volume, validate_volume
-from .contract import SynthesisError
+from .contract import SynthesisError, SynthesisResult
 
 if TYPE_CHECKING:
     from ..imaging.dicom_export import DicomRequest
@@ -132,8 +133,10 @@ def apply_mask(mask: sitk.Image, synthetic: sitk.Image, heat_image: sitk.Image |
 
 
 def check_output_paths(input: str | Path, output: Path | None, heatmap_path: str | Path | None,
-                       png: str | Path | None, dicom: DicomRequest | None, outputs: vio.AtomicOutputs) -> None:
-    """Refuse, before any work, outputs that are missing, unwritable by name, existing, repeated or the input."""
+                       png: str | Path | None, dicom: DicomRequest | None, outputs: vio.AtomicOutputs,
+                       others: Mapping[str, str | Path] | None = None) -> None:
+    """Refuse, before any work, outputs that are missing, unwritable by name, existing, repeated or an input
+    (``others``: a multi-input model's other input files, by contrast)."""
     wanted = [p for p in (output, heatmap_path, png) if p is not None]
     if not wanted and dicom is None:
         raise SynthesisError("no output was asked for; give an output file or a DICOM export folder")
@@ -147,3 +150,14 @@ def check_output_paths(input: str | Path, output: Path | None, heatmap_path: str
         raise SynthesisError("the synthetic, heatmap and PNG outputs must be different files")
     if any(same_file(input, p) for p in wanted):  # a link or a second name of the input included
         raise SynthesisError("an output path is the input volume itself")
+    for name, path in (others or {}).items():
+        if any(same_file(path, p) for p in wanted):
+            raise SynthesisError(f"an output path is the {name} input itself")
+
+
+def write_overview(outputs: vio.AtomicOutputs, png: Path, source: sitk.Image, result: SynthesisResult) -> None:
+    """The overview PNG (input, synthetic, heatmap) among the run's atomic outputs."""
+    from ..imaging.overview import overview_image
+
+    figure = overview_image(source, result.synthetic, result.heatmap, result.heatmap_units, result.heatmap_source)
+    outputs.write_image(figure, png, (".png",))

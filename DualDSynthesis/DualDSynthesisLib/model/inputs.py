@@ -17,9 +17,11 @@ imported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..core.errors import DualDError
 from ..core.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, known_contrasts_text
@@ -168,6 +170,49 @@ class InputDeclaration:
             raise InputError(f"this model needs a {absent[0]} input (it reads {self.describe()})")
         return tuple(k for k in self.names if k in keys)
 
+    def stack_inputs(self, stacks: Sequence[Any | None], available: Any = None) -> Any:
+        """G's input batch in this declaration's channel layout, the one definition training and inference share.
+
+        ``stacks``: one ``[B, S, H, W]`` slice stack per input in declaration order (numpy or torch, all of one
+        kind; ``slicestack.slice_stack`` of each input's prepared volume), None for an input no sample has.
+        ``available``: ``[B, len(optional)]`` 1/0 (or bool) per optional input and sample, of the stacks' kind
+        (None: every given stack is available). A withheld input's slices are zeroed. A one-input declaration
+        returns its stack itself (the channels of every bundle before format 4, no copy)."""
+        if len(stacks) != len(self.inputs):
+            raise InputError(f"expected {len(self.inputs)} input stacks ({', '.join(self.names)}), got {len(stacks)}")
+        first = stacks[0]
+        if first is None:
+            raise InputError(f"the reference input {self.reference} is required")
+        if len(self.inputs) == 1:
+            return first
+        lib = _array_lib(first)
+        b = first.shape[0]
+        given = [stacks[i] is not None for i, spec in enumerate(self.inputs) if not spec.required]
+        if lib is np:
+            given_row = np.asarray(given, first.dtype)
+            available = given_row if available is None else np.asarray(available, first.dtype) * given_row
+            available = np.broadcast_to(available, (b, len(given)))
+        else:  # an input with no stack is withheld in every sample, whatever ``available`` says
+            given_row = first.new_tensor(given, dtype=first.dtype)
+            available = given_row if available is None else available.to(first.dtype) * given_row
+            available = available.expand(b, -1)
+        parts, column = [], 0
+        for spec, stack in zip(self.inputs, stacks, strict=True):
+            if spec.required:
+                if stack is None:
+                    raise InputError(f"the required input {spec.contrast} is missing")
+                parts.append(stack)
+                continue
+            if stack is None:
+                parts.append(lib.zeros(first.shape, dtype=first.dtype) if lib is np else first.new_zeros(first.shape))
+            else:
+                parts.append(stack * available[:, column, None, None, None])
+            column += 1
+        h, w = first.shape[-2:]
+        flags = available[:, :, None, None] * (lib.ones((1, 1, h, w), dtype=first.dtype) if lib is np
+                                               else first.new_ones((1, 1, h, w)))
+        return lib.concatenate([*parts, flags], 1) if lib is np else lib.cat([*parts, flags], 1)
+
     def accepts(self, given: Iterable[str]) -> bool:
         """Whether :meth:`check_given` would accept ``given`` (automatic model choice)."""
         try:
@@ -175,3 +220,12 @@ class InputDeclaration:
         except InputError:
             return False
         return True
+
+
+def _array_lib(array: Any) -> Any:
+    """numpy for a numpy array, torch for a tensor (imported only then: this module stays torch-free)."""
+    if isinstance(array, np.ndarray):
+        return np
+    import torch
+
+    return torch
