@@ -247,10 +247,15 @@ def similarity(pair: Pair, transform: sitk.Transform | None) -> Similarity:
     return Similarity(float(dice), _edge_alignment(a, b, deep_a & deep_b & ndimage.binary_erosion(field, iterations=2)))
 
 
+MIN_EDGE_VOXELS = 64  # 2 mm voxels deep inside both heads: fewer cannot tell a head's edges from noise
+
+
 def _edge_alignment(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
     """Mean cos² of the angle between ``a``'s and ``b``'s gradients over ``inside``, weighted by the product of
     their magnitudes: 1 when every edge of one lies along an edge of the other (whatever the contrast's
-    polarity), 1/3 for unrelated edge directions in 3-D; 0 when ``inside`` is empty."""
+    polarity), 1/3 for unrelated edge directions in 3-D; NaN when ``inside`` has too few voxels to judge."""
+    if np.count_nonzero(inside) < MIN_EDGE_VOXELS:
+        return float("nan")
     ga, gb = (np.stack(np.gradient(v))[:, inside] for v in (a, b))
     dot, na, nb = (ga * gb).sum(axis=0), (ga * ga).sum(axis=0), (gb * gb).sum(axis=0)
     weight = np.sqrt(na * nb)

@@ -267,7 +267,7 @@ class SynthesisEngine(NetworkPass):
             validate_volume(image, "the input volume", spec=self.spec)
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
-        others, placed = multi.onto_reference(image, others)
+        others, placed = multi.onto_reference(image, others, self.metadata.inputs.reference)
         notes.extend(placed)
         if mask is not None:
             check_mask(mask, image, warnings, notes)

@@ -7,9 +7,9 @@ grid. Every other input given (contrast → image) goes through:
 1. :func:`checked_others`: the names against the bundle's declaration (``InputDeclaration.check_given``: an
    unknown contrast, one given twice, one the model does not read, a required one missing: one sentence naming
    the input); a one-input model given others is refused naming them;
-2. :func:`onto_reference`: the one function that brings them onto the reference's grid. Here plain physical-
-   space resampling (linear, 0 outside, the background of every MRI mapping); the registration and the overlap
-   refusals of ``imaging/input_alignment.py`` replace it;
+2. :func:`onto_reference`: the one function that brings them onto the reference's grid, through
+   ``imaging/input_alignment.align_inputs`` (resampling; a rigid registration when the frames of reference differ
+   or the inputs are misaligned; refusals naming the input: no overlap, another patient, too small a field);
 3. :func:`prepare_others`: each onto the reference's *prepared* grid (the same reorientation, in-plane
    resampling and padding; ``preprocess.prepare_on_grid``), normalised by itself with the bundle's source
    mapping, as in training. The networks then read the same crop box and slices of every input.
@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from ..core.vocabulary import canonical_contrast
 from ..imaging.fingerprint import FingerprintError, TrainingFingerprint, ood_warnings, volume_stats
+from ..imaging.input_alignment import InputAlignmentError, align_inputs
 from ..imaging.preprocess import PreparedVolume, PreprocessError, PreprocessingSpec, prepare_on_grid, validate_volume
 from ..model.inputs import InputDeclaration, InputError
 from .contract import SynthesisError
@@ -61,31 +62,44 @@ def read_others(paths: Mapping[str, str | Path] | None) -> dict[str, sitk.Image]
     return images
 
 
-def onto_reference(reference: sitk.Image, others: Mapping[str, sitk.Image]) -> tuple[dict[str, sitk.Image],
-                                                                                     list[str]]:
+FRAME_OF_REFERENCE_TAG = "0020|0052"  # DICOM FrameOfReferenceUID, kept on an image read from a series
+
+
+def _frame(image: sitk.Image) -> str | None:
+    return image.GetMetaData(FRAME_OF_REFERENCE_TAG).strip() or None if image.HasMetaDataKey(
+        FRAME_OF_REFERENCE_TAG) else None
+
+
+def onto_reference(reference: sitk.Image, others: Mapping[str, sitk.Image],
+                   reference_name: str = "reference") -> tuple[dict[str, sitk.Image], list[str]]:
     """(every other input on ``reference``'s grid, notes saying what was done). The one seam where inputs are
-    aligned: plain resampling in physical space (linear, 0 outside), for inputs of one study in one frame."""
-    placed, notes = {}, []
+    aligned: ``imaging/input_alignment.align_inputs`` resamples each onto the reference grid, registers it
+    rigidly first when their DICOM frames of reference differ or a quick check finds it misaligned, and refuses
+    (naming it) an input that does not overlap, fails the registration's quality check (another patient) or
+    covers too little of the head. An input already on the reference grid is taken as it is."""
+    if not others:
+        return {}, []
     for name, image in others.items():
         try:
             validate_volume(image, f"the {name} input")
         except PreprocessError as exc:
             raise SynthesisError(str(exc).rstrip(".")) from None
-        image = sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
-        same = (image.GetSize() == reference.GetSize() and np.allclose(image.GetSpacing(), reference.GetSpacing())
-                and np.allclose(image.GetOrigin(), reference.GetOrigin())
-                and np.allclose(image.GetDirection(), reference.GetDirection()))
-        if same:
-            image = sitk.Image(image)
-            image.CopyInformation(reference)
-        else:
-            image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            if not sitk.GetArrayViewFromImage(image).any():
-                raise SynthesisError(f"the {name} input does not overlap the reference input in physical space; "
-                                     "is it from this study?")
-            notes.append(f"the {name} input was resampled onto the reference input's grid")
-        placed[name] = image
+    images = {reference_name: reference, **others}
+    try:
+        aligned = align_inputs(reference_name, images, {name: _frame(image) for name, image in images.items()})
+    except InputAlignmentError as exc:
+        raise SynthesisError(str(exc).rstrip(".")) from None
+    placed = {name: aligned[name].image for name in others}
+    notes = [f"the {name} input: {aligned[name].note}" for name in others
+             if aligned[name].registered or not _same_grid(others[name], reference)
+             or aligned[name].covered < 0.995]
     return placed, notes
+
+
+def _same_grid(image: sitk.Image, reference: sitk.Image) -> bool:
+    return (image.GetSize() == reference.GetSize() and np.allclose(image.GetSpacing(), reference.GetSpacing())
+            and np.allclose(image.GetOrigin(), reference.GetOrigin())
+            and np.allclose(image.GetDirection(), reference.GetDirection()))
 
 
 def prepare_others(others: Mapping[str, sitk.Image], prepared: PreparedVolume,
