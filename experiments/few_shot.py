@@ -19,6 +19,7 @@ The adaptations run through the product (``run_training``/``recalibrate_only`` o
 
     python experiments/few_shot.py RUN --prepared .loso/loso.npz --data ../shared/data/brain-mri \\
         --out few_shot.json --seeds 0,1 [--iterations 200] [--device cuda]
+    python experiments/few_shot.py table few_shot-*.json      # the tables of finished runs
 """
 
 from __future__ import annotations
@@ -153,7 +154,39 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _runs(entry: dict[str, Any], row: str) -> list[dict[str, float]]:
+    value = entry.get(row)
+    return value if isinstance(value, list) else [value] if value else []
+
+
+def direction_table(results: dict[str, Any], column: str = "psnr") -> str:
+    """One line per direction: ``column`` per row (mean over seeds, the seeds' values in brackets)."""
+    lines = ["| fold: tuned on → tested on | " + " | ".join(ROWS) + " |", "|---|" + "---|" * len(ROWS)]
+    for key, entry in results.items():
+        cells = []
+        for row in ROWS:
+            values = [r[column] for r in _runs(entry, row)]
+            text = f"{np.mean(values):.2f}" if values else "–"
+            cells.append(text + (f" ({' / '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""))
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_tables(paths: list[str]) -> int:
+    """``few_shot.py table A.json B.json ...``: the docs' tables from finished runs (one JSON per fold)."""
+    results: dict[str, Any] = {}
+    for path in paths:
+        results.update(json.loads(Path(path).read_text(encoding="utf-8")))
+    print(table(results), end="\n\n")
+    for column in ("psnr", "real_over_expected"):
+        print(f"{column}:\n{direction_table(results, column)}", end="\n\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["table"]:
+        return print_tables(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a loso.py confirm output folder (results.json, bundles/)")
     p.add_argument("--prepared", required=True, help="loso.py prepare's arrays (.npz)")
