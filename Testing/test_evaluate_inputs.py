@@ -1,8 +1,8 @@
 """``duald-evaluate --source t1,flair`` (issue 23): each subject's further inputs are found as training discovery
 pairs a subject's files and handed to the engine as ``others``; bad lists are refused in one line.
 
-The engine here is the real one around a one-input bundle, declaring ``t1 + optional flair`` and recording the
-``others`` it is given (the engine's own multi-input synthesis is tested with the engine)."""
+The engine here is the real one, recording the ``others`` it is given: around a tiny ``t1 + optional flair``
+bundle, or around a one-input bundle made to declare ``t1 + optional flair`` (the list checks only)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from bundles import make_bundle
 from DualDSynthesisLib.inference.engine import SynthesisEngine
 from DualDSynthesisLib.model.inputs import InputDeclaration
 from DualDTrainingLib import evaluate_cli
+from input_bundles import make_input_bundle
 
 
 class _Declaring:
@@ -37,10 +38,13 @@ def given(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     class Recording(SynthesisEngine):
         @property
         def metadata(self):
-            return _Declaring(self.bundle.metadata)
+            real = self.bundle.metadata
+            return _Declaring(real) if len(real.inputs) == 1 else real
 
         def run(self, image, *args, others=None, **kwargs):
             recorded.append(dict(others or {}))
+            if len(self.bundle.metadata.inputs) > 1:
+                kwargs["others"] = others
             return super().run(image, *args, **kwargs)
 
     monkeypatch.setattr(evaluate_cli, "SynthesisEngine", Recording)
@@ -59,7 +63,7 @@ def _with_flair(data: Path, subject_index: int = 0) -> Path:
 def test_each_subject_is_synthesised_from_its_listed_inputs(given, tmp_path: Path, capsys) -> None:
     data = write_subjects(tmp_path / "data", n=3, shape=(8, 36, 40))
     flairs = [_with_flair(data, 0), _with_flair(data, 2)]  # BraTS-GLI-00002-000 has no flair: skipped
-    model = make_bundle(tmp_path / "m.safetensors", with_d2=False)
+    model = make_input_bundle(tmp_path / "m.safetensors", "t1,flair")
     out = tmp_path / "eval.json"
     assert evaluate_cli.main(["--model", str(model), "--data", str(data), "--source", "T1,FLAIR", "--target", "t2",
                               "--device", "cpu", "--json", str(out)]) == 0
@@ -79,7 +83,7 @@ def test_a_flat_folder_pairs_by_the_subject_prefix(given, tmp_path: Path, capsys
     for path in data.glob("*/*.nii.gz"):
         shutil.copy(path, flat / path.name)
     shutil.copy(next(flat.glob("TCGA*_t1_bet.nii.gz")), flat / "TCGA-DU-7001_flair.nii.gz")
-    model = make_bundle(tmp_path / "m.safetensors", with_d2=False)
+    model = make_input_bundle(tmp_path / "m.safetensors", "t1,flair")
     assert evaluate_cli.main(["--model", str(model), "--data", str(flat), "--source", "t1,flair", "--target", "t2",
                               "--device", "cpu"]) == 0
     assert [sorted(o) for o in given] == [["flair"]]

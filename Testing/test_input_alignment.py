@@ -135,7 +135,7 @@ def test_another_orientation_is_only_resampled(reference: sitk.Image) -> None:
     assert not out.registered and out.note == "resampled from 2×2×2 mm, RAS", out.note
     # the same physical head: the RAS grid's voxels are the reference's, flipped in i and j
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(out.image),
-                               sitk.GetArrayViewFromImage(head(reference, "t2")), atol=0.5)
+                               sitk.GetArrayFromImage(head(reference, "t2")), atol=0.5)
 
 
 def test_another_frame_of_reference_is_registered_even_far_away(reference: sitk.Image) -> None:

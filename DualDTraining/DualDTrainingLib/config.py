@@ -147,7 +147,8 @@ class RunConfig:
         try:
             check_metric_name(self.best_metric)
             self.training()
-            self.architecture()
+            if self.source or not self.init_from:  # with --init-from and no --source, the bundle's are taken later
+                self.architecture()
             parse_spacing(self.spacing)
             source_mapping(self.source_norm)
             check_fraction(self.augment, "--augment")

@@ -236,7 +236,7 @@ def similarity(pair: Pair, transform: sitk.Transform | None) -> Similarity:
     a = sitk.GetArrayFromImage(pair.levels[FINE_MM][0])
     grid = Grid.from_image(pair.levels[FINE_MM][0])
     b = sitk.GetArrayFromImage(on_grid(pair.moving_smooth, grid, transform))
-    field = sitk.GetArrayViewFromImage(on_grid(pair.moving_field, grid, transform, sitk.sitkNearestNeighbor)) > 0
+    field = sitk.GetArrayFromImage(on_grid(pair.moving_field, grid, transform, sitk.sitkNearestNeighbor)) > 0
     head_a, head_b = head(a), head(b)
     within_a, within_b = head_a & field, head_b & field
     dice = 2 * np.count_nonzero(within_a & within_b) / max(1, np.count_nonzero(within_a) + np.count_nonzero(within_b))
