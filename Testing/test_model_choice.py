@@ -82,13 +82,16 @@ def test_unreadable_bundles_are_never_chosen(folder: dict[str, Path], tmp_path: 
                         default=folder["t1_to_t2"]).path.stem == "t1_to_t2"
 
 
-@pytest.mark.parametrize("name", [
-    "BraTS-GLI-00001-000-t1n.nii.gz", "TCGA-DU-7294_t1_bet.nii.gz", "sub-01_flair.nii.gz", "sub-01_T1w.nrrd",
-    "case_t1ce_n4_reg.mha", "T2.nii", "sub01_t1c.nii.gz", "notes.txt", "sub01.nii.gz", "sub01_dwi.nhdr",
-    "sub01_seg.nii.gz", "x_t2f.nii.gz", "sub01-t1-brain.nii.gz",
+@pytest.mark.parametrize(("name", "expected"), [
+    ("BraTS-GLI-00001-000-t1n.nii.gz", ("BraTS-GLI-00001-000", "t1")),
+    ("TCGA-DU-7294_t1_bet.nii.gz", ("TCGA-DU-7294", "t1")),
+    ("sub-01_flair.nii.gz", ("sub-01", "flair")), ("sub-01_T1w.nrrd", ("sub-01", "t1")),
+    ("case_t1ce_n4_reg.mha", ("case", "t1c")), ("T2.nii", ("", "t2")), ("sub01_t1c.nii.gz", ("sub01", "t1c")),
+    ("notes.txt", None), ("sub01.nii.gz", None), ("sub01_dwi.nhdr", ("sub01", "dwi")),
+    ("sub01_seg.nii.gz", ("sub01", "seg")), ("x_t2f.nii.gz", ("x", "flair")),
+    ("sub01-t1-brain.nii.gz", ("sub01", "t1")),
 ])
-def test_cohort_naming_is_training_discoverys(name: str) -> None:
-    ours = subject_and_contrast(name)
-    assert (ours[1] if ours else None) == discovery.contrast_of(name)
-    if ours is not None:
-        assert ours[0] == (discovery._split_name(discovery._stem(name) or "") or ("", ""))[0]
+def test_cohort_naming_is_training_discoverys(name: str, expected: tuple[str, str] | None) -> None:
+    """One naming (core/file_contrasts.py) for the command line's cohorts and training discovery."""
+    assert subject_and_contrast(name) == expected
+    assert discovery.contrast_of(name) == (expected[1] if expected else None)

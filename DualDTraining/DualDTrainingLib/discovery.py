@@ -22,11 +22,11 @@ decompressed to decide (those checks, and reading a pair in full, are in :mod:`p
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast, contrast_aliases
+from DualDSynthesisLib.core.file_contrasts import IMAGE_SUFFIXES, image_stem, split_stem
+from DualDSynthesisLib.core.vocabulary import CONTRAST_ALIASES, LABEL_CONTRAST, canonical_contrast
 from DualDSynthesisLib.model.inputs import InputDeclaration, InputError
 
 from .errors import DiscoveryError
@@ -44,17 +44,7 @@ __all__ = [
     "discover",
 ]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SPLIT_FOLDERS = ("train", "training", "val", "validation", "test", "testing")
-# Trailing processing tags that say nothing about the contrast.
-_MODIFIERS = ("bet", "brain", "ss", "skullstripped", "stripped", "reg", "registered", "n4", "bc", "preproc")
-_ALIAS_TO_KEY = contrast_aliases()  # the one vocabulary (DualDSynthesisLib.core.vocabulary)
-_NAME_RE = re.compile(
-    r"^(?:(?P<prefix>.*?)[-_. ])??(?P<alias>{aliases})(?:[-_.](?:{mods}))*$".format(
-        aliases="|".join(sorted(map(re.escape, _ALIAS_TO_KEY), key=len, reverse=True)),
-        mods="|".join(_MODIFIERS),
-    )
-)
 _LABEL_KEY = LABEL_CONTRAST
 
 
@@ -90,21 +80,8 @@ class Discovery:
 # ----------------------------------------------------------------------------- names
 
 
-def _stem(name: str) -> str | None:
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _split_name(stem: str) -> tuple[str, str] | None:
-    """(subject prefix, contrast key) of a file stem, or None when it names no known contrast."""
-    m = _NAME_RE.match(stem.lower())
-    if m is None:
-        return None
-    prefix = stem[: len(m.group("prefix"))] if m.group("prefix") else ""
-    return prefix, _ALIAS_TO_KEY[m.group("alias")]
+# the file naming is defined once, in core/file_contrasts.py (the command line's cohort mode reads it too)
+_stem, _split_name = image_stem, split_stem
 
 
 def contrast_of(filename: str) -> str | None:

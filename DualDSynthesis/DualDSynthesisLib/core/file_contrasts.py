@@ -5,7 +5,7 @@ The naming training-data discovery reads (``DualDTrainingLib/discovery.py``): th
 name after the subject id, the whole suffix one spelling of ``vocabulary.CONTRAST_ALIASES`` (so ``t1`` never
 matches ``t1c``), trailing processing tags (``_bet``, ``_n4``, ...) ignored. ``duald-synthesize``'s cohort mode
 pairs a subject's files with it, so the files a model was trained from are found the same way by the
-command line that runs it (``Testing/test_file_contrasts.py`` checks both readings agree).
+command line that runs it (discovery imports it; ``Testing/test_model_choice.py`` lists names and their readings).
 
 No numpy, SimpleITK or torch: the command line's start-up imports it.
 """

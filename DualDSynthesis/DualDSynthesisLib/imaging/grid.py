@@ -47,8 +47,10 @@ class Grid:
         image.SetDirection(self.direction)
         return image
 
-    def resample(self, image: sitk.Image, interpolator: int, default: float) -> sitk.Image:
-        """``image`` resampled onto this grid, float32 (no reference image allocated)."""
+    def resample(self, image: sitk.Image, interpolator: int, default: float,
+                 transform: sitk.Transform | None = None) -> sitk.Image:
+        """``image`` resampled onto this grid, float32 (no reference image allocated); ``transform`` maps this
+        grid's points into ``image``'s space (None: the identity)."""
         f = sitk.ResampleImageFilter()
         f.SetSize(self.size)
         f.SetOutputSpacing(self.spacing)
@@ -57,4 +59,6 @@ class Grid:
         f.SetInterpolator(interpolator)
         f.SetDefaultPixelValue(float(default))
         f.SetOutputPixelType(sitk.sitkFloat32)
+        if transform is not None:
+            f.SetTransform(transform)
         return f.Execute(image)

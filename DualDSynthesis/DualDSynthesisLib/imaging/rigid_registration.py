@@ -86,17 +86,7 @@ def smoothed(image: sitk.Image, spacing: float) -> sitk.Image:
 def on_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform | None = None,
             interpolator: int = sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
     """``image`` (as it is) resampled onto ``grid`` through ``transform`` (reference → image; None: identity)."""
-    f = sitk.ResampleImageFilter()
-    f.SetSize(grid.size)
-    f.SetOutputSpacing(grid.spacing)
-    f.SetOutputOrigin(grid.origin)
-    f.SetOutputDirection(grid.direction)
-    f.SetInterpolator(interpolator)
-    f.SetDefaultPixelValue(float(default))
-    f.SetOutputPixelType(sitk.sitkFloat32)
-    if transform is not None:
-        f.SetTransform(transform)
-    return f.Execute(image)
+    return grid.resample(image, interpolator, default, transform)
 
 
 def field_of(image: sitk.Image) -> sitk.Image:
