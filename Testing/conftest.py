@@ -48,3 +48,19 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fine-tuning tests' site: one generated subject (finetune_helpers.make_site)."""
+    from finetune_helpers import make_site
+
+    return make_site(tmp_path_factory.mktemp("site"))
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fine-tuning tests' parent bundle (finetune_helpers.make_parent)."""
+    from finetune_helpers import make_parent
+
+    return make_parent(tmp_path_factory.mktemp("parent"))

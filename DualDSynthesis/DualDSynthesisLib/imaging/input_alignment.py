@@ -44,6 +44,9 @@ MIN_EDGES = 0.58
 MIN_COVERED = 0.5
 
 
+ON_REFERENCE_GRID = "on the reference grid"  # the note of an input taken as it is (nothing worth telling the user)
+
+
 class InputAlignmentError(DualDError):
     """An input cannot be put on the reference grid (no overlap, another patient, too small a field)."""
 
@@ -218,7 +221,7 @@ def _note(image: sitk.Image, reference: sitk.Image, transform: sitk.Euler3DTrans
         note = (f"registered (rigid, mutual information{why}): moved {m.shift_mm:.1f} mm, rotated "
                 f"{m.rotation_deg:.1f}°, resampled from {_grid_words(image)}")
     elif Grid.from_image(reference).matches(image):
-        note = "on the reference grid"
+        note = ON_REFERENCE_GRID
     else:
         note = f"resampled from {_grid_words(image)}"
     if covered < 0.995:  # noted when a visible part of the head lies outside the input's field

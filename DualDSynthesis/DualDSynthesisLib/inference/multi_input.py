@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from ..core.vocabulary import canonical_contrast
 from ..imaging.fingerprint import FingerprintError, TrainingFingerprint, ood_warnings, volume_stats
-from ..imaging.input_alignment import InputAlignmentError, align_inputs
+from ..imaging.input_alignment import ON_REFERENCE_GRID, InputAlignmentError, align_inputs
 from ..imaging.preprocess import PreparedVolume, PreprocessError, PreprocessingSpec, prepare_on_grid, validate_volume
 from ..model.inputs import InputDeclaration, InputError
 from .contract import SynthesisError
@@ -66,8 +66,9 @@ FRAME_OF_REFERENCE_TAG = "0020|0052"  # DICOM FrameOfReferenceUID, kept on an im
 
 
 def _frame(image: sitk.Image) -> str | None:
-    return image.GetMetaData(FRAME_OF_REFERENCE_TAG).strip() or None if image.HasMetaDataKey(
-        FRAME_OF_REFERENCE_TAG) else None
+    if not image.HasMetaDataKey(FRAME_OF_REFERENCE_TAG):
+        return None
+    return image.GetMetaData(FRAME_OF_REFERENCE_TAG).strip() or None
 
 
 def onto_reference(reference: sitk.Image, others: Mapping[str, sitk.Image],
@@ -90,16 +91,8 @@ def onto_reference(reference: sitk.Image, others: Mapping[str, sitk.Image],
     except InputAlignmentError as exc:
         raise SynthesisError(str(exc).rstrip(".")) from None
     placed = {name: aligned[name].image for name in others}
-    notes = [f"the {name} input: {aligned[name].note}" for name in others
-             if aligned[name].registered or not _same_grid(others[name], reference)
-             or aligned[name].covered < 0.995]
+    notes = [f"the {name} input: {aligned[name].note}" for name in others if aligned[name].note != ON_REFERENCE_GRID]
     return placed, notes
-
-
-def _same_grid(image: sitk.Image, reference: sitk.Image) -> bool:
-    return (image.GetSize() == reference.GetSize() and np.allclose(image.GetSpacing(), reference.GetSpacing())
-            and np.allclose(image.GetOrigin(), reference.GetOrigin())
-            and np.allclose(image.GetDirection(), reference.GetDirection()))
 
 
 def prepare_others(others: Mapping[str, sitk.Image], prepared: PreparedVolume,
