@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loso_data import Loaded, load_prepared, prepared_meta, training_subject
+from loso_data import Loaded, load_prepared, training_subject
 
 CHECK_EVERY = 200  # GPU jobs read their deferred finiteness checks this often (one host sync)
 
@@ -29,26 +29,27 @@ class HeldOut:
     spacing_kji: tuple[float, float, float]
 
 
-def held_out(generator, subject, context: int, device, target, amp: bool = False) -> HeldOut:
+def held_out(generator, subject, context: int, device, target, amp: bool = False, inputs=None) -> HeldOut:
     """The arrays every held-out score starts from (here and in the re-scoring scripts). ``target``: the
-    target mapping; G's prediction is clipped by it as the product's written volume is."""
+    target mapping; G's prediction is clipped by it as the product's written volume is. ``inputs``: a
+    multi-input model's declaration (it reads the subject's ``others``; an input not among them is withheld)."""
     from DualDTrainingLib.validation import predict
 
-    pred, err = predict(generator, subject.source, device, 16, amp, context)
+    pred, err = predict(generator, subject.source, device, 16, amp, context, subject.others, inputs)
     pred = target.normalised_output(pred, subject.target_params)
     ys, xs = subject.crop
     return HeldOut(pred, pred[:, ys, xs], subject.target[:, ys, xs], None if err is None else err[:, ys, xs],
                    subject.foreground[:, ys, xs], (float(subject.context.prepared.spacing[2]), 1.0, 1.0))
 
 
-def evaluate(trainer, subject, context: int, device, has_d2: bool, target) -> dict[str, Any]:
+def evaluate(trainer, subject, context: int, device, has_d2: bool, target, inputs=None) -> dict[str, Any]:
     import torch
     from DualDSynthesisLib.imaging.calibration import error_ratio
     from DualDSynthesisLib.imaging.scoring import gradient_magnitude, map_scores
     from DualDSynthesisLib.model import metrics
     from DualDTrainingLib.validation import difficulty
 
-    h = held_out(trainer.generator, subject, context, device, target, trainer.amp)
+    h = held_out(trainer.generator, subject, context, device, target, trainer.amp, inputs)
     pred, p, t, fg = h.pred, h.synthetic, h.target, h.foreground
     ys, xs = subject.crop
     smap = metrics.ssim_map(p, t, 1.0)
@@ -82,11 +83,12 @@ def evaluate(trainer, subject, context: int, device, has_d2: bool, target) -> di
     return out
 
 
-def _bundle(trainer, spec, job: dict, path: Path, half: bool, stats: list[dict]) -> None:
+def _bundle(trainer, spec, job: dict, path: Path, half: bool, stats: list[tuple], inputs) -> None:
+    """The job's model as a bundle; ``stats``: each training subject's (source, others) statistics."""
     import copy
 
     from DualDSynthesisLib.imaging.bundle import BundleMetadata, save_bundle
-    from DualDSynthesisLib.imaging.fingerprint import VolumeStats, fingerprint
+    from DualDSynthesisLib.imaging.fingerprint import fingerprint
 
     v = trainer.config.variant
     g = copy.deepcopy(trainer.generator).eval()
@@ -94,22 +96,23 @@ def _bundle(trainer, spec, job: dict, path: Path, half: bool, stats: list[dict])
     if half:  # fold bundles travel back from the GPU machine; they load into float32 networks
         g = g.half()
         d2 = d2.half() if d2 is not None else None
+    target = job.get("target", "t2")
+    per_input = [(c, [others[c] for _, others in stats if c in others]) for c in inputs.names[1:]]
     meta = BundleMetadata(
-        architecture=trainer.architecture.to_dict(), variant=v.value, source_modality="t1", target_modality="t2",
-        preprocessing=spec.to_dict(), has_local_discriminator=v.uses_local,
+        architecture=trainer.architecture.to_dict(), variant=v.value, source_modality=inputs.reference,
+        target_modality=target, preprocessing=spec.to_dict(), has_local_discriminator=v.uses_local,
         provenance={"experiment": "experiments/loso.py", "job": job, "steps": trainer.step_count,
                     "training_config": trainer.config.to_dict()},
-        name=f"DualD t1→t2 ({v.value}, {job['recipe']}, {job['fold']})",
-        fingerprint=fingerprint([VolumeStats(**{k: tuple(x) if isinstance(x, list) else x for k, x in d.items()})
-                                 for d in stats]).to_dict(),
+        name=f"DualD {'+'.join(inputs.names)}→{target} ({v.value}, {job['recipe']}, {job['fold']})",
+        fingerprint=fingerprint([source for source, _ in stats], per_input).to_dict(), inputs=inputs,
         description=f"LOSO job {job['id']}: trained on {', '.join(job['train'])}.")
     save_bundle(path, g, d2, meta, overwrite=True)
 
 
 def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     import torch
+    from DualDSynthesisLib.model.inputs import InputDeclaration
     from DualDSynthesisLib.model.networks import ArchitectureConfig
-    from DualDSynthesisLib.model.slicestack import channels
     from DualDTrainingLib.augment import SourceAugmentation
     from DualDTrainingLib.dataset import SliceSampler, base_spec, finish_spec
     from DualDTrainingLib.device_sampler import DeviceSliceSampler
@@ -123,14 +126,18 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     on_gpu = job.get("device_path", torch.device(device_name).type == "cuda")  # forced on the CPU in smoke tests
     # Training subjects one at a time, float16 on the host when they go to the device anyway: a pool of ~50
     # jobs on one machine must not hold ~2.5 GB of float32 copies each.
-    subjects = prepared_meta(prepared)["subjects"]
-    stats = {n: subjects[n]["stats"] for n in job["train"]}
-    train = [training_subject(load_prepared(prepared, [n])[n], r["source_norm"], half=on_gpu) for n in job["train"]]
-    test = [training_subject(loaded, r["source_norm"])
-            for loaded in load_prepared(prepared, list(job["test"])).values()]
+    # A multi-input job (issue 23) names its inputs (T1 first), the required ones, its target and the input
+    # dropout; a job without them is the one-input t1 → t2 of every earlier run, sampled exactly as before.
+    inputs = InputDeclaration.parse(job.get("inputs", ["t1"]), job.get("required"))
+    multi = inputs if len(inputs) > 1 else None
+    target = job.get("target", "t2")
+    train = [training_subject(load_prepared(prepared, [n])[n], r["source_norm"], on_gpu, inputs.names, target)
+             for n in job["train"]]
+    stats = [(s.source_stats, s.other_stats) for s in train]  # the bundle's fingerprint
+    test = load_prepared(prepared, list(job["test"]))
     spec = finish_spec(base_spec("mri", (1.0, 1.0), 16, source_norm=r["source_norm"],
                                  context_slices=r["context"]), [s.target_params for s in train])
-    arch = ArchitectureConfig(in_channels=channels(r["context"]), g_base_width=r["width"], g_depth=4,
+    arch = ArchitectureConfig(in_channels=inputs.channels(r["context"]), g_base_width=r["width"], g_depth=4,
                               d2_base_width=r.get("d2_width", 32), g_error_head=True,
                               d2_head=job.get("d2_head", "patch"))
     cfg = TrainingConfig(variant=job["variant"], d2_target=job.get("d2_target", "binary"))
@@ -138,14 +145,17 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     torch.manual_seed(job["seed"])
     trainer = DualDTrainer(arch, cfg, device, amp=device.type == "cuda", defer_checks=on_gpu)
     sampler: SliceSampler | DeviceSliceSampler
+    dropout = job.get("input_dropout", 0.0)
     if on_gpu:
         sampler = DeviceSliceSampler(train, device, seed=job["seed"], tumour_fraction=0.3, context=r["context"],
-                                     crop=r.get("crop", 0))
+                                     crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
         del train  # the slices live on the device now
     else:
         sampler = SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3,
-                               context=r["context"], crop=r.get("crop", 0))
-    augment = SourceAugmentation(r["augment"], seed=job["seed"])
+                               context=r["context"], crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
+    # each input augmented on its own (its own contrast curve); the availability channels never
+    augment = SourceAugmentation(r["augment"], seed=job["seed"], inputs=len(inputs),
+                                 passthrough=len(inputs.optional))
     losses: list[torch.Tensor] = []
     t0 = time.time()
     while trainer.step_count < job["steps"] and time.time() - t0 < job["seconds"]:
@@ -160,13 +170,29 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     result = {**job, "steps_done": trainer.step_count, "train_seconds": round(train_seconds, 1),
               "final_l1": float(torch.stack(losses[-50:]).mean()) if losses else None,
               "reference_scale": spec.target.reference_scale, "per_subject": {}}
-    for s in test:
-        result["per_subject"][s.name] = evaluate(trainer, s, r["context"], device, cfg.variant.uses_local, spec.target)
+    for name, loaded in test.items():
+        result["per_subject"][name] = _scores(trainer, loaded, job, inputs, spec, device)
     if job.get("bundle"):
-        _bundle(trainer, spec, job, out / job["bundle"], job.get("half", True),
-                [stats[n] for n in job["train"]])
+        _bundle(trainer, spec, job, out / job["bundle"], job.get("half", True), stats, inputs)
     result["wall_seconds"] = round(time.time() - t_start, 1)
     return result
+
+
+def _scores(trainer, loaded: Loaded, job: dict, inputs, spec, device) -> dict[str, Any]:
+    """One held-out subject's scores with every input it has, and (a multi-input job's ``eval_inputs``) with
+    each listed subset of them under ``by_inputs`` (``"t1+flair"``; a subset the subject lacks is skipped)."""
+    r, target = job["recipe_settings"], job.get("target", "t2")
+    multi = inputs if len(inputs) > 1 else None
+    has_d2 = trainer.config.variant.uses_local
+    subject = training_subject(loaded, r["source_norm"], False, inputs.names, target)
+    out = evaluate(trainer, subject, r["context"], device, has_d2, spec.target, multi)
+    out["inputs"] = "+".join(["t1", *subject.others])
+    subsets = [subset for subset in job.get("eval_inputs", []) if set(subset[1:]) <= set(subject.others)]
+    if subsets:
+        out["by_inputs"] = {"+".join(subset): evaluate(trainer, training_subject(
+            loaded, r["source_norm"], False, subset, target), r["context"], device, has_d2, spec.target, multi)
+            for subset in subsets}
+    return out
 
 
 def evaluate_bundle(bundle, loaded: Loaded, norm: str) -> dict[str, Any]:
