@@ -185,6 +185,6 @@ def test_shipped_bundles_keep_loading(path: Path) -> None:
     meta = read_metadata(path)
     assert meta.format_version in SUPPORTED_FORMAT_VERSIONS
     assert isinstance(meta.architecture, ArchitectureConfig) and meta.architecture.in_channels == (
-        2 * meta.preprocessing.context_slices + 1)
+        meta.inputs.channels(meta.preprocessing.context_slices))  # every input's slice stack + availability
     assert BundleMetadata.from_json(meta.to_json()) == meta
     assert load_bundle(path).architecture == meta.architecture

@@ -140,10 +140,13 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     arch = ArchitectureConfig(in_channels=inputs.channels(r["context"]), g_base_width=r["width"], g_depth=4,
                               d2_base_width=r.get("d2_width", 32), g_error_head=True,
                               d2_head=job.get("d2_head", "patch"))
-    cfg = TrainingConfig(variant=job["variant"], d2_target=job.get("d2_target", "binary"))
+    cfg = TrainingConfig(variant=job["variant"], d2_target=job.get("d2_target", "binary"),
+                         **({"lr_g": job["lr_g"]} if "lr_g" in job else {}))
     device = torch.device(device_name)
     torch.manual_seed(job["seed"])
     trainer = DualDTrainer(arch, cfg, device, amp=device.type == "cuda", defer_checks=on_gpu)
+    if job.get("init_from"):  # a model with fewer inputs (the fold's one-input model): its G, widened
+        _start_from(trainer, job["init_from"], inputs, r["context"])
     sampler: SliceSampler | DeviceSliceSampler
     dropout = job.get("input_dropout", 0.0)
     if on_gpu:
@@ -176,6 +179,16 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
         _bundle(trainer, spec, job, out / job["bundle"], job.get("half", True), stats, inputs)
     result["wall_seconds"] = round(time.time() - t_start, 1)
     return result
+
+
+def _start_from(trainer, path: str, inputs, context: int) -> None:
+    from DualDSynthesisLib.imaging.bundle import load_bundle
+    from DualDSynthesisLib.model.input_widening import widened_state
+
+    parent = load_bundle(path)
+    state = widened_state(parent.generator.state_dict(), parent.metadata.inputs, trainer.generator.state_dict(),
+                          inputs, context)
+    trainer.generator.load_state_dict(state)
 
 
 def _scores(trainer, loaded: Loaded, job: dict, inputs, spec, device) -> dict[str, Any]:
