@@ -24,8 +24,8 @@ VIEW = ROOT / "DualDView" / "DualDViewLib"
 # layer's folder, or test_every_module_has_a_layer fails.
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("errors", "vocabulary", "file_contrasts", "limits", "resources", "console"),
-    "model": ("architecture", "networks", "losses", "slicestack", "inputs", "intensity_base", "intensity_rank",
-              "intensity", "metrics"),
+    "model": ("architecture", "networks", "losses", "slicestack", "inputs", "input_widening", "intensity_base",
+              "intensity_rank", "intensity", "metrics"),
     "imaging": ("heatmap_kinds", "atomic", "compression", "concurrent_writes", "output_names", "grid",
                 "preprocess", "brainmask", "io", "figures", "fingerprint", "calibration", "bundle", "defaults",
                 "model_choice", "devices", "device_prepare", "heatmap_file", "skull_policy", "scoring", "overview",

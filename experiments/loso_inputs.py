@@ -122,7 +122,7 @@ def table(args: argparse.Namespace) -> None:
             continue
         target, steps = done[0]["target"], sorted({r["steps_done"] for r in done})
         for row in rows(done):
-            label = f"{row['inputs'].upper().replace('T1C', 'T1c').replace('FLAIR', 'FLAIR')} → {target.upper()}"
+            label = f"{done[0]['name']}: {row['inputs'].upper().replace('T1C', 'T1c')} → {target.upper()}"
             print(f"| {label} | {len(row['folds'])} ({row['subjects']}) | {cell(row['psnr'])} | {row['worst']:.2f} | "
                   f"{cell(row['lesion'])} | {cell(row['ssim'], '.3f')} | {cell(row['auroc'], '.3f')} | "
                   f"{cell(row['ratio'])} | {'/'.join(map(str, steps))} |")
