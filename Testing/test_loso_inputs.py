@@ -103,3 +103,30 @@ def test_rows_are_fold_means_of_the_subjects_that_have_each_subset(experiments) 
     assert by["t1"]["psnr"] == [13.0, 17.0] and by["t1"]["worst"] == 12 and by["t1"]["subjects"] == 3
     assert by["t1+flair"]["psnr"] == [16.0, 19.0] and by["t1+flair"]["folds"] == ["A", "B"]
     assert by["t1+flair"]["auroc"] == [0.8, 0.7] and by["t1"]["lesion"] == []
+
+
+def test_widened_jobs_start_each_fold_from_its_own_one_input_model(experiments, tmp_path) -> None:
+    import json
+
+    from folds import loso_folds
+    from loso_inputs import model_jobs
+
+    sources = {"a1": "A", "b1": "B", "c1": "C"}
+    folds = loso_folds(sources)
+    run = tmp_path / "one-input"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps([  # fold models of A and C only, and the final (no test)
+        {"fold": "A", "test": ["a1"], "bundle": "bundles/A.safetensors"},
+        {"fold": "C", "test": ["c1"], "bundle": "bundles/C.safetensors"},
+        {"fold": "all", "test": [], "bundle": "final.safetensors"}]))
+    args = argparse.Namespace(batch=16, seed=0, steps=332, lr_g=1e-4, widen_from=str(run), final=True,
+                              widen_final="t1_to_t2.safetensors")
+    jobs = model_jobs("t2", folds, sources, args)
+    assert [j["fold"] for j in jobs] == ["A", "C", "all"]  # B has no one-input fold model: skipped
+    assert [j["init_from"] for j in jobs] == [str(run / "bundles/A.safetensors"), str(run / "bundles/C.safetensors"),
+                                               "t1_to_t2.safetensors"]
+    assert {j["name"] for j in jobs} == {"t2-widened"} and {j["lr_g"] for j in jobs} == {1e-4}
+    assert jobs[2]["train"] == ["a1", "b1", "c1"] and jobs[0]["train"] == ["b1", "c1"]
+    scratch = model_jobs("flair", folds, sources, argparse.Namespace(**{**vars(args), "widen_from": "", "lr_g": 0.0}))
+    assert [j["fold"] for j in scratch] == ["A", "B", "C", "all"]
+    assert all("init_from" not in j and "lr_g" not in j and j["target"] == "flair" for j in scratch)

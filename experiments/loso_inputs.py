@@ -9,7 +9,10 @@ results files this writes).
 
     python experiments/loso.py prepare --data ../shared/data/brain-mri --out loso.npz   # every contrast
     python experiments/loso_inputs.py run --prepared loso.npz --out runs/inputs --device cpu --parallel 2 --steps 664
-    python experiments/loso_inputs.py table runs/inputs/results-t2.json runs/inputs/results-flair.json
+    python experiments/loso_inputs.py table runs/inputs/results-t2-any.json runs/inputs/results-flair-any.json
+    # the T2 model started from each fold's one-input model (a loso.py confirm run of the one-input recipe)
+    python experiments/loso_inputs.py run --prepared loso.npz --out runs/widened --device cpu --models t2 \
+        --steps 332 --lr-g 1e-4 --widen-from runs/one-input
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import loso  # noqa: E402  (its path setup: DualDSynthesis, DualDTraining, experiments)
+from fold_runs import fold_jobs  # noqa: E402
 
 RECIPE = "rank+aug+2.5d"  # the shipped recipe (docs/models.md)
 INPUT_DROPOUT = 0.5  # duald-train's default
@@ -40,24 +44,38 @@ MODELS: dict[str, dict[str, Any]] = {
 
 
 def model_jobs(model: str, folds: list, sources: dict[str, str], args: argparse.Namespace) -> list[dict]:
-    """One job per fold (its bundle kept) and the final model on every subject (``--final``)."""
+    """One job per fold (its bundle kept) and the final model on every subject (``--final``). With
+    ``--widen-from RUN`` each fold starts from that ``loso.py confirm`` run's fold model of the same fold (a
+    fold without one is skipped) and the final from ``--widen-final`` (``model/input_widening.py``)."""
     m = MODELS[model]
-    extra = {"stage": "M", "name": f"{model}-any", "variant": "unet", "inputs": m["inputs"], "target": m["target"],
+    name = f"{model}-{'widened' if args.widen_from else 'any'}"
+    extra = {"stage": "M", "name": name, "variant": "unet", "inputs": m["inputs"], "target": m["target"],
              "eval_inputs": m["eval_inputs"], "input_dropout": INPUT_DROPOUT}
+    if args.lr_g:
+        extra["lr_g"] = args.lr_g
+    parents = fold_jobs(Path(args.widen_from)) if args.widen_from else {}
+    if args.widen_from:
+        folds = [fold for fold in folds if fold.held_out in parents]
     jobs = loso._jobs("M", RECIPE, folds, loso.NO_TIME_CAP, args.steps, args, extra)
     for job in jobs:
-        job["bundle"] = f"bundles/{job['id']}.safetensors"
+        job.update(id=f"M-{name}-{job['fold']}", bundle=f"bundles/M-{name}-{job['fold']}.safetensors")
+        if args.widen_from:
+            job["init_from"] = str(Path(args.widen_from) / parents[job["fold"]]["bundle"])
     if args.final:
         final = loso._jobs("M", RECIPE, folds[:1], loso.NO_TIME_CAP, args.steps, args, extra)[0]
-        final.update(id=f"M-{model}-any-final", fold="all", train=sorted(sources), test=[],
-                     bundle=f"final-{model}-any.safetensors", half=False)
-        jobs.insert(0, final) if args.final_first else jobs.append(final)
+        final.update(id=f"M-{name}-final", fold="all", train=sorted(sources), test=[],
+                     bundle=f"final-{name}.safetensors", half=False)
+        if args.widen_from:
+            final["init_from"] = args.widen_final
+        jobs.append(final)
     return jobs
 
 
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.widen_from and args.final and not args.widen_final:
+        raise SystemExit("--widen-from with --final needs --widen-final (the one-input model of every subject)")
     sources, folds = loso._sources_and_folds(args)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
@@ -66,9 +84,9 @@ def run(args: argparse.Namespace) -> None:
     jobs = [job for model in models for job in model_jobs(model, folds, sources, args)]
     t0 = time.time()
     results = loso._run_parallel(jobs, args, out)
-    for model in models:
-        mine = [r for r in results if r["name"] == f"{model}-any"]
-        (out / f"results-{model}.json").write_text(json.dumps(mine, indent=1), encoding="utf-8")
+    for name in dict.fromkeys(job["name"] for job in jobs):
+        mine = [r for r in results if r["name"] == name]
+        (out / f"results-{name}.json").write_text(json.dumps(mine, indent=1), encoding="utf-8")
     print(f"{len(jobs)} jobs in {time.time() - t0:.0f} s; failed: "
           f"{[r['id'] for r in results if r.get('failed')] or 'none'}", file=sys.stderr)
 
@@ -149,7 +167,11 @@ def main() -> None:
     r.add_argument("--max-folds", type=int, default=0)
     r.add_argument("--held-out", default="", help="only the folds holding out these sources (comma-separated)")
     r.add_argument("--final", action="store_true", help="also train each model on every subject")
-    r.add_argument("--final-first", action="store_true", help="start each final model before its folds")
+    r.add_argument("--widen-from", default="", help="a loso.py confirm run: start each fold from its one-input "
+                   "fold model, G widened for the new inputs")
+    r.add_argument("--widen-final", default="", help="with --widen-from and --final: the one-input model the "
+                   "final model starts from (e.g. the shipped t1_to_t2.safetensors)")
+    r.add_argument("--lr-g", type=float, default=0.0, help="generator learning rate (0: the recipe's 2e-4)")
     t = sub.add_parser("table")
     t.add_argument("results", nargs="+", help="run's results-<model>.json files")
     args = p.parse_args()
