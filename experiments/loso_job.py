@@ -201,10 +201,13 @@ def _scores(trainer, loaded: Loaded, job: dict, inputs, spec, device) -> dict[st
     out = evaluate(trainer, subject, r["context"], device, has_d2, spec.target, multi)
     out["inputs"] = "+".join(["t1", *subject.others])
     subsets = [subset for subset in job.get("eval_inputs", []) if set(subset[1:]) <= set(subject.others)]
-    if subsets:
-        out["by_inputs"] = {"+".join(subset): evaluate(trainer, training_subject(
-            loaded, r["source_norm"], False, subset, target), r["context"], device, has_d2, spec.target, multi)
-            for subset in subsets}
+    by_inputs = {}
+    for subset in subsets:  # the subset of every input the subject has is the evaluation above
+        by_inputs["+".join(subset)] = {k: v for k, v in out.items() if k != "inputs"} if set(subset[1:]) == set(
+            subject.others) else evaluate(trainer, training_subject(loaded, r["source_norm"], False, subset, target),
+                                          r["context"], device, has_d2, spec.target, multi)
+    if by_inputs:
+        out["by_inputs"] = by_inputs
     return out
 
 
