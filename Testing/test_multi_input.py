@@ -289,3 +289,42 @@ def test_device_preparation_and_a_brain_mask_treat_every_input_alike(engine, bun
     clean = engine.run(t1, others={"flair": flair}, mask=brain, skull="strip")
     dirty = engine.run(t1, others={"flair": noisy}, mask=brain, skull="strip")
     np.testing.assert_array_equal(_array(clean.synthetic), _array(dirty.synthetic))
+
+
+def test_an_unusable_optional_input_is_left_out_of_its_subject_alone(data: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A subject whose optional FLAIR cannot be used trains without it, with a line saying so (input dropout taught
+    the model to do without); required, the same file rejects the subject, naming it. An unreadable file is caught
+    by discovery (headers), NaN voxels by preparation (the full read)."""
+    import shutil
+
+    from DualDTrainingLib.dataset import base_spec
+    from DualDTrainingLib.preparation import prepare_each
+
+    copy = shutil.copytree(data, tmp_path / "data")
+    unreadable, nan = sorted(copy.rglob("*t2f*"))[0], sorted(copy.rglob("*_flair_*"))[0]
+    unreadable.write_bytes(b"not a NIfTI file at all")
+    image = sitk.Cast(sitk.ReadImage(str(nan)), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, 0] = np.nan
+    spoiled = sitk.GetImageFromArray(array)
+    spoiled.CopyInformation(image)
+    sitk.WriteImage(spoiled, str(nan))
+    found = discover(copy, "t1,flair", "t2")
+    others = {p.subject: dict(p.others) for p in found.pairs}
+    owner = next(name for name in others if name in unreadable.name)
+    assert len(found.pairs) == 3 and "flair" not in others[owner]
+    assert any(f"{owner}: optional input flair not used" in n and unreadable.name in n for n in found.notes)
+    rejected = {r.subject: r.reason for r in discover(copy, "t1,flair", "t2", required="flair").rejected}
+    assert unreadable.name in rejected[owner]  # (the fixture's first subject has no FLAIR at all)
+    said: list[str] = []
+    kept, dropped = prepare_each(found.pairs, base_spec("mri", (1.0, 1.0), 16), 1, ("flair",), said.append)
+    spoilt = next(s for s in kept if s.name in nan.name)
+    assert len(kept) == 3 and not dropped and "flair" not in spoilt.others
+    assert said == [f"{spoilt.name}: optional input flair not used ({spoilt.dropped_inputs['flair']})"]
+    assert nan.name in said[0] and "NaN" in said[0]
+    kept, dropped = prepare_each(found.pairs, base_spec("mri", (1.0, 1.0), 16), 1)  # flair required
+    assert len(kept) == 2 and dropped[0][0] == spoilt.name and nan.name in dropped[0][1]
+    assert cli.main(_train(copy, tmp_path / "run")) == 0  # a training run takes both the same way
+    log = "".join(capsys.readouterr())
+    assert f"{owner}: optional input flair not used" in log and f"{spoilt.name}: optional input flair not used" in log

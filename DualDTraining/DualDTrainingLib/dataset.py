@@ -18,13 +18,14 @@ every rank holds all subjects and takes every ``world_size``-th candidate slice.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from DualDSynthesisLib.core.errors import DualDError
 from DualDSynthesisLib.imaging.fingerprint import VolumeStats, volume_stats
 from DualDSynthesisLib.imaging.preprocess import (
     IntensityParams,
@@ -42,7 +43,7 @@ from DualDSynthesisLib.model.slicestack import check_context, slice_stack
 from .discovery import SubjectPair
 from .input_dropout import input_batch
 from .option_values import check_fraction
-from .pair_files import load_foreground, load_others, load_pair
+from .pair_files import load_foreground, load_other, load_pair
 
 FOREGROUND_MIN_FRACTION = 0.01
 EMPTY_SLICE_WEIGHT = 0.05
@@ -65,6 +66,7 @@ class PreparedSubject:
     # prepared grid) and their statistics (the fingerprint per input).
     others: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     other_stats: dict[str, VolumeStats] = dataclasses.field(default_factory=dict)
+    dropped_inputs: dict[str, str] = dataclasses.field(default_factory=dict)  # optional input → why it is unusable
 
     @property
     def crop(self) -> tuple[slice, slice]:
@@ -101,8 +103,9 @@ def finish_spec(spec: PreprocessingSpec, target_params: Sequence[IntensityParams
 # ----------------------------------------------------------------------------- preparation
 
 
-def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubject:
-    """Read and prepare one pair. Raises ``DiscoveryError``/``PreprocessError`` naming the problem."""
+def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec, optional: Collection[str] = ()) -> PreparedSubject:
+    """Read and prepare one pair. Raises ``DiscoveryError``/``PreprocessError`` naming the problem; an ``optional``
+    input that cannot be read or prepared is left out instead, its reason in ``dropped_inputs``."""
     src_img, tgt_img, mask_img = load_pair(pair)
     fg_img = load_foreground(pair, src_img)
     src: PreparedVolume = prepare_volume(src_img, spec, "source")
@@ -116,12 +119,19 @@ def prepare_subject(pair: SubjectPair, spec: PreprocessingSpec) -> PreparedSubje
     if fg_img is not None:
         foreground |= prepare_on_grid(fg_img, src, spec, "mask", sitk.sitkNearestNeighbor).slices > 0
     stats = volume_stats(src, spec.source)  # before the foreground is merged with the target's: as the engine sees it
-    others, other_stats = {}, {}
-    for key, image in load_others(pair).items():  # each normalised by itself with the source mapping, as the engine
-        other = prepare_on_grid(image, src, spec, "source", sitk.sitkLinear)
+    others, other_stats, dropped = {}, {}, {}
+    for key, _ in pair.others:  # each normalised by itself with the source mapping, as the engine does
+        try:
+            other = prepare_on_grid(load_other(pair, key), src, spec, "source", sitk.sitkLinear)
+        except DualDError as exc:
+            if key not in optional:
+                raise
+            # an optional input the subject cannot give is withheld, as input dropout trains the model for
+            dropped[key] = str(exc).removeprefix(f"subject {pair.subject}: ").rstrip(".")
+            continue
         others[key], other_stats[key] = other.slices, volume_stats(other, spec.source)
     return PreparedSubject(pair.subject, src.slices, tgt.slices, foreground, tumour, src.params, tgt.params,
-                           src.context, stats, others, other_stats)
+                           src.context, stats, others, other_stats, dropped)
 
 
 def choose_splits(pairs: Sequence[SubjectPair], val_subjects: Sequence[str] | None) -> tuple[list[SubjectPair],

@@ -22,6 +22,8 @@ decompressed to decide (those checks, and reading a pair in full, are in :mod:`p
 from __future__ import annotations
 
 import csv
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -297,6 +299,21 @@ def _subject_from(path: Path | None) -> str | None:
     return parts[0] if parts and parts[0] else stem
 
 
+def _checked(pair: SubjectPair, optional: Sequence[str]) -> tuple[SubjectPair, str | None, list[str]]:
+    """``check_pair``, except that an optional input whose file is unusable is left out of the pair (with a note)
+    instead of rejecting the subject: the model learned to do without it."""
+    reason, notes = check_pair(pair)
+    dropped: list[str] = []
+    while reason is not None:
+        key = next((k for k, _ in pair.others if k in optional and reason.startswith(f"{k} ")), None)
+        if key is None:
+            break
+        dropped.append(f"subject {pair.subject}: optional input {key} not used ({reason})")
+        pair = dataclasses.replace(pair, others=tuple(o for o in pair.others if o[0] != key))
+        reason, notes = check_pair(pair)
+    return pair, reason, dropped + notes
+
+
 # ----------------------------------------------------------------------------- public
 
 
@@ -326,7 +343,7 @@ def discover(data: Path, source: str, target: str, required: str | None = None) 
         )
     pairs: list[SubjectPair] = []
     for pair in candidates:
-        reason, pair_notes = check_pair(pair)
+        pair, reason, pair_notes = _checked(pair, () if inputs is None else inputs.optional)
         if reason is None:
             pairs.append(pair)
             notes += pair_notes

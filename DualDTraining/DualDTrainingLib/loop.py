@@ -168,7 +168,7 @@ class Run:
         final ``spec`` (the target's reference from every rank's subjects) and the data's fingerprint."""
         ctx = self.ctx
         mine, shard_slices = shard_pairs(train, ctx.rank, ctx.world_size)
-        subjects, dropped = prepare_each(mine, spec, self.cfg.workers)
+        subjects, dropped = prepare_each(mine, spec, self.cfg.workers, self.inputs.optional, self.say)
         rejected = dict(d for per_rank in ctx.gather_objects(dropped) for d in per_rank)
         for subject, reason in rejected.items():
             self.say(f"rejected {subject}: {reason}")
@@ -189,8 +189,8 @@ class Run:
     def _prepare_validation(self, val: list, slabs: list[PreparedSubject]) -> None:
         self.val_subjects = list(slabs) if self.ctx.is_main else []
         if self.ctx.is_main and val:  # only rank 0 validates; the volumes are not sent to the others
-            self.val_subjects, val_dropped = prepare_each(val, self.spec, self.cfg.workers)
-            for subject, reason in val_dropped:
+            self.val_subjects, dropped = prepare_each(val, self.spec, self.cfg.workers, self.inputs.optional, self.say)
+            for subject, reason in dropped:
                 self.say(f"rejected {subject} (validation): {reason}")
         self.has_validation = bool(self.ctx.broadcast_object(bool(self.val_subjects)))
 

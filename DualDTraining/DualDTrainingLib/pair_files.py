@@ -159,10 +159,10 @@ def load_pair(pair: SubjectPair) -> tuple[sitk.Image, sitk.Image, sitk.Image | N
     return source, target, mask
 
 
-def load_others(pair: SubjectPair) -> dict[str, sitk.Image]:
-    """A multi-input pair's other inputs (contrast → image as stored; preparation resamples each onto the
-    source's prepared grid in physical space: a subject's contrasts are co-registered)."""
-    return {key: _read_full(path, pair.subject, key) for key, path in pair.others}
+def load_other(pair: SubjectPair, key: str) -> sitk.Image:
+    """One of a multi-input pair's other inputs, as stored (preparation resamples it onto the source's prepared
+    grid in physical space: a subject's contrasts are co-registered); DiscoveryError naming the file."""
+    return _read_full(dict(pair.others)[key], pair.subject, key)
 
 
 def load_foreground(pair: SubjectPair, source: sitk.Image) -> sitk.Image | None:

@@ -3,6 +3,7 @@ with its reason), the default in-plane spacing and the slice-size multiple of th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,14 +25,16 @@ def _naming_file(message: str, pair: Any) -> str:
     return message
 
 
-def prepare_each(pairs: list, spec: PreprocessingSpec, workers: int) -> tuple[list[PreparedSubject],
-                                                                             list[tuple[str, str]]]:
+def prepare_each(pairs: list, spec: PreprocessingSpec, workers: int, optional: Collection[str] = (),
+                 say: Callable[[str], None] | None = None) -> tuple[list[PreparedSubject], list[tuple[str, str]]]:
     """Prepare every pair; a pair with a user-data problem (constant target, NaN voxels, unreadable file)
-    is dropped with its reason as (subject, reason) instead of aborting the run. Programming errors propagate."""
+    is dropped with its reason as (subject, reason) instead of aborting the run. Programming errors propagate.
+    An ``optional`` input of a multi-input model that a subject cannot give is left out of that subject alone
+    (the model learned to do without it) and ``say`` is told which and why."""
 
     def one(pair: Any) -> tuple[PreparedSubject | None, str | None]:
         try:
-            return prepare_subject(pair, spec), None
+            return prepare_subject(pair, spec, optional), None
         except DualDError as exc:
             return None, _naming_file(str(exc).rstrip("."), pair).replace(f"subject {pair.subject}: ", "")
 
@@ -42,6 +45,10 @@ def prepare_each(pairs: list, spec: PreprocessingSpec, workers: int) -> tuple[li
             results = list(pool.map(one, pairs))
     kept = [r for r, _ in results if r is not None]
     dropped = [(p.subject, why) for p, (_, why) in zip(pairs, results, strict=True) if why is not None]
+    for subject in kept:
+        for key, why in subject.dropped_inputs.items():
+            if say is not None:
+                say(f"{subject.name}: optional input {key} not used ({why})")
     return kept, dropped
 
 

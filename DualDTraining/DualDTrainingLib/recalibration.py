@@ -60,8 +60,11 @@ def recalibrate_only(cfg: RunConfig, say: Callable[[str], None] | None = None) -
         found = discover(cfg.data, cfg.source, cfg.target, cfg.required_sources or None)
     except DiscoveryError as exc:
         raise TrainingError(str(exc)) from None
+    for note in found.notes:  # e.g. an optional input left out of a subject
+        say(note)
     t0 = time.time()
-    subjects, dropped = prepare_each(found.pairs, parent.meta.preprocessing, cfg.workers)
+    subjects, dropped = prepare_each(found.pairs, parent.meta.preprocessing, cfg.workers, parent.meta.inputs.optional,
+                                     say)
     for subject, reason in [*((r.subject, r.reason) for r in found.rejected), *dropped]:
         say(f"rejected {subject}: {reason}")
     if not subjects:
