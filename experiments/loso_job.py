@@ -114,8 +114,7 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     from DualDSynthesisLib.model.inputs import InputDeclaration
     from DualDSynthesisLib.model.networks import ArchitectureConfig
     from DualDTrainingLib.augment import SourceAugmentation
-    from DualDTrainingLib.dataset import SliceSampler, base_spec, finish_spec
-    from DualDTrainingLib.device_sampler import DeviceSliceSampler
+    from DualDTrainingLib.dataset import base_spec, finish_spec
     from DualDTrainingLib.step import DualDTrainer, TrainingConfig
 
     torch.set_num_threads(1)
@@ -129,12 +128,10 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     # A multi-input job (issue 23) names its inputs (T1 first), the required ones, its target and the input
     # dropout; a job without them is the one-input t1 → t2 of every earlier run, sampled exactly as before.
     inputs = InputDeclaration.parse(job.get("inputs", ["t1"]), job.get("required"))
-    multi = inputs if len(inputs) > 1 else None
     target = job.get("target", "t2")
     train = [training_subject(load_prepared(prepared, [n])[n], r["source_norm"], on_gpu, inputs.names, target)
              for n in job["train"]]
     stats = [(s.source_stats, s.other_stats) for s in train]  # the bundle's fingerprint
-    test = load_prepared(prepared, list(job["test"]))
     spec = finish_spec(base_spec("mri", (1.0, 1.0), 16, source_norm=r["source_norm"],
                                  context_slices=r["context"]), [s.target_params for s in train])
     arch = ArchitectureConfig(in_channels=inputs.channels(r["context"]), g_base_width=r["width"], g_depth=4,
@@ -147,15 +144,8 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     trainer = DualDTrainer(arch, cfg, device, amp=device.type == "cuda", defer_checks=on_gpu)
     if job.get("init_from"):  # a model with fewer inputs (the fold's one-input model): its G, widened
         _start_from(trainer, job["init_from"], inputs, r["context"])
-    sampler: SliceSampler | DeviceSliceSampler
-    dropout = job.get("input_dropout", 0.0)
-    if on_gpu:
-        sampler = DeviceSliceSampler(train, device, seed=job["seed"], tumour_fraction=0.3, context=r["context"],
-                                     crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
-        del train  # the slices live on the device now
-    else:
-        sampler = SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3,
-                               context=r["context"], crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
+    sampler = _sampler(train, job, device, on_gpu, inputs)
+    del train  # on a GPU the slices live on the device now
     # each input augmented on its own (its own contrast curve); the availability channels never
     augment = SourceAugmentation(r["augment"], seed=job["seed"], inputs=len(inputs),
                                  passthrough=len(inputs.optional))
@@ -173,12 +163,26 @@ def run_job(job: dict, prepared: str, out: Path, device_name: str) -> dict:
     result = {**job, "steps_done": trainer.step_count, "train_seconds": round(train_seconds, 1),
               "final_l1": float(torch.stack(losses[-50:]).mean()) if losses else None,
               "reference_scale": spec.target.reference_scale, "per_subject": {}}
-    for name, loaded in test.items():
+    for name, loaded in load_prepared(prepared, list(job["test"])).items():
         result["per_subject"][name] = _scores(trainer, loaded, job, inputs, spec, device)
     if job.get("bundle"):
         _bundle(trainer, spec, job, out / job["bundle"], job.get("half", True), stats, inputs)
     result["wall_seconds"] = round(time.time() - t_start, 1)
     return result
+
+
+def _sampler(train: list, job: dict, device, on_gpu: bool, inputs):
+    """The job's slice sampler: on the device on a GPU, the host sampler its CPU runs always used otherwise."""
+    from DualDTrainingLib.dataset import SliceSampler
+    from DualDTrainingLib.device_sampler import DeviceSliceSampler
+
+    r, dropout = job["recipe_settings"], job.get("input_dropout", 0.0)
+    multi = inputs if len(inputs) > 1 else None  # a one-input job samples exactly as before
+    if on_gpu:
+        return DeviceSliceSampler(train, device, seed=job["seed"], tumour_fraction=0.3, context=r["context"],
+                                  crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
+    return SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3, context=r["context"],
+                        crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
 
 
 def _start_from(trainer, path: str, inputs, context: int) -> None:
