@@ -177,12 +177,11 @@ def _sampler(train: list, job: dict, device, on_gpu: bool, inputs):
     from DualDTrainingLib.device_sampler import DeviceSliceSampler
 
     r, dropout = job["recipe_settings"], job.get("input_dropout", 0.0)
-    multi = inputs if len(inputs) > 1 else None  # a one-input job samples exactly as before
     if on_gpu:
         return DeviceSliceSampler(train, device, seed=job["seed"], tumour_fraction=0.3, context=r["context"],
-                                  crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
+                                  crop=r.get("crop", 0), inputs=inputs, input_dropout=dropout)
     return SliceSampler(train, np.random.default_rng(job["seed"]), tumour_fraction=0.3, context=r["context"],
-                        crop=r.get("crop", 0), inputs=multi, input_dropout=dropout)
+                        crop=r.get("crop", 0), inputs=inputs, input_dropout=dropout)
 
 
 def _start_from(trainer, path: str, inputs, context: int) -> None:
@@ -199,17 +198,16 @@ def _scores(trainer, loaded: Loaded, job: dict, inputs, spec, device) -> dict[st
     """One held-out subject's scores with every input it has, and (a multi-input job's ``eval_inputs``) with
     each listed subset of them under ``by_inputs`` (``"t1+flair"``; a subset the subject lacks is skipped)."""
     r, target = job["recipe_settings"], job.get("target", "t2")
-    multi = inputs if len(inputs) > 1 else None
     has_d2 = trainer.config.variant.uses_local
     subject = training_subject(loaded, r["source_norm"], False, inputs.names, target)
-    out = evaluate(trainer, subject, r["context"], device, has_d2, spec.target, multi)
+    out = evaluate(trainer, subject, r["context"], device, has_d2, spec.target, inputs)
     out["inputs"] = "+".join(["t1", *subject.others])
     subsets = [subset for subset in job.get("eval_inputs", []) if set(subset[1:]) <= set(subject.others)]
     by_inputs = {}
     for subset in subsets:  # the subset of every input the subject has is the evaluation above
         by_inputs["+".join(subset)] = {k: v for k, v in out.items() if k != "inputs"} if set(subset[1:]) == set(
             subject.others) else evaluate(trainer, training_subject(loaded, r["source_norm"], False, subset, target),
-                                          r["context"], device, has_d2, spec.target, multi)
+                                          r["context"], device, has_d2, spec.target, inputs)
     if by_inputs:
         out["by_inputs"] = by_inputs
     return out

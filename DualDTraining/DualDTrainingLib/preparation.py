@@ -45,10 +45,9 @@ def prepare_each(pairs: list, spec: PreprocessingSpec, workers: int, optional: C
             results = list(pool.map(one, pairs))
     kept = [r for r, _ in results if r is not None]
     dropped = [(p.subject, why) for p, (_, why) in zip(pairs, results, strict=True) if why is not None]
-    for subject in kept:
+    for subject in kept if say is not None else ():
         for key, why in subject.dropped_inputs.items():
-            if say is not None:
-                say(f"{subject.name}: optional input {key} not used ({why})")
+            say(f"{subject.name}: optional input {key} not used ({why})")
     return kept, dropped
 
 
